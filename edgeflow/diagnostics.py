@@ -1,0 +1,359 @@
+"""Diagnostics: the one model every user-facing failure is reported in, its error codes, and its
+renderers (rustc-style text with the source line and a caret under the span, and JSON).
+
+Messages follow the rustc guide: lowercase, no trailing period, names in backticks, the fix only in
+`help`. `edgeflow explain CODE` prints a code's long form from `CODES`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+
+from edgeflow.syntax.ast import Span
+
+
+class Severity(str, Enum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    span: Span
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    code: str
+    message: str
+    span: Span
+    label: str = ""
+    labels: tuple[Label, ...] = ()
+    notes: tuple[str, ...] = ()
+    help: str | None = None
+
+    @property
+    def severity(self) -> Severity:
+        return CODES[self.code].severity
+
+    def sort_key(self) -> tuple[str, int, int, str]:
+        return (self.span.file, self.span.start, self.span.end, self.code)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "code": self.code,
+            "severity": self.severity.value,
+            "message": self.message,
+            "span": self.span.to_json(),
+            "label": self.label,
+            "labels": [{"span": lb.span.to_json(), "message": lb.message} for lb in self.labels],
+            "notes": list(self.notes),
+            "help": self.help,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    severity: Severity
+    title: str
+    explanation: str
+
+
+def _e(title: str, explanation: str) -> Code:
+    return Code(Severity.ERROR, title, explanation.strip())
+
+
+def _w(title: str, explanation: str) -> Code:
+    return Code(Severity.WARNING, title, explanation.strip())
+
+
+CODES: dict[str, Code] = {
+    # ---------------------------------------------------------------- syntax
+    "E0001": _e("syntax error", """
+The parser met a token that cannot appear where it stands, for example a missing `=` between a key
+and its value or a declaration keyword misspelt. The message lists what was expected. The parser
+resumes at the next declaration, so one run reports an error in each broken declaration.
+
+    device gw { tier edge }        # error: expected `=`
+    device gw { tier = edge }      # fixed
+"""),
+    "E0002": _e("invalid character", """
+A character that no token of the language starts with, such as `@` or a non-ASCII letter outside a
+string. Names are `[a-z_][a-z0-9_]*`; anything else belongs in a double-quoted string.
+"""),
+    "E0003": _e("unexpected end of declaration", """
+The file or a declaration ends before it is complete, most often because a `{` or `[` is not
+closed. The label points at where the parser stopped; the secondary label at what is still open.
+"""),
+    "E0004": _e("file is not valid UTF-8", """
+`.ef` files are read as UTF-8. The label points at the first byte that is not valid UTF-8; save the
+file as UTF-8 (names are ASCII; strings may hold any Unicode).
+"""),
+    "E0005": _e("cannot read file", """
+The file could not be read (it is a folder, or permission was denied).
+"""),
+    # ---------------------------------------------------------------- names
+    "E0101": _e("unknown name", """
+A name is used that no declaration defines. Every declared name (app, device, sensor, actuator,
+store, model, operator, pipeline, privacy label) lives in one namespace; the help suggests the
+closest declared name.
+
+    sensor cam { on = line_gateway, ... }   # error: no device `line_gateway`
+"""),
+    "E0102": _e("duplicate name", """
+Two declarations have the same name. All names share one namespace, so a device and a sensor cannot
+both be called `cam`. Rename one of them.
+"""),
+    "E0103": _e("name refers to the wrong kind of declaration", """
+A name is declared, but not as the kind the key needs: `on` takes a device, a flow starts at a
+sensor, `privacy` and `removes` take privacy labels.
+
+    sensor cam { on = archive, ... }   # error: `archive` is a store, not a device
+"""),
+    "E0104": _e("missing or repeated `app`", """
+Every file declares exactly one `app NAME { ... }` block: it names the application and holds its
+objective.
+"""),
+    "E0105": _e("invalid name", """
+Declared names are lowercase identifiers, `[a-z_][a-z0-9_]*`, so they can be used verbatim as
+Kubernetes object names and MQTT topic levels.
+"""),
+    # ---------------------------------------------------------------- keys
+    "E0201": _e("unknown key", """
+A key that the block does not take. The help suggests the closest valid key; `edgeflow explain`
+and docs/language.md list every key of every block.
+
+    device gw { tier = edge, compute = 1 TFLOPS, memroy = 4 GiB }   # did you mean `memory`?
+"""),
+    "E0202": _e("missing required key", """
+A block lacks a key it requires, e.g. a device without `compute`. The label is on the declaration's
+name; the help shows the key with an example value.
+"""),
+    "E0203": _e("duplicate key", """
+The same key is given twice in one block (or one map); the second would silently win, so it is an
+error. Remove one of them.
+"""),
+    "E0204": _e("wrong kind of value", """
+A key was given a value of the wrong shape, e.g. a list where a quantity is expected
+(`memory = [4 GiB]`) or a string where a name is expected.
+"""),
+    # ---------------------------------------------------------------- values
+    "E0301": _e("unknown unit", """
+A number carries a unit the language does not know. Units are case-sensitive (`ms`, `Mbps`, `GiB`,
+`TFLOPS`); the help suggests the closest one of the right dimension.
+
+    latency = 5 msec      # did you mean `ms`?
+"""),
+    "E0302": _e("wrong unit dimension", """
+A quantity has a unit of the wrong dimension for its key, or lacks a unit where one is needed, e.g.
+`latency = 5 GiB` or `rate = 30`. The message names the dimension the key expects and its units.
+"""),
+    "E0303": _e("invalid value", """
+A value is out of range: a negative or zero rate, compute, memory or bandwidth; a `count` below 1
+or not a whole number; a negative latency, power or cost.
+"""),
+    "E0304": _e("invalid tensor type", """
+A tensor type is `DTYPE[d0, d1, ...]` with DTYPE one of `float32 float16 int8 uint8 int32 int64
+bool` and every dimension a whole number >= 1. A symbolic dimension (`float32[n, 3]`) is only
+meaningful for a model's ONNX file; in `.ef` files every dimension must be bound to a number.
+"""),
+    "E0305": _e("invalid choice", """
+A key that takes one of a fixed set of words was given another: `tier` is `edge`, `fog` or `cloud`;
+`split` is `auto` or `none`; objective terms are `latency`, `cost` and `energy`.
+"""),
+    # ---------------------------------------------------------------- links
+    "E0401": _e("link to an unknown device", """
+Both ends of `link A <-> B` must be declared devices.
+"""),
+    "E0402": _e("invalid link", """
+A link joins two different devices, and at most one link is declared between any two devices.
+"""),
+    # ---------------------------------------------------------------- dataflow
+    "E0501": _e("flow does not start at a sensor", """
+Every pipeline's `flow` starts at a sensor: the data it processes comes from somewhere.
+
+    flow = normalize -> detector -> reject_arm     # error: `normalize` is an operator
+"""),
+    "E0502": _e("flow does not end at a sink", """
+Every pipeline's `flow` ends at an actuator or a store: the result goes somewhere.
+"""),
+    "E0503": _e("invalid step in a flow", """
+The steps between a flow's sensor and its sink are operators or models; a sensor, sink, device or
+pipeline in the middle of a flow is an error. A flow has at least a sensor and a sink.
+"""),
+    "E0504": _e("cycle in the dataflow", """
+The union of all pipelines' flows must be acyclic: `a -> b` in one pipeline and `b -> a` in another
+would make a message wait for itself. The labels show the edges of the cycle.
+"""),
+    "E0505": _e("tensor type mismatch", """
+A step receives a tensor of a different type than it takes: a model's declared input type must equal
+what its producer emits (dtype and every dimension).
+
+    operator normalize { emits = float32[1, 3, 224, 224] ... }
+    model detector { inputs = { images = float32[1, 3, 320, 320] } ... }
+    flow = camera -> normalize -> detector -> arm    # error: 224 vs 320
+"""),
+    "E0506": _e("no route between sensor and sink", """
+A pipeline's data must be able to travel from its sensor's device to its sink's device over the
+declared links (for every replica). Add a link, or move the sink.
+"""),
+    "E0507": _e("throughput above the sensor rate", """
+`throughput >= R` can only hold if the pipeline's sensor produces at least R messages per second.
+"""),
+    "E0508": _e("mixed replica counts", """
+A connected part of the dataflow is replicated once per instance of its sensors' device. Sensors of
+one connected part on devices with different counts (both > 1) give no consistent replica count.
+"""),
+    "E0509": _e("invalid service-level objective", """
+`slo` is one constraint or a list of them: `latency < T` (or `<=`) and `throughput >= R` (or `>`).
+"""),
+    "W0510": _w("declared but not used in any pipeline", """
+A sensor, sink, operator or model that no pipeline's flow uses is never placed or deployed.
+"""),
+    # ---------------------------------------------------------------- models
+    "E0601": _e("model file not found", """
+A model's `source` names an ONNX file relative to the `.ef` file, and that file does not exist.
+"""),
+    "E0602": _e("not an ONNX model", """
+The model's `source` exists but is not a loadable ONNX model (protobuf), or fails `onnx.checker`.
+"""),
+    "E0603": _e("model inputs do not match", """
+A model's `inputs` must bind every graph input of the ONNX file (initializers excluded), by name,
+and nothing else. The help lists the model's actual input names.
+"""),
+    "E0604": _e("dynamic dimension left unbound", """
+An ONNX input has a dynamic dimension (`batch`, `?`, `-1`) that the declared input type does not
+bind to a number. Every dimension must be concrete for the compiler to compute work and sizes.
+"""),
+    "E0605": _e("input type does not match the model", """
+A declared input type disagrees with the ONNX file: a different element type, a different rank, or
+a different size for a dimension the model fixes.
+"""),
+    # ---------------------------------------------------------------- privacy
+    "E0701": _e("undeclared privacy label", """
+A sensor's `privacy` or an operator's `removes` names a label with no `privacy LABEL { allow = ... }`
+declaration, so the compiler cannot know where such data may go.
+"""),
+    "W0702": _w("privacy label declared but never used", """
+A `privacy` declaration that no sensor carries and no operator removes has no effect.
+"""),
+}
+
+
+def has_errors(diagnostics: list[Diagnostic]) -> bool:
+    return any(d.severity is Severity.ERROR for d in diagnostics)
+
+
+# ============================================================================ rendering
+
+_MAX_SNIPPET = 100  # characters of a source line shown around a span
+
+
+def _display_line(line: str, col0: int, end0: int) -> tuple[str, int, int]:
+    """Cut an over-long line to a window around [col0, end0) and expand tabs; returns the text
+    and the span's columns within it (0-based)."""
+    prefix = ""
+    if len(line) > _MAX_SNIPPET:
+        lo = max(0, col0 - 30)
+        hi = min(len(line), max(end0, col0 + 1) + 30, lo + _MAX_SNIPPET)
+        if lo > 0:
+            prefix = "..."
+        line = prefix + line[lo:hi] + ("..." if hi < len(line) else "")
+        col0, end0 = col0 - lo + len(prefix), min(end0, hi) - lo + len(prefix)
+    before = line[:col0].expandtabs(4)
+    marked = line[col0:end0].expandtabs(4)
+    return line.expandtabs(4), len(before), len(before) + len(marked)
+
+
+class SourceCache:
+    """Lines of the files diagnostics point into, read once."""
+
+    def __init__(self, texts: dict[str, str] | None = None) -> None:
+        self._lines: dict[str, list[str]] = {}
+        for name, text in (texts or {}).items():
+            self.add(name, text)
+
+    def add(self, name: str, text: str) -> None:
+        self._lines[name] = text.split("\n")
+
+    def line(self, file: str, number: int) -> str | None:
+        lines = self._lines.get(file)
+        if lines is None or not 1 <= number <= len(lines):
+            return None
+        return lines[number - 1].rstrip("\r")
+
+
+def _underline(span: Span, line_text: str, mark: str) -> tuple[str, int, int]:
+    end_col = span.end_col if span.end_line == span.line else len(line_text) + 1
+    text, a, b = _display_line(line_text, span.col - 1, max(end_col - 1, span.col))
+    return text, a, max(b, a + 1)
+
+
+def render_text(diag: Diagnostic, sources: SourceCache) -> str:
+    sev = diag.severity.value
+    out = [f"{sev}[{diag.code}]: {diag.message}"]
+    marks = [(diag.span, diag.label, "^")] + [(lb.span, lb.message, "-") for lb in diag.labels]
+    shown = [m for m in marks if m[0].file == diag.span.file]
+    width = len(str(max(m[0].line for m in shown)))
+    pad = " " * width
+    out.append(f"{pad}--> {diag.span.file}:{diag.span.line}:{diag.span.col}")
+    out.append(f"{pad} |")
+    previous = None
+    for span, message, mark in sorted(shown, key=lambda m: (m[0].line, m[0].col, m[2] != "^")):
+        text = sources.line(span.file, span.line)
+        if text is None:
+            continue
+        if previous is not None and span.line > previous + 1:
+            out.append(f"{pad} ...")
+        shown_text, a, b = _underline(span, text, mark)
+        if span.line != previous:
+            out.append(f"{span.line:>{width}} | {shown_text}".rstrip())
+        out.append(f"{pad} | {' ' * a}{mark * (b - a)} {message}".rstrip())
+        previous = span.line
+    for lb in diag.labels:
+        if lb.span.file != diag.span.file:
+            out.append(f"{pad} = note: {lb.message} ({lb.span.file}:{lb.span.line}:{lb.span.col})")
+    for note in diag.notes:
+        out.append(f"{pad} = note: {note}")
+    if diag.help:
+        out.append(f"{pad} = help: {diag.help}")
+    return "\n".join(out) + "\n"
+
+
+def render_summary(diagnostics: list[Diagnostic]) -> str:
+    errors = sum(d.severity is Severity.ERROR for d in diagnostics)
+    warnings = len(diagnostics) - errors
+    parts = []
+    if errors:
+        parts.append(f"{errors} error{'s' if errors != 1 else ''}")
+    if warnings:
+        parts.append(f"{warnings} warning{'s' if warnings != 1 else ''}")
+    return ", ".join(parts) if parts else "no problems"
+
+
+def render_json(diagnostics: list[Diagnostic]) -> str:
+    return json.dumps([d.to_json() for d in diagnostics], indent=2) + "\n"
+
+
+def explain(code: str) -> str | None:
+    entry = CODES.get(code.upper())
+    if entry is None:
+        return None
+    return f"{code.upper()} ({entry.severity.value}): {entry.title}\n\n{entry.explanation}\n"
+
+
+@dataclass
+class DiagnosticSink:
+    """Collects diagnostics during a pass."""
+
+    items: list[Diagnostic] = field(default_factory=list)
+
+    def error(self, code: str, message: str, span: Span, label: str = "", *,
+              labels: tuple[Label, ...] = (), notes: tuple[str, ...] = (),
+              help: str | None = None) -> None:
+        self.items.append(Diagnostic(code, message, span, label, labels, notes, help))
+
+    warn = error  # severity comes from the code; the alias reads better at call sites

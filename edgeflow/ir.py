@@ -1,0 +1,143 @@
+"""The typed IR of a checked program (pydantic). Every quantity is in SI units:
+seconds, Hz, bit/s, bytes, FLOP, FLOP/s, W, USD/s (device cost) and USD/byte (link cost).
+
+Only a program without errors is lowered to IR, so fields here are never missing or invalid.
+Each entity keeps the `Span` of its declaration for diagnostics raised by later stages.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from math import prod
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgeflow.syntax.ast import Span
+
+DTYPE_BYTES: dict[str, int] = {
+    "float32": 4, "float16": 2, "int8": 1, "uint8": 1, "int32": 4, "int64": 8, "bool": 1,
+}
+
+
+class Tier(str, Enum):
+    EDGE = "edge"
+    FOG = "fog"
+    CLOUD = "cloud"
+
+
+class _Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+class TensorType(_Node):
+    dtype: Literal["float32", "float16", "int8", "uint8", "int32", "int64", "bool"]
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return DTYPE_BYTES[self.dtype] * prod(self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{', '.join(map(str, self.shape))}]"
+
+
+class Declared(_Node):
+    name: str
+    span: Span = Field(exclude=True, repr=False)
+
+
+class App(Declared):
+    description: str = ""
+    objective: tuple[Literal["latency", "cost", "energy"], ...] = ("latency",)
+
+
+class Device(Declared):
+    tier: Tier
+    compute_flops: float = Field(gt=0)
+    memory_bytes: float = Field(gt=0)
+    count: int = Field(ge=1, default=1)
+    power_w: float = Field(ge=0, default=0.0)
+    cost_usd_per_s: float = Field(ge=0, default=0.0)
+    labels: dict[str, str] = {}
+
+    def instances(self) -> list[str]:
+        """Instance names: `NAME` for a single device, `NAME[i]` for a device with count > 1."""
+        if self.count == 1:
+            return [self.name]
+        return [f"{self.name}[{i}]" for i in range(self.count)]
+
+
+class Link(_Node):
+    a: str
+    b: str
+    bandwidth_bps: float = Field(gt=0)
+    latency_s: float = Field(ge=0)
+    cost_usd_per_byte: float = Field(ge=0, default=0.0)
+    span: Span = Field(exclude=True, repr=False)
+
+
+class Sensor(Declared):
+    device: str
+    rate_hz: float = Field(gt=0)
+    emits: TensorType
+    privacy: tuple[str, ...] = ()
+
+
+class Sink(Declared):
+    kind: Literal["actuator", "store"]
+    device: str
+
+
+class Model(Declared):
+    source: str  # absolute path of the ONNX file
+    inputs: dict[str, TensorType]
+    outputs: dict[str, TensorType]  # from the ONNX file, shapes inferred from `inputs`
+    split: Literal["auto", "none"] = "auto"
+
+
+class Operator(Declared):
+    work_flop: float = Field(ge=0)
+    emits: TensorType
+    memory_bytes: float = Field(ge=0, default=0.0)
+    removes: tuple[str, ...] = ()
+
+
+class Slo(_Node):
+    latency_s: float | None = None
+    throughput_hz: float | None = None
+
+
+class Pipeline(Declared):
+    flow: tuple[str, ...]
+    slo: Slo = Slo()
+    step_spans: tuple[Span, ...] = Field(default=(), exclude=True, repr=False)
+    slo_spans: dict[str, Span] = Field(default={}, exclude=True, repr=False)  # by subject
+
+
+class PrivacyRule(Declared):
+    allow: tuple[Tier, ...]
+
+
+class Program(_Node):
+    """A checked application, declarations in source order."""
+
+    file: str
+    app: App
+    devices: dict[str, Device]
+    links: tuple[Link, ...]
+    sensors: dict[str, Sensor]
+    sinks: dict[str, Sink]
+    models: dict[str, Model]
+    operators: dict[str, Operator]
+    pipelines: dict[str, Pipeline]
+    privacy: dict[str, PrivacyRule]
+
+    def kind_of(self, name: str) -> str | None:
+        for kind, table in (("device", self.devices), ("sensor", self.sensors),
+                            ("sink", self.sinks), ("model", self.models),
+                            ("operator", self.operators), ("pipeline", self.pipelines),
+                            ("privacy", self.privacy)):
+            if name in table:
+                return kind
+        return None

@@ -1,0 +1,95 @@
+"""An ONNX model's signature as the checker needs it: its graph inputs (initializers excluded) with
+element types and dimensions, and its output types once the inputs are bound to concrete shapes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import onnx
+from onnx import TensorProto, shape_inference
+
+ONNX_DTYPES: dict[int, str] = {
+    TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.INT8: "int8",
+    TensorProto.UINT8: "uint8", TensorProto.INT32: "int32", TensorProto.INT64: "int64",
+    TensorProto.BOOL: "bool", TensorProto.DOUBLE: "float64", TensorProto.INT16: "int16",
+    TensorProto.UINT16: "uint16", TensorProto.UINT32: "uint32", TensorProto.UINT64: "uint64",
+    TensorProto.BFLOAT16: "bfloat16", TensorProto.STRING: "string",
+}
+
+Dim = int | str | None  # a fixed size, a named dynamic dimension, or an anonymous one
+
+
+@dataclass(frozen=True)
+class TensorSig:
+    name: str
+    dtype: str
+    dims: tuple[Dim, ...] | None  # None: rank unknown
+
+
+class ModelLoadError(Exception):
+    """The file is not a loadable, valid ONNX model; the message says why."""
+
+
+def _tensor_sig(value: onnx.ValueInfoProto) -> TensorSig:
+    ttype = value.type.tensor_type
+    dtype = ONNX_DTYPES.get(ttype.elem_type, f"onnx type {ttype.elem_type}")
+    if not ttype.HasField("shape"):
+        return TensorSig(value.name, dtype, None)
+    dims: list[Dim] = []
+    for d in ttype.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return TensorSig(value.name, dtype, tuple(dims))
+
+
+@lru_cache(maxsize=64)
+def _load_cached(path: str, mtime_ns: int, size: int) -> onnx.ModelProto:
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # protobuf raises several unrelated types on garbage
+        raise ModelLoadError(f"cannot be read as ONNX: {type(exc).__name__}") from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelLoadError("holds no graph")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
+        raise ModelLoadError(f"fails the ONNX checker: {first}") from None
+    return model
+
+
+def load(path: str) -> onnx.ModelProto:
+    """Load and check a model, cached by path, modification time and size."""
+    st = os.stat(path)
+    return _load_cached(path, st.st_mtime_ns, st.st_size)
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[TensorSig]:
+    initializers = {init.name for init in model.graph.initializer}
+    return [_tensor_sig(v) for v in model.graph.input if v.name not in initializers]
+
+
+def output_types(model: onnx.ModelProto, bound: dict[str, tuple[int, ...]]) -> list[TensorSig]:
+    """The model's outputs with shapes inferred from `bound` input shapes; a dimension that
+    inference cannot fix stays None or symbolic."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        if value.name in bound:
+            shape = value.type.tensor_type.shape
+            shape.ClearField("dim")
+            for size in bound[value.name]:
+                shape.dim.add().dim_value = size
+    del fixed.graph.value_info[:]
+    try:
+        inferred = shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
+    except Exception:  # inference gives up on some graphs: outputs stay as declared
+        inferred = fixed
+    return [_tensor_sig(v) for v in inferred.graph.output]

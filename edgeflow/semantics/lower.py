@@ -1,0 +1,345 @@
+"""AST -> IR: collect names, read every block against its schema, check model files, then run the
+dataflow checks. Reports every problem it can find in one run; the IR is built only when there is
+no error.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeflow import ir
+from edgeflow.diagnostics import Diagnostic, DiagnosticSink, Label, has_errors
+from edgeflow.semantics import flows
+from edgeflow.semantics.model_files import check_model
+from edgeflow.semantics.values import (BAD, OBJECTIVE_TERMS, TIERS, Reader, Symbols, closest,
+                                       did_you_mean)
+from edgeflow.syntax import ast
+from edgeflow.syntax.units import BANDWIDTH, COMPUTE, COST_DATA, COST_RATE, POWER, RATE, SIZE, \
+    TIME, WORK
+
+_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Key:
+    read: Callable[[str, ast.Value], Any]
+    required: bool
+    example: str
+
+
+@dataclass
+class Lowered:
+    """What lowering produced: the valid entities (for the later checks), diagnostics, and the
+    whole Program when there were no errors."""
+
+    symbols: Symbols
+    app: ir.App | None = None
+    devices: dict[str, ir.Device] = field(default_factory=dict)
+    links: list[ir.Link] = field(default_factory=list)
+    sensors: dict[str, ir.Sensor] = field(default_factory=dict)
+    sinks: dict[str, ir.Sink] = field(default_factory=dict)
+    models: dict[str, ir.Model] = field(default_factory=dict)
+    operators: dict[str, ir.Operator] = field(default_factory=dict)
+    pipelines: dict[str, ir.Pipeline] = field(default_factory=dict)
+    privacy: dict[str, ir.PrivacyRule] = field(default_factory=dict)
+    broken: set[str] = field(default_factory=set)  # declared, but with errors inside
+
+
+def _schemas(r: Reader) -> dict[str, dict[str, Key]]:
+    device = r.reference(("device",), "device")
+    labels = r.reference_list(("privacy",), "privacy label", code="E0701")
+    sink = {"on": Key(device, True, "on = gateway")}
+    return {
+        "app": {
+            "description": Key(r.string, False, 'description = "..."'),
+            "objective": Key(_objective(r), False, "objective = minimize(latency)"),
+        },
+        "device": {
+            "tier": Key(r.choice(TIERS), True, "tier = edge"),
+            "compute": Key(r.quantity(COMPUTE, positive=True), True, "compute = 1 TFLOPS"),
+            "memory": Key(r.quantity(SIZE, positive=True), True, "memory = 4 GiB"),
+            "count": Key(r.count, False, "count = 2"),
+            "power": Key(r.quantity(POWER, positive=False), False, "power = 10 W"),
+            "cost": Key(r.quantity(COST_RATE, positive=False), False, "cost = 1.5 USD/h"),
+            "labels": Key(r.string_map, False, 'labels = { zone = "a" }'),
+        },
+        "link": {
+            "bandwidth": Key(r.quantity(BANDWIDTH, positive=True), True, "bandwidth = 100 Mbps"),
+            "latency": Key(r.quantity(TIME, positive=False), True, "latency = 5 ms"),
+            "cost": Key(r.quantity(COST_DATA, positive=False), False, "cost = 0.05 USD/GB"),
+        },
+        "sensor": {
+            "on": Key(device, True, "on = gateway"),
+            "rate": Key(r.quantity(RATE, positive=True), True, "rate = 30 Hz"),
+            "emits": Key(r.tensor, True, "emits = uint8[1, 3, 224, 224]"),
+            "privacy": Key(labels, False, "privacy = [pii]"),
+        },
+        "actuator": sink,
+        "store": sink,
+        "model": {
+            "source": Key(r.string, True, 'source = "models/net.onnx"'),
+            "inputs": Key(_tensor_map(r), True, "inputs = { input = float32[1, 3, 224, 224] }"),
+            "split": Key(r.choice(("auto", "none")), False, "split = auto"),
+        },
+        "operator": {
+            "work": Key(r.quantity(WORK, positive=False), True, "work = 0.1 GFLOP"),
+            "emits": Key(r.tensor, True, "emits = float32[1, 3, 224, 224]"),
+            "memory": Key(r.quantity(SIZE, positive=False), False, "memory = 100 MiB"),
+            "removes": Key(labels, False, "removes = [pii]"),
+        },
+        "pipeline": {
+            "flow": Key(_flow(r), True, "flow = sensor -> step -> sink"),
+            "slo": Key(_slo(r), False, "slo = latency < 50 ms"),
+        },
+        "privacy": {
+            "allow": Key(r.tiers, True, "allow = [edge, fog]"),
+        },
+    }
+
+
+def _objective(r: Reader) -> Callable[[str, ast.Value], Any]:
+    def read(key: str, value: ast.Value) -> Any:
+        if not isinstance(value, ast.Call):
+            return r._shape(value, "`minimize(...)`", "objective = minimize(latency, cost)")
+        if value.func.value != "minimize":
+            r.sink.error("E0305", f"unknown objective `{value.func.value}`", value.func.span,
+                         "expected `minimize`", help="objectives are `minimize(TERM, ...)`")
+            return BAD
+        if not value.args:
+            r.sink.error("E0305", "`minimize` needs at least one term", value.span, "no terms",
+                         help="terms are " + ", ".join(OBJECTIVE_TERMS))
+            return BAD
+        terms: list[str] = []
+        for arg in value.args:
+            if not isinstance(arg, ast.Word):
+                return r._shape(arg, "an objective term", "latency")
+            term = r._choice_word("objective term", arg, OBJECTIVE_TERMS)
+            if term in terms:
+                r.sink.error("E0305", f"objective term `{term}` is repeated", arg.span, "repeated")
+                return BAD
+            terms.append(term)
+        return BAD if BAD in terms else tuple(terms)
+    return read
+
+
+def _tensor_map(r: Reader) -> Callable[[str, ast.Value], Any]:
+    def read(key: str, value: ast.Value) -> Any:
+        if not isinstance(value, ast.MapValue):
+            return r._shape(value, "a map of input names to tensor types",
+                            "inputs = { input = float32[1, 3, 224, 224] }")
+        out = {e.key.value: r.tensor(e.key.value, e.value, unbound_code="E0604")
+               for e in r.unique_entries(value.entries)}
+        if BAD in out.values() or len(out) != len(value.entries):
+            return BAD
+        return out, {e.key.value: e for e in value.entries}
+    return read
+
+
+def _flow(r: Reader) -> Callable[[str, ast.Value], Any]:
+    def read(key: str, value: ast.Value) -> Any:
+        if isinstance(value, ast.Word):
+            r.sink.error("E0503", "a flow needs at least a sensor and a sink", value.span,
+                         "a single step", help=f"e.g. `flow = {value.name} -> sink`")
+            return BAD
+        if not isinstance(value, ast.Flow):
+            return r._shape(value, "a flow", "flow = sensor -> step -> sink")
+        return value.steps
+    return read
+
+
+def _slo(r: Reader) -> Callable[[str, ast.Value], Any]:
+    def one(c: ast.Value, seen: dict[str, ast.Constraint]) -> bool:
+        if not isinstance(c, ast.Constraint):
+            r._shape(c, "a constraint", "latency < 50 ms")
+            return False
+        subject = c.subject.value
+        if subject not in ("latency", "throughput"):
+            r.sink.error("E0509", f"unknown service-level objective `{subject}`", c.subject.span,
+                         "expected `latency` or `throughput`",
+                         help=did_you_mean(subject, ["latency", "throughput"]))
+            return False
+        ops = ("<", "<=") if subject == "latency" else (">=", ">")
+        if c.op not in ops:
+            r.sink.error("E0509", f"`{subject}` is bounded with {' or '.join(ops)}", c.op_span,
+                         f"`{c.op}` makes no sense here", help=f"write `{subject} {ops[0]} ...`")
+            return False
+        if subject in seen:
+            r.sink.error("E0509", f"`{subject}` is constrained twice", c.span, "repeated",
+                         labels=(Label(seen[subject].span, "first constrained here"),))
+            return False
+        seen[subject] = c
+        dim = TIME if subject == "latency" else RATE
+        return r.quantity(dim, positive=True)(subject, c.bound) is not BAD
+
+    def read(key: str, value: ast.Value) -> Any:
+        items = value.items if isinstance(value, ast.ListValue) else (value,)
+        seen: dict[str, ast.Constraint] = {}
+        if not all([one(c, seen) for c in items]):
+            return BAD
+        values = {s: r.quantity(TIME if s == "latency" else RATE, positive=True)(s, c.bound)
+                  for s, c in seen.items()}
+        return ir.Slo(latency_s=values.get("latency"), throughput_hz=values.get("throughput")), seen
+    return read
+
+
+def _collect(module: ast.Module, sink: DiagnosticSink) -> Symbols:
+    decls: dict[str, ast.Decl] = {}
+    apps = []
+    for decl in module.decls:
+        if decl.kind == "app":
+            apps.append(decl)
+        if decl.kind == "link":
+            continue
+        name = decl.name
+        if not _NAME.fullmatch(name.value):
+            sink.error("E0105", f"`{name.value}` is not a valid name", name.span,
+                       "names are lowercase", help=f"write `{_fix_name(name.value)}`")
+        first = decls.get(name.value)
+        if first is not None:
+            sink.error("E0102", f"the name `{name.value}` is declared twice", name.span,
+                       "declared again here",
+                       labels=(Label(first.name.span, f"first declared here as "
+                                     f"{first.kind} `{name.value}`"),),
+                       help="every name is unique across the file; rename one of them")
+            continue
+        decls[name.value] = decl
+    if not apps:
+        at = module.decls[0].span if module.decls else ast.Span(module.file, 0, 0, 1, 1, 1, 1)
+        sink.error("E0104", "no `app` declaration", ast.Span(at.file, at.start, at.start, at.line,
+                   at.col, at.line, at.col), "expected an `app` block in this file",
+                   help='start the file with `app my_app { description = "..." }`')
+    for extra in apps[1:]:
+        sink.error("E0104", "more than one `app` declaration", extra.kind_span, "another `app`",
+                   labels=(Label(apps[0].kind_span, "the first `app` is here"),),
+                   help="a file describes one application; merge the blocks")
+    return Symbols(decls)
+
+
+def _fix_name(name: str) -> str:
+    fixed = re.sub(r"[^a-z0-9_]", "_", re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower())
+    return fixed if _NAME.fullmatch(fixed) else "_" + fixed
+
+
+def _read_block(decl: ast.Decl, schema: dict[str, Key], reader: Reader,
+                ) -> dict[str, Any]:
+    sink = reader.sink
+    out: dict[str, Any] = {}
+    for entry in reader.unique_entries(decl.entries):
+        key = schema.get(entry.key.value)
+        if key is None:
+            best = closest(entry.key.value, list(schema))
+            sink.error("E0201", f"{decl.kind} `{decl.name.value}` has no key `{entry.key.value}`",
+                       entry.key.span, "unknown key",
+                       help=f"did you mean `{best}`?" if best else
+                       f"{decl.kind} keys are: {', '.join(schema)}")
+            continue
+        out[entry.key.value] = key.read(entry.key.value, entry.value)
+    for name, key in schema.items():
+        if key.required and name not in out:
+            where = decl.name.span if decl.kind != "link" else decl.kind_span
+            sink.error("E0202", f"{decl.kind} `{_decl_title(decl)}` lacks required key `{name}`",
+                       where, f"`{name}` missing", help=f"add `{key.example}`")
+            out[name] = BAD
+    return out
+
+
+def _decl_title(decl: ast.Decl) -> str:
+    return f"{decl.name.value} <-> {decl.peer.value}" if decl.peer else decl.name.value
+
+
+def entry_span(decl: ast.Decl, key: str) -> ast.Span | None:
+    for entry in decl.entries:
+        if entry.key.value == key:
+            return entry.value.span
+    return None
+
+
+def lower(module: ast.Module) -> tuple[ir.Program | None, Lowered, list[Diagnostic]]:
+    sink = DiagnosticSink()
+    symbols = _collect(module, sink)
+    reader = Reader(sink, symbols)
+    schemas = _schemas(reader)
+    out = Lowered(symbols)
+    base_dir = Path(module.file).resolve().parent
+    link_ends = reader.reference(("device",), "device", code="E0401")
+    seen_links: dict[frozenset[str], ast.Decl] = {}
+    for decl in module.decls:
+        errors_before = len(sink.items)
+        fields = _read_block(decl, schemas[decl.kind], reader)
+        if decl.kind == "link":
+            assert decl.peer is not None
+            a, b = link_ends("link", decl.name), link_ends("link", decl.peer)
+            if BAD not in (a, b):
+                pair = frozenset((a, b))
+                if a == b:
+                    sink.error("E0402", f"link from `{a}` to itself", decl.peer.span,
+                               "same device at both ends")
+                elif pair in seen_links:
+                    sink.error("E0402", f"`{a}` and `{b}` are linked twice", decl.kind_span,
+                               "second link", labels=(Label(seen_links[pair].kind_span,
+                                                            "first link"),),
+                               help="merge the two links")
+                else:
+                    seen_links[pair] = decl
+            fields["a"], fields["b"] = a, b
+        if decl.kind == "model" and BAD not in (fields["source"], fields["inputs"]):
+            inputs, input_entries = fields["inputs"]
+            outputs = check_model(decl, base_dir / fields["source"], inputs, input_entries,
+                                  entry_span(decl, "source") or decl.name.span, sink)
+            fields["inputs"], fields["source"] = inputs, str(base_dir / fields["source"])
+            fields["outputs"] = outputs if outputs is not None else BAD
+        clean = len(sink.items) == errors_before and BAD not in fields.values()
+        if decl.kind != "link" and (not clean or symbols.decls.get(decl.name.value) is not decl):
+            out.broken.add(decl.name.value)
+            continue
+        if clean:
+            _add_entity(out, decl, fields)
+    flows.check(out, sink)
+    diagnostics = sorted(sink.items, key=Diagnostic.sort_key)
+    if has_errors(diagnostics) or out.app is None:
+        return None, out, diagnostics
+    program = ir.Program(
+        file=module.file, app=out.app, devices=out.devices, links=tuple(out.links),
+        sensors=out.sensors, sinks=out.sinks, models=out.models, operators=out.operators,
+        pipelines=out.pipelines, privacy=out.privacy)
+    return program, out, diagnostics
+
+
+def _add_entity(out: Lowered, decl: ast.Decl, f: dict[str, Any]) -> None:
+    name, span = decl.name.value, decl.span
+    if decl.kind == "app":
+        out.app = ir.App(name=name, span=span, description=f.get("description", ""),
+                         objective=f.get("objective", ("latency",)))
+    elif decl.kind == "device":
+        out.devices[name] = ir.Device(
+            name=name, span=span, tier=f["tier"], compute_flops=f["compute"],
+            memory_bytes=f["memory"], count=f.get("count", 1), power_w=f.get("power", 0.0),
+            cost_usd_per_s=f.get("cost", 0.0), labels=f.get("labels", {}))
+    elif decl.kind == "link":
+        out.links.append(ir.Link(a=f["a"], b=f["b"], bandwidth_bps=f["bandwidth"],
+                                 latency_s=f["latency"], cost_usd_per_byte=f.get("cost", 0.0),
+                                 span=span))
+    elif decl.kind == "sensor":
+        out.sensors[name] = ir.Sensor(name=name, span=span, device=f["on"], rate_hz=f["rate"],
+                                      emits=f["emits"], privacy=f.get("privacy", ()))
+    elif decl.kind in ("actuator", "store"):
+        out.sinks[name] = ir.Sink(name=name, span=span, kind=decl.kind, device=f["on"])
+    elif decl.kind == "model":
+        out.models[name] = ir.Model(name=name, span=span, source=f["source"],
+                                    inputs=f["inputs"], outputs=f["outputs"],
+                                    split=f.get("split", "auto"))
+    elif decl.kind == "operator":
+        out.operators[name] = ir.Operator(
+            name=name, span=span, work_flop=f["work"], emits=f["emits"],
+            memory_bytes=f.get("memory", 0.0), removes=f.get("removes", ()))
+    elif decl.kind == "pipeline":
+        slo, constraints = f.get("slo", (ir.Slo(), {}))
+        out.pipelines[name] = ir.Pipeline(
+            name=name, span=span, flow=tuple(s.value for s in f["flow"]), slo=slo,
+            step_spans=tuple(s.span for s in f["flow"]),
+            slo_spans={k: c.span for k, c in constraints.items()})
+    elif decl.kind == "privacy":
+        out.privacy[name] = ir.PrivacyRule(name=name, span=span, allow=f["allow"])

@@ -1,0 +1,96 @@
+"""Checks a `model` declaration against its ONNX file: the file exists and is a valid model, the
+declared `inputs` bind exactly the graph's inputs with compatible types, and the outputs' types can
+be inferred from them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeflow import ir
+from edgeflow.diagnostics import DiagnosticSink
+from edgeflow.models import signature
+from edgeflow.semantics.values import did_you_mean
+from edgeflow.syntax import ast
+
+
+def check_model(decl: ast.Decl, path: Path, inputs: dict[str, ir.TensorType],
+                input_entries: dict[str, ast.Entry], source_span: ast.Span,
+                sink: DiagnosticSink) -> dict[str, ir.TensorType] | None:
+    """Report every mismatch; return the output types when the model is usable, else None."""
+    name = decl.name.value
+    if not path.is_file():
+        sink.error("E0601", f"model file `{path.name}` not found", source_span,
+                   "no such file", help="`source` is relative to the folder of the .ef file")
+        return None
+    try:
+        model = signature.load(str(path))
+    except signature.ModelLoadError as exc:
+        sink.error("E0602", f"`{path.name}` is not a valid ONNX model", source_span, str(exc))
+        return None
+    actual = {sig.name: sig for sig in signature.graph_inputs(model)}
+    inputs_span = next(e.value.span for e in decl.entries if e.key.value == "inputs")
+    ok = True
+    for input_name, entry in input_entries.items():
+        if input_name not in actual:
+            sink.error("E0603", f"model `{name}` has no input `{input_name}`", entry.key.span,
+                       "not an input of the ONNX graph",
+                       help=did_you_mean(input_name, list(actual))
+                       or "its inputs are: " + ", ".join(f"`{n}`" for n in actual))
+            ok = False
+    for input_name, sig in actual.items():
+        if input_name not in inputs:
+            sink.error("E0603", f"input `{input_name}` of model `{name}` is not bound", inputs_span,
+                       f"`{input_name}` missing",
+                       help=f"add `{input_name} = {_example(sig)}` to `inputs`")
+            ok = False
+            continue
+        declared, entry = inputs[input_name], input_entries[input_name]
+        ok &= _compatible(name, sig, declared, entry, sink)
+    if not ok:
+        return None
+    bound = {n: t.shape for n, t in inputs.items()}
+    outputs: dict[str, ir.TensorType] = {}
+    for out in signature.output_types(model, bound):
+        dims = out.dims or ()
+        if out.dims is None or not all(isinstance(d, int) for d in dims) or out.dtype not in \
+                ir.DTYPE_BYTES:
+            sink.error("E0604", f"the shape of output `{out.name}` of model `{name}` cannot be "
+                       "inferred from the bound inputs", source_span, "output shape unknown",
+                       notes=(f"inferred: {out.dtype}{list(dims) if out.dims else '[?]'}",),
+                       help="export the model with static output shapes or shape-inferable ops")
+            return None
+        outputs[out.name] = ir.TensorType(dtype=out.dtype, shape=tuple(dims))  # type: ignore
+    return outputs
+
+
+def _example(sig: signature.TensorSig) -> str:
+    dims = ", ".join(str(d) if isinstance(d, int) else "1" for d in sig.dims or (1,))
+    return f"{sig.dtype}[{dims}]"
+
+
+def _compatible(model: str, sig: signature.TensorSig, declared: ir.TensorType, entry: ast.Entry,
+                sink: DiagnosticSink) -> bool:
+    def fail(message: str, label: str, note: str) -> bool:
+        sink.error("E0605", message, entry.value.span, label,
+                   notes=(f"the ONNX file declares `{sig.name}` as {note}",),
+                   help=f"declare `{sig.name} = {_example(sig)}` with each dynamic "
+                        "dimension bound")
+        return False
+
+    onnx_type = f"{sig.dtype}[{', '.join('?' if d is None else str(d) for d in sig.dims)}]" \
+        if sig.dims is not None else f"{sig.dtype}[...]"
+    if sig.dtype != declared.dtype:
+        return fail(f"input `{sig.name}` of model `{model}` is {sig.dtype}, not {declared.dtype}",
+                    "wrong element type", onnx_type)
+    if sig.dims is None:
+        return True
+    if len(sig.dims) != len(declared.shape):
+        return fail(f"input `{sig.name}` of model `{model}` has rank {len(sig.dims)}, not "
+                    f"{len(declared.shape)}", "wrong rank", onnx_type)
+    for i, (want, got) in enumerate(zip(sig.dims, declared.shape)):
+        if isinstance(want, int) and want != got:
+            return fail(f"dimension {i} of input `{sig.name}` of model `{model}` is {want}, not "
+                        f"{got}", "wrong size", onnx_type)
+    return True
+

@@ -1,0 +1,57 @@
+"""The unit table: every unit the language knows, its dimension and its factor to SI.
+
+SI here means seconds, Hz, bit/s, bytes, FLOP/s, FLOP, W, USD/s and USD/byte: the IR holds only
+these. This is the one place dimensions are defined.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Dimension:
+    name: str
+    si: str  # how the SI unit is written in messages and docs
+
+
+TIME = Dimension("time", "s")
+RATE = Dimension("rate", "Hz")
+BANDWIDTH = Dimension("bandwidth", "bit/s")
+SIZE = Dimension("data size", "B")
+COMPUTE = Dimension("compute", "FLOP/s")
+WORK = Dimension("work", "FLOP")
+POWER = Dimension("power", "W")
+COST_RATE = Dimension("money per hour", "USD/s")
+COST_DATA = Dimension("money per data", "USD/B")
+
+UNITS: dict[str, tuple[Dimension, float]] = {
+    "us": (TIME, 1e-6), "ms": (TIME, 1e-3), "s": (TIME, 1.0),
+    "Hz": (RATE, 1.0), "kHz": (RATE, 1e3),
+    "bps": (BANDWIDTH, 1.0), "Kbps": (BANDWIDTH, 1e3), "Mbps": (BANDWIDTH, 1e6),
+    "Gbps": (BANDWIDTH, 1e9),
+    "B": (SIZE, 1.0), "KB": (SIZE, 1e3), "MB": (SIZE, 1e6), "GB": (SIZE, 1e9),
+    "KiB": (SIZE, 1024.0), "MiB": (SIZE, 1024.0**2), "GiB": (SIZE, 1024.0**3),
+    "FLOPS": (COMPUTE, 1.0), "GFLOPS": (COMPUTE, 1e9), "TFLOPS": (COMPUTE, 1e12),
+    "FLOP": (WORK, 1.0), "MFLOP": (WORK, 1e6), "GFLOP": (WORK, 1e9), "TFLOP": (WORK, 1e12),
+    "mW": (POWER, 1e-3), "W": (POWER, 1.0),
+    "USD/h": (COST_RATE, 1 / 3600), "USD/GB": (COST_DATA, 1e-9),
+}
+
+
+def units_of(dim: Dimension) -> list[str]:
+    return [u for u, (d, _) in UNITS.items() if d is dim]
+
+
+def suggest_unit(unit: str, dim: Dimension | None) -> str | None:
+    """The closest known unit, preferring units of `dim`; case-insensitive matches first."""
+    pool = units_of(dim) if dim else list(UNITS)
+    for candidates in (pool, list(UNITS)):
+        for u in candidates:
+            if u.lower() == unit.lower():
+                return u
+        close = difflib.get_close_matches(unit, candidates, n=1, cutoff=0.5)
+        if close:
+            return close[0]
+    return None
