@@ -50,7 +50,8 @@ def _read_error(file: str, code: str, message: str, label: str, text: str = "",
     col = offset - (text.rfind("\n", 0, offset) + 1) + 1
     span = ast.Span(file, offset, offset + 1, line, col, line, col + 1)
     result = CheckResult(file, text, [Diagnostic(code, message, span, label)])
-    result.sources.add(file, text)
+    if text:
+        result.sources.add(file, text)
     return result
 
 

@@ -177,12 +177,12 @@ def _check_replicas(graph: nx.DiGraph, out: Lowered, sink: DiagnosticSink) -> No
 
 
 def _check_unused(out: Lowered, used: set[str], sink: DiagnosticSink) -> None:
-    labels_used: set[str] = set()
-    for decl in out.symbols.decls.values():
-        for entry in decl.entries:
-            if entry.key.value in ("privacy", "removes") and isinstance(entry.value,
-                                                                        ast.ListValue):
-                labels_used.update(i.name for i in entry.value.items if isinstance(i, ast.Word))
+    decls = out.symbols.decls.values()
+    labels_used = {item.name for decl in decls for entry in decl.entries
+                   if entry.key.value in ("privacy", "removes")
+                   and isinstance(entry.value, ast.ListValue)
+                   for item in entry.value.items if isinstance(item, ast.Word)}
+    for decl in decls:
         if decl.kind in ("sensor", "actuator", "store", "operator", "model") and \
                 decl.name.value not in used:
             sink.warn("W0510", f"{decl.kind} `{decl.name.value}` is not used in any pipeline",
@@ -195,7 +195,9 @@ def _check_unused(out: Lowered, used: set[str], sink: DiagnosticSink) -> None:
 
 
 def check(out: Lowered, sink: DiagnosticSink) -> None:
-    used = {name for p in out.pipelines.values() for name in p.flow}
+    used = {step.value for decl in out.symbols.decls.values() if decl.kind == "pipeline"
+            for entry in decl.entries if isinstance(entry.value, ast.Flow)
+            for step in entry.value.steps}
     valid = [p for p in out.pipelines.values() if _check_steps(p, out, sink)]
     graph = flow_graph((p.name, p.flow) for p in valid)
     spans: dict[tuple[str, str], ast.Span] = {}

@@ -42,7 +42,8 @@ def check_model(decl: ast.Decl, path: Path, inputs: dict[str, ir.TensorType],
         if input_name not in inputs:
             sink.error("E0603", f"input `{input_name}` of model `{name}` is not bound", inputs_span,
                        f"`{input_name}` missing",
-                       help=f"add `{input_name} = {_example(sig)}` to `inputs`")
+                       help=f"add `{input_name} = {_example(sig)}` to `inputs`"
+                            f"{_binding_help(sig)}")
             ok = False
             continue
         declared, entry = inputs[input_name], input_entries[input_name]
@@ -65,8 +66,14 @@ def check_model(decl: ast.Decl, path: Path, inputs: dict[str, ir.TensorType],
 
 
 def _example(sig: signature.TensorSig) -> str:
-    dims = ", ".join(str(d) if isinstance(d, int) else "1" for d in sig.dims or (1,))
+    dims = ", ".join(str(d) if d is not None else "?" for d in sig.dims or ("...",))
     return f"{sig.dtype}[{dims}]"
+
+
+def _binding_help(sig: signature.TensorSig) -> str:
+    dynamic = [f"`{d}`" if d is not None else "`?`" for d in sig.dims or () if not
+               isinstance(d, int)]
+    return " with " + ", ".join(dynamic) + " bound to numbers" if dynamic else ""
 
 
 def _compatible(model: str, sig: signature.TensorSig, declared: ir.TensorType, entry: ast.Entry,
@@ -74,12 +81,10 @@ def _compatible(model: str, sig: signature.TensorSig, declared: ir.TensorType, e
     def fail(message: str, label: str, note: str) -> bool:
         sink.error("E0605", message, entry.value.span, label,
                    notes=(f"the ONNX file declares `{sig.name}` as {note}",),
-                   help=f"declare `{sig.name} = {_example(sig)}` with each dynamic "
-                        "dimension bound")
+                   help=f"declare `{sig.name} = {_example(sig)}`{_binding_help(sig)}")
         return False
 
-    onnx_type = f"{sig.dtype}[{', '.join('?' if d is None else str(d) for d in sig.dims)}]" \
-        if sig.dims is not None else f"{sig.dtype}[...]"
+    onnx_type = _example(sig)
     if sig.dtype != declared.dtype:
         return fail(f"input `{sig.name}` of model `{model}` is {sig.dtype}, not {declared.dtype}",
                     "wrong element type", onnx_type)

@@ -33,6 +33,10 @@ DECL_KIND_TEXT = {
 }
 
 
+def article(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
 def closest(name: str, candidates: list[str]) -> str | None:
     found = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return found[0] if found else None
@@ -151,7 +155,8 @@ class Reader:
                                 help=did_you_mean(name, self.symbols.of_kind(*kinds)))
                 return BAD
             if decl.kind not in kinds:
-                self.sink.error("E0103", f"`{name}` is {DECL_KIND_TEXT[decl.kind]}, not {what}",
+                self.sink.error("E0103", f"`{name}` is {DECL_KIND_TEXT[decl.kind]}, not "
+                                f"{article(what)}",
                                 span, f"expected {what}",
                                 labels=(Label(decl.name.span, f"`{name}` is declared here"),),
                                 help=did_you_mean(name, self.symbols.of_kind(*kinds)))

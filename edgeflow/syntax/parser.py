@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, Tree, v_args
+from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.lexer import Lexer, LexerState
 
 from edgeflow.diagnostics import Diagnostic, DiagnosticSink, Label
 from edgeflow.syntax import ast
@@ -40,11 +44,17 @@ def grammar_text() -> str:
     return (Path(__file__).resolve().parents[2] / "grammar" / "edgeflow.lark").read_text("utf-8")
 
 
-@lru_cache(maxsize=2)
-def lark_parser(strict: bool = False) -> Lark:
-    # strict=True (regex collision checks) needs `interegular`; the test suite builds it that way
-    # once, so the grammar stays conflict-free without every CLI start paying for the check.
-    return Lark(grammar_text(), parser="lalr", propagate_positions=True, strict=strict,
+@lru_cache(maxsize=1)
+def lark_parser() -> Lark:
+    """The parser every check uses: LALR with our lexer, building the AST as it reduces."""
+    return Lark(grammar_text(), parser="lalr", lexer=_Lexer, transformer=_Builder(),
+                keep_all_tokens=True, maybe_placeholders=True)
+
+
+def strict_lark_parser() -> Lark:
+    """The grammar with lark's own contextual lexer in strict mode (needs `interegular`): fails
+    on any shift/reduce conflict or terminal collision. The test suite builds it."""
+    return Lark(grammar_text(), parser="lalr", propagate_positions=True, strict=True,
                 maybe_placeholders=True)
 
 
@@ -57,181 +67,252 @@ def _describe_expected(expected: set[str]) -> str:
     return ", ".join(names[:-1]) + " or " + names[-1]
 
 
-class _Positions:
-    """Turns lark positions inside one parsed piece into spans of the whole file."""
-
-    def __init__(self, file: str, text: str, base_offset: int, base_line: int) -> None:
-        self.file, self.text, self.base_offset, self.base_line = file, text, base_offset, base_line
-
-    def of_token(self, tok: Token) -> ast.Span:
-        return ast.Span(self.file, self.base_offset + tok.start_pos, self.base_offset + tok.end_pos,
-                        self.base_line + tok.line - 1, tok.column,
-                        self.base_line + tok.end_line - 1, tok.end_column)
-
-    def of_meta(self, meta: object) -> ast.Span:
-        m = meta  # lark's Meta: same attribute names as a Token's positions
-        return ast.Span(self.file, self.base_offset + m.start_pos, self.base_offset + m.end_pos,
-                        self.base_line + m.line - 1, m.column,
-                        self.base_line + m.end_line - 1, m.end_column)
-
-    def at(self, offset: int, length: int = 0) -> ast.Span:
-        """A span at an offset of the piece (for errors, which carry no end position)."""
-        line = self.text.count("\n", 0, offset) + 1
-        col = offset - (self.text.rfind("\n", 0, offset) + 1) + 1
-        return ast.Span(self.file, self.base_offset + offset, self.base_offset + offset + length,
-                        self.base_line + line - 1, col, self.base_line + line - 1, col + length)
+# The token regex of the grammar's terminals, as one alternation: lark's own lexer spends most of
+# its time on ignored whitespace tokens; this lexes a 10,000-line file in a fraction of the time.
+# `tests/test_parser.py` checks it against lark's lexer on every example.
+_LEX = re.compile(r"""
+    (?P<NL>\n)
+  | (?P<WS>[ \t\r\f]+)
+  | (?P<COMMENT>\#[^\n]*)
+  | (?P<QUANTITY>-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?:[ \t]*[A-Za-z]+(?:/[A-Za-z]+)?)?)
+  | (?P<NAME>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<STRING>"(?:\\.|[^"\\\n])*")
+  | (?P<BIARROW><->) | (?P<ARROW>->) | (?P<LE><=) | (?P<GE>>=) | (?P<LT><) | (?P<GT>>)
+  | (?P<LBRACE>\{) | (?P<RBRACE>\}) | (?P<LSQB>\[) | (?P<RSQB>\]) | (?P<LPAR>\() | (?P<RPAR>\))
+  | (?P<EQUAL>=) | (?P<COMMA>,)
+""", re.VERBOSE)
+_KEYWORD_TYPES = {kw: kw.upper() for kw in DECL_KEYWORDS}
 
 
-@v_args(meta=True)
+@dataclass(frozen=True)
+class _Piece:
+    """Where the text being parsed sits in its file."""
+
+    file: str
+    base_offset: int
+    base_line: int
+
+
+_PIECE: ContextVar[_Piece] = ContextVar("edgeflow_piece")
+
+
+class _Lexer(Lexer):
+    """Yields tokens with positions in the whole file. A word is a declaration keyword only at
+    the top level where a declaration may start (after `}` or at the start), as in the grammar's
+    contextual lexer, so keys and names like `privacy` or `model` stay names elsewhere."""
+
+    __future_interface__ = 1
+
+    def __init__(self, lexer_conf: object) -> None:
+        pass
+
+    def lex(self, lexer_state: LexerState, parser_state: object) -> Iterator[Token]:
+        piece = _PIECE.get()
+        text: str = getattr(lexer_state.text, "text", lexer_state.text)  # a TextSlice or str
+        base, line = piece.base_offset, piece.base_line
+        line_start = 0  # offset in `text` of the current line's first character
+        depth, keyword_ok = 0, True
+        pos, n = 0, len(text)
+        match = _LEX.match
+        while pos < n:
+            m = match(text, pos)
+            if m is None:
+                raise UnexpectedCharacters(text, pos, line, pos - line_start + 1)
+            kind = m.lastgroup
+            end = m.end()
+            if kind == "NL":
+                line += 1
+                line_start = end
+            elif kind != "WS" and kind != "COMMENT":
+                value = m.group()
+                if kind == "NAME" and depth == 0 and keyword_ok and value in _KEYWORD_TYPES:
+                    kind = _KEYWORD_TYPES[value]
+                elif kind == "LBRACE":
+                    depth += 1
+                elif kind == "RBRACE":
+                    depth = max(depth - 1, 0)
+                col = pos - line_start + 1
+                yield Token(kind, value, base + pos, line, col, line, col + end - pos, base + end)
+                keyword_ok = depth == 0 and kind == "RBRACE"
+            pos = end
+
+
+def _span(first: object, last: object) -> ast.Span:
+    """The span from the start of `first` to the end of `last` (tokens or AST nodes)."""
+    file = _PIECE.get().file
+    if isinstance(first, Token):
+        start, line, col = first.start_pos, first.line, first.column
+    else:
+        a = first if isinstance(first, ast.Span) else first.span  # type: ignore[attr-defined]
+        start, line, col = a.start, a.line, a.col
+    if isinstance(last, Token):
+        end, end_line, end_col = last.end_pos, last.end_line, last.end_column
+    else:
+        b = last if isinstance(last, ast.Span) else last.span  # type: ignore[attr-defined]
+        end, end_line, end_col = b.end, b.end_line, b.end_col
+    return ast.Span(file, start, end, line, col, end_line, end_col)
+
+
+def _token_span(tok: Token) -> ast.Span:
+    return ast.Span(_PIECE.get().file, tok.start_pos, tok.end_pos, tok.line, tok.column,
+                    tok.end_line, tok.end_column)
+
+
+def _values(children: list[object]) -> tuple[ast.Value, ...]:
+    return tuple(c for c in children if not isinstance(c, Token))  # type: ignore[misc]
+
+
 class _Builder(Transformer):  # type: ignore[type-arg]
-    def __init__(self, pos: _Positions) -> None:
-        super().__init__()
-        self.pos = pos
+    """Builds AST nodes while the LALR parser reduces (no intermediate parse tree). The parser
+    keeps every token, so a node's span runs from its first to its last token."""
 
     def _name(self, tok: Token) -> ast.Name:
         if tok.type == "STRING":
-            return ast.Name(_unescape(tok.value[1:-1]), self.pos.of_token(tok))
-        return ast.Name(str(tok.value), self.pos.of_token(tok))
+            return ast.Name(_unescape(tok.value[1:-1]), _token_span(tok))
+        return ast.Name(str(tok.value), _token_span(tok))
 
     def _quantity(self, tok: Token) -> ast.Quantity:
         match = _QUANTITY.fullmatch(tok.value)
         assert match, tok.value  # the terminal's own regex
         number, gap, unit = match.groups()
-        span = self.pos.of_token(tok)
+        span = _token_span(tok)
         unit_span = None
         if unit:
-            start = tok.start_pos + len(number) + len(gap)
-            unit_span = ast.Span(span.file, self.pos.base_offset + start, span.end, span.line,
-                                 tok.column + len(number) + len(gap), span.end_line, span.end_col)
+            skip = len(number) + len(gap)
+            unit_span = ast.Span(span.file, span.start + skip, span.end, span.line,
+                                 span.col + skip, span.end_line, span.end_col)
         is_int = re.fullmatch(r"-?\d+", number) is not None
         return ast.Quantity(float(number), is_int, unit or None, number, span, unit_span)
 
     # -- declarations
-    def start(self, meta: object, children: list[ast.Decl]) -> list[ast.Decl]:
+    def start(self, children: list[ast.Decl]) -> list[ast.Decl]:
         return children
 
-    def decl(self, meta: object, children: list) -> ast.Decl:  # type: ignore[type-arg]
+    def decl(self, children: list) -> ast.Decl:  # type: ignore[type-arg]
         kind, name, (entries, body) = children
-        return ast.Decl(kind.value, self.pos.of_token(kind), self._name(name), entries,
-                        self.pos.of_meta(meta), body_span=body)
+        return ast.Decl(kind.value, _token_span(kind), self._name(name), entries,
+                        _span(kind, body), body_span=body)
 
-    def link(self, meta: object, children: list) -> ast.Decl:  # type: ignore[type-arg]
+    def link(self, children: list) -> ast.Decl:  # type: ignore[type-arg]
         kw, a, _arrow, b, (entries, body) = children
-        return ast.Decl("link", self.pos.of_token(kw), self._name(a), entries,
-                        self.pos.of_meta(meta), peer=self._name(b), body_span=body)
+        return ast.Decl("link", _token_span(kw), self._name(a), entries, _span(kw, body),
+                        peer=self._name(b), body_span=body)
 
-    def kind(self, meta: object, children: list[Token]) -> Token:
+    def kind(self, children: list[Token]) -> Token:
         return children[0]
 
-    def block(self, meta: object, children: list) -> tuple:  # type: ignore[type-arg]
-        return children[0], self.pos.of_meta(meta)
+    def block(self, children: list) -> tuple:  # type: ignore[type-arg]
+        return children[1], _span(children[0], children[-1])
 
-    def entries(self, meta: object, children: list[ast.Entry]) -> tuple[ast.Entry, ...]:
-        return tuple(children)
+    def entries(self, children: list[object]) -> tuple[ast.Entry, ...]:
+        return tuple(c for c in children if isinstance(c, ast.Entry))
 
-    def entry(self, meta: object, children: list) -> ast.Entry:  # type: ignore[type-arg]
-        key, value = children
-        return ast.Entry(self._name(key), value, self.pos.of_meta(meta))
+    def entry(self, children: list) -> ast.Entry:  # type: ignore[type-arg]
+        key, _eq, value = children
+        return ast.Entry(self._name(key), value, _span(key, value))
 
     # -- values
-    def quantity(self, meta: object, children: list[Token]) -> ast.Quantity:
+    def quantity(self, children: list[Token]) -> ast.Quantity:
         return self._quantity(children[0])
 
-    def string(self, meta: object, children: list[Token]) -> ast.String:
+    dim_number = quantity
+
+    def string(self, children: list[Token]) -> ast.String:
         tok = children[0]
-        return ast.String(_unescape(tok.value[1:-1]), self.pos.of_token(tok))
+        return ast.String(_unescape(tok.value[1:-1]), _token_span(tok))
 
-    def word(self, meta: object, children: list[Token]) -> ast.Word:
-        return ast.Word(str(children[0].value), self.pos.of_token(children[0]))
+    def word(self, children: list[Token]) -> ast.Word:
+        return ast.Word(str(children[0].value), _token_span(children[0]))
 
-    def tensor(self, meta: object, children: list) -> ast.Tensor:  # type: ignore[type-arg]
-        dtype, dims = children
-        return ast.Tensor(self._name(dtype), tuple(dims or ()), self.pos.of_meta(meta))
+    dim_name = word
 
-    def dims(self, meta: object, children: list) -> list:  # type: ignore[type-arg]
-        return children
+    def tensor(self, children: list) -> ast.Tensor:  # type: ignore[type-arg]
+        dtype, _open, dims, close = children
+        return ast.Tensor(self._name(dtype), tuple(dims or ()), _span(dtype, close))
 
-    def dim_number(self, meta: object, children: list[Token]) -> ast.Quantity:
-        return self._quantity(children[0])
+    def dims(self, children: list[object]) -> tuple[ast.Value, ...]:
+        return _values(children)
 
-    def dim_name(self, meta: object, children: list[Token]) -> ast.Word:
-        return ast.Word(str(children[0].value), self.pos.of_token(children[0]))
+    items = args = dims
 
-    def call(self, meta: object, children: list) -> ast.Call:  # type: ignore[type-arg]
-        func, args = children
-        return ast.Call(self._name(func), tuple(args or ()), self.pos.of_meta(meta))
+    def call(self, children: list) -> ast.Call:  # type: ignore[type-arg]
+        func, _open, args, close = children
+        return ast.Call(self._name(func), tuple(args or ()), _span(func, close))
 
-    def items(self, meta: object, children: list[ast.Value]) -> list[ast.Value]:
-        return children
-
-    args = items
-
-    def flow(self, meta: object, children: list[Token]) -> ast.Flow:
+    def flow(self, children: list[Token]) -> ast.Flow:
         steps = tuple(self._name(t) for t in children if t.type == "NAME")
-        return ast.Flow(steps, self.pos.of_meta(meta))
+        return ast.Flow(steps, _span(children[0], children[-1]))
 
-    def constraint(self, meta: object, children: list) -> ast.Constraint:  # type: ignore[type-arg]
+    def constraint(self, children: list) -> ast.Constraint:  # type: ignore[type-arg]
         subject, op, bound = children
-        return ast.Constraint(self._name(subject), op.value, self.pos.of_token(op),
-                              self._quantity(bound), self.pos.of_meta(meta))
+        return ast.Constraint(self._name(subject), op.value, _token_span(op),
+                              self._quantity(bound), _span(subject, bound))
 
-    def cmp(self, meta: object, children: list[Token]) -> Token:
+    def cmp(self, children: list[Token]) -> Token:
         return children[0]
 
-    def list(self, meta: object, children: list) -> ast.ListValue:  # type: ignore[type-arg]
-        return ast.ListValue(tuple(children[0] or ()), self.pos.of_meta(meta))
+    def list(self, children: list) -> ast.ListValue:  # type: ignore[type-arg]
+        open_, items, close = children
+        return ast.ListValue(tuple(items or ()), _span(open_, close))
 
-    def map(self, meta: object, children: list) -> ast.MapValue:  # type: ignore[type-arg]
-        return ast.MapValue(children[0], self.pos.of_meta(meta))
+    def map(self, children: list) -> ast.MapValue:  # type: ignore[type-arg]
+        open_, entries, close = children
+        return ast.MapValue(entries, _span(open_, close))
 
 
 def _unescape(s: str) -> str:
     return re.sub(r"\\([\"\\])", r"\1", s)
 
 
-def _syntax_diagnostic(err: UnexpectedInput, pos: _Positions, piece: str, last: bool,
-                       ) -> Diagnostic:
+def _expected(err: UnexpectedInput) -> set[str]:
+    """The terminals the parser would really accept where it stopped. LALR's own lookahead sets
+    are merged across contexts (a `)` expected inside a block), so ask the interactive parser."""
+    interactive = getattr(err, "interactive_parser", None)
+    if interactive is not None:
+        try:
+            return set(interactive.accepts()) - {"WS", "COMMENT"}
+        except Exception:  # accepts() replays the parser; fall back to lark's own set
+            pass
+    return set(getattr(err, "expected", None) or getattr(err, "allowed", None) or ())
+
+
+def _unexpected_word(found: str, span: ast.Span, expected: set[str]) -> Diagnostic:
+    keywords = sorted(t.lower() for t in expected if t.lower() in DECL_KEYWORDS)
+    close = difflib.get_close_matches(found, keywords, n=1, cutoff=0.6)
+    what = "a declaration" if len(keywords) >= 3 else _describe_expected(expected)
+    help_ = (f"did you mean `{close[0]}`?" if close else
+             "a declaration starts with one of: " + ", ".join(keywords) if keywords else
+             "write entries as `key = value`" if expected == {"EQUAL"} else
+             "separate entries with a comma or a new line"
+             if "RBRACE" in expected and "NAME" in expected else None)
+    return Diagnostic("E0001", f"expected {what}, found `{found}`", span, "unexpected here",
+                      help=help_)
+
+
+def _syntax_diagnostic(err: UnexpectedInput, piece: str, last: bool) -> Diagnostic:
+    expected = _expected(err)
     if isinstance(err, UnexpectedCharacters):
         offset = err.pos_in_stream
         word = re.match(r"[A-Za-z_][A-Za-z0-9_]*", piece[offset:])
-        expected = set(err.allowed or ())
         if word:
-            found = word.group(0)
-            keywords = [t.lower() for t in expected if t.lower() in DECL_KEYWORDS]
-            help_ = None
-            close = difflib.get_close_matches(found, keywords, n=1, cutoff=0.6)
-            if close:
-                help_ = f"did you mean `{close[0]}`?"
-            elif keywords:
-                help_ = "a declaration starts with one of: " + ", ".join(sorted(keywords))
-            return Diagnostic("E0001", f"expected {_describe_expected(expected)}, found `{found}`",
-                              pos.at(offset, len(found)), "unexpected word", help=help_)
+            return _unexpected_word(word.group(0), _at(piece, offset, len(word.group(0))), expected)
         char = piece[offset]
         shown = repr(char)[1:-1] if not char.isprintable() else char
-        return Diagnostic("E0002", f"invalid character `{shown}`", pos.at(offset, 1),
+        return Diagnostic("E0002", f"invalid character `{shown}`", _at(piece, offset, 1),
                           f"expected {_describe_expected(expected)}",
                           help="names are [a-z_][a-z0-9_]*; other text belongs in a double-quoted"
                                " string" if char.isalpha() or char == '"' else None)
     if isinstance(err, UnexpectedToken) and err.token.type != "$END":
         tok = err.token
-        span = pos.of_token(tok)
-        expected = set(err.expected or ())
-        help_ = None
-        if "EQUAL" in expected and len(expected) == 1:
-            help_ = "write entries as `key = value`"
-        elif expected & {"RBRACE", "COMMA"} and tok.type in {"QUANTITY", "STRING", "NAME"}:
-            help_ = "separate entries with a comma or a new line"
-        return Diagnostic("E0001", f"expected {_describe_expected(expected)}, found `{tok.value}`",
-                          span, "unexpected here", help=help_)
+        return _unexpected_word(str(tok.value), _token_span(tok), expected)
     # the piece ended too early
-    expected = set(getattr(err, "expected", None) or ())
     end = len(piece.rstrip())
     labels: tuple[Label, ...] = ()
     opener = _unclosed_opener(piece)
     if opener is not None:
-        labels = (Label(pos.at(opener, 1), f"this `{piece[opener]}` is not closed"),)
+        labels = (Label(_at(piece, opener, 1), f"this `{piece[opener]}` is not closed"),)
     return Diagnostic("E0003", "unexpected end of " + ("file" if last else "declaration"),
-                      pos.at(max(end - 1, 0), 1 if end else 0),
+                      _at(piece, max(end - 1, 0), 1 if end else 0),
                       f"expected {_describe_expected(expected)} after this" if expected else "",
                       labels=labels)
 
@@ -249,41 +330,72 @@ def _unclosed_opener(piece: str) -> int | None:
     return stack[-1] if stack else None
 
 
-def _parse_piece(parser: Lark, pos: _Positions, piece: str, last: bool, sink: DiagnosticSink,
-                 ) -> list[ast.Decl]:
+def _at(piece: str, offset: int, length: int = 0) -> ast.Span:
+    """A span at an offset of the piece being parsed (errors carry no end position)."""
+    ctx = _PIECE.get()
+    line = piece.count("\n", 0, offset)
+    col = offset - (piece.rfind("\n", 0, offset) + 1) + 1
+    return ast.Span(ctx.file, ctx.base_offset + offset, ctx.base_offset + offset + length,
+                    ctx.base_line + line, col, ctx.base_line + line, col + length)
+
+
+def _parse_piece(parser: Lark, piece: str, last: bool, sink: DiagnosticSink) -> list[ast.Decl]:
     try:
-        tree = parser.parse(piece)
+        return parser.parse(piece)  # type: ignore[return-value]
     except (UnexpectedInput, UnexpectedEOF) as err:
-        sink.items.append(_syntax_diagnostic(err, pos, piece, last))
+        sink.items.append(_syntax_diagnostic(err, piece, last))
+        if isinstance(err, UnexpectedCharacters):
+            stop = err.pos_in_stream
+        else:
+            token = getattr(err, "token", None)
+            stop = token.start_pos - _PIECE.get().base_offset if token is not None else 0
+    # Keep the declarations that end before the error's line, when they parse on their own.
+    prefix = piece[: piece.rfind("\n", 0, max(stop, 0)) + 1]
+    try:
+        return parser.parse(prefix) if prefix.strip() else []  # type: ignore[return-value]
+    except (UnexpectedInput, UnexpectedEOF):
         return []
-    return _build(tree, pos)
 
 
-def _build(tree: Tree, pos: _Positions) -> list[ast.Decl]:  # type: ignore[type-arg]
-    return _Builder(pos).transform(tree)  # type: ignore[no-any-return]
+def _comments(text: str, file: str) -> tuple[tuple[ast.Span, str], ...]:
+    out = []
+    line, line_start = 1, 0
+    for m in _COMMENT_OR_SKIP.finditer(text):
+        if m.lastgroup == "NL":
+            line, line_start = line + 1, m.end()
+        elif m.lastgroup == "COMMENT":
+            col = m.start() - line_start + 1
+            out.append((ast.Span(file, m.start(), m.end(), line, col, line,
+                                 col + m.end() - m.start()), m.group()))
+    return tuple(out)
+
+
+_COMMENT_OR_SKIP = re.compile(r'(?P<STRING>"(?:\\.|[^"\\\n])*")|(?P<COMMENT>#[^\n]*)|(?P<NL>\n)')
 
 
 def parse(text: str, file: str) -> tuple[ast.Module, list[Diagnostic]]:
     """Parse a whole file. Never raises on bad input: errors come back as diagnostics."""
     parser = lark_parser()
     sink = DiagnosticSink()
-    comments = tuple(
-        (_Positions(file, text, 0, 1).at(m.start(), len(m.group(0))), m.group(0))
-        for m in re.finditer(r'"(?:\\.|[^"\\\n])*"|#[^\n]*', text) if m.group(0).startswith("#"))
+    comments = _comments(text, file)
+    token = _PIECE.set(_Piece(file, 0, 1))
     try:
-        decls = _build(parser.parse(text), _Positions(file, text, 0, 1))
-        return ast.Module(file, tuple(decls), comments), []
-    except (UnexpectedInput, UnexpectedEOF):
-        pass
-    starts = [m.start() for m in _DECL_START.finditer(text)]
-    if not starts or starts[0] != 0:
-        starts.insert(0, 0)
-    decls = []
-    line = 1
-    for i, start in enumerate(starts):
-        end = starts[i + 1] if i + 1 < len(starts) else len(text)
-        piece = text[start:end]
-        decls.extend(_parse_piece(parser, _Positions(file, piece, start, line), piece,
-                                   end == len(text), sink))
-        line += piece.count("\n")
-    return ast.Module(file, tuple(decls), comments), sink.items
+        try:
+            decls = parser.parse(text)
+            return ast.Module(file, tuple(decls), comments), []  # type: ignore[arg-type]
+        except (UnexpectedInput, UnexpectedEOF):
+            pass
+        starts = [m.start() for m in _DECL_START.finditer(text)]
+        if not starts or starts[0] != 0:
+            starts.insert(0, 0)
+        decls = []
+        line = 1
+        for i, start in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else len(text)
+            piece = text[start:end]
+            _PIECE.set(_Piece(file, start, line))
+            decls.extend(_parse_piece(parser, piece, end == len(text), sink))
+            line += piece.count("\n")
+        return ast.Module(file, tuple(decls), comments), sink.items
+    finally:
+        _PIECE.reset(token)

@@ -1,0 +1,23 @@
+"""Shared test helpers. Set EDGEFLOW_UPDATE_GOLDENS=1 to rewrite golden files deliberately."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+UPDATE = os.environ.get("EDGEFLOW_UPDATE_GOLDENS") == "1"
+
+
+def assert_golden(path: Path, actual: str) -> None:
+    """Compare `actual` with the golden file at `path` (or write it when updating)."""
+    if UPDATE:
+        path.write_text(actual, encoding="utf-8")
+        return
+    if not path.exists():
+        pytest.fail(f"missing golden file {path}; run with EDGEFLOW_UPDATE_GOLDENS=1")
+    expected = path.read_text(encoding="utf-8")
+    assert actual == expected, f"output differs from golden {path.name}"

@@ -1,0 +1,84 @@
+"""The command line, run as a real process: exit codes, streams, formats, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES, ROOT
+
+EXAMPLES = sorted((ROOT / "examples").glob("*.ef"))
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgeflow", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=120)
+
+
+def test_examples_check_clean() -> None:
+    proc = run("check", *map(str, EXAMPLES))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.count("no problems") == len(EXAMPLES)
+
+
+def test_errors_exit_1_with_located_text() -> None:
+    proc = run("check", "E0301_unknown_unit.ef", cwd=FIXTURES / "diagnostics")
+    assert proc.returncode == 1
+    assert "error[E0301]: unknown unit `msec`" in proc.stderr
+    assert " --> E0301_unknown_unit.ef:5:62" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_json_format_goes_to_stdout() -> None:
+    proc = run("check", "--format", "json", "E0303_invalid_value.ef", "W0510_unused.ef",
+               cwd=FIXTURES / "diagnostics")
+    assert proc.returncode == 1
+    data = json.loads(proc.stdout)
+    assert [d["code"] for d in data] == ["E0303", "E0303", "E0303", "W0510"]
+    assert {d["span"]["file"] for d in data} == {"E0303_invalid_value.ef", "W0510_unused.ef"}
+
+
+def test_warnings_alone_exit_0() -> None:
+    proc = run("check", "W0702_unused_label.ef", cwd=FIXTURES / "diagnostics")
+    assert proc.returncode == 0
+    assert "warning[W0702]" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["check"], ["check", "missing.ef"], ["explain", "E9999"],
+                                  ["check", "--format", "xml", "x.ef"], ["nonsense"]])
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    proc = run(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_version_and_explain() -> None:
+    assert run("--version").stdout.startswith("edgeflow ")
+    proc = run("explain", "e0505")
+    assert proc.returncode == 0 and proc.stdout.startswith("E0505 (error): tensor type mismatch")
+
+
+def test_graph_formats() -> None:
+    dot = run("graph", "examples/reference.ef", "--format", "dot")
+    assert dot.returncode == 0
+    assert '"normalize" -> "detector" [label="inspect"];' in dot.stdout
+    mermaid = run("graph", "examples/reference.ef", "--format", "mermaid")
+    assert mermaid.stdout.startswith("flowchart LR\n")
+    assert "camera -->|audit| blur_faces" in mermaid.stdout
+    assert run("graph", "examples/reference.ef").stdout == dot.stdout  # deterministic
+
+
+def test_graph_of_a_broken_file_reports_errors() -> None:
+    proc = run("graph", str(FIXTURES / "diagnostics" / "E0504_cycle.ef"))
+    assert proc.returncode == 1 and "error[E0504]" in proc.stderr and proc.stdout == ""
+
+
+def test_non_utf8_and_directory_are_diagnostics_not_crashes() -> None:
+    proc = run("check", "E0004_not_utf8.ef", "E0005_folder.ef", cwd=FIXTURES / "diagnostics")
+    assert proc.returncode == 1
+    assert "error[E0004]" in proc.stderr and "error[E0005]" in proc.stderr
