@@ -20,16 +20,32 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def generate(sites: int) -> str:
-    out = ['app big_fleet {\n  description = "generated benchmark app"\n'
-           "  objective   = minimize(latency, cost)\n}\n",
-           "device fog_hub {\n  tier    = fog\n  compute = 20 TFLOPS\n  memory  = 64 GiB\n"
-           "  power   = 300 W\n}\n",
-           "device cloud_pool {\n  tier    = cloud\n  compute = 300 TFLOPS\n  memory  = 512 GiB\n"
-           "  cost    = 3.20 USD/h\n}\n",
-           "link fog_hub <-> cloud_pool { bandwidth = 1 Gbps, latency = 20 ms, cost = 0.08 USD/GB }\n",
-           'model detector {\n  source = "models/detector.onnx"\n'
-           "  inputs = { images = float32[1, 3, 320, 320] }\n  split  = auto\n}\n",
-           "privacy pii {\n  allow = [edge, fog]\n}\n"]
+    out = ["""app big_fleet {
+  description = "generated benchmark app"
+  objective   = minimize(latency, cost)
+}
+device fog_hub {
+  tier    = fog
+  compute = 20 TFLOPS
+  memory  = 64 GiB
+  power   = 300 W
+}
+device cloud_pool {
+  tier    = cloud
+  compute = 300 TFLOPS
+  memory  = 512 GiB
+  cost    = 3.20 USD/h
+}
+link fog_hub <-> cloud_pool { bandwidth = 1 Gbps, latency = 20 ms, cost = 0.08 USD/GB }
+model detector {
+  source = "models/detector.onnx"
+  inputs = { images = float32[1, 3, 320, 320] }
+  split  = auto
+}
+privacy pii {
+  allow = [edge, fog]
+}
+"""]
     for i in range(sites):
         out.append(f"""
 # -- site {i} ----------------------------------------------------------------

@@ -7,6 +7,6 @@ try:
 except PackageNotFoundError:  # running from a checkout that is not installed
     __version__ = "0.0.0+unknown"
 
-from edgeflow.api import CheckFailed, CheckResult, check_file, check_text, load  # noqa: E402
+from edgeflow.api import CheckFailed, CheckResult, check_file, check_text, load
 
-__all__ = ["CheckFailed", "CheckResult", "check_file", "check_text", "load", "__version__"]
+__all__ = ["CheckFailed", "CheckResult", "__version__", "check_file", "check_text", "load"]

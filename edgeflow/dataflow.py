@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import networkx as nx
 
@@ -20,7 +21,7 @@ def flow_graph(flows: Iterable[tuple[str, Sequence[str]]]) -> nx.DiGraph:
     for pipeline, steps in flows:
         for name in steps:
             graph.add_node(name)
-        for u, v in zip(steps, steps[1:]):
+        for u, v in pairwise(steps):
             if graph.has_edge(u, v):
                 graph.edges[u, v]["pipelines"].append(pipeline)
             else:

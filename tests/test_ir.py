@@ -6,7 +6,7 @@ import pytest
 
 from edgeflow import load
 from edgeflow.dataflow import build, instance_graph
-from edgeflow.ir import Tier, TensorType
+from edgeflow.ir import TensorType, Tier
 from tests.conftest import ROOT
 
 REFERENCE = ROOT / "examples" / "reference.ef"

@@ -23,7 +23,7 @@ def _lark_tokens(text: str) -> list[tuple[str, str, int, int, int]]:
 
 
 def _our_tokens(text: str) -> list[tuple[str, str, int, int, int]]:
-    from edgeflow.syntax.parser import _Lexer, _Piece, _PIECE
+    from edgeflow.syntax.parser import _PIECE, _Lexer, _Piece
 
     class State:
         def __init__(self, text: str) -> None:

@@ -53,7 +53,7 @@ def _tensor_sig(value: onnx.ValueInfoProto) -> TensorSig:
 def _load_cached(path: str, mtime_ns: int, size: int) -> onnx.ModelProto:
     try:
         model = onnx.load(path, load_external_data=False)
-    except Exception as exc:  # protobuf raises several unrelated types on garbage
+    except Exception as exc:  # noqa: BLE001 - protobuf raises unrelated types on garbage
         raise ModelLoadError(f"cannot be read as ONNX: {type(exc).__name__}") from None
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError("holds no graph")
@@ -90,6 +90,6 @@ def output_types(model: onnx.ModelProto, bound: dict[str, tuple[int, ...]]) -> l
     del fixed.graph.value_info[:]
     try:
         inferred = shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
-    except Exception:  # inference gives up on some graphs: outputs stay as declared
+    except Exception:  # noqa: BLE001 - inference gives up on some graphs; keep declared outputs
         inferred = fixed
     return [_tensor_sig(v) for v in inferred.graph.output]

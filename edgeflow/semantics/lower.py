@@ -6,19 +6,36 @@ no error.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgeflow import ir
 from edgeflow.diagnostics import Diagnostic, DiagnosticSink, Label, has_errors
 from edgeflow.semantics import flows
 from edgeflow.semantics.model_files import check_model
-from edgeflow.semantics.values import (BAD, OBJECTIVE_TERMS, TIERS, Reader, Symbols, closest,
-                                       did_you_mean)
+from edgeflow.semantics.values import (
+    BAD,
+    OBJECTIVE_TERMS,
+    TIERS,
+    Reader,
+    Symbols,
+    closest,
+    did_you_mean,
+)
 from edgeflow.syntax import ast
-from edgeflow.syntax.units import BANDWIDTH, COMPUTE, COST_DATA, COST_RATE, POWER, RATE, SIZE, \
-    TIME, WORK
+from edgeflow.syntax.units import (
+    BANDWIDTH,
+    COMPUTE,
+    COST_DATA,
+    COST_RATE,
+    POWER,
+    RATE,
+    SIZE,
+    TIME,
+    WORK,
+)
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
@@ -177,7 +194,8 @@ def _slo(r: Reader) -> Callable[[str, ast.Value], Any]:
     def read(key: str, value: ast.Value) -> Any:
         items = value.items if isinstance(value, ast.ListValue) else (value,)
         seen: dict[str, ast.Constraint] = {}
-        if not all([one(c, seen) for c in items]):
+        checked = [one(c, seen) for c in items]  # every constraint, to report all problems
+        if not all(checked):
             return BAD
         values = {s: r.quantity(TIME if s == "latency" else RATE, positive=True)(s, c.bound)
                   for s, c in seen.items()}

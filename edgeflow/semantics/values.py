@@ -6,8 +6,9 @@ declarations collected before any entry is read.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from edgeflow.diagnostics import DiagnosticSink, Label
 from edgeflow.ir import DTYPE_BYTES, TensorType

@@ -7,7 +7,6 @@ is given to keys and values only by `edgeflow.semantics`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +111,7 @@ class MapValue:
     span: Span
 
 
-Value = Union[Quantity, String, Word, Tensor, Call, Flow, Constraint, ListValue, MapValue]
+Value = Quantity | String | Word | Tensor | Call | Flow | Constraint | ListValue | MapValue
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from edgeflow.syntax import ast
 
 DECL_KEYWORDS = ("app", "device", "link", "sensor", "actuator", "store", "model", "operator",
                  "pipeline", "privacy")
-_DECL_START = re.compile(r"^[ \t]*(?:%s)[ \t]+[A-Za-z_]" % "|".join(DECL_KEYWORDS), re.MULTILINE)
+_DECL_START = re.compile(rf"^[ \t]*(?:{'|'.join(DECL_KEYWORDS)})[ \t]+[A-Za-z_]", re.MULTILINE)
 _QUANTITY = re.compile(r"(-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)([ \t]*)(.*)", re.DOTALL)
 
 _TERMINAL_TEXT = {
@@ -271,7 +271,7 @@ def _expected(err: UnexpectedInput) -> set[str]:
     if interactive is not None:
         try:
             return set(interactive.accepts()) - {"WS", "COMMENT"}
-        except Exception:  # accepts() replays the parser; fall back to lark's own set
+        except Exception:  # noqa: BLE001, S110 - accepts() replays the parser; use lark's set
             pass
     return set(getattr(err, "expected", None) or getattr(err, "allowed", None) or ())
 
