@@ -7,17 +7,32 @@ the traceback).
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import onnx
 import typer
 
 from edgeflow import __version__, api
 from edgeflow.dataflow import build, to_dot, to_mermaid
 from edgeflow.diagnostics import explain as explain_code
 from edgeflow.diagnostics import render_json, render_summary, render_text
+from edgeflow.models import split as split_mod
+from edgeflow.models.extract import split_model
+from edgeflow.models.signature import ONNX_DTYPES
+from edgeflow.syntax.units import (
+    BANDWIDTH,
+    COMPUTE,
+    TIME,
+    Dimension,
+    parse_quantity,
+    parse_tensor_type,
+)
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -106,6 +121,153 @@ def graph(
         raise typer.Exit(EXIT_ERRORS)
     df = build(result.program)
     sys.stdout.write(to_dot(df) if fmt is GraphFormat.dot else to_mermaid(df))
+
+
+def _split_error(exc: split_mod.SplitError) -> typer.Exit:
+    typer.echo(f"error[{exc.code}]: {exc.message}", err=True)
+    if exc.help:
+        typer.echo(f" = help: {exc.help}", err=True)
+    return typer.Exit(EXIT_ERRORS)
+
+
+def _usage(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _parse_inputs(specs: list[str]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    out = {}
+    for spec in specs:
+        name, sep, type_text = spec.partition("=")
+        if not sep or not name:
+            raise _usage(f"--input takes NAME=TYPE, e.g. images=float32[1,3,224,224]; got `{spec}`")
+        try:
+            out[name.strip()] = parse_tensor_type(type_text, ONNX_DTYPES.values())
+        except ValueError as exc:
+            raise _usage(f"--input {name}: {exc}") from None
+    return out
+
+
+def _quantity(option: str, text: str, dim: Dimension) -> float:
+    try:
+        return parse_quantity(text, dim)
+    except ValueError as exc:
+        raise _usage(f"{option}: {exc}") from None
+
+
+def _write_atomic(path: Path, data: bytes, force: bool) -> None:
+    """Write `path` via a temporary file and a rename; never replace a file edgeflow did not
+    write unless forced."""
+    if path.exists() and not force:
+        try:
+            ours = onnx.load(str(path)).producer_name == "edgeflow" if path.suffix == ".onnx" \
+                else path.read_text().startswith('{\n  "inputs"')
+        except Exception:  # noqa: BLE001 - anything unreadable is not ours
+            ours = False
+        if not ours:
+            raise _usage(f"{path} exists and was not written by edgeflow; use --force")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        f.write(data)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(f.name, 0o666 & ~umask)  # as an ordinary open() would create it
+    os.replace(f.name, path)
+
+
+@app.command()
+def split(
+    model: Annotated[Path, typer.Argument(help="The ONNX model.")],
+    inputs: Annotated[list[str], typer.Option("--input", help="Bind an input: NAME=TYPE, e.g. "
+                                              "images=float32[1,3,320,320]. Repeat per input.")],
+    edge_compute: Annotated[str, typer.Option(help="Edge device compute, e.g. 0.5TFLOPS.")],
+    cloud_compute: Annotated[str, typer.Option(help="Cloud device compute, e.g. 100TFLOPS.")],
+    bandwidth: Annotated[str, typer.Option(help="Link bandwidth, e.g. 20Mbps.")],
+    latency: Annotated[str, typer.Option(help="Link one-way latency, e.g. 10ms.")] = "0ms",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the JSON of LANGUAGE.md.")]
+    = False,
+    emit: Annotated[Path | None, typer.Option(help="Write DIR/head.onnx and DIR/tail.onnx "
+                                                 "(the optimum, or the --cut).")] = None,
+    cut: Annotated[str | None, typer.Option(help="Force a cut: comma-separated tensor "
+                                               "names.")] = None,
+    sweep: Annotated[str | None, typer.Option(help="Optimal cut per bandwidth range, e.g. "
+                                                 "bandwidth=1Mbps..1Gbps.")] = None,
+    edge_profile: Annotated[Path | None, typer.Option(help="Measured per-node times on the "
+                                                         "edge device (edgeflow profile).")]
+    = None,
+    cloud_profile: Annotated[Path | None, typer.Option(help="Measured per-node times on the "
+                                                          "cloud device.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite files in --emit DIR that edgeflow did "
+                                       "not write.")] = False,
+) -> None:
+    """Find where to cut a model between an edge and a cloud device (Neurosurgeon/DADS, exact)."""
+    bound = _parse_inputs(inputs)
+    setting = split_mod.Setting(_quantity("--edge-compute", edge_compute, COMPUTE),
+                                _quantity("--cloud-compute", cloud_compute, COMPUTE),
+                                _quantity("--bandwidth", bandwidth, BANDWIDTH),
+                                0.0 if latency.strip() in ("0", "0ms") else
+                                _quantity("--latency", latency, TIME))
+    sweep_range = None
+    if sweep is not None:
+        key, _, span = sweep.partition("=")
+        low, _, high = span.partition("..")
+        if key != "bandwidth" or not low or not high:
+            raise _usage("--sweep takes bandwidth=LOW..HIGH, e.g. bandwidth=1Mbps..1Gbps")
+        sweep_range = (_quantity("--sweep", low, BANDWIDTH), _quantity("--sweep", high, BANDWIDTH))
+        if sweep_range[0] >= sweep_range[1]:
+            raise _usage("--sweep: the low bandwidth must be below the high one")
+    try:
+        if edge_profile is not None:
+            setting.edge_profile = split_mod.read_profile(edge_profile)
+        if cloud_profile is not None:
+            setting.cloud_profile = split_mod.read_profile(cloud_profile)
+        analysis = split_mod.analyse_model(split_mod.load_model(model), bound)
+        forced = [t.strip() for t in cut.split(",") if t.strip()] if cut is not None else None
+        data, chosen = split_mod.report(
+            analysis, model.name, {n: f"{d}[{','.join(map(str, s))}]" for n, (d, s) in
+                                   bound.items()}, setting, forced, sweep_range)
+    except split_mod.SplitError as exc:
+        raise _split_error(exc) from None
+    if emit is not None:
+        head, tail = split_model(analysis, chosen)
+        _write_atomic(emit / "head.onnx", head.SerializeToString(deterministic=True), force)
+        _write_atomic(emit / "tail.onnx", tail.SerializeToString(deterministic=True), force)
+    if json_out:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        sys.stdout.write(split_mod.render_text(data, setting))
+    if emit is not None:
+        typer.echo(f"wrote {emit / 'head.onnx'} and {emit / 'tail.onnx'} (cut at "
+                   f"{', '.join(chosen.tensors)})", err=True)
+
+
+@app.command("profile")
+def profile_cmd(
+    model: Annotated[Path, typer.Argument(help="The ONNX model.")],
+    inputs: Annotated[list[str], typer.Option("--input", help="Bind an input: NAME=TYPE.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the profile "
+                                         "JSON.")],
+    runs: Annotated[int, typer.Option(min=1, help="Measured runs (median per node).")] = 20,
+    warmup: Annotated[int, typer.Option(min=0, help="Unmeasured warm-up runs.")] = 3,
+    force: Annotated[bool, typer.Option(help="Overwrite an output file edgeflow did not "
+                                       "write.")] = False,
+) -> None:
+    """Measure per-node latency of a model with onnxruntime on this machine."""
+    bound = _parse_inputs(inputs)
+    try:
+        loaded = split_mod.load_model(model)
+        split_mod.analyse_model(loaded, bound)  # same binding checks as split
+    except split_mod.SplitError as exc:
+        raise _split_error(exc) from None
+    try:
+        from edgeflow.models.profile import profile
+    except ImportError:  # pragma: no cover - onnxruntime is an optional dependency
+        raise _usage("edgeflow profile needs onnxruntime: pip install 'edgeflow[runtime]'") \
+            from None
+    data = {"model": model.name, **profile(loaded, bound, runs=runs, warmup=warmup)}
+    _write_atomic(output, (json.dumps(data, indent=2) + "\n").encode(), force)
+    typer.echo(f"wrote {output}: {len(data['node_seconds'])} nodes, "  # type: ignore[arg-type]
+               f"{data['total_seconds'] * 1000:.3f} ms per run", err=True)
 
 
 def main() -> None:

@@ -232,6 +232,12 @@ bind to a number. Every dimension must be concrete for the compiler to compute w
 A declared input type disagrees with the ONNX file: a different element type, a different rank, or
 a different size for a dimension the model fixes.
 """),
+    "E0606": _e("model shape cannot be determined", """
+A tensor's shape could not be determined from the bound inputs, even after folding the model's
+shape subgraphs into constants: typically an operator from a custom domain that ONNX shape inference
+does not know, or a shape that depends on the input data. The compiler needs every activation's
+size to cost transfers. Export the model with static shapes, or replace the operator.
+"""),
     # ---------------------------------------------------------------- privacy
     "E0701": _e("undeclared privacy label", """
 A sensor's `privacy` or an operator's `removes` names a label with no `privacy LABEL { allow = ... }`
@@ -239,6 +245,17 @@ declaration, so the compiler cannot know where such data may go.
 """),
     "W0702": _w("privacy label declared but never used", """
 A `privacy` declaration that no sensor carries and no operator removes has no effect.
+"""),
+    # ---------------------------------------------------------------- split
+    "E0801": _e("invalid cut", """
+`edgeflow split --cut T1,T2` names tensors that do not form a valid cut: a tensor that is not an
+activation (a weight, a shape computation), or a set that leaves another tensor crossing (one side
+of a residual block alone). The message says which tensors the head would also have to send. The
+candidates `edgeflow split` lists are all valid cuts.
+"""),
+    "E0802": _e("unreadable profile", """
+A file given to `--edge-profile` or `--cloud-profile` is not a profile written by
+`edgeflow profile` (JSON with a `node_seconds` object of node names to seconds).
 """),
 }
 

@@ -37,7 +37,9 @@ def _example(code: str) -> tuple[str, str] | None:
         blocks = out.read_text().split("\n\n")
         for block in blocks:
             if re.match(rf"(error|warning)\[{code}\]", block):
-                return out.with_suffix(".ef").name, block
+                return f"tests/fixtures/diagnostics/{out.with_suffix('.ef').name}", block
+    for out in sorted((FIXTURES / "split").glob(f"{code}_*.out")):
+        return f"edgeflow split, tests/fixtures/split/{out.name}", out.read_text().rstrip("\n")
     return None
 
 
@@ -51,7 +53,7 @@ def render_docs() -> str:
         example = _example(code)
         if example:
             name, block = example
-            parts.append(f"\nExample (`tests/fixtures/diagnostics/{name}`):\n\n```text\n{block}\n```\n")
+            parts.append(f"\nExample (`{name}`):\n\n```text\n{block}\n```\n")
     return "".join(parts)
 
 

@@ -7,6 +7,8 @@ these. This is the one place dimensions are defined.
 from __future__ import annotations
 
 import difflib
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -55,3 +57,37 @@ def suggest_unit(unit: str, dim: Dimension | None) -> str | None:
         if close:
             return close[0]
     return None
+
+
+_QUANTITY_TEXT = re.compile(r"\s*(-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z]+(?:/[A-Za-z]+)?)?\s*")
+_TENSOR_TEXT = re.compile(r"\s*([a-z0-9]+)\s*\[\s*([0-9,\s]*)\]\s*")
+
+
+def parse_quantity(text: str, dim: Dimension) -> float:
+    """`0.5TFLOPS`, `20 Mbps` -> SI value; ValueError with a message naming the units."""
+    m = _QUANTITY_TEXT.fullmatch(text)
+    allowed = ", ".join(units_of(dim))
+    if not m or m.group(2) is None:
+        raise ValueError(f"expected a {dim.name} such as `1{units_of(dim)[0]}` (units: {allowed})")
+    number, unit = float(m.group(1)), m.group(2)
+    if unit not in UNITS or UNITS[unit][0] is not dim:
+        guess = suggest_unit(unit, dim)
+        raise ValueError(f"`{unit}` is not a unit of {dim.name}"
+                         + (f"; did you mean `{guess}`?" if guess else f" (units: {allowed})"))
+    if number <= 0:
+        raise ValueError(f"a {dim.name} must be greater than zero")
+    return number * UNITS[unit][1]
+
+
+def parse_tensor_type(text: str, dtypes: Iterable[str]) -> tuple[str, tuple[int, ...]]:
+    """`float32[1,3,320,320]` -> ("float32", (1, 3, 320, 320))."""
+    m = _TENSOR_TEXT.fullmatch(text)
+    if not m:
+        raise ValueError(f"expected a tensor type such as `float32[1,3,224,224]`, got `{text}`")
+    dtype = m.group(1)
+    if dtype not in dtypes:
+        raise ValueError(f"unknown element type `{dtype}` (one of {', '.join(dtypes)})")
+    dims = tuple(int(d) for d in m.group(2).replace(" ", "").split(",") if d)
+    if not dims or min(dims) < 1:
+        raise ValueError("every dimension must be a whole number >= 1")
+    return dtype, dims

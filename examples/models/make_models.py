@@ -42,8 +42,8 @@ class Builder:
         self.count += 1
         return f"{prefix}_{self.count}"
 
-    def weight(self, name: str, array: np.ndarray) -> str:
-        tensor = numpy_helper.from_array(array.astype(np.float32), name)
+    def weight(self, name: str, array: np.ndarray, dtype: type = np.float32) -> str:
+        tensor = numpy_helper.from_array(array.astype(dtype), name)
         if self.constant_weights:
             self.nodes.append(helper.make_node("Constant", [], [name], value=tensor,
                                                name=f"{name}_const"))

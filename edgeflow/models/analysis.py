@@ -1,0 +1,414 @@
+"""Analysis of an ONNX model with its dynamic dimensions bound: the shape of every tensor, and per
+node its work (FLOP, as LANGUAGE.md defines it), output bytes and weight bytes.
+
+Tensors are *static* when their value follows from the model and the bound input shapes alone:
+initializers, `Constant` outputs, `Shape`/`Size` of any tensor, and whatever static nodes compute
+from those (the `Shape -> Gather -> Concat -> Reshape` subgraphs exporters write). Static nodes
+carry no activation and no work; a model half that needs a static tensor recomputes it (see
+`extract.py`), so static tensors are never transfer. Where ONNX shape inference stops (a
+`Reshape` whose shape comes from such a subgraph), the static subgraph is evaluated with the ONNX
+reference evaluator and folded into initializers, and inference runs again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from math import prod
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+# Nodes whose output depends only on their inputs' shapes.
+SHAPE_OPS = {"Shape", "Size"}
+# Nodes that are never static: their values change from run to run.
+NONDETERMINISTIC_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform",
+                        "RandomUniformLike", "Multinomial", "Bernoulli"}
+CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
+
+
+class ModelError(Exception):
+    """A user-facing problem with a model file or its bound inputs; the message says what."""
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    elem_type: int
+    shape: tuple[int, ...]
+
+    @property
+    def dtype(self) -> str:
+        return str(helper.tensor_dtype_to_np_dtype(self.elem_type))
+
+    @property
+    def nbytes(self) -> int:
+        return prod(self.shape) * helper.tensor_dtype_to_np_dtype(self.elem_type).itemsize
+
+    def type_text(self) -> str:
+        return f"{self.dtype}[{', '.join(map(str, self.shape))}]"
+
+
+@dataclass
+class Node:
+    index: int
+    name: str
+    op: str
+    inputs: tuple[str, ...]  # explicit inputs and, for control flow, outer-scope references
+    outputs: tuple[str, ...]
+    static: bool = False
+    work: int = 0
+    weight_bytes: int = 0
+    output_bytes: int = 0
+
+
+@dataclass
+class Analysis:
+    model: onnx.ModelProto           # the original model, unchanged
+    inputs: dict[str, Tensor]        # bound graph inputs
+    outputs: tuple[str, ...]
+    tensors: dict[str, Tensor]       # every tensor with a known shape
+    nodes: list[Node]                # graph order (topological)
+    static: set[str]                 # static tensor names
+    static_values: dict[str, np.ndarray] = field(default_factory=dict)  # folded, computed ones
+    producer: dict[str, int] = field(default_factory=dict)
+    consumers: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def total_work(self) -> int:
+        return sum(n.work for n in self.nodes)
+
+    @property
+    def initializers(self) -> dict[str, onnx.TensorProto]:
+        return {t.name: t for t in self.model.graph.initializer}
+
+    def dynamic_nodes(self) -> list[Node]:
+        return [n for n in self.nodes if not n.static]
+
+
+def outer_references(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph reads from enclosing scopes (recursively)."""
+    local = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    for node in graph.node:
+        local.update(node.output)
+    used: set[str] = set()
+    for node in graph.node:
+        used.update(i for i in node.input if i)
+        for attr in node.attribute:
+            for sub in _subgraphs(attr):
+                used |= outer_references(sub)
+    return used - local
+
+
+def _subgraphs(attr: onnx.AttributeProto) -> list[onnx.GraphProto]:
+    if attr.type == onnx.AttributeProto.GRAPH:
+        return [attr.g]
+    if attr.type == onnx.AttributeProto.GRAPHS:
+        return list(attr.graphs)
+    return []
+
+
+def node_inputs(node: onnx.NodeProto) -> tuple[str, ...]:
+    names = [i for i in node.input if i]
+    for attr in node.attribute:
+        for sub in _subgraphs(attr):
+            names.extend(sorted(outer_references(sub) - set(names)))
+    return tuple(dict.fromkeys(names))
+
+
+def _tensor_of(value: onnx.ValueInfoProto) -> Tensor | None:
+    ttype = value.type.tensor_type
+    if not value.type.HasField("tensor_type") or not ttype.HasField("shape"):
+        return None
+    dims = []
+    for d in ttype.shape.dim:
+        if not d.HasField("dim_value") or d.dim_value < 0:
+            return None
+        dims.append(int(d.dim_value))
+    return Tensor(value.name, ttype.elem_type, tuple(dims))
+
+
+def _bind_inputs(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    for value in model.graph.input:
+        if value.name in shapes:
+            shape = value.type.tensor_type.shape
+            shape.ClearField("dim")
+            for size in shapes[value.name]:
+                shape.dim.add().dim_value = size
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - onnx raises InferenceError and C++ errors alike
+        raise ModelError(f"ONNX shape inference failed: {str(exc).splitlines()[0]}") from None
+
+
+def _known_tensors(model: onnx.ModelProto) -> dict[str, Tensor]:
+    g = model.graph
+    known = {}
+    for value in [*g.input, *g.value_info, *g.output]:
+        t = _tensor_of(value)
+        if t is not None:
+            known[t.name] = t
+    for init in g.initializer:
+        known[init.name] = Tensor(init.name, init.data_type, tuple(init.dims))
+    for node in g.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    known[node.output[0]] = Tensor(node.output[0], attr.t.data_type,
+                                                   tuple(attr.t.dims))
+    return known
+
+
+def _classify_static(model: onnx.ModelProto) -> set[str]:
+    static = {i.name for i in model.graph.initializer}
+    for node in model.graph.node:
+        ins = node_inputs(node)
+        if node.op_type in NONDETERMINISTIC_OPS:
+            continue
+        if node.op_type in SHAPE_OPS or all(i in static for i in ins):
+            static.update(o for o in node.output if o)
+    return static
+
+
+def _fold_static(model: onnx.ModelProto, static: set[str], known: dict[str, Tensor],
+                 wanted: Iterable[str]) -> dict[str, np.ndarray]:
+    """Evaluate the computed static tensors in `wanted` with the ONNX reference evaluator.
+    `Shape`/`Size` of a tensor whose shape is known become constants; a static tensor that
+    depends on an unknown shape is left out."""
+    from onnx.reference import ReferenceEvaluator
+
+    wanted = [w for w in wanted if w in static]
+    nodes = []
+    for node in model.graph.node:
+        if not node.output or node.output[0] not in static:
+            continue
+        if node.op_type in SHAPE_OPS:
+            source = known.get(node.input[0])
+            if source is None:
+                continue
+            value = _shape_value(node, source.shape)
+            nodes.append(helper.make_node("Constant", [], [node.output[0]],
+                                          value=numpy_helper.from_array(value)))
+        else:
+            nodes.append(node)
+    available = {i.name for i in model.graph.initializer}
+    kept = []
+    for node in nodes:
+        if all(i in available for i in node_inputs(node)):
+            kept.append(node)
+            available.update(node.output)
+    targets = [w for w in wanted if w in available and w not in
+               {i.name for i in model.graph.initializer}]
+    if not targets:
+        return {}
+    graph = helper.make_graph(kept, "static", [], [helper.make_empty_tensor_value_info(t)
+                                                   for t in targets],
+                              initializer=list(model.graph.initializer))
+    sub = helper.make_model(graph, opset_imports=model.opset_import)
+    sub.ir_version = model.ir_version
+    try:
+        values = ReferenceEvaluator(sub).run(None, {})
+    except Exception as exc:  # noqa: BLE001 - the evaluator raises whatever the op raises
+        raise ModelError(f"cannot evaluate the model's shape subgraph: {exc}") from None
+    return {t: np.asarray(v) for t, v in zip(targets, values, strict=True)}
+
+
+def _shape_value(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:
+    if node.op_type == "Size":
+        return np.array(prod(shape), dtype=np.int64)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    start, end = attrs.get("start", 0), attrs.get("end", len(shape))
+    return np.array(shape[start:end], dtype=np.int64)
+
+
+def _with_folded(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    g = folded.graph
+    keep = [n for n in g.node if not (n.output and all(o in values for o in n.output if o))]
+    del g.node[:]
+    g.node.extend(keep)
+    g.initializer.extend(numpy_helper.from_array(v, name) for name, v in values.items())
+    del g.value_info[:]
+    return folded
+
+
+def _conv_work(node: onnx.NodeProto, tensors: Mapping[str, Tensor]) -> int:
+    out = tensors[node.output[0]].shape
+    weight = tensors[node.input[1]].shape
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    group = int(attrs.get("group", 1))
+    cin = tensors[node.input[0]].shape[1]
+    # 2 * N * Cout * (output spatial) * (Cin / group) * (kernel spatial)
+    return 2 * out[0] * out[1] * prod(out[2:]) * (cin // group) * prod(weight[2:])
+
+
+def _matmul_work(node: onnx.NodeProto, tensors: Mapping[str, Tensor]) -> int:
+    a, b = tensors[node.input[0]].shape, tensors[node.input[1]].shape
+    if node.op_type == "Gemm":
+        attrs = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        m, k = (a[1], a[0]) if attrs.get("transA", 0) else (a[0], a[1])
+        n = b[0] if attrs.get("transB", 0) else b[1]
+        return 2 * m * n * k
+    if len(a) == 1:
+        a = (1, *a)
+    if len(b) == 1:
+        b = (*b, 1)
+    batch = prod(tensors[node.output[0]].shape[:-2]) if len(tensors[node.output[0]].shape) > 2 \
+        else 1
+    return 2 * batch * a[-2] * b[-1] * a[-1]
+
+
+def _elementwise_work(node: onnx.NodeProto, tensors: Mapping[str, Tensor]) -> int:
+    return sum(prod(tensors[o].shape) for o in node.output if o in tensors)
+
+
+def _subgraph_tensors(graph: onnx.GraphProto, outer: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Shapes inside a subgraph: it is inferred as a model of its own whose inputs are the
+    outer-scope tensors it reads (ONNX inference does not always fill a subgraph's value_info)."""
+    refs = [outer[n] for n in sorted(outer_references(graph)) if n in outer]
+    standalone = helper.make_graph(
+        list(graph.node), "subgraph",
+        [*graph.input, *(helper.make_tensor_value_info(t.name, t.elem_type, list(t.shape))
+                         for t in refs)],
+        list(graph.output), initializer=list(graph.initializer))
+    model = helper.make_model(standalone)
+    try:
+        return _known_tensors(shape_inference.infer_shapes(model, data_prop=True))
+    except Exception:  # noqa: BLE001 - fall back to what the graph itself declares
+        return _known_tensors(model)
+
+
+def _graph_work(graph: onnx.GraphProto, tensors: Mapping[str, Tensor], static: set[str]) -> int:
+    """Work of a subgraph; shapes come from `tensors` and the subgraph's own value_info,
+    `static` names the enclosing scope's static tensors."""
+    scope = {**tensors, **_subgraph_tensors(graph, tensors)}
+    inner_static = set(static) | {i.name for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type not in NONDETERMINISTIC_OPS and (
+                node.op_type in SHAPE_OPS or all(i in inner_static for i in node_inputs(node))):
+            inner_static.update(o for o in node.output if o)
+    return sum(node_work(node, scope, inner_static) for node in graph.node
+               if not (node.output and node.output[0] in inner_static))
+
+
+def node_work(node: onnx.NodeProto, tensors: Mapping[str, Tensor],
+              static: set[str] | None = None) -> int:
+    """FLOP of one node under LANGUAGE.md's cost model."""
+    op = node.op_type
+    try:
+        if op in ("Conv", "ConvTranspose"):
+            return _conv_work(node, tensors)
+        if op in ("MatMul", "Gemm"):
+            return _matmul_work(node, tensors)
+        if op == "If":
+            branches = [_graph_work(a.g, tensors, static or set()) for a in node.attribute
+                        if a.type == onnx.AttributeProto.GRAPH]
+            return max(branches, default=0)
+        if op in ("Loop", "Scan"):
+            body = next(a.g for a in node.attribute if a.name == "body")
+            return _graph_work(body, tensors, static or set()) * _trip_count(node, tensors)
+    except KeyError:
+        pass  # a shape inside the formula is unknown: count output elements instead
+    return _elementwise_work(node, tensors)
+
+
+def _trip_count(node: onnx.NodeProto, tensors: Mapping[str, Tensor]) -> int:
+    """Iterations of a Loop (its static trip count, else 1) or a Scan (the scanned axis)."""
+    if node.op_type == "Scan":
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        n_scan = int(attrs["num_scan_inputs"])
+        first_scan = node.input[len(node.input) - n_scan]
+        axes = attrs.get("scan_input_axes", [0] * n_scan)
+        return tensors[first_scan].shape[axes[0]]
+    return 1
+
+
+def analyse(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]]) -> Analysis:
+    """Bind the graph inputs to `inputs` shapes and analyse. Raises ModelError for unknown input
+    names, unbound dimensions and tensors whose shape cannot be determined."""
+    g = model.graph
+    initializer_names = {i.name for i in g.initializer}
+    graph_inputs = [v for v in g.input if v.name not in initializer_names]
+    names = {v.name for v in graph_inputs}
+    unknown = set(inputs) - names
+    if unknown:
+        raise ModelError(f"the model has no input {', '.join(sorted(unknown))}; its inputs are "
+                         f"{', '.join(sorted(names))}")
+    missing = names - set(inputs)
+    if missing:
+        raise ModelError(f"input {', '.join(sorted(missing))} is not bound; bind every input "
+                         "with --input NAME=TYPE[dims]")
+    work_model = onnx.ModelProto()
+    work_model.CopyFrom(model)
+    _bind_inputs(work_model, inputs)
+    for value in graph_inputs:
+        declared = value.type.tensor_type.shape.dim
+        if declared and len(declared) != len(inputs[value.name]):
+            raise ModelError(f"input {value.name} has rank {len(declared)}, bound with rank "
+                             f"{len(inputs[value.name])}")
+        for d, size in zip(declared, inputs[value.name], strict=False):
+            if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != size:
+                raise ModelError(f"input {value.name}: the model fixes a dimension to "
+                                 f"{d.dim_value}, bound to {size}")
+    static = _classify_static(work_model)
+    folded: dict[str, np.ndarray] = {}
+    inferred = _infer(work_model)
+    for _ in range(8):  # fold, re-infer, until every consumed tensor has a shape
+        known = _known_tensors(inferred)
+        missing_shapes = {o for n in g.node for o in n.output if o and o not in known}
+        if not missing_shapes:
+            break
+        wanted = {i for n in g.node if n.output and n.output[0] not in static
+                  for i in n.input if i in static and i not in folded}
+        values = _fold_static(inferred, static, known, wanted)
+        if not values:
+            break
+        folded.update(values)
+        inferred = _infer(_with_folded(work_model, folded))
+    tensors = _known_tensors(inferred)
+    for name, value in folded.items():
+        tensors[name] = Tensor(name, helper.np_dtype_to_tensor_dtype(value.dtype),
+                               tuple(value.shape))
+    analysis = Analysis(model, {v.name: Tensor(v.name, v.type.tensor_type.elem_type,
+                                               tuple(inputs[v.name])) for v in graph_inputs},
+                        tuple(o.name for o in g.output), tensors, [], static, folded)
+    initializers = {i.name: i for i in g.initializer}
+    for index, proto in enumerate(g.node):
+        node = Node(index, proto.name or f"{proto.op_type}_{index}", proto.op_type,
+                    node_inputs(proto), tuple(o for o in proto.output if o))
+        node.static = bool(node.outputs) and all(o in static for o in node.outputs)
+        for out in node.outputs:
+            analysis.producer[out] = index
+        for name in node.inputs:
+            analysis.consumers.setdefault(name, []).append(index)
+        if not node.static:
+            unknown_out = [o for o in node.outputs if o not in tensors]
+            if unknown_out:
+                raise ModelError(f"cannot infer the shape of tensor {unknown_out[0]} (output of "
+                                 f"{proto.op_type} node {node.name})")
+            node.work = node_work(proto, tensors, static)
+            node.output_bytes = sum(tensors[o].nbytes for o in node.outputs)
+            node.weight_bytes = sum(_weight_bytes(i, initializers, tensors, static)
+                                    for i in node.inputs)
+        analysis.nodes.append(node)
+    return analysis
+
+
+def _weight_bytes(name: str, initializers: Mapping[str, onnx.TensorProto],
+                  tensors: Mapping[str, Tensor], static: set[str]) -> int:
+    if name in initializers or (name in static and name in tensors):
+        return tensors[name].nbytes if name in tensors else 0
+    return 0
+
+
+def weight_bytes_of(analysis: Analysis, nodes: Iterable[Node]) -> int:
+    """Bytes of the distinct static tensors (weights) the given nodes read."""
+    seen: set[str] = set()
+    for node in nodes:
+        seen.update(i for i in node.inputs if i in analysis.static)
+    return sum(analysis.tensors[t].nbytes for t in seen if t in analysis.tensors)

@@ -1,0 +1,142 @@
+"""`edgeflow split` and `edgeflow profile` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_cli import run
+
+DETECTOR = str(ROOT / "examples" / "models" / "detector.onnx")
+BASE = ["split", DETECTOR, "--input", "images=float32[1,3,320,320]", "--edge-compute",
+        "5GFLOPS", "--cloud-compute", "100TFLOPS", "--bandwidth", "100Mbps", "--latency", "10ms"]
+
+
+def test_json_follows_the_contract() -> None:
+    proc = run(*BASE, "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["model"] == "detector.onnx"
+    assert data["inputs"] == {"images": "float32[1,3,320,320]"}
+    assert data["total_work_flop"] == 293465600
+    fields = {"cut", "transfer_bytes", "head_work_flop", "tail_work_flop", "head_ms",
+              "transfer_ms", "tail_ms", "total_ms"}
+    for row in data["candidates"]:
+        assert set(row) == fields
+        assert row["total_ms"] == pytest.approx(row["head_ms"] + row["transfer_ms"] +
+                                                row["tail_ms"], abs=1e-5)
+    best = min(data["candidates"], key=lambda r: r["total_ms"])
+    assert data["optimal"] == best
+    # cloud only sends the 1,228,800-byte input: 8·B/100e6 s + 10 ms
+    assert data["cloud_only_ms"] == pytest.approx(8 * 1228800 / 100e6 * 1e3 + 10 + 293465600 / 100e12 * 1e3)
+    assert data["speedup"] == pytest.approx(min(data["edge_only_ms"], data["cloud_only_ms"])
+                                            / data["optimal"]["total_ms"], rel=1e-6)
+    assert data["speedup"] > 1  # with a slow edge, a cut inside the model wins
+    assert data["optimal"]["cut"] not in (["images"], ["detections"])
+
+
+def test_table_marks_the_optimum() -> None:
+    proc = run(*BASE)
+    assert proc.returncode == 0
+    starred = [line for line in proc.stdout.splitlines() if line.startswith("* ")]
+    assert len(starred) == 1
+    assert "speed-up" in proc.stdout and "edge only" in proc.stdout
+
+
+def test_emit_writes_equivalent_halves(tmp_path: Path) -> None:
+    proc = run(*BASE, "--emit", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    head = onnx.load(str(tmp_path / "out" / "head.onnx"))
+    tail = onnx.load(str(tmp_path / "out" / "tail.onnx"))
+    onnx.checker.check_model(head, full_check=True)
+    onnx.checker.check_model(tail, full_check=True)
+    x = np.random.default_rng(1).random((1, 3, 320, 320)).astype(np.float32)
+    whole = ort.InferenceSession(DETECTOR).run(None, {"images": x})[0]
+    h = ort.InferenceSession(head.SerializeToString())
+    sent = dict(zip([o.name for o in h.get_outputs()], h.run(None, {"images": x}), strict=True))
+    t = ort.InferenceSession(tail.SerializeToString())
+    out = t.run(None, {i.name: sent[i.name] for i in t.get_inputs()})[0]
+    assert np.abs(out - whole).max() <= 1e-4
+    again = run(*BASE, "--emit", str(tmp_path / "out"))  # its own files may be replaced
+    assert again.returncode == 0
+    assert (tmp_path / "out" / "head.onnx").read_bytes() == head.SerializeToString(
+        deterministic=True)
+
+
+def test_emit_never_replaces_a_file_it_did_not_write(tmp_path: Path) -> None:
+    (tmp_path / "head.onnx").write_text("mine")
+    proc = run(*BASE, "--emit", str(tmp_path))
+    assert proc.returncode == 2 and "not written by edgeflow" in proc.stderr
+    assert (tmp_path / "head.onnx").read_text() == "mine"
+
+
+def test_forced_cut(tmp_path: Path) -> None:
+    data = json.loads(run(*BASE, "--json").stdout)
+    other = next(r for r in data["candidates"] if r != data["optimal"])
+    proc = run(*BASE, "--json", "--cut", ",".join(other["cut"]), "--emit", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["forced"] == other
+    tail = onnx.load(str(tmp_path / "tail.onnx"))
+    assert [i.name for i in tail.graph.input] == other["cut"]
+
+
+def test_sweep_gives_a_decision_table() -> None:
+    proc = run(*BASE, "--json", "--sweep", "bandwidth=1Mbps..1Gbps")
+    rows = json.loads(proc.stdout)["sweep"]
+    assert rows[0]["from_bps"] == 1e6 and rows[-1]["to_bps"] == 1e9
+    for a, b in pairwise(rows):
+        assert a["to_bps"] == pytest.approx(b["from_bps"])
+        assert a["transfer_bytes"] < b["transfer_bytes"]  # more bandwidth, earlier cut
+    assert len(rows) >= 2
+
+
+@pytest.mark.parametrize(("args", "code", "text"), [
+    (["--cut", "nonexistent"], "E0801", "not a tensor that can be cut"),
+    (["--input", "imgs=float32[1,3,320,320]"], "E0603", "no input `imgs`"),
+], ids=["bad-cut", "unknown-input"])
+def test_user_errors(args: list[str], code: str, text: str) -> None:
+    base = BASE if "--input" not in args else [a for a in BASE if a not in
+                                               ("--input", "images=float32[1,3,320,320]")]
+    proc = run(*base, *args)
+    assert proc.returncode == 1
+    assert f"error[{code}]" in proc.stderr and text in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unbound_input_bad_file_and_bad_units(tmp_path: Path) -> None:
+    proc = run("split", DETECTOR, "--edge-compute", "1TFLOPS", "--cloud-compute", "1TFLOPS",
+               "--bandwidth", "1Mbps")
+    assert proc.returncode == 2  # --input is required
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not onnx")
+    proc = run("split", str(junk), *BASE[2:])
+    assert proc.returncode == 1 and "error[E0602]" in proc.stderr
+    proc = run("split", str(tmp_path / "missing.onnx"), *BASE[2:])
+    assert proc.returncode == 1 and "error[E0601]" in proc.stderr
+    proc = run(*BASE[:-1], "10 parsecs")
+    assert proc.returncode == 2 and "--latency" in proc.stderr
+    proc = run(*[a.replace("float32[1,3,320,320]", "float32[1,3,0,320]") for a in BASE])
+    assert proc.returncode == 2 and "dimension" in proc.stderr
+
+
+def test_profile_then_split_with_it(tmp_path: Path) -> None:
+    out = tmp_path / "edge.json"
+    proc = run("profile", DETECTOR, "--input", "images=float32[1,3,320,320]", "-o", str(out),
+               "--runs", "3", "--warmup", "1")
+    assert proc.returncode == 0, proc.stderr
+    profile = json.loads(out.read_text())
+    model = onnx.load(DETECTOR)
+    assert set(profile["node_seconds"]) == {n.name for n in model.graph.node}
+    assert all(t >= 0 for t in profile["node_seconds"].values())
+    proc = run(*BASE, "--json", "--edge-profile", str(out))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    edge_only = next(r for r in data["candidates"] if r["cut"] == ["detections"])
+    assert edge_only["head_ms"] == pytest.approx(profile["total_seconds"] * 1e3, rel=1e-6)
