@@ -1,0 +1,161 @@
+"""Evaluate an assignment of steps to device instances under the cost model: per pipeline replica
+its latency and breakdown, per instance utilisation and memory, per directed link its load, the
+objective terms, and every violated constraint in words."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from edgeflow.placement.problem import CutOption, Problem, Route, Step, out_labels
+
+
+@dataclass(frozen=True)
+class Split:
+    cut: int          # index into the step's cut options
+    head: str         # instance
+    tail: str
+
+
+Placement = str | Split
+
+
+@dataclass
+class Evaluation:
+    feasible: bool
+    latency_s: dict[tuple[str, int], float] = field(default_factory=dict)
+    breakdown: dict[tuple[str, int], list[dict[str, object]]] = field(default_factory=dict)
+    utilization: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    memory: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    link_load_bps: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
+    hosts: set[str] = field(default_factory=set)
+    objective: dict[str, float] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+
+    def terms(self, order: tuple[str, ...]) -> tuple[float, ...]:
+        return tuple(self.objective[t] for t in order)
+
+
+def in_instance(p: Placement) -> str:
+    return p.head if isinstance(p, Split) else p
+
+
+def out_instance(p: Placement) -> str:
+    return p.tail if isinstance(p, Split) else p
+
+
+def _route_or_fail(problem: Problem, ev: Evaluation, a: str, b: str, nbytes: int,
+                   labels: frozenset[str], what: str) -> Route | None:
+    route = problem.route(a, b, nbytes, labels)
+    if route is None:
+        ev.violations.append(f"no route for {what} from `{a}` to `{b}`"
+                             + (f" through tiers allowed for {', '.join(sorted(labels))}"
+                                if labels else ""))
+    return route
+
+
+def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
+    ev = Evaluation(feasible=True)
+    program = problem.program
+    # -- compute, utilisation, memory, privacy of where things run
+    compute_entries: dict[Step, list[dict[str, object]]] = {}
+    internal: dict[Step, tuple[Route | None, CutOption]] = {}
+    for step, info in problem.steps.items():
+        place = assignment[step]
+        for inst in ([place.head, place.tail] if isinstance(place, Split) else [place]):
+            if not problem.tier_allows(inst, info.labels):
+                ev.violations.append(f"`{info.name}` runs on `{inst}` "
+                                     f"({problem.device(inst).tier.value}), which privacy "
+                                     f"labels {', '.join(sorted(info.labels))} do not allow")
+        if not info.is_unit:
+            continue
+        if isinstance(place, Split) and place.head != place.tail:
+            cut = info.cuts[place.cut]
+            parts = [(f"{info.name}.head", place.head, cut.head_work, cut.head_weights),
+                     (f"{info.name}.tail", place.tail, cut.tail_work, cut.tail_weights)]
+            internal[step] = (_route_or_fail(problem, ev, place.head, place.tail,
+                                             cut.transfer_bytes, info.labels,
+                                             f"the cut of `{info.name}`"), cut)
+        else:
+            inst = in_instance(place)
+            parts = [(info.name, inst, info.work, info.memory)]
+        entries = []
+        for unit, inst, work, memory in parts:
+            seconds = problem.compute_s(work, inst)
+            ev.utilization[inst] += info.rate * seconds
+            ev.memory[inst] += memory
+            ev.hosts.add(inst)
+            entries.append({"kind": "compute", "unit": unit, "device": inst, "ms": seconds * 1e3})
+        compute_entries[step] = entries
+    # -- messages between steps (each output once per distinct consumer instance)
+    edge_route: dict[tuple[Step, Step], Route | None] = {}
+    sent: dict[Step, set[str]] = defaultdict(set)
+    for u, v in problem.edges:
+        a, b = out_instance(assignment[u]), in_instance(assignment[v])
+        info = problem.steps[u]
+        edge_route[(u, v)] = _route_or_fail(problem, ev, a, b, info.out_bytes,
+                                            out_labels(problem, u), f"`{u[0]}` -> `{v[0]}`")
+        if a != b and edge_route[(u, v)] is not None and b not in sent[u]:
+            sent[u].add(b)
+            for link in edge_route[(u, v)].links:  # type: ignore[union-attr]
+                ev.link_load_bps[link] += info.rate * 8 * info.out_bytes
+    for step, (route, cut) in internal.items():
+        if route is not None:
+            for link in route.links:
+                ev.link_load_bps[link] += problem.steps[step].rate * 8 * cut.transfer_bytes
+    # -- pipelines
+    for name, r, path in problem.pipelines:
+        total, rows = 0.0, []
+        for i, step in enumerate(path):
+            if i > 0:
+                route = edge_route.get((path[i - 1], step))
+                if route is not None and len(route.hops) > 1:
+                    nbytes = problem.steps[path[i - 1]].out_bytes
+                    rows.append(_transfer_row(route, nbytes))
+                    total += route.seconds
+            for j, entry in enumerate(compute_entries.get(step, [])):
+                if j == 1:  # between a split model's head and tail
+                    route, cut = internal[step]
+                    if route is not None:
+                        rows.append(_transfer_row(route, cut.transfer_bytes))
+                        total += route.seconds
+                rows.append(entry)
+                total += float(entry["ms"]) / 1e3  # type: ignore[arg-type]
+        ev.latency_s[(name, r)] = total
+        ev.breakdown[(name, r)] = rows
+        slo = program.pipelines[name].slo.latency_s
+        if slo is not None and total > slo * (1 + 1e-9):
+            ev.violations.append(f"pipeline `{name}` replica {r} takes {total * 1e3:.3f} ms, "
+                                 f"above its SLO of {slo * 1e3:g} ms")
+    # -- capacities
+    for inst, util in ev.utilization.items():
+        if util > 1 + 1e-9:
+            ev.violations.append(f"`{inst}` is loaded to {util:.1%} of its compute")
+    for inst, mem in ev.memory.items():
+        cap = problem.device(inst).memory_bytes
+        if mem > cap * (1 + 1e-9):
+            ev.violations.append(f"`{inst}` needs {mem / 2**20:.1f} MiB of memory, has "
+                                 f"{cap / 2**20:.1f} MiB")
+    for (a, b), load in ev.link_load_bps.items():
+        bw = problem.link_of(a, b).bandwidth_bps
+        if load > bw * (1 + 1e-9):
+            ev.violations.append(f"link `{a}` -> `{b}` carries {load / 1e6:.3f} Mbps, above its "
+                                 f"{bw / 1e6:g} Mbps")
+    # -- objective
+    worst: dict[str, float] = {}
+    for (name, _), lat in ev.latency_s.items():
+        worst[name] = max(worst.get(name, 0.0), lat)
+    traffic = sum(load / 8 * 3600 * problem.link_of(a, b).cost_usd_per_byte
+                  for (a, b), load in ev.link_load_bps.items())
+    ev.objective = {
+        "latency": sum(worst.values()),
+        "cost": sum(problem.device(i).cost_usd_per_s * 3600 for i in ev.hosts) + traffic,
+        "energy": sum(problem.device(i).power_w * u for i, u in ev.utilization.items()),
+    }
+    ev.feasible = not ev.violations
+    return ev
+
+
+def _transfer_row(route: Route, nbytes: int) -> dict[str, object]:
+    return {"kind": "transfer", "from": route.hops[0], "to": route.hops[-1],
+            "route": list(route.hops), "bytes": nbytes, "ms": route.seconds * 1e3}

@@ -1,0 +1,167 @@
+"""Why a placement problem has no solution, in words a user can act on, with numbers and the
+source spans of the declarations involved.
+
+Three sources, most specific first: conflicts found while building the MILP (privacy rules that
+leave a step nowhere to run, pinned steps with no allowed route); pipelines whose SLO cannot be met
+even with every step on its fastest allowed device (an exact shortest path over the pipeline's
+placement options, capacities ignored), naming the largest single term; and, for conflicts of
+capacity, an elastic version of the MILP whose rows may exceed their limits at a price: the limits
+it has to exceed, and by how much, are the conflict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeflow.placement.milp import formulate
+from edgeflow.placement.problem import Problem, Step
+from edgeflow.syntax.ast import Span
+
+
+@dataclass
+class Explanation:
+    message: str
+    spans: list[Span] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {"message": self.message, "related": [s.to_json() for s in self.spans]}
+
+
+def _fastest(problem: Problem, path: list[Step]) -> tuple[float, list[tuple[float, str]]]:
+    """Least latency of a pipeline replica over every placement of its steps (capacities
+    ignored), and the terms of the best placement."""
+    # state: out-instance -> (seconds so far, terms)
+    first = problem.steps[path[0]]
+    states: dict[str, tuple[float, list[tuple[float, str]]]] = {first.candidates[0]: (0.0, [])}
+    for prev, step in zip(path, path[1:]):
+        info = problem.steps[step]
+        labels = problem.dataflow.graph.nodes[prev[0]]["labels"]
+        nbytes = problem.steps[prev].out_bytes
+        allowed = [i for i in info.candidates if problem.tier_allows(i, info.labels)]
+        options: list[tuple[str, str, float, list[tuple[float, str]]]] = []  # in, out, s, terms
+        for i in allowed:
+            if info.is_unit:
+                seconds = problem.compute_s(info.work, i)
+                options.append((i, i, seconds, [(seconds, f"`{info.name}` on `{i}`")]))
+        for k, cut in enumerate(info.cuts):
+            for i in allowed:
+                for j in allowed:
+                    route = problem.route(i, j, cut.transfer_bytes, info.labels)
+                    if i == j or route is None:
+                        continue
+                    h, t = problem.compute_s(cut.head_work, i), problem.compute_s(cut.tail_work, j)
+                    options.append((i, j, h + route.seconds + t, [
+                        (h, f"`{info.name}.head` on `{i}`"),
+                        (route.seconds, f"sending the cut of `{info.name}` from `{i}` to `{j}`"),
+                        (t, f"`{info.name}.tail` on `{j}`")]))
+        if not info.is_unit:
+            options = [(i, i, 0.0, []) for i in info.candidates]
+        nxt: dict[str, tuple[float, list[tuple[float, str]]]] = {}
+        for a, (base, terms) in states.items():
+            for i, j, seconds, own in options:
+                route = problem.route(a, i, nbytes, labels)
+                if route is None:
+                    continue
+                hop = [(route.seconds, _route_text(problem, route.hops))] if a != i else []
+                total = base + route.seconds + seconds
+                if j not in nxt or total < nxt[j][0]:
+                    nxt[j] = (total, terms + hop + own)
+        states = nxt
+        if not states:
+            return float("inf"), []
+    return min(states.values(), key=lambda s: s[0])
+
+
+def _route_text(problem: Problem, hops: tuple[str, ...]) -> str:
+    if len(hops) == 2:
+        return f"the `{hops[0]}` -> `{hops[1]}` link"
+    return "the route " + " -> ".join(f"`{h}`" for h in hops)
+
+
+def _link_span(problem: Problem, a: str, b: str) -> Span:
+    return problem.link_of(a, b).span
+
+
+def explain(problem: Problem, time_limit: float = 10.0) -> list[Explanation]:
+    program = problem.program
+    out: list[Explanation] = []
+    f = formulate(problem)
+    for message in f.infeasible:
+        out.append(Explanation(message, [r.span for r in program.privacy.values()]))
+    if out:
+        return out
+    seen: set[str] = set()
+    for name, _, path in problem.pipelines:
+        slo = program.pipelines[name].slo.latency_s
+        if slo is None or name in seen:
+            continue
+        best, terms = _fastest(problem, path)
+        if best > slo * (1 + 1e-9):
+            seen.add(name)
+            pipeline = program.pipelines[name]
+            spans = [pipeline.slo_spans.get("latency", pipeline.span)]
+            if best == float("inf"):
+                out.append(Explanation(f"pipeline `{name}` has no placement whose messages can "
+                                       "reach their destinations over allowed routes", spans))
+                continue
+            worst = max(terms, key=lambda t: t[0])
+            out.append(Explanation(
+                f"pipeline `{name}` needs {best * 1e3:.1f} ms even with every unit on its "
+                f"fastest allowed device; its SLO is {slo * 1e3:g} ms: {worst[1]} alone costs "
+                f"{worst[0] * 1e3:.1f} ms", spans))
+    if out:
+        return out
+    out.extend(_elastic(problem, time_limit))
+    if not out:
+        out.append(Explanation("no placement meets every constraint at once, but no single "
+                               "limit explains it; try `--time-limit` longer"))
+    return out
+
+
+def _elastic(problem: Problem, time_limit: float) -> list[Explanation]:
+    f = formulate(problem, elastic=True)
+    lp = f.lp
+    h = lp.highs()  # silent
+    n = len(lp.lb)
+    cost = np.zeros(n)
+    for var, _, _ in lp.slacks:
+        cost[var] = 1.0
+    h.changeColsCost(n, np.arange(n, dtype=np.int32), cost)
+    h.setOptionValue("time_limit", time_limit)
+    h.run()
+    if h.getInfo().primal_solution_status != 2:
+        return []
+    values = np.array(h.getSolution().col_value)
+    out = []
+    for var, label, limit in lp.slacks:
+        excess = values[var]
+        if excess <= 1e-7:
+            continue
+        need = limit * (1 + excess)
+        kind = label[0]  # type: ignore[index]
+        if kind == "link":
+            a, b = label[1]  # type: ignore[index]
+            out.append(Explanation(
+                f"link `{a}` -> `{b}` would have to carry {need / 1e6:.1f} Mbps, "
+                f"{1 + excess:.0%} of its {limit / 1e6:g} Mbps: the data that must cross it "
+                "does not fit", [_link_span(problem, a, b)]))
+        elif kind == "compute":
+            inst = label[1]  # type: ignore[index]
+            out.append(Explanation(
+                f"`{inst}` would have to run at {1 + excess:.0%} of its compute: the steps that "
+                "can only run there do not fit", [problem.device(inst).span]))
+        elif kind == "memory":
+            inst = label[1]  # type: ignore[index]
+            out.append(Explanation(
+                f"`{inst}` would need {need / 2**20:.1f} MiB of memory, "
+                f"{1 + excess:.0%} of its {limit / 2**20:.1f} MiB", [problem.device(inst).span]))
+        else:
+            _, name, replica = label  # type: ignore[misc]
+            pipeline = problem.program.pipelines[name]
+            out.append(Explanation(
+                f"pipeline `{name}` (replica {replica}) would take {need * 1e3:.1f} ms against "
+                f"its SLO of {limit * 1e3:g} ms once the other limits are met",
+                [pipeline.slo_spans.get("latency", pipeline.span)]))
+    return out

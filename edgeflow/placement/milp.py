@@ -1,0 +1,391 @@
+"""The exact placement MILP, solved with HiGHS (highspy). See docs/placement.md for the
+formulation written out; variable and row names below follow it.
+
+- x[n,i]      step n runs on instance i (binary; sensors and sinks are pinned constants)
+- s[n,k,i,j]  split model n is cut at option k, head on i, tail on j (binary)
+- y[e,i,j]    edge e's message goes from instance i to instance j != i (continuous, driven to
+              max(0, out(u,i) + in(v,j) - 1) by every constraint it appears in)
+- z[u,i,j]    u's output is sent from i to j (once, however many consumers sit on j)
+- lam[p]      the worst latency over pipeline p's replicas
+- used[i]     instance i hosts a unit (only for instances with a cost)
+
+The objective is lexicographic: one solve per term, each later solve bounded by the earlier
+optima.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import highspy
+import numpy as np
+
+from edgeflow.placement.evaluate import Placement, Split
+from edgeflow.placement.problem import Problem, Step, out_labels
+
+Expr = tuple[dict[int, float], float]  # (coefficients by variable, constant)
+
+
+class LinearModel:
+    """Columns and rows accumulated in Python, passed to HiGHS in one go. In elastic mode, rows
+    given a `label` get a slack variable σ >= 0 (the row becomes `expr <= hi·(1 + σ)`) recorded
+    in `slacks`, so that an infeasible model can say which limits it would have to exceed."""
+
+    def __init__(self, elastic: bool = False) -> None:
+        self.lb: list[float] = []
+        self.ub: list[float] = []
+        self.integer: list[int] = []
+        self.rows: list[tuple[float, float, dict[int, float]]] = []
+        self.elastic = elastic
+        self.slacks: list[tuple[int, object, float]] = []  # (variable, label, limit)
+
+    def var(self, lb: float = 0.0, ub: float = 1.0, integer: bool = True) -> int:
+        self.lb.append(lb)
+        self.ub.append(ub)
+        if integer:
+            self.integer.append(len(self.lb) - 1)
+        return len(self.lb) - 1
+
+    def row(self, expr: Expr, lo: float = -np.inf, hi: float = np.inf,
+            label: object = None) -> None:
+        coeffs, const = expr
+        coeffs = {k: v for k, v in coeffs.items() if v != 0}
+        if self.elastic and label is not None and hi > 0:
+            slack = self.var(0.0, np.inf, integer=False)
+            self.slacks.append((slack, label, hi))
+            coeffs[slack] = -hi
+        if not coeffs:
+            return
+        self.rows.append((lo - const, hi - const, coeffs))
+
+    def highs(self) -> highspy.Highs:
+        h = new_highs()
+        n = len(self.lb)
+        h.addVars(n, np.array(self.lb), np.array(self.ub))
+        if self.integer:
+            idx = np.array(self.integer, dtype=np.int32)
+            h.changeColsIntegrality(len(idx), idx, np.full(len(idx), highspy.HighsVarType.kInteger))
+        lower, upper, starts, index, value = [], [], [], [], []
+        for lo, hi, coeffs in self.rows:
+            lower.append(lo)
+            upper.append(hi)
+            starts.append(len(index))
+            for k, v in sorted(coeffs.items()):
+                index.append(k)
+                value.append(v)
+        if self.rows:
+            h.addRows(len(self.rows), np.array(lower), np.array(upper), len(index),
+                      np.array(starts, dtype=np.int32), np.array(index, dtype=np.int32),
+                      np.array(value))
+        return h
+
+
+_banner_shown = False
+
+
+def new_highs() -> highspy.Highs:
+    """A silent HiGHS instance. The first construction in a process prints HiGHS' banner on
+    the C-level stdout, which would corrupt `--json` output: it goes to /dev/null instead."""
+    global _banner_shown
+    if _banner_shown:
+        h = highspy.Highs()
+    else:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            try:
+                h = highspy.Highs()
+            finally:
+                os.dup2(saved, 1)
+                os.close(saved)
+        _banner_shown = True
+    h.silent()
+    return h
+
+
+def _add(*exprs: Expr, scale: Iterable[float] | None = None) -> Expr:
+    out: dict[int, float] = defaultdict(float)
+    const = 0.0
+    for (coeffs, c), f in zip(exprs, scale or [1.0] * len(exprs), strict=True):
+        for k, v in coeffs.items():
+            out[k] += f * v
+        const += f * c
+    return dict(out), const
+
+
+@dataclass
+class Formulation:
+    problem: Problem
+    lp: LinearModel = field(default_factory=LinearModel)
+    x: dict[Step, dict[str, int]] = field(default_factory=dict)
+    s: dict[Step, dict[tuple[int, str, str], int]] = field(default_factory=dict)
+    terms: dict[str, Expr] = field(default_factory=dict)
+    infeasible: list[str] = field(default_factory=list)  # found while building
+
+    def loc(self, step: Step, side: str) -> dict[str, Expr]:
+        """Expressions 'step sits on instance i' for its input ("in") or output ("out") side."""
+        info = self.problem.steps[step]
+        if not info.is_unit:
+            return {info.candidates[0]: ({}, 1.0)}
+        if step in self.x:
+            return {i: ({v: 1.0}, 0.0) for i, v in self.x[step].items()}
+        out: dict[str, dict[int, float]] = defaultdict(dict)
+        for (k, i, j), v in self.s[step].items():
+            out[i if side == "in" else j][v] = 1.0
+        return {i: (c, 0.0) for i, c in out.items()}
+
+
+def formulate(problem: Problem, elastic: bool = False) -> Formulation:
+    f = Formulation(problem, LinearModel(elastic))
+    lp = f.lp
+    util: dict[str, list[Expr]] = defaultdict(list)
+    memory: dict[str, list[Expr]] = defaultdict(list)
+    link_load: dict[tuple[str, str], list[Expr]] = defaultdict(list)
+    traffic_cost: list[Expr] = []
+    occupies: dict[str, list[Expr]] = defaultdict(list)
+    compute: dict[Step, Expr] = {}
+    internal: dict[Step, Expr] = {}
+    # -- placement variables
+    for step, info in problem.steps.items():
+        allowed = [i for i in info.candidates if problem.tier_allows(i, info.labels)]
+        if not info.is_unit:
+            if not allowed:
+                f.infeasible.append(f"`{info.name}` sits on `{info.candidates[0]}`, a tier its "
+                                    f"data's privacy labels do not allow")
+            continue
+        if not allowed:
+            f.infeasible.append(f"no device may run `{info.name}`: privacy labels "
+                                f"{', '.join(sorted(info.labels))} allow none of its candidates")
+            continue
+        if info.splittable:
+            f.s[step] = {}
+            for k, cut in enumerate(info.cuts):
+                for i in allowed:
+                    for j in allowed:
+                        if i != j and problem.route(i, j, cut.transfer_bytes, info.labels) \
+                                is None:
+                            continue
+                        if i == j and k != len(info.cuts) - 1:
+                            continue  # on one device every cut is the same: keep one
+                        f.s[step][(k, i, j)] = lp.var()
+            lp.row(({v: 1.0 for v in f.s[step].values()}, 0.0), 1.0, 1.0)
+            comp: dict[int, float] = {}
+            inner: dict[int, float] = {}
+            for (k, i, j), v in f.s[step].items():
+                cut = info.cuts[k]
+                head_s = problem.compute_s(cut.head_work, i)
+                tail_s = problem.compute_s(cut.tail_work, j)
+                if i == j:
+                    head_s, tail_s = problem.compute_s(info.work, i), 0.0
+                comp[v] = head_s + tail_s
+                util[i].append(({v: info.rate * head_s}, 0.0))
+                util[j].append(({v: info.rate * tail_s}, 0.0))
+                if i == j:
+                    memory[i].append(({v: info.memory}, 0.0))
+                    occupies[i].append(({v: 1.0}, 0.0))
+                    continue
+                memory[i].append(({v: float(cut.head_weights)}, 0.0))
+                memory[j].append(({v: float(cut.tail_weights)}, 0.0))
+                occupies[i].append(({v: 1.0}, 0.0))
+                occupies[j].append(({v: 1.0}, 0.0))
+                route = problem.route(i, j, cut.transfer_bytes, info.labels)
+                assert route is not None
+                inner[v] = route.seconds
+                bps = info.rate * 8 * cut.transfer_bytes
+                for link in route.links:
+                    link_load[link].append(({v: bps}, 0.0))
+                traffic_cost.append(({v: bps / 8 * 3600 * sum(
+                    problem.link_of(*ln).cost_usd_per_byte for ln in route.links)}, 0.0))
+            compute[step] = (comp, 0.0)
+            internal[step] = (inner, 0.0)
+        else:
+            f.x[step] = {i: lp.var() for i in allowed}
+            lp.row(({v: 1.0 for v in f.x[step].values()}, 0.0), 1.0, 1.0)
+            comp = {}
+            for i, v in f.x[step].items():
+                seconds = problem.compute_s(info.work, i)
+                comp[v] = seconds
+                util[i].append(({v: info.rate * seconds}, 0.0))
+                memory[i].append(({v: info.memory}, 0.0))
+                occupies[i].append(({v: 1.0}, 0.0))
+            compute[step] = (comp, 0.0)
+    if f.infeasible:
+        return f
+    # -- messages
+    edge_time: dict[tuple[Step, Step], Expr] = {}
+    sends: dict[tuple[Step, str, str], list[int | None]] = defaultdict(list)
+    for u, v in problem.edges:
+        info = problem.steps[u]
+        labels = out_labels(problem, u)
+        time_terms: dict[int, float] = {}
+        time_const = 0.0
+        for i, a in f.loc(u, "out").items():
+            for j, b in f.loc(v, "in").items():
+                if i == j:
+                    continue
+                route = problem.route(i, j, info.out_bytes, labels)
+                pinned = not a[0] and not b[0]
+                if route is None:
+                    if pinned:
+                        f.infeasible.append(f"no route for `{u[0]}` -> `{v[0]}` from `{i}` to "
+                                            f"`{j}`" + (f" through tiers allowed for "
+                                                        f"{', '.join(sorted(labels))}"
+                                                        if labels else ""))
+                    else:
+                        lp.row(_add(a, b), hi=1.0)
+                    continue
+                if pinned:
+                    time_const += route.seconds
+                    sends[(u, i, j)].append(None)
+                    continue
+                y = lp.var(integer=False)
+                lp.row(_add(({y: 1.0}, 0.0), a, b, scale=[1.0, -1.0, -1.0]), lo=-1.0)
+                time_terms[y] = route.seconds
+                sends[(u, i, j)].append(y)
+        edge_time[(u, v)] = (time_terms, time_const)
+    for (u, i, j), ys in sends.items():
+        info = problem.steps[u]
+        route = problem.route(i, j, info.out_bytes, out_labels(problem, u))
+        assert route is not None
+        if None in ys:
+            z: Expr = ({}, 1.0)
+        elif len(ys) == 1:
+            z = ({ys[0]: 1.0}, 0.0)  # type: ignore[dict-item]
+        else:
+            zv = lp.var(integer=False)
+            for y in ys:
+                lp.row(({zv: 1.0, y: -1.0}, 0.0), lo=0.0)  # type: ignore[dict-item]
+            z = ({zv: 1.0}, 0.0)
+        bps = info.rate * 8 * info.out_bytes
+        for link in route.links:
+            link_load[link].append(_add(z, scale=[bps]))
+        usd = sum(problem.link_of(*ln).cost_usd_per_byte for ln in route.links)
+        traffic_cost.append(_add(z, scale=[bps / 8 * 3600 * usd]))
+    # -- pipelines
+    program = problem.program
+    lam = {p: lp.var(0.0, np.inf, integer=False) for p in program.pipelines}
+    for name, replica, path in problem.pipelines:
+        parts: list[Expr] = []
+        for n, step in enumerate(path):
+            if n > 0:
+                parts.append(edge_time[(path[n - 1], step)])
+            if step in compute:
+                parts.append(compute[step])
+            if step in internal:
+                parts.append(internal[step])
+        latency = _add(*parts)
+        slo = program.pipelines[name].slo.latency_s
+        if slo is not None:
+            if not latency[0] and latency[1] > slo:
+                f.infeasible.append(f"pipeline `{name}` takes {latency[1] * 1e3:.3f} ms with "
+                                    f"everything pinned; its SLO is {slo * 1e3:g} ms")
+            lp.row(latency, hi=slo, label=("slo", name, replica))
+        lp.row(_add(({lam[name]: 1.0}, 0.0), latency, scale=[1.0, -1.0]), lo=0.0)
+    # -- capacities
+    for inst, exprs in util.items():
+        lp.row(_add(*exprs), hi=1.0, label=("compute", inst))
+    for inst, exprs in memory.items():
+        lp.row(_add(*exprs), hi=problem.device(inst).memory_bytes, label=("memory", inst))
+    for link, exprs in link_load.items():
+        lp.row(_add(*exprs), hi=problem.link_of(*link).bandwidth_bps, label=("link", link))
+    # -- objective terms
+    host_cost: list[Expr] = []
+    for inst, exprs in occupies.items():
+        price = problem.device(inst).cost_usd_per_s * 3600
+        if price > 0:
+            used = lp.var()
+            for e in exprs:
+                lp.row(_add(({used: 1.0}, 0.0), e, scale=[1.0, -1.0]), lo=0.0)
+            host_cost.append(({used: price}, 0.0))
+    f.terms = {
+        "latency": ({v: 1.0 for v in lam.values()}, 0.0),
+        "cost": _add(*host_cost, *traffic_cost),
+        "energy": _add(*[_add(*exprs, scale=[problem.device(i).power_w] * len(exprs))
+                         for i, exprs in util.items()]),
+    }
+    return f
+
+
+@dataclass
+class Solution:
+    status: str                      # optimal, feasible, infeasible
+    assignment: dict[Step, Placement] | None
+    gap: float = 0.0
+    seconds: float = 0.0
+    objective: dict[str, float] = field(default_factory=dict)
+
+
+def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7) -> Solution:
+    started = time.perf_counter()
+    f = formulate(problem)
+    if f.infeasible:
+        return Solution("infeasible", None, seconds=time.perf_counter() - started)
+    h = f.lp.highs()
+    h.setOptionValue("mip_rel_gap", gap)
+    h.setOptionValue("mip_abs_gap", 1e-12)
+    order = problem.program.app.objective
+    status, worst_gap, values, found = "optimal", 0.0, None, {}
+    n = len(f.lp.lb)
+    for stage, term in enumerate(order):
+        remaining = time_limit - (time.perf_counter() - started)
+        if remaining <= 0:
+            status = "feasible"
+            break
+        h.setOptionValue("time_limit", max(remaining, 0.01))
+        coeffs, const = f.terms[term]
+        cost = np.zeros(n)
+        for k, v in coeffs.items():
+            cost[k] = v
+        h.changeColsCost(n, np.arange(n, dtype=np.int32), cost)
+        if values is not None:
+            h.setSolution(_solution(values))
+        h.run()
+        model_status = h.getModelStatus()
+        info = h.getInfo()
+        has_solution = info.primal_solution_status == 2
+        if model_status == highspy.HighsModelStatus.kInfeasible or not has_solution:
+            if stage == 0:
+                return Solution("infeasible" if model_status ==
+                                highspy.HighsModelStatus.kInfeasible else "unknown", None,
+                                seconds=time.perf_counter() - started)
+            status = "feasible"
+            break
+        values = np.array(h.getSolution().col_value)
+        best = float(cost @ values) + const
+        found[term] = best
+        if model_status != highspy.HighsModelStatus.kOptimal:
+            status = "feasible"
+            worst_gap = max(worst_gap, float(info.mip_gap))
+        if stage + 1 < len(order):  # keep this term at its optimum in the next stages
+            tol = max(abs(best) * 1e-9, 1e-12)
+            h.addRow(-np.inf, best - const + tol, len(coeffs),
+                     np.array(list(coeffs), dtype=np.int32), np.array(list(coeffs.values())))
+    assert values is not None
+    return Solution(status, _assignment(f, values), worst_gap, time.perf_counter() - started,
+                    found)
+
+
+def _solution(values: np.ndarray) -> highspy.HighsSolution:
+    sol = highspy.HighsSolution()
+    sol.col_value = list(values)
+    sol.value_valid = True
+    return sol
+
+
+def _assignment(f: Formulation, values: np.ndarray) -> dict[Step, Placement]:
+    out: dict[Step, Placement] = {}
+    for step, info in f.problem.steps.items():
+        if not info.is_unit:
+            out[step] = info.candidates[0]
+        elif step in f.x:
+            out[step] = max(f.x[step], key=lambda i: values[f.x[step][i]])
+        else:
+            k, i, j = max(f.s[step], key=lambda key: values[f.s[step][key]])
+            out[step] = i if i == j else Split(k, i, j)
+    return out
