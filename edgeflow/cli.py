@@ -123,6 +123,46 @@ def graph(
     sys.stdout.write(to_dot(df) if fmt is GraphFormat.dot else to_mermaid(df))
 
 
+@app.command()
+def plan(
+    file: Annotated[Path, typer.Argument(help="The .ef file.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plan JSON of "
+                                           "LANGUAGE.md.")] = False,
+    time_limit: Annotated[float, typer.Option(min=0.1, help="Seconds the solver may take; "
+                                              "then the best plan found is returned.")] = 30.0,
+    explain: Annotated[bool, typer.Option("--explain", help="Show each pipeline's latency "
+                                          "breakdown, step by step.")] = False,
+    compare: Annotated[bool, typer.Option("--compare", help="Show the baselines' objectives "
+                                          "beside the solver's.")] = False,
+) -> None:
+    """Place every unit on a device (exact MILP) under SLO, capacity, bandwidth and privacy."""
+    from edgeflow.placement import make_plan
+    from edgeflow.placement.baselines import BASELINES
+    from edgeflow.placement.evaluate import evaluate
+    from edgeflow.placement.render import render, render_comparison
+
+    _existing([file])
+    result = api.check_file(file)
+    if result.program is None:
+        _report([result], OutputFormat.text)
+        raise typer.Exit(EXIT_ERRORS)
+    data, problem = make_plan(result.program, time_limit)
+    sys.stdout.write(json.dumps(data, indent=2) + "\n" if json_out else render(data, explain))
+    if compare:
+        rows = []
+        if data["objective"] is not None:
+            o = data["objective"]
+            rows.append(("edgeflow", {"latency": o["latency_ms"] / 1e3,
+                                      "cost": o["cost_usd_per_h"], "energy": o["energy_w"]}, True))
+        for name, baseline in BASELINES.items():
+            assignment = baseline(problem)
+            ev = evaluate(problem, assignment) if assignment is not None else None
+            rows.append((name, ev.objective if ev else None, bool(ev and ev.feasible)))
+        out = render_comparison(rows, result.program.app.objective)
+        (sys.stderr if json_out else sys.stdout).write(out)
+    raise typer.Exit(EXIT_ERRORS if data["status"] == "infeasible" else EXIT_OK)
+
+
 def _split_error(exc: split_mod.SplitError) -> typer.Exit:
     typer.echo(f"error[{exc.code}]: {exc.message}", err=True)
     if exc.help:

@@ -78,4 +78,4 @@ def make_plan(program: ir.Program, time_limit: float = 30.0,
     return plan_json(problem, solution.status, solution.assignment, solution.gap), problem
 
 
-__all__ = ["make_plan", "plan_json", "build_problem", "Problem"]
+__all__ = ["Problem", "build_problem", "make_plan", "plan_json"]

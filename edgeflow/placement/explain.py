@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeflow.placement.milp import formulate
+from edgeflow.placement.evaluate import Split
+from edgeflow.placement.milp import assignment_from, formulate
 from edgeflow.placement.problem import Problem, Step
 from edgeflow.syntax.ast import Span
 
@@ -80,6 +81,10 @@ def _route_text(problem: Problem, hops: tuple[str, ...]) -> str:
     return "the route " + " -> ".join(f"`{h}`" for h in hops)
 
 
+def _names(units: list[str]) -> str:
+    return ", ".join(f"`{u}`" for u in units) if units else "what must run there"
+
+
 def _link_span(problem: Problem, a: str, b: str) -> Span:
     return problem.link_of(a, b).span
 
@@ -88,8 +93,8 @@ def explain(problem: Problem, time_limit: float = 10.0) -> list[Explanation]:
     program = problem.program
     out: list[Explanation] = []
     f = formulate(problem)
-    for message in f.infeasible:
-        out.append(Explanation(message, [r.span for r in program.privacy.values()]))
+    for message, spans in f.infeasible:
+        out.append(Explanation(message, spans))
     if out:
         return out
     seen: set[str] = set()
@@ -134,6 +139,13 @@ def _elastic(problem: Problem, time_limit: float) -> list[Explanation]:
     if h.getInfo().primal_solution_status != 2:
         return []
     values = np.array(h.getSolution().col_value)
+    hosted: dict[str, list[str]] = {}
+    for step, place in assignment_from(f, values).items():
+        if problem.steps[step].is_unit:
+            for inst in {place.head, place.tail} if isinstance(place, Split) else {place}:
+                units = hosted.setdefault(inst, [])
+                if step[0] not in units:
+                    units.append(step[0])
     out = []
     for var, label, limit in lp.slacks:
         excess = values[var]
@@ -150,13 +162,15 @@ def _elastic(problem: Problem, time_limit: float) -> list[Explanation]:
         elif kind == "compute":
             inst = label[1]  # type: ignore[index]
             out.append(Explanation(
-                f"`{inst}` would have to run at {1 + excess:.0%} of its compute: the steps that "
-                "can only run there do not fit", [problem.device(inst).span]))
+                f"`{inst}` would have to run at {1 + excess:.0%} of its compute to host "
+                f"{_names(hosted.get(inst, []))}, and no other allowed device can take them",
+                [problem.device(inst).span]))
         elif kind == "memory":
             inst = label[1]  # type: ignore[index]
             out.append(Explanation(
-                f"`{inst}` would need {need / 2**20:.1f} MiB of memory, "
-                f"{1 + excess:.0%} of its {limit / 2**20:.1f} MiB", [problem.device(inst).span]))
+                f"`{inst}` would need {need / 2**20:.1f} MiB of memory, {1 + excess:.0%} of its "
+                f"{limit / 2**20:.1f} MiB, to host {_names(hosted.get(inst, []))}, and no other "
+                "allowed device can take them", [problem.device(inst).span]))
         else:
             _, name, replica = label  # type: ignore[misc]
             pipeline = problem.program.pipelines[name]

@@ -27,6 +27,7 @@ import numpy as np
 
 from edgeflow.placement.evaluate import Placement, Split
 from edgeflow.placement.problem import Problem, Step, out_labels
+from edgeflow.syntax.ast import Span
 
 Expr = tuple[dict[int, float], float]  # (coefficients by variable, constant)
 
@@ -126,7 +127,33 @@ class Formulation:
     x: dict[Step, dict[str, int]] = field(default_factory=dict)
     s: dict[Step, dict[tuple[int, str, str], int]] = field(default_factory=dict)
     terms: dict[str, Expr] = field(default_factory=dict)
-    infeasible: list[str] = field(default_factory=list)  # found while building
+    # conflicts found while building, each (message, spans of the declarations involved)
+    infeasible: list[tuple[str, list[Span]]] = field(default_factory=list)
+
+    def conflict(self, message: str, labels: frozenset[str], spans: list[Span] | None = None,
+                 ) -> None:
+        if message not in (m for m, _ in self.infeasible):
+            privacy = self.problem.program.privacy
+            self.infeasible.append((message, (spans or []) + [privacy[lb].span
+                                                              for lb in sorted(labels)]))
+
+    def privacy_conflict(self, step: Step, labels: frozenset[str]) -> None:
+        info = self.problem.steps[step]
+        devices = sorted({self.problem.device(i).name for i in info.candidates})
+        tiers = sorted({self.problem.device(i).tier.value for i in info.candidates})
+        rules = "; ".join(f"`{lb}` allows {', '.join(t.value for t in self.problem.program.privacy[lb].allow)}"
+                          for lb in sorted(labels))
+        where = "sits on" if not info.is_unit else "can only run on"
+        verb = "emits" if info.kind == "sensor" else "receives"
+        self.conflict(f"`{info.name}` {where} {', '.join(f'`{d}`' for d in devices)} "
+                      f"({', '.join(tiers)}), but it {verb} data labelled "
+                      f"{', '.join(f'`{lb}`' for lb in sorted(labels))} ({rules})", labels,
+                      [self.problem.program.sensors[info.name].span
+                       if info.name in self.problem.program.sensors else
+                       self.problem.program.sinks[info.name].span
+                       if info.name in self.problem.program.sinks else
+                       (self.problem.program.operators.get(info.name)
+                        or self.problem.program.models[info.name]).span])
 
     def loc(self, step: Step, side: str) -> dict[str, Expr]:
         """Expressions 'step sits on instance i' for its input ("in") or output ("out") side."""
@@ -154,14 +181,10 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
     # -- placement variables
     for step, info in problem.steps.items():
         allowed = [i for i in info.candidates if problem.tier_allows(i, info.labels)]
-        if not info.is_unit:
-            if not allowed:
-                f.infeasible.append(f"`{info.name}` sits on `{info.candidates[0]}`, a tier its "
-                                    f"data's privacy labels do not allow")
-            continue
         if not allowed:
-            f.infeasible.append(f"no device may run `{info.name}`: privacy labels "
-                                f"{', '.join(sorted(info.labels))} allow none of its candidates")
+            f.privacy_conflict(step, info.labels)
+            continue
+        if not info.is_unit:
             continue
         if info.splittable:
             f.s[step] = {}
@@ -233,10 +256,9 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
                 pinned = not a[0] and not b[0]
                 if route is None:
                     if pinned:
-                        f.infeasible.append(f"no route for `{u[0]}` -> `{v[0]}` from `{i}` to "
-                                            f"`{j}`" + (f" through tiers allowed for "
-                                                        f"{', '.join(sorted(labels))}"
-                                                        if labels else ""))
+                        f.conflict(f"no route for `{u[0]}` -> `{v[0]}` from `{i}` to `{j}`"
+                                   + (f" through tiers allowed for {', '.join(sorted(labels))}"
+                                      if labels else ""), labels)
                     else:
                         lp.row(_add(a, b), hi=1.0)
                     continue
@@ -283,8 +305,10 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
         slo = program.pipelines[name].slo.latency_s
         if slo is not None:
             if not latency[0] and latency[1] > slo:
-                f.infeasible.append(f"pipeline `{name}` takes {latency[1] * 1e3:.3f} ms with "
-                                    f"everything pinned; its SLO is {slo * 1e3:g} ms")
+                f.conflict(f"pipeline `{name}` takes {latency[1] * 1e3:.3f} ms with everything "
+                           f"pinned; its SLO is {slo * 1e3:g} ms", frozenset(),
+                           [program.pipelines[name].slo_spans.get("latency",
+                                                                   program.pipelines[name].span)])
             lp.row(latency, hi=slo, label=("slo", name, replica))
         lp.row(_add(({lam[name]: 1.0}, 0.0), latency, scale=[1.0, -1.0]), lo=0.0)
     # -- capacities
@@ -367,7 +391,7 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7) -> Solu
             h.addRow(-np.inf, best - const + tol, len(coeffs),
                      np.array(list(coeffs), dtype=np.int32), np.array(list(coeffs.values())))
     assert values is not None
-    return Solution(status, _assignment(f, values), worst_gap, time.perf_counter() - started,
+    return Solution(status, assignment_from(f, values), worst_gap, time.perf_counter() - started,
                     found)
 
 
@@ -378,7 +402,7 @@ def _solution(values: np.ndarray) -> highspy.HighsSolution:
     return sol
 
 
-def _assignment(f: Formulation, values: np.ndarray) -> dict[Step, Placement]:
+def assignment_from(f: Formulation, values: np.ndarray) -> dict[Step, Placement]:
     out: dict[Step, Placement] = {}
     for step, info in f.problem.steps.items():
         if not info.is_unit:
