@@ -9,6 +9,7 @@ arithmetic. Every plan the solver returns passes it, in every test.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from typing import Any
 
@@ -83,7 +84,7 @@ def verify(plan: dict[str, Any], program: ir.Program) -> list[str]:
             problems.append(f"no allowed route from {a} to {b} for labels {sorted(labels)}")
             return float("inf"), [a, b]
         seconds = sum(8 * nbytes / graph[u][v]["link"].bandwidth_bps + graph[u][v]["link"]
-                      .latency_s for u, v in zip(hops, hops[1:]))
+                      .latency_s for u, v in itertools.pairwise(hops))
         return seconds, hops
 
     util: dict[str, float] = defaultdict(float)
@@ -132,7 +133,7 @@ def verify(plan: dict[str, Any], program: ir.Program) -> list[str]:
                     memory[tail] += tm
                     seconds, hops = route(head, tail, nbytes, in_labels(name))
                     inner[(name, r)] = (seconds, hops, nbytes)
-                    for u, v in zip(hops, hops[1:]):
+                    for u, v in itertools.pairwise(hops):
                         load[(u, v)] += rates[name] * 8 * nbytes
                 else:
                     at = where.get((name, r))
@@ -167,7 +168,7 @@ def verify(plan: dict[str, Any], program: ir.Program) -> list[str]:
                     continue
                 sent.add((u, r, b))
                 _, hops = route(a, b, nbytes, df.graph.nodes[u]["labels"])
-                for x, y in zip(hops, hops[1:]):
+                for x, y in itertools.pairwise(hops):
                     load[(x, y)] += rates[u] * 8 * nbytes
     # pipelines
     reported = {(p["name"], p["replica"]): p for p in plan["pipelines"]}

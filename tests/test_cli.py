@@ -82,3 +82,28 @@ def test_non_utf8_and_directory_are_diagnostics_not_crashes() -> None:
     proc = run("check", "E0004_not_utf8.ef", "E0005_folder.ef", cwd=FIXTURES / "diagnostics")
     assert proc.returncode == 1
     assert "error[E0004]" in proc.stderr and "error[E0005]" in proc.stderr
+
+
+def test_plan_json_and_exit_codes() -> None:
+    proc = run("plan", "examples/ar_assist.ef", "--json")
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)  # nothing but JSON on stdout (no solver banner)
+    assert plan["status"] == "optimal" and plan["app"] == "ar_assist"
+    assert {"objective", "placements", "splits", "pipelines", "devices", "links",
+            "explanation"} <= set(plan)
+    again = run("plan", "examples/ar_assist.ef", "--json")
+    assert again.stdout == proc.stdout  # deterministic
+    infeasible = run("plan", "examples/reference.ef")
+    assert infeasible.returncode == 1
+    assert "link `plant_server` -> `gpu_pool` would have to carry 294.9 Mbps" in infeasible.stdout
+    assert "--> examples/reference.ef:35:1" in infeasible.stdout
+
+
+def test_plan_compare_and_explain() -> None:
+    proc = run("plan", "examples/smart_city_traffic.ef", "--compare", "--explain")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("edgeflow", "sensor", "cloud", "neurosurgeon", "edgeward"):
+        assert f"  {name} " in proc.stdout
+    assert "compute  vehicle_detector on street_cabinet[0]" in proc.stdout
+    broken = run("plan", str(FIXTURES / "diagnostics" / "E0504_cycle.ef"))
+    assert broken.returncode == 1 and "error[E0504]" in broken.stderr

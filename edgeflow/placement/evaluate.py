@@ -129,15 +129,15 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
                                  f"above its SLO of {slo * 1e3:g} ms")
     # -- capacities
     for inst, util in ev.utilization.items():
-        if util > 1 + 1e-9:
+        if util > problem.capacity(inst) * (1 + 1e-9):
             ev.violations.append(f"`{inst}` is loaded to {util:.1%} of its compute")
     for inst, mem in ev.memory.items():
-        cap = problem.device(inst).memory_bytes
+        cap = problem.device(inst).memory_bytes * problem.capacity(inst)
         if mem > cap * (1 + 1e-9):
             ev.violations.append(f"`{inst}` needs {mem / 2**20:.1f} MiB of memory, has "
                                  f"{cap / 2**20:.1f} MiB")
     for (a, b), load in ev.link_load_bps.items():
-        bw = problem.link_of(a, b).bandwidth_bps
+        bw = problem.link_of(a, b).bandwidth_bps * problem.capacity((a, b))
         if load > bw * (1 + 1e-9):
             ev.violations.append(f"link `{a}` -> `{b}` carries {load / 1e6:.3f} Mbps, above its "
                                  f"{bw / 1e6:g} Mbps")

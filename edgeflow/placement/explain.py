@@ -11,6 +11,7 @@ it has to exceed, and by how much, are the conflict.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +37,7 @@ def _fastest(problem: Problem, path: list[Step]) -> tuple[float, list[tuple[floa
     # state: out-instance -> (seconds so far, terms)
     first = problem.steps[path[0]]
     states: dict[str, tuple[float, list[tuple[float, str]]]] = {first.candidates[0]: (0.0, [])}
-    for prev, step in zip(path, path[1:]):
+    for prev, step in itertools.pairwise(path):
         info = problem.steps[step]
         labels = problem.dataflow.graph.nodes[prev[0]]["labels"]
         nbytes = problem.steps[prev].out_bytes

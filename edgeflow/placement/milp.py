@@ -126,6 +126,7 @@ class Formulation:
     lp: LinearModel = field(default_factory=LinearModel)
     x: dict[Step, dict[str, int]] = field(default_factory=dict)
     s: dict[Step, dict[tuple[int, str, str], int]] = field(default_factory=dict)
+    used: dict[str, int] = field(default_factory=dict)
     terms: dict[str, Expr] = field(default_factory=dict)
     # conflicts found while building, each (message, spans of the declarations involved)
     infeasible: list[tuple[str, list[Span]]] = field(default_factory=list)
@@ -313,17 +314,19 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
         lp.row(_add(({lam[name]: 1.0}, 0.0), latency, scale=[1.0, -1.0]), lo=0.0)
     # -- capacities
     for inst, exprs in util.items():
-        lp.row(_add(*exprs), hi=1.0, label=("compute", inst))
+        lp.row(_add(*exprs), hi=problem.capacity(inst), label=("compute", inst))
     for inst, exprs in memory.items():
-        lp.row(_add(*exprs), hi=problem.device(inst).memory_bytes, label=("memory", inst))
+        lp.row(_add(*exprs), hi=problem.device(inst).memory_bytes * problem.capacity(inst),
+               label=("memory", inst))
     for link, exprs in link_load.items():
-        lp.row(_add(*exprs), hi=problem.link_of(*link).bandwidth_bps, label=("link", link))
+        lp.row(_add(*exprs), hi=problem.link_of(*link).bandwidth_bps * problem.capacity(link),
+               label=("link", link))
     # -- objective terms
     host_cost: list[Expr] = []
     for inst, exprs in occupies.items():
         price = problem.device(inst).cost_usd_per_s * 3600
         if price > 0:
-            used = lp.var()
+            used = f.used[inst] = lp.var()
             for e in exprs:
                 lp.row(_add(({used: 1.0}, 0.0), e, scale=[1.0, -1.0]), lo=0.0)
             host_cost.append(({used: price}, 0.0))
@@ -343,18 +346,28 @@ class Solution:
     gap: float = 0.0
     seconds: float = 0.0
     objective: dict[str, float] = field(default_factory=dict)
+    stage_gaps: dict[str, float] = field(default_factory=dict)  # per objective term
 
 
-def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7) -> Solution:
+def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
+          warm_start: bool = True) -> Solution:
+    """Solve lexicographically. With `warm_start`, HiGHS starts from the best feasible plan
+    among the baselines and the symmetric plan (one replica solved with a fair share of the
+    shared capacities, copied to every replica): the result is never worse than those, and a
+    time limit always leaves a plan when one of them is feasible."""
     started = time.perf_counter()
     f = formulate(problem)
     if f.infeasible:
         return Solution("infeasible", None, seconds=time.perf_counter() - started)
+    order = problem.program.app.objective
+    start = _best_start(problem, time_limit / 4) if warm_start else None
+    bound = symmetric_bound(problem, order[0], time_limit / 4) \
+        if warm_start and start is not None else None
     h = f.lp.highs()
     h.setOptionValue("mip_rel_gap", gap)
     h.setOptionValue("mip_abs_gap", 1e-12)
-    order = problem.program.app.objective
     status, worst_gap, values, found = "optimal", 0.0, None, {}
+    stage_gaps: dict[str, float] = {}
     n = len(f.lp.lb)
     for stage, term in enumerate(order):
         remaining = time_limit - (time.perf_counter() - started)
@@ -367,24 +380,43 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7) -> Solu
         for k, v in coeffs.items():
             cost[k] = v
         h.changeColsCost(n, np.arange(n, dtype=np.int32), cost)
+        if stage == 0 and bound is not None and start is not None:
+            from edgeflow.placement.evaluate import evaluate
+
+            start_value = evaluate(problem, start).objective[term]
+            if start_value <= bound * (1 + gap) + 1e-12:  # the warm start is proven optimal
+                found[term], stage_gaps[term] = start_value, 0.0
+                if stage + 1 < len(order):
+                    tol = max(abs(start_value) * 1e-9, 1e-12)
+                    h.addRow(-np.inf, start_value - const + tol, len(coeffs),
+                             np.array(list(coeffs), dtype=np.int32),
+                             np.array(list(coeffs.values())))
+                    continue
+                return Solution("optimal", start, 0.0, time.perf_counter() - started, found,
+                                stage_gaps)
         if values is not None:
             h.setSolution(_solution(values))
+        elif start is not None:
+            idx, vals = start_values(f, start)
+            h.setSolution(len(idx), idx, vals)
         h.run()
         model_status = h.getModelStatus()
         info = h.getInfo()
-        has_solution = info.primal_solution_status == 2
-        if model_status == highspy.HighsModelStatus.kInfeasible or not has_solution:
+        if model_status == highspy.HighsModelStatus.kInfeasible or \
+                info.primal_solution_status != 2:
             if stage == 0:
-                return Solution("infeasible" if model_status ==
-                                highspy.HighsModelStatus.kInfeasible else "unknown", None,
+                infeasible = model_status == highspy.HighsModelStatus.kInfeasible
+                return Solution("infeasible" if infeasible else "unknown", None,
                                 seconds=time.perf_counter() - started)
             status = "feasible"
             break
         values = np.array(h.getSolution().col_value)
         best = float(cost @ values) + const
         found[term] = best
+        stage_gaps[term] = 0.0
         if model_status != highspy.HighsModelStatus.kOptimal:
             status = "feasible"
+            stage_gaps[term] = float(info.mip_gap)
             worst_gap = max(worst_gap, float(info.mip_gap))
         if stage + 1 < len(order):  # keep this term at its optimum in the next stages
             tol = max(abs(best) * 1e-9, 1e-12)
@@ -392,7 +424,107 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7) -> Solu
                      np.array(list(coeffs), dtype=np.int32), np.array(list(coeffs.values())))
     assert values is not None
     return Solution(status, assignment_from(f, values), worst_gap, time.perf_counter() - started,
-                    found)
+                    found, stage_gaps)
+
+
+def start_values(f: Formulation, assignment: dict[Step, Placement]) -> tuple[np.ndarray,
+                                                                               np.ndarray]:
+    """The integer part of a MILP solution for `assignment` (HiGHS completes the rest)."""
+    values: dict[int, float] = {}
+    hosted: set[str] = set()
+    for step, vars_ in f.x.items():
+        for inst, v in vars_.items():
+            values[v] = 1.0 if assignment[step] == inst else 0.0
+        hosted.add(assignment[step])  # type: ignore[arg-type]
+    for step, vars_ in f.s.items():
+        place = assignment[step]
+        info = f.problem.steps[step]
+        key = (place.cut, place.head, place.tail) if isinstance(place, Split) else \
+            (len(info.cuts) - 1, place, place)
+        for k, v in vars_.items():
+            values[v] = 1.0 if k == key else 0.0
+        hosted.update({key[1], key[2]})
+    for inst, v in f.used.items():
+        values[v] = 1.0 if inst in hosted else 0.0
+    idx = np.array(sorted(values), dtype=np.int32)
+    return idx, np.array([values[i] for i in idx])
+
+
+def _best_start(problem: Problem, time_limit: float) -> dict[Step, Placement] | None:
+    from edgeflow.placement.baselines import BASELINES
+    from edgeflow.placement.evaluate import evaluate
+
+    order = problem.program.app.objective
+    candidates = [b(problem) for b in BASELINES.values()]
+    candidates.append(symmetric_start(problem, time_limit))
+    best, best_terms = None, None
+    for assignment in candidates:
+        if assignment is None:
+            continue
+        ev = evaluate(problem, assignment)
+        if ev.feasible and (best_terms is None or ev.terms(order) < best_terms):
+            best, best_terms = assignment, ev.terms(order)
+    return best
+
+
+def _reduced(problem: Problem) -> tuple[Problem, int, set[str]] | None:
+    """One replica of a symmetric app: devices of the replica count become single devices.
+    Returns the reduced problem, the replica count and the per-site device names."""
+    from edgeflow.placement.problem import build_problem
+
+    counts = {c.replicas for c in problem.dataflow.components}
+    if len(counts) != 1 or (replicas := counts.pop()) == 1:
+        return None
+    program = problem.program
+    per_site = {name for name, d in program.devices.items() if d.count == replicas}
+    devices = {name: d.model_copy(update={"count": 1}) if name in per_site else d
+               for name, d in program.devices.items()}
+    return build_problem(program.model_copy(update={"devices": devices})), replicas, per_site
+
+
+def symmetric_bound(problem: Problem, term: str, time_limit: float) -> float | None:
+    """A lower bound on `term` for a symmetric app: one replica with the shared capacities
+    whole (a relaxation). Σ_p max_r latency >= the best single replica's Σ_p latency; energy >=
+    R times the best single replica's. None for cost (shared devices are paid once) or when the
+    app is not symmetric or the relaxation is not solved to optimality."""
+    if term == "cost" or (reduced := _reduced(problem)) is None:
+        return None
+    single, replicas, _ = reduced
+    app = single.program.app.model_copy(update={"objective": (term,)})
+    single.program = single.program.model_copy(update={"app": app})
+    solution = solve(single, time_limit, warm_start=False)
+    if solution.status != "optimal":
+        return None
+    return solution.objective[term] * (replicas if term == "energy" else 1)
+
+
+def symmetric_start(problem: Problem, time_limit: float) -> dict[Step, Placement] | None:
+    """Solve one replica, each shared (count-1) instance and link between shared instances
+    limited to 1/R of its capacity, and copy the result to all R replicas: feasible for the
+    whole app by construction. None when the app has no replicas or mixes replica counts."""
+    if (found := _reduced(problem)) is None:
+        return None
+    reduced, replicas, per_site = found
+    shared = {inst for inst, (d, _) in reduced.instances.items() if d.name not in per_site}
+    reduced.share = {inst: 1 / replicas for inst in shared}
+    for a, b in reduced.graph.edges:
+        if a in shared and b in shared:
+            reduced.share[(a, b)] = reduced.share[(b, a)] = 1 / replicas
+    solution = solve(reduced, time_limit, warm_start=False)
+    if solution.assignment is None:
+        return None
+
+    def widen(inst: str, r: int) -> str:
+        return f"{inst}[{r}]" if reduced.device(inst).name in per_site else inst
+
+    out: dict[Step, Placement] = {}
+    for step in problem.steps:
+        name, r = step
+        place = solution.assignment.get((name, 0)) or solution.assignment[(name, None)]
+        rr = r if r is not None else 0
+        out[step] = Split(place.cut, widen(place.head, rr), widen(place.tail, rr)) \
+            if isinstance(place, Split) else widen(place, rr)
+    return out
 
 
 def _solution(values: np.ndarray) -> highspy.HighsSolution:

@@ -108,6 +108,9 @@ class Problem:
     pipelines: list[tuple[str, int, list[Step]]]   # (pipeline, replica, steps along its flow)
     instances: dict[str, tuple[ir.Device, int]]    # instance -> (device, index)
     graph: nx.Graph                                # instances and links
+    # fraction of an instance's or a directed link's capacity this problem may use (1 unless
+    # it stands for one replica of a symmetric app, see milp.symmetric_start)
+    share: dict[object, float] = field(default_factory=dict)
     _routes: dict[tuple[str, str, int, frozenset[str]], Route | None] = field(
         default_factory=dict)
 
@@ -156,6 +159,9 @@ class Problem:
                     best[nxt], prev[nxt] = cand, node
                     heapq.heappush(heap, (cand, nxt))
         return None
+
+    def capacity(self, key: object) -> float:
+        return self.share.get(key, 1.0)
 
     def link_of(self, a: str, b: str) -> ir.Link:
         return self.graph[a][b]["link"]  # type: ignore[no-any-return]
