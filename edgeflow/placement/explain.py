@@ -82,8 +82,12 @@ def _route_text(problem: Problem, hops: tuple[str, ...]) -> str:
     return "the route " + " -> ".join(f"`{h}`" for h in hops)
 
 
-def _names(units: list[str]) -> str:
-    return ", ".join(f"`{u}`" for u in units) if units else "what must run there"
+def _names(units: dict[str, float]) -> str:
+    """The units that carry at least a tenth of a load, largest first."""
+    total = sum(units.values())
+    big = sorted((u for u, x in units.items() if total and x >= 0.1 * total),
+                 key=lambda u: -units[u])
+    return ", ".join(f"`{u}`" for u in big) if big else "what must run there"
 
 
 def _link_span(problem: Problem, a: str, b: str) -> Span:
@@ -140,13 +144,17 @@ def _elastic(problem: Problem, time_limit: float) -> list[Explanation]:
     if h.getInfo().primal_solution_status != 2:
         return []
     values = np.array(h.getSolution().col_value)
-    hosted: dict[str, list[str]] = {}
+    # what the elastic plan puts on each instance, by its share of the compute and memory load
+    load: dict[tuple[str, str], dict[str, float]] = {}
     for step, place in assignment_from(f, values).items():
-        if problem.steps[step].is_unit:
-            for inst in {place.head, place.tail} if isinstance(place, Split) else {place}:
-                units = hosted.setdefault(inst, [])
-                if step[0] not in units:
-                    units.append(step[0])
+        info = problem.steps[step]
+        if not info.is_unit:
+            continue
+        for inst in {place.head, place.tail} if isinstance(place, Split) else {place}:
+            for kind, amount in (("compute", info.rate * problem.compute_s(info.work, inst)),
+                                 ("memory", info.memory)):
+                per_unit = load.setdefault((kind, inst), {})
+                per_unit[info.name] = per_unit.get(info.name, 0.0) + amount
     out = []
     for var, label, limit in lp.slacks:
         excess = values[var]
@@ -164,14 +172,15 @@ def _elastic(problem: Problem, time_limit: float) -> list[Explanation]:
             inst = label[1]  # type: ignore[index]
             out.append(Explanation(
                 f"`{inst}` would have to run at {1 + excess:.0%} of its compute to host "
-                f"{_names(hosted.get(inst, []))}, and no other allowed device can take them",
+                f"{_names(load.get(('compute', inst), {}))}, and no other allowed device can "
+                "take them",
                 [problem.device(inst).span]))
         elif kind == "memory":
             inst = label[1]  # type: ignore[index]
             out.append(Explanation(
                 f"`{inst}` would need {need / 2**20:.1f} MiB of memory, {1 + excess:.0%} of its "
-                f"{limit / 2**20:.1f} MiB, to host {_names(hosted.get(inst, []))}, and no other "
-                "allowed device can take them", [problem.device(inst).span]))
+                f"{limit / 2**20:.1f} MiB, to host {_names(load.get(('memory', inst), {}))}, and "
+                "no other allowed device can take them", [problem.device(inst).span]))
         else:
             _, name, replica = label  # type: ignore[misc]
             pipeline = problem.program.pipelines[name]

@@ -249,28 +249,42 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
         labels = out_labels(problem, u)
         time_terms: dict[int, float] = {}
         time_const = 0.0
-        for i, a in f.loc(u, "out").items():
-            for j, b in f.loc(v, "in").items():
-                if i == j:
-                    continue
+        outs, ins = f.loc(u, "out"), f.loc(v, "in")
+        if all(not a[0] for a in outs.values()) and all(not b[0] for b in ins.values()):
+            (i, _), (j, _) = next(iter(outs.items())), next(iter(ins.items()))
+            route = problem.route(i, j, info.out_bytes, labels)
+            if route is None:
+                f.conflict(f"no route for `{u[0]}` -> `{v[0]}` from `{i}` to `{j}`"
+                           + (f" through tiers allowed for {', '.join(sorted(labels))}"
+                              if labels else ""), labels)
+            elif i != j:
+                time_const = route.seconds
+                sends[(u, i, j)].append(None)
+            edge_time[(u, v)] = ({}, time_const)
+            continue
+        # y[e,i,j] couples where the message leaves and where it arrives: each side's sum is
+        # the other side's placement (a tight linearisation of the product); pairs without an
+        # allowed route get no variable, which forbids them.
+        leaving: dict[str, dict[int, float]] = defaultdict(dict)
+        arriving: dict[str, dict[int, float]] = defaultdict(dict)
+        for i in outs:
+            for j in ins:
                 route = problem.route(i, j, info.out_bytes, labels)
-                pinned = not a[0] and not b[0]
                 if route is None:
-                    if pinned:
-                        f.conflict(f"no route for `{u[0]}` -> `{v[0]}` from `{i}` to `{j}`"
-                                   + (f" through tiers allowed for {', '.join(sorted(labels))}"
-                                      if labels else ""), labels)
-                    else:
-                        lp.row(_add(a, b), hi=1.0)
-                    continue
-                if pinned:
-                    time_const += route.seconds
-                    sends[(u, i, j)].append(None)
                     continue
                 y = lp.var(integer=False)
-                lp.row(_add(({y: 1.0}, 0.0), a, b, scale=[1.0, -1.0, -1.0]), lo=-1.0)
-                time_terms[y] = route.seconds
-                sends[(u, i, j)].append(y)
+                leaving[i][y] = arriving[j][y] = 1.0
+                if i != j:
+                    time_terms[y] = route.seconds
+                    sends[(u, i, j)].append(y)
+        for end, sums in ((outs, leaving), (ins, arriving)):
+            for k, expr in end.items():
+                if not expr[0] and not sums[k]:  # a pinned end no allowed route touches
+                    f.conflict(f"no allowed route for `{u[0]}` -> `{v[0]}` "
+                               + (f"from `{k}`" if end is outs else f"to `{k}`")
+                               + (f" through tiers allowed for {', '.join(sorted(labels))}"
+                                  if labels else ""), labels)
+                lp.row(_add((sums[k], 0.0), expr, scale=[1.0, -1.0]), 0.0, 0.0)
         edge_time[(u, v)] = (time_terms, time_const)
     for (u, i, j), ys in sends.items():
         info = problem.steps[u]
