@@ -1,0 +1,227 @@
+"""What a deployment bundle is made of, derived once from a plan: the MQTT clients (one per
+placed unit, sensor and sink of every replica) with the topics each reads and writes, the brokers
+(one per device instance that hosts a client) with their ACLs and bridges, and the model files.
+Every target (k8s, compose) and the report render from this; none recomputes the plan.
+
+Topic scheme: `edgeflow/<app>/r<replica>/<step>` carries the output of a step of one replica
+(`<model>.head` for the tensors a split model's head sends its tail); a client's MQTT identity
+(its certificate's CN) is `<app>.<step>.r<replica>`, or `<app>.<sink>` for a sink shared by all
+replicas.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeflow import ir
+from edgeflow.dataflow import build, instance
+
+TIER_ORDER = {"edge": 0, "fog": 1, "cloud": 2}
+MQTT_PORT = 8883
+
+
+def k8s_name(*parts: str) -> str:
+    """A DNS-1123 label: lowercase alphanumerics and '-'."""
+    name = "-".join(re.sub(r"[^a-z0-9]+", "-", p.lower()).strip("-") for p in parts if p)
+    return name[:63].strip("-")
+
+
+@dataclass
+class Client:
+    """One MQTT client: a unit's worker, or a sensor's or sink's driver."""
+
+    step: str                 # declared name, `MODEL.head` / `MODEL.tail` for split halves
+    replica: int | None
+    kind: str                 # sensor, operator, model, head, tail, actuator, store
+    device: str               # instance
+    tier: str
+    identity: str             # certificate CN = MQTT user name
+    reads: list[str] = field(default_factory=list)
+    writes: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_unit(self) -> bool:
+        return self.kind in ("operator", "model", "head", "tail")
+
+    @property
+    def name(self) -> str:
+        return k8s_name(self.step.replace(".", "-"), f"r{self.replica}"
+                        if self.replica is not None else "")
+
+
+@dataclass
+class Bridge:
+    """A bridge connection configured on `initiator`'s broker to `peer`'s broker."""
+
+    initiator: str
+    peer: str
+    identity: str             # the initiating broker's certificate CN
+    out_topics: list[str] = field(default_factory=list)   # initiator -> peer
+    in_topics: list[str] = field(default_factory=list)    # peer -> initiator
+
+
+@dataclass
+class Broker:
+    device: str
+    tier: str
+    external: bool = False    # listens beyond loopback (some bridge connects to it)
+    acl: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # user -> read/write
+    bridges: list[Bridge] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return k8s_name("broker", self.device)
+
+    def allow(self, user: str, access: str, topic: str) -> None:
+        rules = self.acl.setdefault(user, {"read": [], "write": []})
+        if topic not in rules[access]:
+            rules[access].append(topic)
+
+
+@dataclass
+class Bundle:
+    app: str
+    program: ir.Program
+    plan: dict[str, Any]
+    clients: list[Client]
+    brokers: dict[str, Broker]
+    max_message_bytes: int
+
+    def units(self) -> list[Client]:
+        return [c for c in self.clients if c.is_unit]
+
+
+def topic(app: str, replica: int, step: str) -> str:
+    return f"edgeflow/{app}/r{replica}/{step}"
+
+
+def _tier(program: ir.Program, inst: str) -> str:
+    for dev in program.devices.values():
+        if inst in dev.instances():
+            return dev.tier.value
+    raise KeyError(inst)
+
+
+def build_bundle(program: ir.Program, plan: dict[str, Any]) -> Bundle:
+    app = program.app.name
+    df = build(program)
+    where = {(p["unit"], p["replica"]): p["device"] for p in plan["placements"]}
+    splits = {(s["model"], s["replica"]): s for s in plan["splits"]}
+    clients: dict[tuple[str, int | None], Client] = {}
+    # per replica: where each step's input arrives and where its output leaves
+    arrive: dict[tuple[str, int], tuple[Client, str]] = {}
+    leave: dict[tuple[str, int], tuple[str, str, int]] = {}  # topic, device, bytes
+    max_bytes = 0
+
+    def client(step: str, replica: int | None, kind: str, device: str) -> Client:
+        key = (step, replica)
+        if key not in clients:
+            ident = f"{app}.{step}" + (f".r{replica}" if replica is not None else "")
+            clients[key] = Client(step, replica, kind, device, _tier(program, device), ident)
+        return clients[key]
+
+    for comp in df.components:
+        for r in range(comp.replicas):
+            for name in comp.nodes:
+                if name in program.sensors:
+                    s = program.sensors[name]
+                    dev = instance(program.devices[s.device], r)
+                    c = client(name, r, "sensor", dev)
+                    t = topic(app, r, name)
+                    c.writes.append(t)
+                    c.config = {"rate_hz": s.rate_hz, "emits": str(s.emits)}
+                    leave[(name, r)] = (t, dev, s.emits.nbytes)
+                elif name in program.sinks:
+                    sink = program.sinks[name]
+                    d = program.devices[sink.device]
+                    shared = d.count == 1
+                    c = client(name, None if shared else r, sink.kind, instance(d, r))
+                    arrive[(name, r)] = (c, c.device)
+                elif (name, r) in splits:
+                    s = splits[(name, r)]
+                    head_dev, tail_dev = where[(f"{name}.head", r)], where[(f"{name}.tail", r)]
+                    head = client(f"{name}.head", r, "head", head_dev)
+                    tail = client(f"{name}.tail", r, "tail", tail_dev)
+                    cut = topic(app, r, f"{name}.head")
+                    head.writes.append(cut)
+                    tail.reads.append(cut)
+                    out = topic(app, r, f"{name}.tail")
+                    tail.writes.append(out)
+                    arrive[(name, r)] = (head, head_dev)
+                    nbytes = sum(t.nbytes for t in program.models[name].outputs.values())
+                    leave[(name, r)] = (out, tail_dev, nbytes)
+                    max_bytes = max(max_bytes, s["transfer_bytes"])
+                else:
+                    dev = where[(name, r)]
+                    kind = "operator" if name in program.operators else "model"
+                    c = client(name, r, kind, dev)
+                    t = topic(app, r, name)
+                    c.writes.append(t)
+                    arrive[(name, r)] = (c, dev)
+                    nbytes = program.operators[name].emits.nbytes if kind == "operator" else \
+                        sum(t.nbytes for t in program.models[name].outputs.values())
+                    leave[(name, r)] = (t, dev, nbytes)
+            for u, v in df.graph.subgraph(comp.nodes).edges:
+                t, _, nbytes = leave[(u, r)]
+                consumer, _ = arrive[(v, r)]
+                if t not in consumer.reads:
+                    consumer.reads.append(t)
+                max_bytes = max(max_bytes, nbytes)
+    ordered = sorted(clients.values(), key=lambda c: (c.replica if c.replica is not None else -1,
+                                                      c.step))
+    brokers = _brokers(program, ordered)
+    return Bundle(app, program, plan, ordered, brokers, max_bytes)
+
+
+def _brokers(program: ir.Program, clients: list[Client]) -> dict[str, Broker]:
+    brokers: dict[str, Broker] = {}
+    for c in clients:
+        b = brokers.setdefault(c.device, Broker(c.device, c.tier))
+        for t in c.reads:
+            b.allow(c.identity, "read", t)
+        for t in c.writes:
+            b.allow(c.identity, "write", t)
+    writer_at = {t: c.device for c in clients for t in c.writes}
+    labels = _topic_labels(program, clients)
+    bridges: dict[tuple[str, str], Bridge] = {}
+    for c in clients:
+        for t in c.reads:
+            src, dst = writer_at[t], c.device
+            if src == dst:
+                continue
+            for inst in (src, dst):  # defence in depth: the plan's routes already respect this
+                allowed = all(brokers[inst].tier in {x.value for x in program.privacy[lb].allow}
+                              for lb in labels.get(t, ()))
+                if not allowed:
+                    raise ValueError(f"topic {t} may not reach {inst}")
+            # the lower tier initiates (edge brokers then need not accept connections)
+            initiator, peer = (src, dst) if TIER_ORDER[brokers[src].tier] <= \
+                TIER_ORDER[brokers[dst].tier] else (dst, src)
+            bridge = bridges.setdefault((initiator, peer), Bridge(
+                initiator, peer, f"{program.app.name}.bridge.{k8s_name(initiator)}"))
+            topics = bridge.out_topics if initiator == src else bridge.in_topics
+            if t not in topics:
+                topics.append(t)
+                brokers[peer].allow(bridge.identity, "write" if initiator == src else "read", t)
+            brokers[peer].external = True
+    for (initiator, _), bridge in sorted(bridges.items()):
+        brokers[initiator].bridges.append(bridge)
+    return dict(sorted(brokers.items()))
+
+
+def _topic_labels(program: ir.Program, clients: list[Client]) -> dict[str, frozenset[str]]:
+    df = build(program)
+    out: dict[str, frozenset[str]] = {}
+    for c in clients:
+        base = c.step.split(".")[0]
+        if base in df.graph:
+            node_labels = df.graph.nodes[base]["labels"]
+            if c.kind == "head":  # the cut carries the model's input labels
+                node_labels = frozenset().union(*(df.graph.nodes[p]["labels"]
+                                                  for p in df.graph.predecessors(base)))
+            for t in c.writes:
+                out[t] = node_labels
+    return out

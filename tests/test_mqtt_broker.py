@@ -1,0 +1,214 @@
+"""Every generated broker configuration, started in a real mosquitto on loopback with test
+certificates: each client may publish and subscribe on its own topics and on no other, and a
+client without a certificate is refused."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from edgeflow import load
+from edgeflow.emit.bundle import Broker, Bundle, build_bundle
+from edgeflow.emit.mqtt import render_acl, render_conf
+from edgeflow.placement import make_plan
+from tests.conftest import ROOT
+from tests.mqtt_certs import make_ca, make_cert
+
+pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None,
+                                reason="mosquitto is not installed (.ci/run installs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Running:
+    def __init__(self, bundle: Bundle, broker: Broker, folder: Path) -> None:
+        self.folder, self.port = folder, _free_port()
+        folder.mkdir()
+        tls = folder / "tls"
+        make_ca(tls)
+        make_cert(tls, "broker", "localhost", ip=True)
+        make_cert(tls, "bridge", broker.bridges[0].identity if broker.bridges else "none")
+        for user in broker.acl:
+            make_cert(tls, user.replace("/", "_"), user)
+        make_cert(tls, "stranger", f"{bundle.app}.stranger")
+        data = folder / "data"
+        data.mkdir()
+        data.chmod(0o777)
+        folder.chmod(0o755)
+        tls.chmod(0o755)
+        (folder / "acl").write_text(render_acl(broker))
+        (folder / "acl").chmod(0o644)
+        # bridges point at a peer that is not running: the broker must still serve its clients
+        conf = render_conf(bundle, broker, tls_dir=str(tls), port=self.port,
+                           acl_path=str(folder / "acl"), persistence_dir=str(data),
+                           addresses={d: f"127.0.0.1:{_free_port()}" for d in bundle.brokers},
+                           bind="127.0.0.1")
+        (folder / "mosquitto.conf").write_text(conf)
+        (folder / "mosquitto.conf").chmod(0o644)
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(folder / "mosquitto.conf")],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mosquitto exited: {self.proc.stdout.read()}")  # type: ignore[union-attr]
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise AssertionError("mosquitto did not start listening")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+    def client(self, user: str | None) -> mqtt.Client:
+        tls = self.folder / "tls"
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        if user is None:
+            c.tls_set(ca_certs=str(tls / "ca.crt"))
+        else:
+            name = user.replace("/", "_")
+            c.tls_set(ca_certs=str(tls / "ca.crt"), certfile=str(tls / f"{name}.crt"),
+                      keyfile=str(tls / f"{name}.key"))
+        return c
+
+
+# MQTT 3.1.1 CONNECT, clean session, keep-alive 60 s, client id "anon"
+_CONNECT = bytes([0x10, 16, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 60, 0, 4]) + b"anon"
+
+
+def _refuses_anonymous(running: Running) -> bool:
+    """A TLS client without a certificate sends CONNECT: the broker must not answer CONNACK."""
+    ctx = ssl.create_default_context(cafile=str(running.folder / "tls" / "ca.crt"))
+    ctx.check_hostname = False
+    with socket.create_connection(("127.0.0.1", running.port), timeout=5) as raw:
+        try:
+            with ctx.wrap_socket(raw) as tls:
+                tls.sendall(_CONNECT)
+                return tls.recv(4) == b""
+        except (ssl.SSLError, ConnectionError):
+            return True
+
+
+def _connect(c: mqtt.Client, port: int) -> bool:
+    done = threading.Event()
+    result: list[bool] = []
+
+    def on_connect(client, userdata, flags, reason, props):  # type: ignore[no-untyped-def]
+        result.append(not reason.is_failure)
+        done.set()
+
+    c.on_connect = on_connect
+    try:
+        c.connect("127.0.0.1", port)
+    except (OSError, ValueError):
+        return False
+    c.loop_start()
+    ok = done.wait(5) and result[0]
+    return ok
+
+
+def _subscribe(c: mqtt.Client, topic: str) -> bool:
+    done = threading.Event()
+    codes: list[bool] = []
+
+    def on_subscribe(client, userdata, mid, reasons, props):  # type: ignore[no-untyped-def]
+        codes.append(not reasons[0].is_failure)
+        done.set()
+
+    c.on_subscribe = on_subscribe
+    c.subscribe(topic, qos=1)
+    assert done.wait(5)
+    return codes[0]
+
+
+def _received(sub: mqtt.Client) -> list[str]:
+    """Topics of the messages `sub` receives, in order (the payload names the publisher)."""
+    got: list[str] = []
+    sub.on_message = lambda client, userdata, msg: got.append(msg.topic)  # type: ignore[assignment]
+    return got
+
+
+BUNDLES = ["ar_assist", "smart_city_traffic"]
+
+
+@pytest.fixture(scope="module", params=BUNDLES)
+def bundle(request: pytest.FixtureRequest) -> Bundle:
+    program = load(ROOT / "examples" / f"{request.param}.ef")
+    plan, _ = make_plan(program)
+    return build_bundle(program, plan)
+
+
+def test_each_broker_enforces_its_acl(bundle: Bundle) -> None:
+    brokers = list(bundle.brokers.values())
+    # every distinct shape of broker: the first site, the fog/cloud ones
+    chosen = [b for b in brokers if b.tier != "edge"] + [b for b in brokers if b.tier == "edge"][:1]
+    # mosquitto drops root privileges: pytest's private tmp folders are out of its reach
+    root = Path(tempfile.mkdtemp(prefix="edgeflow-mqtt-"))
+    root.chmod(0o755)
+    try:
+        for broker in chosen:
+            running = Running(bundle, broker, root / broker.name)
+            try:
+                _check_broker(bundle, broker, running)
+            finally:
+                running.stop()
+    finally:
+        shutil.rmtree(root)
+
+
+def _check_broker(bundle: Bundle, broker: Broker, running: Running) -> None:
+    assert _refuses_anonymous(running), "a client without a certificate got in"
+    topics = sorted({t for rules in broker.acl.values() for a in ("read", "write")
+                     for t in rules[a]})
+    clients = {user: running.client(user) for user in sorted(broker.acl)}
+    inbox = {user: _received(c) for user, c in clients.items()}
+    for user, c in clients.items():
+        assert _connect(c, running.port), f"{user} could not connect"
+    try:
+        for user, rules in broker.acl.items():
+            for t in rules["read"]:
+                assert _subscribe(clients[user], t), f"{user} may not read its topic {t}"
+            # other topics: mosquitto may acknowledge the subscription (when the user may write
+            # the topic) but must deliver nothing on it
+            for t in topics:
+                if t not in rules["read"]:
+                    _subscribe(clients[user], t)
+        # every client publishes on every topic: only writers' messages may be delivered, and
+        # only to readers
+        for t in topics:
+            for user, c in clients.items():
+                c.publish(t, payload=user.encode(), qos=1).wait_for_publish(5)
+        expected = {user: sorted(t for t in rules["read"]
+                                 if any(t in r["write"] for r in broker.acl.values()))
+                    for user, rules in broker.acl.items()}
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(
+                sorted(set(inbox[u])) != expected[u] for u in clients):
+            time.sleep(0.02)
+        time.sleep(0.2)  # let any message that should not come, come
+        for user in clients:
+            writers = sum(1 for r in broker.acl.values() for t in r["write"]
+                          if t in broker.acl[user]["read"])
+            assert sorted(set(inbox[user])) == expected[user], (user, inbox[user])
+            assert len(inbox[user]) == writers, f"{user} got messages from non-writers"
+    finally:
+        for c in clients.values():
+            c.disconnect()
+            c.loop_stop()
