@@ -163,6 +163,49 @@ def plan(
     raise typer.Exit(EXIT_ERRORS if data["status"] == "infeasible" else EXIT_OK)
 
 
+class Target(str, Enum):
+    k8s = "k8s"
+    compose = "compose"
+
+
+@app.command("compile")
+def compile_cmd(
+    file: Annotated[Path, typer.Argument(help="The .ef file.")],
+    target: Annotated[Target, typer.Option(help="Kubernetes/KubeEdge manifests or "
+                                           "docker-compose files.")] = Target.k8s,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output folder "
+                                                "(default build/APP).")] = None,
+    force: Annotated[bool, typer.Option(help="Write into a folder that holds files edgeflow "
+                                       "did not generate (they are kept).")] = False,
+    time_limit: Annotated[float, typer.Option(min=0.1, help="Seconds the placement solver "
+                                              "may take.")] = 30.0,
+) -> None:
+    """Check, plan and emit a deployment bundle. On any error nothing is written."""
+    from edgeflow.emit import BundleError, bundle_files, write_bundle
+    from edgeflow.placement import make_plan
+    from edgeflow.placement.render import render
+
+    _existing([file])
+    result = api.check_file(file)
+    if result.program is None:
+        _report([result], OutputFormat.text)
+        raise typer.Exit(EXIT_ERRORS)
+    data, problem = make_plan(result.program, time_limit)
+    if data["status"] == "infeasible":
+        sys.stderr.write(render(data))
+        typer.echo("error: no placement meets the constraints; nothing was written", err=True)
+        raise typer.Exit(EXIT_ERRORS)
+    out = output or Path("build") / result.program.app.name
+    try:
+        files = bundle_files(result.program, data, problem, target.value, str(file))
+        write_bundle(out, files, force)
+    except BundleError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_ERRORS) from None
+    typer.echo(f"wrote {len(files)} files to {out} ({data['status']} plan, target "
+               f"{target.value})", err=True)
+
+
 def _split_error(exc: split_mod.SplitError) -> typer.Exit:
     typer.echo(f"error[{exc.code}]: {exc.message}", err=True)
     if exc.help:

@@ -1,0 +1,79 @@
+"""The model files of a bundle: each model run whole, and each distinct cut's head and tail (as
+`edgeflow split --emit` writes them), with their sha256 and the model's version (the sha256 of
+its source file) in `models/manifest.json`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgeflow import ir
+from edgeflow.models.analysis import analyse
+from edgeflow.models.cuts import CutProblem
+from edgeflow.models.extract import split_model
+
+MODELS_MOUNT = "/var/lib/edgeflow/models"
+
+
+@dataclass(frozen=True)
+class Artefact:
+    model: str
+    part: str            # whole, head, tail
+    cut: tuple[str, ...]
+    path: str            # relative to the bundle
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def mount_path(self) -> str:
+        return f"{MODELS_MOUNT}/{self.path.removeprefix('models/')}"
+
+
+def build_artefacts(program: ir.Program, plan: dict[str, Any]) -> dict[tuple[str, str, int], Artefact]:
+    """(model, part, replica) -> the file that replica's unit runs."""
+    out: dict[tuple[str, str, int], Artefact] = {}
+    cuts_of: dict[str, dict[tuple[str, ...], list[int]]] = {}
+    for s in plan["splits"]:
+        cuts_of.setdefault(s["model"], {}).setdefault(tuple(s["cut"]), []).append(s["replica"])
+    whole = {(p["unit"], p["replica"]) for p in plan["placements"]}
+    for name, model in program.models.items():
+        source = Path(model.source).read_bytes()
+        for unit, r in sorted(whole):
+            if unit == name:
+                out[(name, "whole", r)] = Artefact(name, "whole", (), f"models/{name}/model.onnx",
+                                                   source)
+        if name not in cuts_of:
+            continue
+        analysis = analyse(onnx.load_from_string(source),
+                           {n: t.shape for n, t in model.inputs.items()})
+        problem = CutProblem(analysis)
+        for cut, replicas in sorted(cuts_of[name].items()):
+            head, tail = split_model(analysis, problem.from_tensors(list(cut)))
+            tag = hashlib.sha256("\n".join(cut).encode()).hexdigest()[:10]
+            for part, proto in (("head", head), ("tail", tail)):
+                art = Artefact(name, part, cut, f"models/{name}/cut-{tag}/{part}.onnx",
+                               proto.SerializeToString(deterministic=True))
+                for r in replicas:
+                    out[(name, part, r)] = art
+    return out
+
+
+def manifest(program: ir.Program, artefacts: dict[tuple[str, str, int], Artefact]) -> bytes:
+    versions = {name: hashlib.sha256(Path(m.source).read_bytes()).hexdigest()[:12]
+                for name, m in program.models.items()}
+    rows: dict[str, dict[str, Any]] = {}
+    for (model, _, r), art in sorted(artefacts.items()):
+        row = rows.setdefault(art.path, {"model": model, "version": versions[model],
+                                         "part": art.part, "cut": list(art.cut),
+                                         "path": art.path, "sha256": art.sha256,
+                                         "bytes": len(art.data), "replicas": []})
+        row["replicas"].append(r)
+    return (json.dumps({"models": [rows[p] for p in sorted(rows)]}, indent=2) + "\n").encode()

@@ -1,0 +1,42 @@
+"""report.md: the plan for people — placement, latency budget per pipeline against its SLO,
+utilisation, objective, and a Mermaid diagram of the placed dataflow. Numbers are read from the
+plan, never recomputed."""
+
+from __future__ import annotations
+
+from edgeflow import __version__
+from edgeflow.emit.bundle import Bundle, k8s_name
+from edgeflow.emit.templating import render
+
+
+def _mermaid(bundle: Bundle) -> str:
+    lines = ["flowchart LR"]
+    by_device: dict[str, list[str]] = {}
+    ids = {}
+    for c in bundle.clients:
+        ident = k8s_name(c.step.replace(".", "-"), f"r{c.replica}" if c.replica is not None
+                         else "").replace("-", "_")
+        ids[c.identity] = ident
+        by_device.setdefault(c.device, []).append(
+            f'    {ident}["{c.step}{f" r{c.replica}" if c.replica is not None else ""}"]')
+    for device, nodes in sorted(by_device.items()):
+        lines.append(f'  subgraph {k8s_name(device).replace("-", "_")}["{device}"]')
+        lines.extend(nodes)
+        lines.append("  end")
+    writers = {t: c.identity for c in bundle.clients for t in c.writes}
+    for c in bundle.clients:
+        for t in c.reads:
+            lines.append(f"  {ids[writers[t]]} --> {ids[c.identity]}")
+    return "\n".join(lines) + "\n"
+
+
+def render_report(bundle: Bundle, target: str, source: str) -> str:
+    plan = bundle.plan
+    worst: dict[str, dict] = {}  # type: ignore[type-arg]
+    for p in plan["pipelines"]:
+        if p["name"] not in worst or p["latency_ms"] > worst[p["name"]]["latency_ms"]:
+            worst[p["name"]] = p
+    devices = [d for d in plan["devices"] if d["utilization"] > 0 or d["memory_bytes"] > 0]
+    return render("report/report.md.j2", app=bundle.app, version=__version__, source=source,
+                  target=target, plan=plan, pipelines=list(worst.values()), devices=devices,
+                  mermaid=_mermaid(bundle))

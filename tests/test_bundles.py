@@ -1,0 +1,205 @@
+"""`edgeflow compile`: bundles validate against Kubernetes schemas (strict, no warnings), follow
+the KubeEdge and security conventions, ship checked ONNX files whose sha256 match the manifest,
+are byte-identical across runs, match their goldens, and are written atomically without ever
+touching what the user put there."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import onnx
+import pytest
+import yaml
+
+from edgeflow import check_text, load
+from edgeflow.emit import MARKER, bundle_files, write_bundle
+from edgeflow.placement import make_plan
+from tests.conftest import FIXTURES, ROOT, assert_golden
+from tests.test_cli import run
+from tests.test_placement import SPLIT_APP
+
+FEASIBLE = ["ar_assist", "autonomous_vehicle", "healthcare_vitals", "smart_city_traffic"]
+K8S_VERSIONS = ["1.30.0", "1.37.0"]
+
+
+def compile_program(program: Any, target: str, source: str) -> dict[str, bytes]:
+    plan, problem = make_plan(program)
+    return bundle_files(program, plan, problem, target, source)
+
+
+@pytest.fixture(scope="module")
+def bundles() -> dict[tuple[str, str], dict[str, bytes]]:
+    out = {}
+    for name in FEASIBLE:
+        program = load(ROOT / "examples" / f"{name}.ef")
+        for target in ("k8s", "compose"):
+            out[(name, target)] = compile_program(program, target, f"examples/{name}.ef")
+    split = check_text(SPLIT_APP, str(ROOT / "examples" / "split_demo.ef"))
+    assert split.program is not None
+    out[("split_demo", "k8s")] = compile_program(split.program, "k8s", "split_demo.ef")
+    return out
+
+
+def _objects(files: dict[str, bytes]) -> list[dict[str, Any]]:
+    docs = []
+    for path, data in files.items():
+        if path.startswith("k8s/") and path != "k8s/kustomization.yaml":
+            docs.extend(d for d in yaml.safe_load_all(data) if d)
+    return docs
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_object_validates_strictly(bundles, version: str) -> None:  # type: ignore[no-untyped-def]
+    for (name, target), files in bundles.items():
+        if target != "k8s":
+            continue
+        objects = _objects(files)
+        assert objects
+        for obj in objects:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # any warning fails the test
+                kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_kustomization_lists_every_manifest(bundles) -> None:  # type: ignore[no-untyped-def]
+    for (name, target), files in bundles.items():
+        if target != "k8s":
+            continue
+        kustomization = yaml.safe_load(files["k8s/kustomization.yaml"])
+        listed = {f"k8s/{r}" for r in kustomization["resources"]}
+        assert listed == {p for p in files if p.startswith("k8s/") and p.endswith(".yaml")
+                          and p != "k8s/kustomization.yaml"}
+
+
+def test_conventions_and_security(bundles) -> None:  # type: ignore[no-untyped-def]
+    for (name, target), files in bundles.items():
+        if target != "k8s":
+            continue
+        plan = json.loads(files["plan.json"])
+        tiers = {d["device"]: d["tier"] for d in plan["devices"]}
+        kinds = {o["kind"] for o in _objects(files)}
+        assert "Secret" not in kinds  # referenced, never inlined
+        assert {"Deployment", "ConfigMap", "NetworkPolicy", "Namespace"} <= kinds
+        for obj in _objects(files):
+            if obj["kind"] != "Deployment":
+                continue
+            spec = obj["spec"]["template"]["spec"]
+            device_label = obj["metadata"]["labels"]["edgeflow.io/device"]
+            tier = next(t for d, t in tiers.items()
+                        if d.replace("_", "-").replace("[", "-").replace("]", "") == device_label)
+            assert spec["securityContext"]["runAsNonRoot"] is True
+            assert spec["automountServiceAccountToken"] is False
+            for c in spec["containers"]:
+                sc = c["securityContext"]
+                assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+                assert sc["capabilities"]["drop"] == ["ALL"]
+                assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+            secrets = [v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v]
+            assert secrets, "TLS material comes from a referenced Secret"
+            if tier == "cloud":
+                terms = spec["affinity"]["nodeAffinity"][
+                    "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+                exprs = {e["key"]: e for e in terms[0]["matchExpressions"]}
+                assert exprs["node-role.kubernetes.io/edge"]["operator"] == "DoesNotExist"
+                assert "hostNetwork" not in spec
+            else:
+                assert spec["hostNetwork"] is True
+                assert spec["nodeSelector"]["node-role.kubernetes.io/edge"] == ""
+                assert spec["nodeSelector"]["edgeflow.io/device"] == device_label
+                assert spec["tolerations"][0]["key"] == "node-role.kubernetes.io/edge"
+
+
+def test_unit_configs_reference_their_topics_broker_and_models(bundles) -> None:  # type: ignore[no-untyped-def]
+    files = bundles[("split_demo", "k8s")]
+    manifest = json.loads(files["models/manifest.json"])["models"]
+    by_path = {m["path"]: m for m in manifest}
+    parts = {m["part"] for m in manifest}
+    assert parts == {"head", "tail"}  # the detector is split in this app
+    for obj in _objects(files):
+        if obj["kind"] != "ConfigMap" or "unit.json" not in obj["data"]:
+            continue
+        unit = json.loads(obj["data"]["unit.json"])
+        rel = "models/" + unit["model"]["file"].removeprefix("/var/lib/edgeflow/models/")
+        assert by_path[rel]["sha256"] == unit["model"]["sha256"]
+        assert unit["broker"]["port"] == 8883 and unit["subscribe"] and unit["publish"]
+
+
+def test_onnx_files_check_and_match_their_sha256(bundles) -> None:  # type: ignore[no-untyped-def]
+    for files in bundles.values():
+        if "models/manifest.json" not in files:
+            continue
+        for entry in json.loads(files["models/manifest.json"])["models"]:
+            data = files[entry["path"]]
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+            assert len(data) == entry["bytes"] and len(entry["version"]) == 12
+            onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+
+
+def test_bundles_are_deterministic(bundles) -> None:  # type: ignore[no-untyped-def]
+    program = load(ROOT / "examples" / "smart_city_traffic.ef")
+    again = compile_program(program, "k8s", "examples/smart_city_traffic.ef")
+    assert again == bundles[("smart_city_traffic", "k8s")]
+
+
+@pytest.mark.parametrize("target", ["k8s", "compose"])
+def test_golden_bundle(bundles, target: str) -> None:  # type: ignore[no-untyped-def]
+    files = bundles[("smart_city_traffic", target)]
+    parts = []
+    for path, data in files.items():
+        if path.endswith(".onnx"):
+            parts.append(f"==> {path} (sha256 {hashlib.sha256(data).hexdigest()})\n")
+        else:
+            parts.append(f"==> {path}\n{data.decode()}")
+    assert_golden(FIXTURES / "bundles" / f"smart_city_traffic.{target}.txt", "".join(parts))
+
+
+def test_compose_files_parse_and_reference_secrets_as_files(bundles) -> None:  # type: ignore[no-untyped-def]
+    files = bundles[("ar_assist", "compose")]
+    composes = [p for p in files if p.endswith("compose.yaml")]
+    assert len(composes) == 6  # four headsets, the edge GPU, the render farm
+    for path in composes:
+        doc = yaml.safe_load(files[path])
+        for service in doc["services"].values():
+            assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+            assert any("../../secrets/" in v for v in service["volumes"])
+
+
+def test_compile_cli_writes_atomically_and_never_over_user_files(tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    proc = run("compile", "examples/smart_city_traffic.ef", "--target", "k8s", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    marker = json.loads((out / MARKER).read_text())
+    assert set(marker["files"]) | {MARKER} == {str(p.relative_to(out)) for p in out.rglob("*")
+                                    if p.is_file()}
+    again = run("compile", "examples/smart_city_traffic.ef", "--target", "compose", "-o",
+                str(out))
+    assert again.returncode == 0  # its own bundle is replaced whole
+    assert not (out / "k8s").exists() and (out / "compose").is_dir()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    refused = run("compile", "examples/smart_city_traffic.ef", "-o", str(mine))
+    assert refused.returncode == 1 and "did not generate" in refused.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    forced = run("compile", "examples/smart_city_traffic.ef", "-o", str(mine), "--force")
+    assert forced.returncode == 0 and (mine / "notes.txt").read_text() == "mine"
+    assert (mine / "plan.json").is_file()
+    failed = run("compile", "examples/reference.ef", "-o", str(tmp_path / "ref"))
+    assert failed.returncode == 1 and "nothing was written" in failed.stderr
+    assert not (tmp_path / "ref").exists()
+
+
+def test_write_bundle_replaces_stale_files_of_its_own(tmp_path: Path) -> None:
+    write_bundle(tmp_path / "b", {"a.txt": b"1", "k8s/x.yaml": b"2"}, force=False)
+    (tmp_path / "b" / MARKER).write_text(json.dumps({"files": ["a.txt", "k8s/x.yaml"]}))
+    (tmp_path / "b" / "user.txt").write_text("keep")
+    write_bundle(tmp_path / "b", {"a.txt": b"3"}, force=True)
+    assert (tmp_path / "b" / "a.txt").read_bytes() == b"3"
+    assert not (tmp_path / "b" / "k8s" / "x.yaml").exists()
+    assert (tmp_path / "b" / "user.txt").read_text() == "keep"
