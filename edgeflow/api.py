@@ -9,6 +9,7 @@ from edgeflow import ir
 from edgeflow.diagnostics import Diagnostic, SourceCache, has_errors
 from edgeflow.semantics.lower import lower
 from edgeflow.syntax import ast
+from edgeflow.syntax.fmt import format_module
 from edgeflow.syntax.parser import parse
 
 
@@ -55,21 +56,39 @@ def _read_error(file: str, code: str, message: str, label: str, text: str = "",
     return result
 
 
-def check_file(path: str | Path) -> CheckResult:
+def read_source(path: str | Path) -> CheckResult | str:
+    """The text of a .ef file, or a CheckResult holding why it cannot be read (E0004/E0005)."""
     file = str(path)
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         return _read_error(file, "E0005", f"cannot read `{file}`: {exc.strerror or exc}", "")
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         shown = data[: exc.start].decode("utf-8", errors="replace")
         return _read_error(file, "E0004", f"`{file}` is not valid UTF-8",
                            f"byte 0x{data[exc.start]:02x} at offset {exc.start} is not UTF-8",
                            shown + data[exc.start:].decode("utf-8", errors="replace"),
                            len(shown))
-    return check_text(text, file)
+
+
+def check_file(path: str | Path) -> CheckResult:
+    text = read_source(path)
+    return text if isinstance(text, CheckResult) else check_text(text, str(path))
+
+
+def format_file(path: str | Path) -> tuple[str | None, CheckResult | None]:
+    """(the canonical text, None), or (None, a result with the syntax diagnostics)."""
+    text = read_source(path)
+    if isinstance(text, CheckResult):
+        return None, text
+    module, diagnostics = parse(text, str(path))
+    if diagnostics:
+        result = CheckResult(str(path), text, diagnostics, module)
+        result.sources.add(str(path), text)
+        return None, result
+    return format_module(text, module), None
 
 
 def load(path: str | Path) -> ir.Program:

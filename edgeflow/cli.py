@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import tempfile
 from enum import Enum
@@ -163,6 +164,34 @@ def plan(
     raise typer.Exit(EXIT_ERRORS if data["status"] == "infeasible" else EXIT_OK)
 
 
+@app.command()
+def fmt(
+    files: Annotated[list[Path], typer.Argument(help="The .ef files to format in place.")],
+    check: Annotated[bool, typer.Option("--check", help="Change nothing; exit 1 if a file is "
+                                        "not formatted.")] = False,
+) -> None:
+    """Format .ef files canonically (in place, atomically), keeping every comment."""
+    _existing(files)
+    unformatted, failed = [], False
+    for path in files:
+        formatted, problem = api.format_file(path)
+        if formatted is None:
+            assert problem is not None
+            _report([problem], OutputFormat.text)
+            failed = True
+            continue
+        if formatted == path.read_text(encoding="utf-8"):
+            continue
+        unformatted.append(path)
+        if check:
+            typer.echo(f"would reformat {path}", err=True)
+        else:
+            _write_atomic(path, formatted.encode(), force=True)
+            typer.echo(f"reformatted {path}", err=True)
+    if failed or (check and unformatted):
+        raise typer.Exit(EXIT_ERRORS)
+
+
 class Target(str, Enum):
     k8s = "k8s"
     compose = "compose"
@@ -252,9 +281,12 @@ def _write_atomic(path: Path, data: bytes, force: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
         f.write(data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(f.name, 0o666 & ~umask)  # as an ordinary open() would create it
+    if path.exists():  # keep the mode of the file it replaces
+        os.chmod(f.name, stat.S_IMODE(path.stat().st_mode))
+    else:  # as an ordinary open() would create it
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(f.name, 0o666 & ~umask)
     os.replace(f.name, path)
 
 

@@ -1,0 +1,153 @@
+"""AST -> canonical text: `edgeflow fmt` and the language server's formatting.
+
+Canonical form: one space around `=`, `->`, `<->` and comparison operators; `, ` between items;
+keys aligned in multi-line blocks; two-space indentation; comments kept where they were (own-line
+comments before the item they precede, trailing comments after it). A block stays on one line when
+it was written on one line, holds no comment and fits in 100 columns; otherwise one entry per
+line. Blank lines between top-level items are kept (one at most). Formatting is idempotent and
+never changes what the program means (both are tested).
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left
+
+from edgeflow.syntax import ast
+
+WIDTH = 100
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _string(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _key(name: ast.Name) -> str:
+    return name.value if _IDENT.fullmatch(name.value) else _string(name.value)
+
+
+def value_text(v: ast.Value) -> str:
+    if isinstance(v, ast.Quantity):
+        return v.number_text + (f" {v.unit}" if v.unit else "")
+    if isinstance(v, ast.String):
+        return _string(v.value)
+    if isinstance(v, ast.Word):
+        return v.name
+    if isinstance(v, ast.Tensor):
+        return f"{v.dtype.value}[{', '.join(value_text(d) for d in v.dims)}]"
+    if isinstance(v, ast.Call):
+        return f"{v.func.value}({', '.join(value_text(a) for a in v.args)})"
+    if isinstance(v, ast.Flow):
+        return " -> ".join(s.value for s in v.steps)
+    if isinstance(v, ast.Constraint):
+        return f"{v.subject.value} {v.op} {value_text(v.bound)}"
+    if isinstance(v, ast.ListValue):
+        return "[" + ", ".join(value_text(i) for i in v.items) + "]"
+    if isinstance(v, ast.MapValue):
+        if not v.entries:
+            return "{}"
+        return "{ " + ", ".join(f"{_key(e.key)} = {value_text(e.value)}" for e in v.entries) + " }"
+    raise TypeError(type(v))
+
+
+class _Formatter:
+    def __init__(self, text: str, module: ast.Module) -> None:
+        self.text = text
+        self.comments = sorted(module.comments, key=lambda c: c[0].start)
+        self.starts = [c[0].start for c in self.comments]
+        self.used: set[int] = set()
+
+    def comments_between(self, start: int, end: int) -> list[tuple[ast.Span, str]]:
+        i = bisect_left(self.starts, start)
+        out = []
+        while i < len(self.comments) and self.comments[i][0].start < end:
+            if i not in self.used:
+                out.append(self.comments[i])
+            i += 1
+        return out
+
+    def take(self, comment: tuple[ast.Span, str]) -> str:
+        self.used.add(self.starts.index(comment[0].start))
+        return comment[1].rstrip()
+
+    def trailing(self, end: int) -> str:
+        """A comment on the same line right after offset `end`, as `  # ...`, or ''."""
+        line_end = self.text.find("\n", end)
+        line_end = len(self.text) if line_end < 0 else line_end
+        for c in self.comments_between(end, line_end):
+            if not self.text[end:c[0].start].strip(" \t,"):
+                return "  " + self.take(c)
+        return ""
+
+    def blank_before(self, prev_end: int, start: int) -> bool:
+        return prev_end >= 0 and self.text.count("\n", prev_end, start) >= 2
+
+    def entry(self, e: ast.Entry, width: int) -> str:
+        inside = self.comments_between(e.span.start, e.span.end)
+        if inside:  # a comment inside a value: keep the entry as written, losing nothing
+            for c in inside:
+                self.take(c)
+            return self.text[e.span.start:e.span.end]
+        return f"{_key(e.key).ljust(width)} = {value_text(e.value)}"
+
+    def decl(self, d: ast.Decl) -> list[str]:
+        head = (f"link {d.name.value} <-> {d.peer.value}" if d.peer else
+                f"{d.kind} {d.name.value}")
+        body = d.body_span
+        assert body is not None
+        if not d.entries:
+            inner = self.comments_between(body.start, body.end)
+            if not inner:
+                return [f"{head} {{}}"]
+        first = d.entries[0].span.start if d.entries else body.end
+        one_line = (d.entries and "\n" not in self.text[body.start:first]
+                    and not self.comments_between(body.start, body.end))
+        if one_line:
+            line = f"{head} {{ " + ", ".join(self.entry(e, 0) for e in d.entries) + " }"
+            if len(line) <= WIDTH and "\n" not in line:
+                return [line]
+        width = max((len(_key(e.key)) for e in d.entries), default=0)
+        rows: list[tuple[str, str]] = []  # (text, trailing comment), comments aligned below
+        cursor = body.start + 1
+        for e in d.entries:
+            for c in self.comments_between(cursor, e.span.start):
+                rows.append(("  " + self.take(c), ""))
+            text = "  " + self.entry(e, width).replace("\n", "\n  ")
+            rows.append((text, self.trailing(e.span.end).strip()))
+            cursor = e.span.end
+        for c in self.comments_between(cursor, body.end):
+            rows.append(("  " + self.take(c), ""))
+        column = max((len(t) for t, c in rows if "\n" not in t and not t.lstrip().startswith("#")),
+                     default=0) + 2
+        lines = [f"{head} {{"]
+        lines += [t.ljust(column) + c if c else t for t, c in rows]
+        lines.append("}")
+        return lines
+
+    def module(self, module: ast.Module) -> str:
+        out: list[str] = []
+        prev_end = -1
+        for d in module.decls:
+            for c in self.comments_between(max(prev_end, 0), d.span.start):
+                if out and self.blank_before(prev_end, c[0].start):
+                    out.append("")
+                out.append(self.take(c))
+                prev_end = c[0].end
+            if out and self.blank_before(prev_end, d.span.start):
+                out.append("")
+            lines = self.decl(d)
+            lines[-1] += self.trailing(d.span.end)
+            out.extend(lines)
+            prev_end = d.span.end
+        for c in self.comments_between(max(prev_end, 0), len(self.text)):
+            if out and self.blank_before(prev_end, c[0].start):
+                out.append("")
+            out.append(self.take(c))
+            prev_end = c[0].end
+        return "\n".join(out) + "\n" if out else ""
+
+
+def format_module(text: str, module: ast.Module) -> str:
+    """The canonical text of a module parsed from `text` without syntax errors."""
+    return _Formatter(text, module).module(module)

@@ -1,0 +1,114 @@
+"""The formatter: idempotent, keeps every comment, never changes what a program means (its AST
+up to layout, and its checked IR), and `edgeflow fmt` writes in place only what parses."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.lark import from_lark
+from lark import Lark
+
+from edgeflow import check_text
+from edgeflow.syntax import ast
+from edgeflow.syntax.fmt import format_module, value_text
+from edgeflow.syntax.parser import grammar_text, parse
+from tests.conftest import ROOT
+from tests.test_cli import run
+from tests.test_fuzz import mutated_example
+from tests.test_placement import random_app
+
+PROPS = settings(derandomize=True, max_examples=100, deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+EXAMPLES = sorted((ROOT / "examples").glob("*.ef"))
+
+
+def shape(module: ast.Module) -> list[object]:
+    """A module without layout: declarations, keys and canonical values."""
+    return [(d.kind, d.name.value, d.peer.value if d.peer else None,
+             [(e.key.value, value_text(e.value)) for e in d.entries]) for d in module.decls]
+
+
+def check_formatting(text: str) -> None:
+    module, errors = parse(text, "f.ef")
+    if errors:
+        return
+    once = format_module(text, module)
+    again_module, again_errors = parse(once, "f.ef")
+    assert not again_errors, (text, once)
+    assert format_module(once, again_module) == once  # idempotent
+    assert shape(again_module) == shape(module)  # same program, only layout changed
+    assert Counter(c for _, c in again_module.comments) == Counter(
+        c.rstrip() for _, c in module.comments)  # every comment kept
+
+
+@given(from_lark(Lark(grammar_text(), parser="lalr"), start="start"))
+@PROPS
+def test_generated_programs(program: str) -> None:
+    check_formatting(program)
+
+
+@given(mutated_example())
+@PROPS
+def test_mutated_examples(text: str) -> None:
+    check_formatting(text)
+
+
+@given(random_app(), st.sampled_from(["", "# note\n", "\n\n# a\n# b\n"]))
+@PROPS
+def test_formatting_keeps_the_checked_ir(text: str, prefix: str) -> None:
+    text = prefix + text.replace(" }\n", " }  # trailing\n", 1)
+    before = check_text(text, str(ROOT / "examples" / "f.ef"))
+    assert before.program is not None
+    module, _ = parse(text, "f.ef")
+    after = check_text(format_module(text, module), str(ROOT / "examples" / "f.ef"))
+    assert after.program is not None
+    assert after.program.model_dump_json() == before.program.model_dump_json()
+
+
+def test_examples_are_formatted_and_keep_their_ir() -> None:
+    for path in EXAMPLES:
+        text = path.read_text()
+        module, _ = parse(text, str(path))
+        formatted = format_module(text, module)
+        if path.name != "reference.ef":  # the contract's own copy keeps its layout
+            assert formatted == text, f"{path.name} is not formatted (edgeflow fmt)"
+        check_formatting(text)
+        assert check_text(formatted, str(path)).program.model_dump_json() == \
+            check_text(text, str(path)).program.model_dump_json()  # type: ignore[union-attr]
+
+
+def test_layout_rules() -> None:
+    text = ('app a{description="x"}\n\n\n\ndevice d {tier=edge,compute=1 TFLOPS,\n'
+            'memory=[ 1 ,2 ] # why\n}\nlink d <->   e   {bandwidth=1 Gbps , latency=1 ms}\n')
+    module, errors = parse(text, "l.ef")
+    assert not errors
+    assert format_module(text, module) == (
+        'app a { description = "x" }\n'
+        "\n"
+        "device d {\n"
+        "  tier    = edge\n"
+        "  compute = 1 TFLOPS\n"
+        "  memory  = [1, 2]    # why\n"  # trailing comments align past the longest entry
+        "}\n"
+        "link d <-> e { bandwidth = 1 Gbps, latency = 1 ms }\n")
+
+
+def test_fmt_cli(tmp_path: Path) -> None:
+    path = tmp_path / "app.ef"
+    path.write_text("app a {description=\"x\"}\n")
+    path.chmod(0o640)
+    assert run("fmt", "--check", str(path)).returncode == 1
+    assert path.read_text() == "app a {description=\"x\"}\n"  # --check changes nothing
+    assert run("fmt", str(path)).returncode == 0
+    assert path.read_text() == 'app a { description = "x" }\n'
+    assert oct(os.stat(path).st_mode & 0o777) == "0o640"
+    assert run("fmt", "--check", str(path)).returncode == 0
+    broken = tmp_path / "broken.ef"
+    broken.write_text("app a { description = }\n")
+    proc = run("fmt", str(broken))
+    assert proc.returncode == 1 and "error[E0001]" in proc.stderr
+    assert broken.read_text() == "app a { description = }\n"
