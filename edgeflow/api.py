@@ -38,9 +38,11 @@ class CheckFailed(Exception):
 def check_text(text: str, file: str = "<input>") -> CheckResult:
     """Parse and check source text. `file` names it in spans and anchors relative model paths."""
     module, diagnostics = parse(text, file)
-    program, _, semantic = lower(module)
-    result = CheckResult(file, text, diagnostics + semantic, module, program if not diagnostics
-                         else None)
+    if diagnostics:  # the other checks would only echo what the broken declarations hide
+        result = CheckResult(file, text, diagnostics, module, None)
+    else:
+        program, _, semantic = lower(module)
+        result = CheckResult(file, text, semantic, module, program)
     result.sources.add(file, text)
     return result
 

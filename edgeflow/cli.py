@@ -192,6 +192,14 @@ def fmt(
         raise typer.Exit(EXIT_ERRORS)
 
 
+@app.command()
+def lsp() -> None:
+    """Run the edgeflow language server over stdio (for editors)."""
+    from edgeflow.lsp.server import main as serve
+
+    serve()
+
+
 class Target(str, Enum):
     k8s = "k8s"
     compose = "compose"

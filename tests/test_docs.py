@@ -21,7 +21,8 @@ error (unknown option, missing file argument, file that does not exist), `3` int
 please report it; `--debug` shows the traceback).
 
 The parser recovers at the next line that starts a declaration, so one run reports the first syntax
-error of every broken declaration.
+error of every broken declaration. While a file has syntax errors only those are reported: the
+other checks would mostly echo what the broken declarations hide, and run once the file parses.
 
 This file is generated from `edgeflow/diagnostics.py` and the golden tests in
 `tests/fixtures/diagnostics/`; every example below is the exact output of `edgeflow check` on the

@@ -361,3 +361,10 @@ def _add_entity(out: Lowered, decl: ast.Decl, f: dict[str, Any]) -> None:
             slo_spans={k: c.span for k, c in constraints.items()})
     elif decl.kind == "privacy":
         out.privacy[name] = ir.PrivacyRule(name=name, span=span, allow=f["allow"])
+
+
+def block_keys() -> dict[str, dict[str, tuple[bool, str]]]:
+    """Every block kind's keys: whether each is required, and an example entry (for editors)."""
+    schemas = _schemas(Reader(DiagnosticSink(), Symbols({})))
+    return {kind: {k: (key.required, key.example) for k, key in keys.items()}
+            for kind, keys in schemas.items()}

@@ -1,0 +1,148 @@
+"""The language server, end to end: the real `edgeflow lsp` process driven by pytest-lsp, on
+valid and broken files; every wait is on a notification or a response, never a sleep."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest_lsp
+from lsprotocol import types as lsp
+from pytest_lsp import ClientServerConfig, LanguageClient
+
+from tests.conftest import ROOT
+
+REFERENCE = ROOT / "examples" / "reference.ef"
+URI = REFERENCE.as_uri()
+TEXT = REFERENCE.read_text()
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=[sys.executable, "-m",
+                                                               "edgeflow", "lsp"]))
+async def client(lsp_client: LanguageClient):  # type: ignore[no-untyped-def]
+    await lsp_client.initialize_session(lsp.InitializeParams(
+        capabilities=lsp.ClientCapabilities(), root_uri=(ROOT / "examples").as_uri()))
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def _open(client: LanguageClient, text: str, uri: str = URI) -> list[lsp.Diagnostic]:
+    client.text_document_did_open(lsp.DidOpenTextDocumentParams(
+        text_document=lsp.TextDocumentItem(uri=uri, language_id="edgeflow", version=1,
+                                           text=text)))
+    await client.wait_for_notification(lsp.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
+    return list(client.diagnostics[uri])
+
+
+def _position(text: str, needle: str, nth: int = 0, delta: int = 0) -> lsp.Position:
+    index = -1
+    for _ in range(nth + 1):
+        index = text.index(needle, index + 1)
+    index += delta
+    line = text.count("\n", 0, index)
+    return lsp.Position(line=line, character=index - (text.rfind("\n", 0, index) + 1))
+
+
+async def test_diagnostics_on_open_and_change(client: LanguageClient) -> None:
+    assert await _open(client, TEXT) == []
+    broken = TEXT.replace("latency = 0.5 ms", "latency = 0.5 msec").replace(
+        "on      = line_gw", "on      = line_gwx")
+    client.text_document_did_change(lsp.DidChangeTextDocumentParams(
+        text_document=lsp.VersionedTextDocumentIdentifier(uri=URI, version=2),
+        content_changes=[lsp.TextDocumentContentChangeWholeDocument(text=broken)]))
+    await client.wait_for_notification(lsp.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
+    diags = {d.code: d for d in client.diagnostics[URI]}
+    assert set(diags) == {"E0301", "E0101"}
+    unit = diags["E0301"]
+    assert unit.range.start == _position(broken, "msec")
+    assert unit.severity == lsp.DiagnosticSeverity.Error and "help: did you mean `ms`?" in \
+        unit.message
+
+
+async def test_related_locations(client: LanguageClient) -> None:
+    text = TEXT + "\nsensor camera { on = line_gw, rate = 1 Hz, emits = uint8[1] }\n"
+    diags = await _open(client, text)
+    dup = next(d for d in diags if d.code == "E0102")
+    assert dup.related_information and dup.related_information[0].location.range.start == \
+        _position(text, "sensor camera", delta=len("sensor "))
+
+
+async def test_hover_definition_references(client: LanguageClient) -> None:
+    await _open(client, TEXT)
+    use = _position(TEXT, "on      = line_gw", delta=len("on      = "))  # in the sensor
+    hover = await client.text_document_hover_async(lsp.HoverParams(
+        text_document=lsp.TextDocumentIdentifier(uri=URI), position=use))
+    assert hover is not None
+    value = hover.contents.value  # type: ignore[union-attr]
+    assert "device `line_gw`" in value and "0.5 TFLOPS = 5e+11 FLOP/s" in value
+    assert "line_gw[3]" in value
+    model = await client.text_document_hover_async(lsp.HoverParams(
+        text_document=lsp.TextDocumentIdentifier(uri=URI),
+        position=_position(TEXT, "-> detector", delta=3)))
+    assert model is not None and "outputs: `detections` float32[1, 21, 10, 10]" in \
+        model.contents.value  # type: ignore[union-attr]
+    assert "GFLOP per run" in model.contents.value  # type: ignore[union-attr]
+    unit = await client.text_document_hover_async(lsp.HoverParams(
+        text_document=lsp.TextDocumentIdentifier(uri=URI),
+        position=_position(TEXT, "200 Mbps", delta=5)))
+    assert unit is not None and "200 Mbps = 2e+08 bit/s" in unit.contents.value  # type: ignore
+    where = await client.text_document_definition_async(lsp.DefinitionParams(
+        text_document=lsp.TextDocumentIdentifier(uri=URI), position=use))
+    assert isinstance(where, lsp.Location)
+    assert where.range.start == _position(TEXT, "line_gw", 0)
+    refs = await client.text_document_references_async(lsp.ReferenceParams(
+        text_document=lsp.TextDocumentIdentifier(uri=URI), position=use,
+        context=lsp.ReferenceContext(include_declaration=True)))
+    # the device, the link, the sensor's and the actuator's `on` (not the comment's mention)
+    assert refs is not None and len(refs) == 4
+
+
+async def test_completion(client: LanguageClient) -> None:
+    text = TEXT.replace("  power   = 350 W\n", "  power   = 350 W\n  \n", 1)
+    await _open(client, text)
+    pos = _position(text, "  power   = 350 W\n  \n", delta=len("  power   = 350 W\n  "))
+    keys = await client.text_document_completion_async(lsp.CompletionParams(
+        text_document=lsp.TextDocumentIdentifier(uri=URI), position=pos))
+    labels = {i.label for i in keys.items}  # type: ignore[union-attr]
+    assert {"count", "cost", "labels"} <= labels and "tier" not in labels  # tier is given
+    on = _position(text, "on      = line_gw", delta=len("on      = "))
+    names = await client.text_document_completion_async(lsp.CompletionParams(
+        text_document=lsp.TextDocumentIdentifier(uri=URI), position=on))
+    assert {i.label for i in names.items} == {"line_gw", "plant_server", "gpu_pool"}  # type: ignore[union-attr]
+    rate = _position(text, "30 Hz", delta=3)
+    units = await client.text_document_completion_async(lsp.CompletionParams(
+        text_document=lsp.TextDocumentIdentifier(uri=URI), position=rate))
+    assert {i.label for i in units.items} == {"Hz", "kHz"}  # type: ignore[union-attr]
+    step = _position(text, "camera -> normalize", delta=len("camera -> "))
+    steps = await client.text_document_completion_async(lsp.CompletionParams(
+        text_document=lsp.TextDocumentIdentifier(uri=URI), position=step))
+    assert {"normalize", "detector", "reject_arm"} <= {i.label for i in steps.items}  # type: ignore[union-attr]
+
+
+async def test_symbols_and_formatting(client: LanguageClient) -> None:
+    await _open(client, TEXT)
+    syms = await client.text_document_document_symbol_async(lsp.DocumentSymbolParams(
+        text_document=lsp.TextDocumentIdentifier(uri=URI)))
+    names = [s.name for s in syms]  # type: ignore[union-attr]
+    assert names[:4] == ["factory_inspection", "line_gw", "plant_server", "gpu_pool"]
+    assert "line_gw <-> plant_server" in names
+    device = syms[1]  # type: ignore[index]
+    assert [c.name for c in device.children] == ["tier", "count", "compute", "memory", "power",
+                                                 "labels"]
+    edits = await client.text_document_formatting_async(lsp.DocumentFormattingParams(
+        text_document=lsp.TextDocumentIdentifier(uri=URI),
+        options=lsp.FormattingOptions(tab_size=2, insert_spaces=True)))
+    assert edits and "store archive { on = gpu_pool }" in edits[0].new_text
+
+
+async def test_broken_file_still_serves(client: LanguageClient) -> None:
+    uri = (ROOT / "examples" / "broken.ef").as_uri()
+    text = "app a {\n  description = \n}\ndevice d { tier = edge, compute = 1 TFLOPS, memory = 1 GiB }\n"
+    diags = await _open(client, text, uri)
+    assert [d.code for d in diags] == ["E0001"]
+    syms = await client.text_document_document_symbol_async(lsp.DocumentSymbolParams(
+        text_document=lsp.TextDocumentIdentifier(uri=uri)))
+    assert [s.name for s in syms] == ["d"]  # type: ignore[union-attr]
+    edits = await client.text_document_formatting_async(lsp.DocumentFormattingParams(
+        text_document=lsp.TextDocumentIdentifier(uri=uri),
+        options=lsp.FormattingOptions(tab_size=2, insert_spaces=True)))
+    assert not edits  # a file that does not parse is never rewritten
