@@ -199,8 +199,8 @@ def _decl_hover(result: api.CheckResult, decl: ast.Decl) -> str:
         cost = model_cost(model)
         lines += ["", "inputs: " + ", ".join(f"`{n}` {t}" for n, t in model.inputs.items()),
                   "outputs: " + ", ".join(f"`{n}` {t}" for n, t in model.outputs.items()),
-                  f"work: {cost.work / 1e9:.3f} GFLOP per run, weights: "
-                  f"{cost.weights / 2**20:.2f} MiB"]
+                  (f"work: {cost.work / 1e9:.3f} GFLOP per run, weights: "
+                   f"{cost.weights / 2**20:.2f} MiB")]
         if cost.cuts:
             lines.append(f"split candidates: {len(cost.cuts)} Pareto-optimal cuts")
     return "\n".join(lines)
