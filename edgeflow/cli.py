@@ -19,7 +19,7 @@ from typing import Annotated
 import onnx
 import typer
 
-from edgeflow import __version__, api
+from edgeflow import __version__, api, ir
 from edgeflow.dataflow import build, to_dot, to_mermaid
 from edgeflow.diagnostics import explain as explain_code
 from edgeflow.diagnostics import render_json, render_summary, render_text
@@ -75,6 +75,16 @@ def _existing(paths: list[Path]) -> None:
             raise typer.Exit(EXIT_USAGE)
 
 
+def _checked(file: Path) -> ir.Program:
+    """The IR of a file that checks, or exit 1 after printing its diagnostics."""
+    _existing([file])
+    result = api.check_file(file)
+    if result.program is None:
+        _report([result], OutputFormat.text)
+        raise typer.Exit(EXIT_ERRORS)
+    return result.program
+
+
 def _report(results: list[api.CheckResult], fmt: OutputFormat) -> None:
     if fmt is OutputFormat.json:
         sys.stdout.write(render_json([d for r in results for d in r.diagnostics]))
@@ -115,12 +125,7 @@ def graph(
     = GraphFormat.dot,
 ) -> None:
     """Print the application's dataflow graph."""
-    _existing([file])
-    result = api.check_file(file)
-    if result.program is None:
-        _report([result], OutputFormat.text)
-        raise typer.Exit(EXIT_ERRORS)
-    df = build(result.program)
+    df = build(_checked(file))
     sys.stdout.write(to_dot(df) if fmt is GraphFormat.dot else to_mermaid(df))
 
 
@@ -142,12 +147,8 @@ def plan(
     from edgeflow.placement.evaluate import evaluate
     from edgeflow.placement.render import render, render_comparison
 
-    _existing([file])
-    result = api.check_file(file)
-    if result.program is None:
-        _report([result], OutputFormat.text)
-        raise typer.Exit(EXIT_ERRORS)
-    data, problem = make_plan(result.program, time_limit)
+    program = _checked(file)
+    data, problem = make_plan(program, time_limit)
     sys.stdout.write(json.dumps(data, indent=2) + "\n" if json_out else render(data, explain))
     if compare:
         rows = []
@@ -159,7 +160,7 @@ def plan(
             assignment = baseline(problem)
             ev = evaluate(problem, assignment) if assignment is not None else None
             rows.append((name, ev.objective if ev else None, bool(ev and ev.feasible)))
-        out = render_comparison(rows, result.program.app.objective)
+        out = render_comparison(rows, program.app.objective)
         (sys.stderr if json_out else sys.stdout).write(out)
     raise typer.Exit(EXIT_ERRORS if data["status"] == "infeasible" else EXIT_OK)
 
@@ -222,19 +223,15 @@ def compile_cmd(
     from edgeflow.placement import make_plan
     from edgeflow.placement.render import render
 
-    _existing([file])
-    result = api.check_file(file)
-    if result.program is None:
-        _report([result], OutputFormat.text)
-        raise typer.Exit(EXIT_ERRORS)
-    data, problem = make_plan(result.program, time_limit)
+    program = _checked(file)
+    data, problem = make_plan(program, time_limit)
     if data["status"] == "infeasible":
         sys.stderr.write(render(data))
         typer.echo("error: no placement meets the constraints; nothing was written", err=True)
         raise typer.Exit(EXIT_ERRORS)
-    out = output or Path("build") / result.program.app.name
+    out = output or Path("build") / program.app.name
     try:
-        files = bundle_files(result.program, data, problem, target.value, str(file))
+        files = bundle_files(program, data, problem, target.value, str(file))
         write_bundle(out, files, force)
     except BundleError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -133,6 +133,17 @@ class Program(_Node):
     pipelines: dict[str, Pipeline]
     privacy: dict[str, PrivacyRule]
 
+    def output_bytes(self, name: str) -> int:
+        """Bytes of one message a sensor, operator or model sends downstream (a model sends all
+        its outputs); 0 for sinks."""
+        if name in self.sensors:
+            return self.sensors[name].emits.nbytes
+        if name in self.operators:
+            return self.operators[name].emits.nbytes
+        if name in self.models:
+            return sum(t.nbytes for t in self.models[name].outputs.values())
+        return 0
+
     def kind_of(self, name: str) -> str | None:
         for kind, table in (("device", self.devices), ("sensor", self.sensors),
                             ("sink", self.sinks), ("model", self.models),

@@ -163,7 +163,7 @@ def verify(plan: dict[str, Any], program: ir.Program) -> list[str]:
         for r in range(comp.replicas):
             for u, v in df.graph.subgraph(comp.nodes).edges:
                 a, b = loc[(u, r)][1], loc[(v, r)][0]
-                nbytes = _out_bytes(program, u)
+                nbytes = program.output_bytes(u)
                 if a == b or (u, r, b) in sent:
                     continue
                 sent.add((u, r, b))
@@ -183,7 +183,7 @@ def verify(plan: dict[str, Any], program: ir.Program) -> list[str]:
                     if i > 0:
                         prev = p.flow[i - 1]
                         total += route(loc[(prev, r)][1], loc[(name, r)][0],
-                                       _out_bytes(program, prev),
+                                       program.output_bytes(prev),
                                        df.graph.nodes[prev]["labels"])[0]
                     for _, at, work in comp_ms.get((name, r), []):
                         total += work / device_of[at].compute_flops
@@ -233,11 +233,3 @@ def verify(plan: dict[str, Any], program: ir.Program) -> list[str]:
             problems.append(f"objective {key}: {plan['objective'][key]} reported, {value} "
                             "recomputed")
     return problems
-
-
-def _out_bytes(program: ir.Program, name: str) -> int:
-    if name in program.sensors:
-        return program.sensors[name].emits.nbytes
-    if name in program.operators:
-        return program.operators[name].emits.nbytes
-    return sum(t.nbytes for t in program.models[name].outputs.values())

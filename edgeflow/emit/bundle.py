@@ -133,7 +133,7 @@ def build_bundle(program: ir.Program, plan: dict[str, Any]) -> Bundle:
                     t = topic(app, r, name)
                     c.writes.append(t)
                     c.config = {"rate_hz": s.rate_hz, "emits": str(s.emits)}
-                    leave[(name, r)] = (t, dev, s.emits.nbytes)
+                    leave[(name, r)] = (t, dev, program.output_bytes(name))
                 elif name in program.sinks:
                     sink = program.sinks[name]
                     d = program.devices[sink.device]
@@ -151,8 +151,7 @@ def build_bundle(program: ir.Program, plan: dict[str, Any]) -> Bundle:
                     out = topic(app, r, f"{name}.tail")
                     tail.writes.append(out)
                     arrive[(name, r)] = (head, head_dev)
-                    nbytes = sum(t.nbytes for t in program.models[name].outputs.values())
-                    leave[(name, r)] = (out, tail_dev, nbytes)
+                    leave[(name, r)] = (out, tail_dev, program.output_bytes(name))
                     max_bytes = max(max_bytes, s["transfer_bytes"])
                 else:
                     dev = where[(name, r)]
@@ -161,9 +160,7 @@ def build_bundle(program: ir.Program, plan: dict[str, Any]) -> Bundle:
                     t = topic(app, r, name)
                     c.writes.append(t)
                     arrive[(name, r)] = (c, dev)
-                    nbytes = program.operators[name].emits.nbytes if kind == "operator" else \
-                        sum(t.nbytes for t in program.models[name].outputs.values())
-                    leave[(name, r)] = (t, dev, nbytes)
+                    leave[(name, r)] = (t, dev, program.output_bytes(name))
             for u, v in df.graph.subgraph(comp.nodes).edges:
                 t, _, nbytes = leave[(u, r)]
                 consumer, _ = arrive[(v, r)]

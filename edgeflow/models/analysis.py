@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from edgeflow.models.signature import bind_inputs
+
 # Nodes whose output depends only on their inputs' shapes.
 SHAPE_OPS = {"Shape", "Size"}
 # Nodes that are never static: their values change from run to run.
@@ -127,15 +129,6 @@ def _tensor_of(value: onnx.ValueInfoProto) -> Tensor | None:
             return None
         dims.append(int(d.dim_value))
     return Tensor(value.name, ttype.elem_type, tuple(dims))
-
-
-def _bind_inputs(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> None:
-    for value in model.graph.input:
-        if value.name in shapes:
-            shape = value.type.tensor_type.shape
-            shape.ClearField("dim")
-            for size in shapes[value.name]:
-                shape.dim.add().dim_value = size
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -345,7 +338,7 @@ def analyse(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]]) -> An
                          "with --input NAME=TYPE[dims]")
     work_model = onnx.ModelProto()
     work_model.CopyFrom(model)
-    _bind_inputs(work_model, inputs)
+    bind_inputs(work_model, inputs)
     for value in graph_inputs:
         declared = value.type.tensor_type.shape.dim
         if declared and len(declared) != len(inputs[value.name]):

@@ -5,6 +5,7 @@ element types and dimensions, and its output types once the inputs are bound to 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -76,17 +77,22 @@ def graph_inputs(model: onnx.ModelProto) -> list[TensorSig]:
     return [_tensor_sig(v) for v in model.graph.input if v.name not in initializers]
 
 
+def bind_inputs(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Set the graph inputs named in `shapes` to those concrete shapes, in place."""
+    for value in model.graph.input:
+        if value.name in shapes:
+            shape = value.type.tensor_type.shape
+            shape.ClearField("dim")
+            for size in shapes[value.name]:
+                shape.dim.add().dim_value = size
+
+
 def output_types(model: onnx.ModelProto, bound: dict[str, tuple[int, ...]]) -> list[TensorSig]:
     """The model's outputs with shapes inferred from `bound` input shapes; a dimension that
     inference cannot fix stays None or symbolic."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
-    for value in fixed.graph.input:
-        if value.name in bound:
-            shape = value.type.tensor_type.shape
-            shape.ClearField("dim")
-            for size in bound[value.name]:
-                shape.dim.add().dim_value = size
+    bind_inputs(fixed, bound)
     del fixed.graph.value_info[:]
     try:
         inferred = shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)

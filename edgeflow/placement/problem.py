@@ -177,16 +177,6 @@ def _rates(df: Dataflow, program: ir.Program) -> dict[str, float]:
     return rates
 
 
-def _out_bytes(program: ir.Program, name: str) -> int:
-    if name in program.sensors:
-        return program.sensors[name].emits.nbytes
-    if name in program.operators:
-        return program.operators[name].emits.nbytes
-    if name in program.models:
-        return sum(t.nbytes for t in program.models[name].outputs.values())
-    return 0
-
-
 def build_problem(program: ir.Program) -> Problem:
     df = build(program)
     graph = instance_graph(program.devices, program.links)
@@ -234,7 +224,7 @@ def build_problem(program: ir.Program) -> Problem:
                     labels = frozenset().union(*(df.graph.nodes[p]["labels"]
                                                  for p in df.graph.predecessors(name)))
                 info = StepInfo(step, kind, rates[name], work, memory,
-                                _out_bytes(program, name), labels, cands)
+                                program.output_bytes(name), labels, cands)
                 if name in program.models and program.models[name].split == "auto":
                     info.cuts = model_cost(program.models[name]).cuts
                 steps[step] = info
