@@ -146,3 +146,25 @@ async def test_broken_file_still_serves(client: LanguageClient) -> None:
         text_document=lsp.TextDocumentIdentifier(uri=uri),
         options=lsp.FormattingOptions(tab_size=2, insert_spaces=True)))
     assert not edits  # a file that does not parse is never rewritten
+
+
+async def test_navigation_and_completion_in_a_broken_file(client: LanguageClient) -> None:
+    uri = (ROOT / "examples" / "broken2.ef").as_uri()
+    text = ("app a { description = \"x\" }\n"
+            "device gw { tier = edge, compute = 1 TFLOPS, memory = 1 GiB }\n"
+            "sensor cam { on = gw, rate == 10 Hz, emits = uint8[1] }\n"  # a syntax error
+            "actuator arm { on = gw }\n"
+            "operator op {\n  \n}\n")
+    diags = await _open(client, text, uri)
+    assert [d.code for d in diags] == ["E0001"]
+    use = _position(text, "arm { on = gw", delta=len("arm { on = "))
+    where = await client.text_document_definition_async(lsp.DefinitionParams(
+        text_document=lsp.TextDocumentIdentifier(uri=uri), position=use))
+    assert isinstance(where, lsp.Location) and where.range.start == _position(text, "gw {")
+    hover = await client.text_document_hover_async(lsp.HoverParams(
+        text_document=lsp.TextDocumentIdentifier(uri=uri), position=use))
+    assert hover is not None and "1 TFLOPS = 1e+12 FLOP/s" in hover.contents.value  # type: ignore[union-attr]
+    inside = _position(text, "operator op {\n  ", delta=len("operator op {\n  "))
+    keys = await client.text_document_completion_async(lsp.CompletionParams(
+        text_document=lsp.TextDocumentIdentifier(uri=uri), position=inside))
+    assert {i.label for i in keys.items} == {"work", "emits", "memory", "removes"}  # type: ignore[union-attr]
