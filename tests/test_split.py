@@ -15,9 +15,19 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from edgeflow.models.analysis import analyse
-from edgeflow.models.cuts import Cut, CutProblem, pareto_front
+from edgeflow.models.cuts import Cut, CutProblem
 from edgeflow.models.extract import split_model
 from tests.onnx_models import MODELS
+
+
+def pareto_front(cuts: list[Cut]) -> list[Cut]:
+    """All Pareto-optimal cuts of a list, in (head work, bytes), one per distinct point."""
+    best: dict[tuple[int, int], Cut] = {}
+    for cut in sorted(cuts, key=lambda c: c.key):
+        if not best or cut.transfer_bytes < min(c.transfer_bytes for c in best.values()):
+            best.setdefault(cut.key, cut)
+    return sorted(best.values(), key=lambda c: c.head_work)
+
 
 EXACT = settings(derandomize=True, max_examples=60, deadline=None)
 

@@ -27,7 +27,6 @@ SHAPE_OPS = {"Shape", "Size"}
 # Nodes that are never static: their values change from run to run.
 NONDETERMINISTIC_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform",
                         "RandomUniformLike", "Multinomial", "Bernoulli"}
-CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
 
 
 class ModelError(Exception):

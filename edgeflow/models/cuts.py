@@ -289,12 +289,3 @@ class CutProblem:
             walk(0)
         finally:
             sys.setrecursionlimit(depth)
-
-
-def pareto_front(cuts: list[Cut]) -> list[Cut]:
-    """All Pareto-optimal cuts of a list, in (head work, bytes), one per distinct point."""
-    best: dict[tuple[int, int], Cut] = {}
-    for cut in sorted(cuts, key=lambda c: c.key):
-        if not best or cut.transfer_bytes < min(c.transfer_bytes for c in best.values()):
-            best.setdefault(cut.key, cut)
-    return sorted(best.values(), key=lambda c: c.head_work)

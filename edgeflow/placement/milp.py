@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import highspy
 import numpy as np
 
-from edgeflow.placement.evaluate import Placement, Split
+from edgeflow.placement.evaluate import Placement, Split, evaluate
 from edgeflow.placement.problem import Problem, Step, out_labels
 from edgeflow.syntax.ast import Span
 
@@ -395,8 +395,6 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
             cost[k] = v
         h.changeColsCost(n, np.arange(n, dtype=np.int32), cost)
         if stage == 0 and bound is not None and start is not None:
-            from edgeflow.placement.evaluate import evaluate
-
             start_value = evaluate(problem, start).objective[term]
             if start_value <= bound * (1 + gap) + 1e-12:  # the warm start is proven optimal
                 found[term], stage_gaps[term] = start_value, 0.0
@@ -465,8 +463,7 @@ def start_values(f: Formulation, assignment: dict[Step, Placement]) -> tuple[np.
 
 
 def _best_start(problem: Problem, time_limit: float) -> dict[Step, Placement] | None:
-    from edgeflow.placement.baselines import BASELINES
-    from edgeflow.placement.evaluate import evaluate
+    from edgeflow.placement.baselines import BASELINES  # baselines import this module's types
 
     order = problem.program.app.objective
     candidates = [b(problem) for b in BASELINES.values()]

@@ -8,7 +8,6 @@ force all read this module; `edgeflow.plan.verify` recomputes everything on its 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -241,7 +240,3 @@ def out_labels(problem: Problem, step: Step) -> frozenset[str]:
     """Labels of what `step` sends downstream."""
     labels = problem.dataflow.graph.nodes[step[0]]["labels"]
     return labels  # type: ignore[no-any-return]
-
-
-def rate_of(steps: Mapping[Step, StepInfo], step: Step) -> float:
-    return steps[step].rate

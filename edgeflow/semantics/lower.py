@@ -120,7 +120,7 @@ def _schemas(r: Reader) -> dict[str, dict[str, Key]]:
 def _objective(r: Reader) -> Callable[[str, ast.Value], Any]:
     def read(key: str, value: ast.Value) -> Any:
         if not isinstance(value, ast.Call):
-            return r._shape(value, "`minimize(...)`", "objective = minimize(latency, cost)")
+            return r.shape_error(value, "`minimize(...)`", "objective = minimize(latency, cost)")
         if value.func.value != "minimize":
             r.sink.error("E0305", f"unknown objective `{value.func.value}`", value.func.span,
                          "expected `minimize`", help="objectives are `minimize(TERM, ...)`")
@@ -132,7 +132,7 @@ def _objective(r: Reader) -> Callable[[str, ast.Value], Any]:
         terms: list[str] = []
         for arg in value.args:
             if not isinstance(arg, ast.Word):
-                return r._shape(arg, "an objective term", "latency")
+                return r.shape_error(arg, "an objective term", "latency")
             term = r._choice_word("objective term", arg, OBJECTIVE_TERMS)
             if term in terms:
                 r.sink.error("E0305", f"objective term `{term}` is repeated", arg.span, "repeated")
@@ -145,7 +145,7 @@ def _objective(r: Reader) -> Callable[[str, ast.Value], Any]:
 def _tensor_map(r: Reader) -> Callable[[str, ast.Value], Any]:
     def read(key: str, value: ast.Value) -> Any:
         if not isinstance(value, ast.MapValue):
-            return r._shape(value, "a map of input names to tensor types",
+            return r.shape_error(value, "a map of input names to tensor types",
                             "inputs = { input = float32[1, 3, 224, 224] }")
         out = {e.key.value: r.tensor(e.key.value, e.value, unbound_code="E0604")
                for e in r.unique_entries(value.entries)}
@@ -162,7 +162,7 @@ def _flow(r: Reader) -> Callable[[str, ast.Value], Any]:
                          "a single step", help=f"e.g. `flow = {value.name} -> sink`")
             return BAD
         if not isinstance(value, ast.Flow):
-            return r._shape(value, "a flow", "flow = sensor -> step -> sink")
+            return r.shape_error(value, "a flow", "flow = sensor -> step -> sink")
         return value.steps
     return read
 
@@ -170,7 +170,7 @@ def _flow(r: Reader) -> Callable[[str, ast.Value], Any]:
 def _slo(r: Reader) -> Callable[[str, ast.Value], Any]:
     def one(c: ast.Value, seen: dict[str, ast.Constraint]) -> bool:
         if not isinstance(c, ast.Constraint):
-            r._shape(c, "a constraint", "latency < 50 ms")
+            r.shape_error(c, "a constraint", "latency < 50 ms")
             return False
         subject = c.subject.value
         if subject not in ("latency", "throughput"):

@@ -64,7 +64,7 @@ class Reader:
         self.symbols = symbols
 
     # ----------------------------------------------------------------- helpers
-    def _shape(self, value: ast.Value, expected: str, example: str) -> Any:
+    def shape_error(self, value: ast.Value, expected: str, example: str) -> Any:
         self.sink.error("E0204", f"expected {expected}, found {ast.describe(value)}", value.span,
                         f"expected {expected}", help=f"for example `{example}`")
         return BAD
@@ -94,7 +94,7 @@ class Reader:
     def quantity(self, dim: Dimension, *, positive: bool) -> Callable[[str, ast.Value], Any]:
         def read(key: str, value: ast.Value) -> Any:
             if not isinstance(value, ast.Quantity):
-                return self._shape(value, f"a {dim.name}", f"{key} = 1 {units_of(dim)[0]}")
+                return self.shape_error(value, f"a {dim.name}", f"{key} = 1 {units_of(dim)[0]}")
             si = self._unit_dims(value, dim, key)
             if si is BAD:
                 return BAD
@@ -108,7 +108,7 @@ class Reader:
 
     def count(self, key: str, value: ast.Value) -> Any:
         if not isinstance(value, ast.Quantity):
-            return self._shape(value, "a whole number", f"{key} = 2")
+            return self.shape_error(value, "a whole number", f"{key} = 2")
         if value.unit is not None:
             self.sink.error("E0302", f"`{key}` is a plain number, found a unit", value.unit_span
                             or value.span, "unexpected unit", help=f"write `{key} = "
@@ -122,13 +122,13 @@ class Reader:
 
     def string(self, key: str, value: ast.Value) -> Any:
         if not isinstance(value, ast.String):
-            return self._shape(value, "a string", f'{key} = "..."')
+            return self.shape_error(value, "a string", f'{key} = "..."')
         return value.value
 
     def choice(self, options: tuple[str, ...]) -> Callable[[str, ast.Value], Any]:
         def read(key: str, value: ast.Value) -> Any:
             if not isinstance(value, ast.Word):
-                return self._shape(value, f"one of {', '.join(options)}", f"{key} = {options[0]}")
+                return self.shape_error(value, f"one of {', '.join(options)}", f"{key} = {options[0]}")
             return self._choice_word(key, value, options)
         return read
 
@@ -149,7 +149,7 @@ class Reader:
             elif isinstance(value, ast.Name):
                 name, span = value.value, value.span
             else:
-                return self._shape(value, what, f"{key} = name")
+                return self.shape_error(value, what, f"{key} = name")
             decl = self.symbols.decls.get(name)
             if decl is None:
                 self.sink.error(code, f"no {what} named `{name}`", span, f"unknown {what}",
@@ -171,24 +171,24 @@ class Reader:
 
         def read(key: str, value: ast.Value) -> Any:
             if not isinstance(value, ast.ListValue):
-                return self._shape(value, f"a list of {what}s", f"{key} = [name]")
+                return self.shape_error(value, f"a list of {what}s", f"{key} = [name]")
             names = [one(key, item) for item in value.items]
             return BAD if BAD in names else tuple(dict.fromkeys(names))
         return read
 
     def tiers(self, key: str, value: ast.Value) -> Any:
         if not isinstance(value, ast.ListValue):
-            return self._shape(value, "a list of tiers", f"{key} = [edge, fog]")
+            return self.shape_error(value, "a list of tiers", f"{key} = [edge, fog]")
         out = []
         for item in value.items:
             if not isinstance(item, ast.Word):
-                return self._shape(item, "a tier", "edge")
+                return self.shape_error(item, "a tier", "edge")
             out.append(self._choice_word("tier", item, TIERS))
         return BAD if BAD in out else tuple(dict.fromkeys(out))
 
     def string_map(self, key: str, value: ast.Value) -> Any:
         if not isinstance(value, ast.MapValue):
-            return self._shape(value, "a map of strings", f'{key} = {{ zone = "a" }}')
+            return self.shape_error(value, "a map of strings", f'{key} = {{ zone = "a" }}')
         out: dict[str, str] = {}
         for entry in self.unique_entries(value.entries):
             text = self.string(entry.key.value, entry.value)
@@ -198,7 +198,7 @@ class Reader:
 
     def tensor(self, key: str, value: ast.Value, *, unbound_code: str = "E0304") -> Any:
         if not isinstance(value, ast.Tensor):
-            return self._shape(value, "a tensor type", f"{key} = float32[1, 3, 224, 224]")
+            return self.shape_error(value, "a tensor type", f"{key} = float32[1, 3, 224, 224]")
         ok = True
         if value.dtype.value not in DTYPE_BYTES:
             self.sink.error("E0304", f"unknown element type `{value.dtype.value}`",
