@@ -151,7 +151,7 @@ def plan(
     data, problem = make_plan(program, time_limit)
     sys.stdout.write(json.dumps(data, indent=2) + "\n" if json_out else render(data, explain))
     if compare:
-        rows = []
+        rows: list[tuple[str, dict[str, float] | None, bool]] = []
         if data["objective"] is not None:
             o = data["objective"]
             rows.append(("edgeflow", {"latency": o["latency_ms"] / 1e3,
@@ -387,7 +387,7 @@ def profile_cmd(
     data = {"model": model.name, **profile(loaded, bound, runs=runs, warmup=warmup)}
     _write_atomic(output, (json.dumps(data, indent=2) + "\n").encode(), force)
     typer.echo(f"wrote {output}: {len(data['node_seconds'])} nodes, "  # type: ignore[arg-type]
-               f"{data['total_seconds'] * 1000:.3f} ms per run", err=True)
+               f"{float(data['total_seconds']) * 1000:.3f} ms per run", err=True)  # type: ignore[arg-type]
 
 
 def main() -> None:

@@ -204,9 +204,9 @@ def verify(plan: dict[str, Any], program: ir.Program) -> list[str]:
                     problems.append(f"pipeline {p.name} replica {r} misses its SLO")
                 if got["met"] != (slo is None or total <= slo * (1 + REL)):
                     problems.append(f"pipeline {p.name} replica {r}: `met` misreported")
-    for inst, u in util.items():
-        if u > 1 + REL:
-            problems.append(f"{inst} over its compute: {u:.3f}")
+    for inst, load_share in util.items():
+        if load_share > 1 + REL:
+            problems.append(f"{inst} over its compute: {load_share:.3f}")
     for inst, m in memory.items():
         if m > device_of[inst].memory_bytes * (1 + REL):
             problems.append(f"{inst} over its memory: {m}")

@@ -316,7 +316,7 @@ def _trip_count(node: onnx.NodeProto, tensors: Mapping[str, Tensor]) -> int:
         n_scan = int(attrs["num_scan_inputs"])
         first_scan = node.input[len(node.input) - n_scan]
         axes = attrs.get("scan_input_axes", [0] * n_scan)
-        return tensors[first_scan].shape[axes[0]]
+        return int(tensors[first_scan].shape[int(axes[0])])
     return 1
 
 

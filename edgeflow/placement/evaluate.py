@@ -71,8 +71,8 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
             continue
         if isinstance(place, Split) and place.head != place.tail:
             cut = info.cuts[place.cut]
-            parts = [(f"{info.name}.head", place.head, cut.head_work, cut.head_weights),
-                     (f"{info.name}.tail", place.tail, cut.tail_work, cut.tail_weights)]
+            parts = [(f"{info.name}.head", place.head, cut.head_work, float(cut.head_weights)),
+                     (f"{info.name}.tail", place.tail, cut.tail_work, float(cut.tail_weights))]
             internal[step] = (_route_or_fail(problem, ev, place.head, place.tail,
                                              cut.transfer_bytes, info.labels,
                                              f"the cut of `{info.name}`"), cut)

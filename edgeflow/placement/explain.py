@@ -161,28 +161,28 @@ def _elastic(problem: Problem, time_limit: float) -> list[Explanation]:
         if excess <= 1e-7:
             continue
         need = limit * (1 + excess)
-        kind = label[0]  # type: ignore[index]
+        kind = label[0]
         if kind == "link":
-            a, b = label[1]  # type: ignore[index]
+            a, b = label[1]
             out.append(Explanation(
                 f"link `{a}` -> `{b}` would have to carry {need / 1e6:.1f} Mbps, "
                 f"{1 + excess:.0%} of its {limit / 1e6:g} Mbps: the data that must cross it "
                 "does not fit", [_link_span(problem, a, b)]))
         elif kind == "compute":
-            inst = label[1]  # type: ignore[index]
+            inst = label[1]
             out.append(Explanation(
                 f"`{inst}` would have to run at {1 + excess:.0%} of its compute to host "
                 f"{_names(load.get(('compute', inst), {}))}, and no other allowed device can "
                 "take them",
                 [problem.device(inst).span]))
         elif kind == "memory":
-            inst = label[1]  # type: ignore[index]
+            inst = label[1]
             out.append(Explanation(
                 f"`{inst}` would need {need / 2**20:.1f} MiB of memory, {1 + excess:.0%} of its "
                 f"{limit / 2**20:.1f} MiB, to host {_names(load.get(('memory', inst), {}))}, and "
                 "no other allowed device can take them", [problem.device(inst).span]))
         else:
-            _, name, replica = label  # type: ignore[misc]
+            _, name, replica = label
             pipeline = problem.program.pipelines[name]
             out.append(Explanation(
                 f"pipeline `{name}` (replica {replica}) would take {need * 1e3:.1f} ms against "

@@ -19,8 +19,9 @@ import os
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import highspy
 import numpy as np
@@ -43,7 +44,7 @@ class LinearModel:
         self.integer: list[int] = []
         self.rows: list[tuple[float, float, dict[int, float]]] = []
         self.elastic = elastic
-        self.slacks: list[tuple[int, object, float]] = []  # (variable, label, limit)
+        self.slacks: list[tuple[int, tuple[Any, ...], float]] = []  # (variable, label, limit)
 
     def var(self, lb: float = 0.0, ub: float = 1.0, integer: bool = True) -> int:
         self.lb.append(lb)
@@ -53,7 +54,7 @@ class LinearModel:
         return len(self.lb) - 1
 
     def row(self, expr: Expr, lo: float = -np.inf, hi: float = np.inf,
-            label: object = None) -> None:
+            label: tuple[Any, ...] | None = None) -> None:
         coeffs, const = expr
         coeffs = {k: v for k, v in coeffs.items() if v != 0}
         if self.elastic and label is not None and hi > 0:
@@ -71,7 +72,11 @@ class LinearModel:
         if self.integer:
             idx = np.array(self.integer, dtype=np.int32)
             h.changeColsIntegrality(len(idx), idx, np.full(len(idx), highspy.HighsVarType.kInteger))
-        lower, upper, starts, index, value = [], [], [], [], []
+        lower: list[float] = []
+        upper: list[float] = []
+        starts: list[int] = []
+        index: list[int] = []
+        value: list[float] = []
         for lo, hi, coeffs in self.rows:
             lower.append(lo)
             upper.append(hi)
@@ -94,14 +99,14 @@ def new_highs() -> highspy.Highs:
     the C-level stdout, which would corrupt `--json` output: it goes to /dev/null instead."""
     global _banner_shown
     if _banner_shown:
-        h = highspy.Highs()
+        h = highspy.Highs()  # type: ignore[no-untyped-call]
     else:
         sys.stdout.flush()
         saved = os.dup(1)
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 1)
             try:
-                h = highspy.Highs()
+                h = highspy.Highs()  # type: ignore[no-untyped-call]
             finally:
                 os.dup2(saved, 1)
                 os.close(saved)
@@ -241,69 +246,7 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
             compute[step] = (comp, 0.0)
     if f.infeasible:
         return f
-    # -- messages
-    edge_time: dict[tuple[Step, Step], Expr] = {}
-    sends: dict[tuple[Step, str, str], list[int | None]] = defaultdict(list)
-    for u, v in problem.edges:
-        info = problem.steps[u]
-        labels = out_labels(problem, u)
-        time_terms: dict[int, float] = {}
-        time_const = 0.0
-        outs, ins = f.loc(u, "out"), f.loc(v, "in")
-        if all(not a[0] for a in outs.values()) and all(not b[0] for b in ins.values()):
-            (i, _), (j, _) = next(iter(outs.items())), next(iter(ins.items()))
-            route = problem.route(i, j, info.out_bytes, labels)
-            if route is None:
-                f.conflict(f"no route for `{u[0]}` -> `{v[0]}` from `{i}` to `{j}`"
-                           + (f" through tiers allowed for {', '.join(sorted(labels))}"
-                              if labels else ""), labels)
-            elif i != j:
-                time_const = route.seconds
-                sends[(u, i, j)].append(None)
-            edge_time[(u, v)] = ({}, time_const)
-            continue
-        # y[e,i,j] couples where the message leaves and where it arrives: each side's sum is
-        # the other side's placement (a tight linearisation of the product); pairs without an
-        # allowed route get no variable, which forbids them.
-        leaving: dict[str, dict[int, float]] = defaultdict(dict)
-        arriving: dict[str, dict[int, float]] = defaultdict(dict)
-        for i in outs:
-            for j in ins:
-                route = problem.route(i, j, info.out_bytes, labels)
-                if route is None:
-                    continue
-                y = lp.var(integer=False)
-                leaving[i][y] = arriving[j][y] = 1.0
-                if i != j:
-                    time_terms[y] = route.seconds
-                    sends[(u, i, j)].append(y)
-        for end, sums in ((outs, leaving), (ins, arriving)):
-            for k, expr in end.items():
-                if not expr[0] and not sums[k]:  # a pinned end no allowed route touches
-                    f.conflict(f"no allowed route for `{u[0]}` -> `{v[0]}` "
-                               + (f"from `{k}`" if end is outs else f"to `{k}`")
-                               + (f" through tiers allowed for {', '.join(sorted(labels))}"
-                                  if labels else ""), labels)
-                lp.row(_add((sums[k], 0.0), expr, scale=[1.0, -1.0]), 0.0, 0.0)
-        edge_time[(u, v)] = (time_terms, time_const)
-    for (u, i, j), ys in sends.items():
-        info = problem.steps[u]
-        route = problem.route(i, j, info.out_bytes, out_labels(problem, u))
-        assert route is not None
-        if None in ys:
-            z: Expr = ({}, 1.0)
-        elif len(ys) == 1:
-            z = ({ys[0]: 1.0}, 0.0)  # type: ignore[dict-item]
-        else:
-            zv = lp.var(integer=False)
-            for y in ys:
-                lp.row(({zv: 1.0, y: -1.0}, 0.0), lo=0.0)  # type: ignore[dict-item]
-            z = ({zv: 1.0}, 0.0)
-        bps = info.rate * 8 * info.out_bytes
-        for link in route.links:
-            link_load[link].append(_add(z, scale=[bps]))
-        usd = sum(problem.link_of(*ln).cost_usd_per_byte for ln in route.links)
-        traffic_cost.append(_add(z, scale=[bps / 8 * 3600 * usd]))
+    edge_time = _messages(f, link_load, traffic_cost)
     # -- pipelines
     program = problem.program
     lam = {p: lp.var(0.0, np.inf, integer=False) for p in program.pipelines}
@@ -353,14 +296,85 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
     return f
 
 
+def _messages(f: Formulation, link_load: dict[tuple[str, str], list[Expr]],
+              traffic_cost: list[Expr]) -> dict[tuple[Step, Step], Expr]:
+    """Message variables and rows for every edge; returns each edge's transfer-time expression
+    and adds each output's link loads and traffic cost."""
+    problem, lp = f.problem, f.lp
+    edge_time: dict[tuple[Step, Step], Expr] = {}
+    sends: dict[tuple[Step, str, str], list[int | None]] = defaultdict(list)
+    for u, v in problem.edges:
+        info = problem.steps[u]
+        labels = out_labels(problem, u)
+        time_terms: dict[int, float] = {}
+        time_const = 0.0
+        outs, ins = f.loc(u, "out"), f.loc(v, "in")
+        if all(not a[0] for a in outs.values()) and all(not b[0] for b in ins.values()):
+            (i, _), (j, _) = next(iter(outs.items())), next(iter(ins.items()))
+            route = problem.route(i, j, info.out_bytes, labels)
+            if route is None:
+                f.conflict(f"no route for `{u[0]}` -> `{v[0]}` from `{i}` to `{j}`"
+                           + (f" through tiers allowed for {', '.join(sorted(labels))}"
+                              if labels else ""), labels)
+            elif i != j:
+                time_const = route.seconds
+                sends[(u, i, j)].append(None)
+            edge_time[(u, v)] = ({}, time_const)
+            continue
+        # y[e,i,j] couples where the message leaves and where it arrives: each side's sum is
+        # the other side's placement (a tight linearisation of the product); pairs without an
+        # allowed route get no variable, which forbids them.
+        leaving: dict[str, dict[int, float]] = defaultdict(dict)
+        arriving: dict[str, dict[int, float]] = defaultdict(dict)
+        for i in outs:
+            for j in ins:
+                route = problem.route(i, j, info.out_bytes, labels)
+                if route is None:
+                    continue
+                y = lp.var(integer=False)
+                leaving[i][y] = arriving[j][y] = 1.0
+                if i != j:
+                    time_terms[y] = route.seconds
+                    sends[(u, i, j)].append(y)
+        for end, sums in ((outs, leaving), (ins, arriving)):
+            for k, expr in end.items():
+                if not expr[0] and not sums[k]:  # a pinned end no allowed route touches
+                    f.conflict(f"no allowed route for `{u[0]}` -> `{v[0]}` "
+                               + (f"from `{k}`" if end is outs else f"to `{k}`")
+                               + (f" through tiers allowed for {', '.join(sorted(labels))}"
+                                  if labels else ""), labels)
+                lp.row(_add((sums[k], 0.0), expr, scale=[1.0, -1.0]), 0.0, 0.0)
+        edge_time[(u, v)] = (time_terms, time_const)
+    for (u, i, j), ys in sends.items():
+        info = problem.steps[u]
+        route = problem.route(i, j, info.out_bytes, out_labels(problem, u))
+        assert route is not None
+        variables = [y for y in ys if y is not None]
+        if len(variables) < len(ys):  # both ends pinned: always sent
+            z: Expr = ({}, 1.0)
+        elif len(variables) == 1:
+            z = ({variables[0]: 1.0}, 0.0)
+        else:
+            zv = lp.var(integer=False)
+            for y in variables:
+                lp.row(({zv: 1.0, y: -1.0}, 0.0), lo=0.0)
+            z = ({zv: 1.0}, 0.0)
+        bps = info.rate * 8 * info.out_bytes
+        for link in route.links:
+            link_load[link].append(_add(z, scale=[bps]))
+        usd = sum(problem.link_of(*ln).cost_usd_per_byte for ln in route.links)
+        traffic_cost.append(_add(z, scale=[bps / 8 * 3600 * usd]))
+    return edge_time
+
+
 @dataclass
 class Solution:
     status: str                      # optimal, feasible, infeasible
     assignment: dict[Step, Placement] | None
     gap: float = 0.0
     seconds: float = 0.0
-    objective: dict[str, float] = field(default_factory=dict)
-    stage_gaps: dict[str, float] = field(default_factory=dict)  # per objective term
+    objective: Mapping[str, float] = field(default_factory=dict)
+    stage_gaps: Mapping[str, float] = field(default_factory=dict)  # per objective term
 
 
 def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
@@ -380,7 +394,8 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
     h = f.lp.highs()
     h.setOptionValue("mip_rel_gap", gap)
     h.setOptionValue("mip_abs_gap", 1e-12)
-    status, worst_gap, values, found = "optimal", 0.0, None, {}
+    status, worst_gap, values = "optimal", 0.0, None
+    found: dict[str, float] = {}
     stage_gaps: dict[str, float] = {}
     n = len(f.lp.lb)
     for stage, term in enumerate(order):
@@ -448,12 +463,12 @@ def start_values(f: Formulation, assignment: dict[Step, Placement]) -> tuple[np.
         for inst, v in vars_.items():
             values[v] = 1.0 if assignment[step] == inst else 0.0
         hosted.add(assignment[step])  # type: ignore[arg-type]
-    for step, vars_ in f.s.items():
+    for step, split_vars in f.s.items():
         place = assignment[step]
         info = f.problem.steps[step]
         key = (place.cut, place.head, place.tail) if isinstance(place, Split) else \
             (len(info.cuts) - 1, place, place)
-        for k, v in vars_.items():
+        for k, v in split_vars.items():
             values[v] = 1.0 if k == key else 0.0
         hosted.update({key[1], key[2]})
     for inst, v in f.used.items():

@@ -344,7 +344,8 @@ def _add_entity(out: Lowered, decl: ast.Decl, f: dict[str, Any]) -> None:
         out.sensors[name] = ir.Sensor(name=name, span=span, device=f["on"], rate_hz=f["rate"],
                                       emits=f["emits"], privacy=f.get("privacy", ()))
     elif decl.kind in ("actuator", "store"):
-        out.sinks[name] = ir.Sink(name=name, span=span, kind=decl.kind, device=f["on"])
+        out.sinks[name] = ir.Sink(name=name, span=span, device=f["on"],
+                                  kind="actuator" if decl.kind == "actuator" else "store")
     elif decl.kind == "model":
         out.models[name] = ir.Model(name=name, span=span, source=f["source"],
                                     inputs=f["inputs"], outputs=f["outputs"],

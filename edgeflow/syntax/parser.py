@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -108,7 +109,8 @@ class _Lexer(Lexer):
 
     def lex(self, lexer_state: LexerState, parser_state: object) -> Iterator[Token]:
         piece = _PIECE.get()
-        text: str = getattr(lexer_state.text, "text", lexer_state.text)  # a TextSlice or str
+        source = lexer_state.text
+        text: str = source if isinstance(source, str) else source.text  # a TextSlice
         base, line = piece.base_offset, piece.base_line
         line_start = 0  # offset in `text` of the current line's first character
         depth, keyword_ok = 0, True
@@ -117,8 +119,8 @@ class _Lexer(Lexer):
         while pos < n:
             m = match(text, pos)
             if m is None:
-                raise UnexpectedCharacters(text, pos, line, pos - line_start + 1)
-            kind = m.lastgroup
+                raise UnexpectedCharacters(text, pos, line, pos - line_start + 1)  # type: ignore[no-untyped-call]
+            kind = _set_name(m.lastgroup)
             end = m.end()
             if kind == "NL":
                 line += 1
@@ -137,25 +139,31 @@ class _Lexer(Lexer):
             pos = end
 
 
-def _span(first: object, last: object) -> ast.Span:
-    """The span from the start of `first` to the end of `last` (tokens or AST nodes)."""
-    file = _PIECE.get().file
-    if isinstance(first, Token):
-        start, line, col = first.start_pos, first.line, first.column
-    else:
-        a = first if isinstance(first, ast.Span) else first.span  # type: ignore[attr-defined]
-        start, line, col = a.start, a.line, a.col
-    if isinstance(last, Token):
-        end, end_line, end_col = last.end_pos, last.end_line, last.end_column
-    else:
-        b = last if isinstance(last, ast.Span) else last.span  # type: ignore[attr-defined]
-        end, end_line, end_col = b.end, b.end_line, b.end_col
-    return ast.Span(file, start, end, line, col, end_line, end_col)
+def _set_name(name: str | None) -> str:
+    assert name is not None  # every alternative of _LEX is a named group
+    return name
+
+
+def _set(value: int | None) -> int:
+    assert value is not None  # our lexer sets every position
+    return value
 
 
 def _token_span(tok: Token) -> ast.Span:
-    return ast.Span(_PIECE.get().file, tok.start_pos, tok.end_pos, tok.line, tok.column,
-                    tok.end_line, tok.end_column)
+    return ast.Span(_PIECE.get().file, _set(tok.start_pos), _set(tok.end_pos), _set(tok.line),
+                    _set(tok.column), _set(tok.end_line), _set(tok.end_column))
+
+
+def _as_span(x: object) -> ast.Span:
+    if isinstance(x, Token):
+        return _token_span(x)
+    return x if isinstance(x, ast.Span) else x.span  # type: ignore[attr-defined]
+
+
+def _span(first: object, last: object) -> ast.Span:
+    """The span from the start of `first` to the end of `last` (tokens, spans or AST nodes)."""
+    a, b = _as_span(first), _as_span(last)
+    return ast.Span(a.file, a.start, b.end, a.line, a.col, b.end_line, b.end_col)
 
 
 def _values(children: list[object]) -> tuple[ast.Value, ...]:
@@ -251,11 +259,11 @@ class _Builder(Transformer):  # type: ignore[type-arg]
     def cmp(self, children: list[Token]) -> Token:
         return children[0]
 
-    def list(self, children: list) -> ast.ListValue:  # type: ignore[type-arg]
+    def list(self, children: Sequence[Any]) -> ast.ListValue:
         open_, items, close = children
         return ast.ListValue(tuple(items or ()), _span(open_, close))
 
-    def map(self, children: list) -> ast.MapValue:  # type: ignore[type-arg]
+    def map(self, children: Sequence[Any]) -> ast.MapValue:
         open_, entries, close = children
         return ast.MapValue(entries, _span(open_, close))
 
@@ -292,7 +300,7 @@ def _unexpected_word(found: str, span: ast.Span, expected: set[str]) -> Diagnost
 def _syntax_diagnostic(err: UnexpectedInput, piece: str, last: bool) -> Diagnostic:
     expected = _expected(err)
     if isinstance(err, UnexpectedCharacters):
-        offset = err.pos_in_stream
+        offset = _set(err.pos_in_stream)
         word = re.match(r"[A-Za-z_][A-Za-z0-9_]*", piece[offset:])
         if word:
             return _unexpected_word(word.group(0), _at(piece, offset, len(word.group(0))), expected)
@@ -345,10 +353,10 @@ def _parse_piece(parser: Lark, piece: str, last: bool, sink: DiagnosticSink) -> 
     except (UnexpectedInput, UnexpectedEOF) as err:
         sink.items.append(_syntax_diagnostic(err, piece, last))
         if isinstance(err, UnexpectedCharacters):
-            stop = err.pos_in_stream
+            stop = _set(err.pos_in_stream)
         else:
             token = getattr(err, "token", None)
-            stop = token.start_pos - _PIECE.get().base_offset if token is not None else 0
+            stop = _set(token.start_pos) - _PIECE.get().base_offset if token is not None else 0
     # Keep the declarations that end before the error's line, when they parse on their own.
     prefix = piece[: piece.rfind("\n", 0, max(stop, 0)) + 1]
     try:
@@ -388,14 +396,14 @@ def parse(text: str, file: str) -> tuple[ast.Module, list[Diagnostic]]:
         starts = [m.start() for m in _DECL_START.finditer(text)]
         if not starts or starts[0] != 0:
             starts.insert(0, 0)
-        decls = []
+        recovered: list[ast.Decl] = []
         line = 1
         for i, start in enumerate(starts):
             end = starts[i + 1] if i + 1 < len(starts) else len(text)
             piece = text[start:end]
             _PIECE.set(_Piece(file, start, line))
-            decls.extend(_parse_piece(parser, piece, end == len(text), sink))
+            recovered.extend(_parse_piece(parser, piece, end == len(text), sink))
             line += piece.count("\n")
-        return ast.Module(file, tuple(decls), comments), sink.items
+        return ast.Module(file, tuple(recovered), comments), sink.items
     finally:
         _PIECE.reset(token)
