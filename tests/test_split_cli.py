@@ -140,3 +140,12 @@ def test_profile_then_split_with_it(tmp_path: Path) -> None:
     data = json.loads(proc.stdout)
     edge_only = next(r for r in data["candidates"] if r["cut"] == ["detections"])
     assert edge_only["head_ms"] == pytest.approx(profile["total_seconds"] * 1e3, rel=1e-6)
+
+
+def test_binding_errors_use_the_check_codes() -> None:
+    wrong_rank = [a.replace("float32[1,3,320,320]", "float32[1,3,320]") for a in BASE]
+    proc = run(*wrong_rank)
+    assert proc.returncode == 1 and "error[E0605]" in proc.stderr and "rank 4" in proc.stderr
+    vitals = str(ROOT / "examples" / "models" / "vitals.onnx")
+    fixed = run("split", vitals, "--input", "window=float32[1,6,500]", *BASE[4:])
+    assert fixed.returncode == 1 and "error[E0605]" in fixed.stderr and "250" in fixed.stderr

@@ -30,7 +30,12 @@ NONDETERMINISTIC_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform",
 
 
 class ModelError(Exception):
-    """A user-facing problem with a model file or its bound inputs; the message says what."""
+    """A user-facing problem with a model file or its bound inputs; the message says what, and
+    `code` is the diagnostic code (docs/diagnostics.md) that `edgeflow check` uses for it."""
+
+    def __init__(self, message: str, code: str = "E0606") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -330,11 +335,11 @@ def analyse(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]]) -> An
     unknown = set(inputs) - names
     if unknown:
         raise ModelError(f"the model has no input {', '.join(sorted(unknown))}; its inputs are "
-                         f"{', '.join(sorted(names))}")
+                         f"{', '.join(sorted(names))}", "E0603")
     missing = names - set(inputs)
     if missing:
         raise ModelError(f"input {', '.join(sorted(missing))} is not bound; bind every input "
-                         "with --input NAME=TYPE[dims]")
+                         "with --input NAME=TYPE[dims]", "E0603")
     work_model = onnx.ModelProto()
     work_model.CopyFrom(model)
     bind_inputs(work_model, inputs)
@@ -342,11 +347,11 @@ def analyse(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]]) -> An
         declared = value.type.tensor_type.shape.dim
         if declared and len(declared) != len(inputs[value.name]):
             raise ModelError(f"input {value.name} has rank {len(declared)}, bound with rank "
-                             f"{len(inputs[value.name])}")
+                             f"{len(inputs[value.name])}", "E0605")
         for d, size in zip(declared, inputs[value.name], strict=False):
             if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != size:
                 raise ModelError(f"input {value.name}: the model fixes a dimension to "
-                                 f"{d.dim_value}, bound to {size}")
+                                 f"{d.dim_value}, bound to {size}", "E0605")
     static = _classify_static(work_model)
     folded: dict[str, np.ndarray] = {}
     inferred = _infer(work_model)

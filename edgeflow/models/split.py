@@ -69,7 +69,7 @@ def analyse_model(model: onnx.ModelProto, inputs: dict[str, tuple[str, tuple[int
     try:
         return analyse(model, {n: shape for n, (_, shape) in inputs.items()})
     except ModelError as exc:
-        raise SplitError("E0606", str(exc)) from None
+        raise SplitError(exc.code, str(exc)) from None
 
 
 class Timing:
