@@ -278,21 +278,25 @@ def _write_atomic(path: Path, data: bytes, force: bool) -> None:
     if path.exists() and not force:
         try:
             ours = onnx.load(str(path)).producer_name == "edgeflow" if path.suffix == ".onnx" \
-                else path.read_text().startswith('{\n  "inputs"')
+                else "node_seconds" in json.loads(path.read_text())  # a profile we wrote
         except Exception:  # noqa: BLE001 - anything unreadable is not ours
             ours = False
         if not ours:
             raise _usage(f"{path} exists and was not written by edgeflow; use --force")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(data)
-    if path.exists():  # keep the mode of the file it replaces
-        os.chmod(f.name, stat.S_IMODE(path.stat().st_mode))
-    else:  # as an ordinary open() would create it
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(f.name, 0o666 & ~umask)
-    os.replace(f.name, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
+                                         delete=False) as f:
+            f.write(data)
+        if path.exists():  # keep the mode of the file it replaces
+            os.chmod(f.name, stat.S_IMODE(path.stat().st_mode))
+        else:  # as an ordinary open() would create it
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(f.name, 0o666 & ~umask)
+        os.replace(f.name, path)
+    except OSError as exc:
+        raise _usage(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 @app.command()

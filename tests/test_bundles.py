@@ -203,3 +203,9 @@ def test_write_bundle_replaces_stale_files_of_its_own(tmp_path: Path) -> None:
     assert (tmp_path / "b" / "a.txt").read_bytes() == b"3"
     assert not (tmp_path / "b" / "k8s" / "x.yaml").exists()
     assert (tmp_path / "b" / "user.txt").read_text() == "keep"
+
+
+def test_compile_into_an_unwritable_place_is_an_error_not_a_traceback() -> None:
+    proc = run("compile", "examples/smart_city_traffic.ef", "-o", "/proc/edgeflow/bundle")
+    assert proc.returncode == 1 and "cannot write" in proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr

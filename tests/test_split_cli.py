@@ -126,11 +126,28 @@ def test_unbound_input_bad_file_and_bad_units(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "dimension" in proc.stderr
 
 
+def test_profile_refuses_to_replace_a_foreign_file(tmp_path: Path) -> None:
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"mine": true}')
+    proc = run("profile", DETECTOR, "--input", "images=float32[1,3,320,320]", "-o", str(mine))
+    assert proc.returncode == 2 and "not written by edgeflow" in proc.stderr
+    assert mine.read_text() == '{"mine": true}'
+    blocked = run("profile", DETECTOR, "--input", "images=float32[1,3,320,320]", "-o",
+                  "/proc/edgeflow/profile.json")
+    assert blocked.returncode == 2 and "cannot write" in blocked.stderr
+    assert "Traceback" not in blocked.stderr
+
+
 def test_profile_then_split_with_it(tmp_path: Path) -> None:
     out = tmp_path / "edge.json"
     proc = run("profile", DETECTOR, "--input", "images=float32[1,3,320,320]", "-o", str(out),
                "--runs", "3", "--warmup", "1")
     assert proc.returncode == 0, proc.stderr
+    again = run("profile", DETECTOR, "--input", "images=float32[1,3,320,320]", "-o", str(out),
+                "--runs", "1", "--warmup", "0")
+    assert again.returncode == 0, again.stderr  # its own profile may be replaced
+    proc = run("profile", DETECTOR, "--input", "images=float32[1,3,320,320]", "-o", str(out),
+               "--runs", "3", "--warmup", "1")
     profile = json.loads(out.read_text())
     model = onnx.load(DETECTOR)
     assert set(profile["node_seconds"]) == {n.name for n in model.graph.node}

@@ -166,7 +166,13 @@ def bundle_files(program: ir.Program, plan: dict[str, Any], problem: Problem, ta
 def write_bundle(out: Path, files: dict[str, bytes], force: bool) -> None:
     """Write `files` under `out` atomically. A folder that holds files edgeflow did not write is
     refused, unless `force`, and then those files are kept and only edgeflow's are replaced."""
-    out = out.resolve()
+    try:
+        _write_bundle(out.resolve(), files, force)
+    except OSError as exc:
+        raise BundleError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
+
+
+def _write_bundle(out: Path, files: dict[str, bytes], force: bool) -> None:
     previous: list[str] = []
     if out.exists():
         if not out.is_dir():
