@@ -387,6 +387,9 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
     f = formulate(problem)
     if f.infeasible:
         return Solution("infeasible", None, seconds=time.perf_counter() - started)
+    if not f.lp.lb:  # nothing to decide: every step is pinned
+        return Solution("optimal", assignment_from(f, np.zeros(0)),
+                        seconds=time.perf_counter() - started)
     order = problem.program.app.objective
     start = _best_start(problem, time_limit / 4) if warm_start else None
     bound = symmetric_bound(problem, order[0], time_limit / 4) \

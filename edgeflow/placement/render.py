@@ -38,10 +38,12 @@ def render(plan: dict[str, Any], explain: bool = False) -> str:
     width = max((len(u) for u in by_unit), default=4)
     for unit, devices in by_unit.items():
         lines.append(f"  {unit:<{width}}  {_devices_text(devices)}")
+    if not by_unit:
+        lines.append("  (no operators or models to place)")
     for s in plan["splits"]:
         lines.append(f"  cut of {s['model']} (replica {s['replica']}): {', '.join(s['cut'])} "
                      f"({s['transfer_bytes']} B)")
-    lines += ["", "pipelines (worst replica):"]
+    lines += ["", "pipelines (worst replica):" if plan["pipelines"] else "pipelines: none"]
     worst: dict[str, dict[str, Any]] = {}
     for p in plan["pipelines"]:
         if p["name"] not in worst or p["latency_ms"] > worst[p["name"]]["latency_ms"]:
@@ -56,11 +58,12 @@ def render(plan: dict[str, Any], explain: bool = False) -> str:
             else:
                 lines.append(f"      transfer {' -> '.join(b['route'])}: {b['bytes']} B, "
                              f"{b['ms']:.3f} ms")
-    lines += ["", "devices in use (compute utilisation, memory):"]
-    for d in plan["devices"]:
-        if d["utilization"] > 0 or d["memory_bytes"] > 0:
-            lines.append(f"  {d['device']:<{width}}  {d['utilization']:7.2%}  "
-                         f"{d['memory_bytes'] / 2**20:9.1f} MiB")
+    used = [d for d in plan["devices"] if d["utilization"] > 0 or d["memory_bytes"] > 0]
+    lines += ["", "devices in use (compute utilisation, memory):" if used else
+              "devices in use: none"]
+    for d in used:
+        lines.append(f"  {d['device']:<{width}}  {d['utilization']:7.2%}  "
+                     f"{d['memory_bytes'] / 2**20:9.1f} MiB")
     if plan["links"]:
         lines += ["", "links in use (bandwidth utilisation):"]
         for lk in plan["links"]:
