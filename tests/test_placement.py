@@ -213,12 +213,12 @@ def test_split_placement_matches_the_split_optimum() -> None:
 
 
 @pytest.mark.parametrize("text", [
-    'app empty { description = "no pipelines" }\n'
-    "device d { tier = edge, compute = 1 TFLOPS, memory = 1 GiB }\n",
-    "app direct { objective = minimize(cost) }\n"
+    ('app empty { description = "no pipelines" }\n'
+    "device d { tier = edge, compute = 1 TFLOPS, memory = 1 GiB }\n"),
+    ("app direct { objective = minimize(cost) }\n"
     "device d { tier = edge, compute = 1 TFLOPS, memory = 1 GiB }\n"
     "sensor s { on = d, rate = 1 Hz, emits = uint8[4] }\nstore out { on = d }\n"
-    "pipeline p { flow = s -> out }\n",
+    "pipeline p { flow = s -> out }\n"),
 ], ids=["no-pipelines", "nothing-to-place"])
 def test_apps_with_nothing_to_decide_are_optimal(text: str) -> None:
     result = check_text(text, str(ROOT / "examples" / "trivial.ef"))
