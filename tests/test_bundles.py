@@ -15,13 +15,14 @@ import kubernetes_validate
 import onnx
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
 
 from edgeflow import check_text, load
 from edgeflow.emit import MARKER, bundle_files, write_bundle
 from edgeflow.placement import make_plan
 from tests.conftest import FIXTURES, ROOT, assert_golden
 from tests.test_cli import run
-from tests.test_placement import SPLIT_APP
+from tests.test_placement import SPLIT_APP, random_app
 
 FEASIBLE = ["ar_assist", "autonomous_vehicle", "healthcare_vitals", "smart_city_traffic"]
 K8S_VERSIONS = ["1.30.0", "1.37.0"]
@@ -209,3 +210,24 @@ def test_compile_into_an_unwritable_place_is_an_error_not_a_traceback() -> None:
     proc = run("compile", "examples/smart_city_traffic.ef", "-o", "/proc/edgeflow/bundle")
     assert proc.returncode == 1 and "cannot write" in proc.stderr
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+
+
+@given(random_app())
+@settings(derandomize=True, max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+def test_every_feasible_random_app_compiles_to_valid_bundles(text: str) -> None:
+    result = check_text(text, str(ROOT / "examples" / "random.ef"))
+    assert result.program is not None
+    plan, problem = make_plan(result.program)
+    if plan["status"] == "infeasible":
+        return
+    for target in ("k8s", "compose"):
+        files = bundle_files(result.program, plan, problem, target, "random.ef")
+        assert "plan.json" in files and MARKER in files
+        if target == "k8s":
+            for obj in _objects(files):
+                kubernetes_validate.validate(obj, K8S_VERSIONS[0], strict=True)
+        else:
+            for path, data in files.items():
+                if path.endswith("compose.yaml"):
+                    assert yaml.safe_load(data)["services"]["broker"]
