@@ -14,12 +14,12 @@ import sys
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import onnx
 import typer
 
-from edgeflow import __version__, api, ir
+from edgeflow import __version__, api
 from edgeflow.dataflow import build, to_dot, to_mermaid
 from edgeflow.diagnostics import explain as explain_code
 from edgeflow.diagnostics import render_json, render_summary, render_text
@@ -75,14 +75,24 @@ def _existing(paths: list[Path]) -> None:
             raise typer.Exit(EXIT_USAGE)
 
 
-def _checked(file: Path) -> ir.Program:
-    """The IR of a file that checks, or exit 1 after printing its diagnostics."""
+def _checked(file: Path) -> api.CheckResult:
+    """The result of a file that checks (its `program` is set), or exit 1 after printing its
+    diagnostics."""
     _existing([file])
     result = api.check_file(file)
     if result.program is None:
         _report([result], OutputFormat.text)
         raise typer.Exit(EXIT_ERRORS)
-    return result.program
+    return result
+
+
+def _report_infeasible(result: api.CheckResult, plan_data: dict[str, Any]) -> None:
+    from edgeflow.placement import explanation_diagnostics
+
+    assert result.program is not None
+    diags = explanation_diagnostics(plan_data, result.program)
+    _report([api.CheckResult(result.file, result.text, diags, sources=result.sources)],
+            OutputFormat.text)
 
 
 def _report(results: list[api.CheckResult], fmt: OutputFormat) -> None:
@@ -100,10 +110,19 @@ def check(
     files: Annotated[list[Path], typer.Argument(help="The .ef files to check.")],
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Diagnostics as text (stderr) "
                                               "or JSON (stdout).")] = OutputFormat.text,
+    with_plan: Annotated[bool, typer.Option("--plan", help="Also solve the placement and report "
+                                            "infeasibility (E0901).")] = False,
 ) -> None:
     """Check .ef files and report located diagnostics. Exits 1 if any file has errors."""
     _existing(files)
     results = [api.check_file(f) for f in files]
+    if with_plan:
+        from edgeflow.placement import explanation_diagnostics, make_plan
+
+        for result in results:
+            if result.program is not None:
+                data, _ = make_plan(result.program)
+                result.diagnostics += explanation_diagnostics(data, result.program)
     _report(results, fmt)
     raise typer.Exit(EXIT_OK if all(r.ok for r in results) else EXIT_ERRORS)
 
@@ -125,7 +144,9 @@ def graph(
     = GraphFormat.dot,
 ) -> None:
     """Print the application's dataflow graph."""
-    df = build(_checked(file))
+    program = _checked(file).program
+    assert program is not None
+    df = build(program)
     sys.stdout.write(to_dot(df) if fmt is GraphFormat.dot else to_mermaid(df))
 
 
@@ -147,9 +168,13 @@ def plan(
     from edgeflow.placement.evaluate import evaluate
     from edgeflow.placement.render import render, render_comparison
 
-    program = _checked(file)
+    result = _checked(file)
+    program = result.program
+    assert program is not None
     data, problem = make_plan(program, time_limit)
     sys.stdout.write(json.dumps(data, indent=2) + "\n" if json_out else render(data, explain))
+    if data["status"] == "infeasible" and not json_out:
+        _report_infeasible(result, data)
     if compare:
         rows: list[tuple[str, dict[str, float] | None, bool]] = []
         if data["objective"] is not None:
@@ -221,12 +246,13 @@ def compile_cmd(
     """Check, plan and emit a deployment bundle. On any error nothing is written."""
     from edgeflow.emit import BundleError, bundle_files, write_bundle
     from edgeflow.placement import make_plan
-    from edgeflow.placement.render import render
 
-    program = _checked(file)
+    result = _checked(file)
+    program = result.program
+    assert program is not None
     data, problem = make_plan(program, time_limit)
     if data["status"] == "infeasible":
-        sys.stderr.write(render(data))
+        _report_infeasible(result, data)
         typer.echo("error: no placement meets the constraints; nothing was written", err=True)
         raise typer.Exit(EXIT_ERRORS)
     out = output or Path("build") / program.app.name

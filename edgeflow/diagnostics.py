@@ -246,6 +246,15 @@ declaration, so the compiler cannot know where such data may go.
     "W0702": _w("privacy label declared but never used", """
 A `privacy` declaration that no sensor carries and no operator removes has no effect.
 """),
+    # ---------------------------------------------------------------- placement
+    "E0901": _e("no feasible placement", """
+No assignment of units to devices meets every constraint at once: an SLO, a device's compute or
+memory, a link's bandwidth, or a privacy rule. `edgeflow plan` (and `edgeflow check --plan`) says
+which, with numbers, and points at the declarations involved: a link that would have to carry more
+than its bandwidth, a device that would have to run above 100%, a pipeline whose SLO no placement
+meets (naming its largest term), or a step that a privacy rule leaves nowhere to run. Relax the
+limit named, or move the work: a faster device, a wider link, a lower rate, a `removes` earlier.
+"""),
     # ---------------------------------------------------------------- split
     "E0801": _e("invalid cut", """
 `edgeflow split --cut T1,T2` names tensors that do not form a valid cut: a tensor that is not an

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURES, ROOT
+from tests.conftest import FIXTURES, ROOT, assert_golden
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.ef"))
 
@@ -95,8 +95,11 @@ def test_plan_json_and_exit_codes() -> None:
     assert again.stdout == proc.stdout  # deterministic
     infeasible = run("plan", "examples/reference.ef")
     assert infeasible.returncode == 1
-    assert "link `plant_server` -> `gpu_pool` would have to carry 294.9 Mbps" in infeasible.stdout
-    assert "--> examples/reference.ef:35:1" in infeasible.stdout
+    assert "app factory_inspection: infeasible" in infeasible.stdout
+    assert_golden(FIXTURES / "plans" / "E0901_reference.out", infeasible.stderr)
+    checked = run("check", "--plan", "examples/reference.ef", "examples/ar_assist.ef")
+    assert checked.returncode == 1 and checked.stderr == infeasible.stderr + \
+        "examples/ar_assist.ef: no problems\n"
 
 
 def test_plan_compare_and_explain() -> None:

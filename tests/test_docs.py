@@ -39,8 +39,10 @@ def _example(code: str) -> tuple[str, str] | None:
         for block in blocks:
             if re.match(rf"(error|warning)\[{code}\]", block):
                 return f"tests/fixtures/diagnostics/{out.with_suffix('.ef').name}", block
-    for out in sorted((FIXTURES / "split").glob(f"{code}_*.out")):
-        return f"edgeflow split, tests/fixtures/split/{out.name}", out.read_text().rstrip("\n")
+    for folder, command in (("split", "edgeflow split"), ("plans", "edgeflow plan")):
+        for out in sorted((FIXTURES / folder).glob(f"{code}_*.out")):
+            block = out.read_text().split("\n\n")[0]
+            return f"{command}, tests/fixtures/{folder}/{out.name}", block.rstrip("\n")
     return None
 
 

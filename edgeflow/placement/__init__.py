@@ -7,10 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from edgeflow import ir
+from edgeflow.diagnostics import Diagnostic, Label
 from edgeflow.placement.evaluate import Evaluation, Placement, Split, evaluate
 from edgeflow.placement.explain import Explanation, explain
 from edgeflow.placement.milp import solve
 from edgeflow.placement.problem import Problem, Step, build_problem
+from edgeflow.syntax.ast import Span
 
 
 def plan_json(problem: Problem, status: str, assignment: dict[Step, Placement] | None,
@@ -66,6 +68,38 @@ def _pipeline(program: ir.Program, ev: Evaluation, name: str, r: int) -> dict[st
             "slo_latency_ms": slo * 1e3 if slo is not None else None,
             "met": slo is None or latency <= slo * (1 + 1e-9),
             "breakdown": ev.breakdown[(name, r)]}
+
+
+def _span_labels(program: ir.Program) -> dict[Span, str]:
+    labels: dict[Span, str] = {}
+    for link in program.links:
+        labels[link.span] = f"{link.bandwidth_bps / 1e6:g} Mbps, {link.latency_s * 1e3:g} ms"
+    for dev in program.devices.values():
+        labels[dev.span] = f"{dev.compute_flops / 1e12:g} TFLOPS, {dev.memory_bytes / 2**30:g} GiB"
+    for rule in program.privacy.values():
+        labels[rule.span] = "allowed on " + ", ".join(t.value for t in rule.allow)
+    for p in program.pipelines.values():
+        for span in p.slo_spans.values():
+            labels[span] = "this objective"
+    for table in (program.sensors, program.sinks, program.operators, program.models):
+        for decl in table.values():
+            labels[decl.span] = f"`{decl.name}`"
+    return labels
+
+
+def explanation_diagnostics(plan: dict[str, Any], program: ir.Program) -> list[Diagnostic]:
+    """An infeasible plan's explanation as E0901 diagnostics, each pointing at the first
+    declaration involved (the app when none is) with the others as secondary labels."""
+    known = _span_labels(program)
+    out = []
+    for e in plan["explanation"]:
+        spans = [Span.from_json(s) for s in e["related"]] or [program.app.span]
+        out.append(Diagnostic("E0901", e["message"], spans[0], known.get(spans[0], "involved"),
+                              labels=tuple(Label(s, known.get(s, "involved"))
+                                           for s in spans[1:]),
+                              help="relax the limit named, or move the work (see `edgeflow "
+                                   "explain E0901`)"))
+    return out
 
 
 def make_plan(program: ir.Program, time_limit: float = 30.0,

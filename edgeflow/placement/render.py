@@ -21,12 +21,9 @@ def render(plan: dict[str, Any], explain: bool = False) -> str:
     lines = [f"app {plan['app']}: {plan['status']}"
              + (f" (gap {plan['gap']:.2%})" if plan.get("gap") else "")]
     if plan["status"] == "infeasible":
-        lines.append("")
-        for e in plan["explanation"]:
-            lines.append(f"error: {e['message']}")
-            for span in e["related"]:
-                lines.append(f"  --> {span['file']}:{span['start']['line']}:"
-                             f"{span['start']['col']}")
+        count = len(plan["explanation"])
+        lines.append(f"no placement meets every constraint: {count} reason"
+                     f"{'s' if count != 1 else ''} (error E0901 on stderr)")
         return "\n".join(lines) + "\n"
     o = plan["objective"]
     lines.append(f"objective: latency {o['latency_ms']:.3f} ms, cost {o['cost_usd_per_h']:.4f} "

@@ -7,6 +7,7 @@ is given to keys and values only by `edgeflow.semantics`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,12 @@ class Span:
     col: int
     end_line: int
     end_col: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Span:
+        start, end = data["start"], data["end"]
+        return cls(data["file"], start["offset"], end["offset"], start["line"], start["col"],
+                   end["line"], end["col"])
 
     def to_json(self) -> dict[str, object]:
         return {
