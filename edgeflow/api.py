@@ -85,10 +85,16 @@ def format_file(path: str | Path) -> tuple[str | None, CheckResult | None]:
     text = read_source(path)
     if isinstance(text, CheckResult):
         return None, text
-    module, diagnostics = parse(text, str(path))
+    return format_text(text, str(path))
+
+
+def format_text(text: str, file: str = "<input>") -> tuple[str | None, CheckResult | None]:
+    """(the canonical text, None), or (None, a result with the syntax diagnostics): a text that
+    does not parse is never reformatted."""
+    module, diagnostics = parse(text, file)
     if diagnostics:
-        result = CheckResult(str(path), text, diagnostics, module)
-        result.sources.add(str(path), text)
+        result = CheckResult(file, text, diagnostics, module)
+        result.sources.add(file, text)
         return None, result
     return format_module(text, module), None
 

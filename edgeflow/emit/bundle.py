@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeflow import ir
-from edgeflow.dataflow import build, instance
+from edgeflow.dataflow import Dataflow, build, instance
 
 TIER_ORDER = {"edge": 0, "fog": 1, "cloud": 2}
 MQTT_PORT = 8883
@@ -169,11 +169,11 @@ def build_bundle(program: ir.Program, plan: dict[str, Any]) -> Bundle:
                 max_bytes = max(max_bytes, nbytes)
     ordered = sorted(clients.values(), key=lambda c: (c.replica if c.replica is not None else -1,
                                                       c.step))
-    brokers = _brokers(program, ordered)
+    brokers = _brokers(program, df, ordered)
     return Bundle(app, program, plan, ordered, brokers, max_bytes)
 
 
-def _brokers(program: ir.Program, clients: list[Client]) -> dict[str, Broker]:
+def _brokers(program: ir.Program, df: Dataflow, clients: list[Client]) -> dict[str, Broker]:
     brokers: dict[str, Broker] = {}
     for c in clients:
         b = brokers.setdefault(c.device, Broker(c.device, c.tier))
@@ -182,7 +182,7 @@ def _brokers(program: ir.Program, clients: list[Client]) -> dict[str, Broker]:
         for t in c.writes:
             b.allow(c.identity, "write", t)
     writer_at = {t: c.device for c in clients for t in c.writes}
-    labels = _topic_labels(program, clients)
+    labels = _topic_labels(df, clients)
     bridges: dict[tuple[str, str], Bridge] = {}
     for c in clients:
         for t in c.reads:
@@ -209,8 +209,7 @@ def _brokers(program: ir.Program, clients: list[Client]) -> dict[str, Broker]:
     return dict(sorted(brokers.items()))
 
 
-def _topic_labels(program: ir.Program, clients: list[Client]) -> dict[str, frozenset[str]]:
-    df = build(program)
+def _topic_labels(df: Dataflow, clients: list[Client]) -> dict[str, frozenset[str]]:
     out: dict[str, frozenset[str]] = {}
     for c in clients:
         base = c.step.split(".")[0]

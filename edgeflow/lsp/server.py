@@ -21,7 +21,6 @@ from edgeflow.lsp import navigation as nav
 from edgeflow.semantics.lower import block_keys
 from edgeflow.semantics.values import OBJECTIVE_TERMS, TIERS
 from edgeflow.syntax import ast
-from edgeflow.syntax.fmt import format_module
 from edgeflow.syntax.units import UNITS, units_of
 
 server = LanguageServer("edgeflow", __version__)
@@ -256,9 +255,7 @@ def _names_of(result: api.CheckResult, kinds: tuple[str, ...]) -> list[str]:
 @server.feature(lsp.TEXT_DOCUMENT_COMPLETION,
                 lsp.CompletionOptions(trigger_characters=[" ", "=", ">", "[", ","]))
 def completion(ls: LanguageServer, params: lsp.CompletionParams) -> lsp.CompletionList:
-    uri = params.text_document.uri
-    doc = server.workspace.get_text_document(uri)
-    result = api.check_text(doc.source, _path(uri))
+    result = _result(params.text_document.uri)  # kept current by didOpen/didChange
     offset = _offset(result.text, params.position)
     line = result.text[: offset].rsplit("\n", 1)[-1]
     kind = _block_kind(result, offset)
@@ -296,14 +293,11 @@ def completion(ls: LanguageServer, params: lsp.CompletionParams) -> lsp.Completi
 
 @server.feature(lsp.TEXT_DOCUMENT_FORMATTING)
 def formatting(ls: LanguageServer, params: lsp.DocumentFormattingParams) -> list[lsp.TextEdit]:
-    doc = server.workspace.get_text_document(params.text_document.uri)
-    result = api.check_text(doc.source, _path(params.text_document.uri))
-    if result.module is None or any(d.code.startswith("E000") for d in result.diagnostics):
-        return []  # never rewrite a file that does not parse
-    formatted = format_module(result.text, result.module)
-    if formatted == result.text:
-        return []
-    lines = result.text.split("\n")
+    text = server.workspace.get_text_document(params.text_document.uri).source
+    formatted, _ = api.format_text(text, _path(params.text_document.uri))
+    if formatted is None or formatted == text:
+        return []  # unchanged, or does not parse: never rewritten
+    lines = text.split("\n")
     end = lsp.Position(line=len(lines) - 1, character=_utf16(lines[-1], len(lines[-1])))
     return [lsp.TextEdit(range=lsp.Range(start=lsp.Position(line=0, character=0), end=end),
                          new_text=formatted)]
