@@ -8,6 +8,7 @@ from pathlib import Path
 from edgeflow import ir
 from edgeflow.diagnostics import Diagnostic, SourceCache, has_errors
 from edgeflow.semantics.lower import lower
+from edgeflow.span import Span
 from edgeflow.syntax import ast
 from edgeflow.syntax.fmt import format_module
 from edgeflow.syntax.parser import parse
@@ -51,7 +52,7 @@ def _read_error(file: str, code: str, message: str, label: str, text: str = "",
                 offset: int = 0) -> CheckResult:
     line = text.count("\n", 0, offset) + 1
     col = offset - (text.rfind("\n", 0, offset) + 1) + 1
-    span = ast.Span(file, offset, offset + 1, line, col, line, col + 1)
+    span = Span(file, offset, offset + 1, line, col, line, col + 1)
     result = CheckResult(file, text, [Diagnostic(code, message, span, label)])
     if text:
         result.sources.add(file, text)

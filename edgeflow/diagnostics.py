@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from enum import Enum
 
-from edgeflow.syntax.ast import Span
+from edgeflow.span import Span
 
 
 class Severity(str, Enum):

@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from edgeflow.span import Span
 from edgeflow.syntax import ast
 
 
 @dataclass(frozen=True)
 class Occurrence:
     name: str
-    span: ast.Span
+    span: Span
     is_declaration: bool
     key: str | None = None       # the entry key it appears under (None for declarations)
 

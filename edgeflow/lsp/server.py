@@ -20,6 +20,7 @@ from edgeflow.diagnostics import Diagnostic, Severity
 from edgeflow.lsp import navigation as nav
 from edgeflow.semantics.lower import block_keys
 from edgeflow.semantics.values import OBJECTIVE_TERMS, TIERS
+from edgeflow.span import Span
 from edgeflow.syntax import ast
 from edgeflow.syntax.units import UNITS, units_of
 
@@ -52,7 +53,7 @@ def _utf16(line: str, col0: int) -> int:
     return len(line[:col0].encode("utf-16-le")) // 2
 
 
-def _range(text: str, span: ast.Span) -> lsp.Range:
+def _range(text: str, span: Span) -> lsp.Range:
     lines = text.split("\n")
 
     def pos(line: int, col: int) -> lsp.Position:

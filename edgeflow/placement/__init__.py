@@ -12,7 +12,7 @@ from edgeflow.placement.evaluate import Evaluation, Placement, Split, evaluate
 from edgeflow.placement.explain import Explanation, explain
 from edgeflow.placement.milp import solve
 from edgeflow.placement.problem import Problem, Step, build_problem
-from edgeflow.syntax.ast import Span
+from edgeflow.span import Span
 
 
 def plan_json(problem: Problem, status: str, assignment: dict[Step, Placement] | None,

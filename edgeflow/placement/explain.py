@@ -19,7 +19,7 @@ import numpy as np
 from edgeflow.placement.evaluate import Split
 from edgeflow.placement.milp import assignment_from, formulate
 from edgeflow.placement.problem import Problem, Step
-from edgeflow.syntax.ast import Span
+from edgeflow.span import Span
 
 
 @dataclass

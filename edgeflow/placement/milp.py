@@ -28,7 +28,7 @@ import numpy as np
 
 from edgeflow.placement.evaluate import Placement, Split, evaluate
 from edgeflow.placement.problem import Problem, Step, out_labels
-from edgeflow.syntax.ast import Span
+from edgeflow.span import Span
 
 Expr = tuple[dict[int, float], float]  # (coefficients by variable, constant)
 

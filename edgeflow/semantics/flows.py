@@ -5,24 +5,21 @@ unused declarations and privacy labels.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import networkx as nx
 
 from edgeflow import ir
 from edgeflow.dataflow import flow_graph, instance, instance_graph
 from edgeflow.diagnostics import DiagnosticSink, Label
+from edgeflow.semantics.lowered import Lowered
 from edgeflow.semantics.values import DECL_KIND_TEXT, did_you_mean
+from edgeflow.span import Span
 from edgeflow.syntax import ast
-
-if TYPE_CHECKING:
-    from edgeflow.semantics.lower import Lowered
 
 _STEP_KINDS = ("operator", "model")
 _SINK_KINDS = ("actuator", "store")
 
 
-def _entry_value_span(decl: ast.Decl, key: str) -> ast.Span:
+def _entry_value_span(decl: ast.Decl, key: str) -> Span:
     for entry in decl.entries:
         if entry.key.value == key:
             return entry.value.span
@@ -73,7 +70,7 @@ def _producer_types(name: str, out: Lowered) -> list[ir.TensorType] | None:
     return None
 
 
-def _check_types(graph: nx.DiGraph, spans: dict[tuple[str, str], ast.Span], out: Lowered,
+def _check_types(graph: nx.DiGraph, spans: dict[tuple[str, str], Span], out: Lowered,
                  sink: DiagnosticSink) -> None:
     decls = out.symbols.decls
     for u, v in graph.edges:
@@ -98,7 +95,7 @@ def _check_types(graph: nx.DiGraph, spans: dict[tuple[str, str], ast.Span], out:
             break
 
 
-def _check_cycles(graph: nx.DiGraph, spans: dict[tuple[str, str], ast.Span],
+def _check_cycles(graph: nx.DiGraph, spans: dict[tuple[str, str], Span],
                   sink: DiagnosticSink) -> bool:
     acyclic = True
     for scc in nx.strongly_connected_components(graph):
@@ -200,7 +197,7 @@ def check(out: Lowered, sink: DiagnosticSink) -> None:
             for step in entry.value.steps}
     valid = [p for p in out.pipelines.values() if _check_steps(p, out, sink)]
     graph = flow_graph((p.name, p.flow) for p in valid)
-    spans: dict[tuple[str, str], ast.Span] = {}
+    spans: dict[tuple[str, str], Span] = {}
     for p in valid:
         for (u, v), span in zip(zip(p.flow, p.flow[1:]), p.step_spans[1:]):
             spans.setdefault((u, v), span)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeflow import ir
 from edgeflow.diagnostics import Diagnostic, DiagnosticSink, Label, has_errors
 from edgeflow.semantics import flows
+from edgeflow.semantics.lowered import Lowered
 from edgeflow.semantics.model_files import check_model
 from edgeflow.semantics.values import (
     BAD,
@@ -24,6 +25,7 @@ from edgeflow.semantics.values import (
     closest,
     did_you_mean,
 )
+from edgeflow.span import Span
 from edgeflow.syntax import ast
 from edgeflow.syntax.units import (
     BANDWIDTH,
@@ -45,24 +47,6 @@ class Key:
     read: Callable[[str, ast.Value], Any]
     required: bool
     example: str
-
-
-@dataclass
-class Lowered:
-    """What lowering produced: the valid entities (for the later checks), diagnostics, and the
-    whole Program when there were no errors."""
-
-    symbols: Symbols
-    app: ir.App | None = None
-    devices: dict[str, ir.Device] = field(default_factory=dict)
-    links: list[ir.Link] = field(default_factory=list)
-    sensors: dict[str, ir.Sensor] = field(default_factory=dict)
-    sinks: dict[str, ir.Sink] = field(default_factory=dict)
-    models: dict[str, ir.Model] = field(default_factory=dict)
-    operators: dict[str, ir.Operator] = field(default_factory=dict)
-    pipelines: dict[str, ir.Pipeline] = field(default_factory=dict)
-    privacy: dict[str, ir.PrivacyRule] = field(default_factory=dict)
-    broken: set[str] = field(default_factory=set)  # declared, but with errors inside
 
 
 def _schemas(r: Reader) -> dict[str, dict[str, Key]]:
@@ -225,8 +209,8 @@ def _collect(module: ast.Module, sink: DiagnosticSink) -> Symbols:
             continue
         decls[name.value] = decl
     if not apps:
-        at = module.decls[0].span if module.decls else ast.Span(module.file, 0, 0, 1, 1, 1, 1)
-        sink.error("E0104", "no `app` declaration", ast.Span(at.file, at.start, at.start, at.line,
+        at = module.decls[0].span if module.decls else Span(module.file, 0, 0, 1, 1, 1, 1)
+        sink.error("E0104", "no `app` declaration", Span(at.file, at.start, at.start, at.line,
                    at.col, at.line, at.col), "expected an `app` block in this file",
                    help='start the file with `app my_app { description = "..." }`')
     for extra in apps[1:]:
@@ -268,7 +252,7 @@ def _decl_title(decl: ast.Decl) -> str:
     return f"{decl.name.value} <-> {decl.peer.value}" if decl.peer else decl.name.value
 
 
-def entry_span(decl: ast.Decl, key: str) -> ast.Span | None:
+def entry_span(decl: ast.Decl, key: str) -> Span | None:
     for entry in decl.entries:
         if entry.key.value == key:
             return entry.value.span

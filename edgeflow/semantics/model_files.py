@@ -11,11 +11,12 @@ from edgeflow import ir
 from edgeflow.diagnostics import DiagnosticSink
 from edgeflow.models import signature
 from edgeflow.semantics.values import did_you_mean
+from edgeflow.span import Span
 from edgeflow.syntax import ast
 
 
 def check_model(decl: ast.Decl, path: Path, inputs: dict[str, ir.TensorType],
-                input_entries: dict[str, ast.Entry], source_span: ast.Span,
+                input_entries: dict[str, ast.Entry], source_span: Span,
                 sink: DiagnosticSink) -> dict[str, ir.TensorType] | None:
     """Report every mismatch; return the output types when the model is usable, else None."""
     name = decl.name.value

@@ -7,34 +7,8 @@ is given to keys and values only by `edgeflow.semantics`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-
-@dataclass(frozen=True, slots=True)
-class Span:
-    """A region of a source file. Offsets are 0-based character offsets, `end` exclusive;
-    lines and columns are 1-based, and `end_col` is exclusive."""
-
-    file: str
-    start: int
-    end: int
-    line: int
-    col: int
-    end_line: int
-    end_col: int
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Span:
-        start, end = data["start"], data["end"]
-        return cls(data["file"], start["offset"], end["offset"], start["line"], start["col"],
-                   end["line"], end["col"])
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "file": self.file,
-            "start": {"line": self.line, "col": self.col, "offset": self.start},
-            "end": {"line": self.end_line, "col": self.end_col, "offset": self.end},
-        }
+from edgeflow.span import Span
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 
+from edgeflow.span import Span
 from edgeflow.syntax import ast
 
 WIDTH = 100
@@ -58,7 +59,7 @@ class _Formatter:
         self.starts = [c[0].start for c in self.comments]
         self.used: set[int] = set()
 
-    def comments_between(self, start: int, end: int) -> list[tuple[ast.Span, str]]:
+    def comments_between(self, start: int, end: int) -> list[tuple[Span, str]]:
         i = bisect_left(self.starts, start)
         out = []
         while i < len(self.comments) and self.comments[i][0].start < end:
@@ -67,7 +68,7 @@ class _Formatter:
             i += 1
         return out
 
-    def take(self, comment: tuple[ast.Span, str]) -> str:
+    def take(self, comment: tuple[Span, str]) -> str:
         self.used.add(self.starts.index(comment[0].start))
         return comment[1].rstrip()
 

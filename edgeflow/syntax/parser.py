@@ -22,6 +22,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lark.lexer import Lexer, LexerState
 
 from edgeflow.diagnostics import Diagnostic, DiagnosticSink, Label
+from edgeflow.span import Span
 from edgeflow.syntax import ast
 
 DECL_KEYWORDS = ("app", "device", "link", "sensor", "actuator", "store", "model", "operator",
@@ -149,21 +150,21 @@ def _set(value: int | None) -> int:
     return value
 
 
-def _token_span(tok: Token) -> ast.Span:
-    return ast.Span(_PIECE.get().file, _set(tok.start_pos), _set(tok.end_pos), _set(tok.line),
+def _token_span(tok: Token) -> Span:
+    return Span(_PIECE.get().file, _set(tok.start_pos), _set(tok.end_pos), _set(tok.line),
                     _set(tok.column), _set(tok.end_line), _set(tok.end_column))
 
 
-def _as_span(x: object) -> ast.Span:
+def _as_span(x: object) -> Span:
     if isinstance(x, Token):
         return _token_span(x)
-    return x if isinstance(x, ast.Span) else x.span  # type: ignore[attr-defined]
+    return x if isinstance(x, Span) else x.span  # type: ignore[attr-defined]
 
 
-def _span(first: object, last: object) -> ast.Span:
+def _span(first: object, last: object) -> Span:
     """The span from the start of `first` to the end of `last` (tokens, spans or AST nodes)."""
     a, b = _as_span(first), _as_span(last)
-    return ast.Span(a.file, a.start, b.end, a.line, a.col, b.end_line, b.end_col)
+    return Span(a.file, a.start, b.end, a.line, a.col, b.end_line, b.end_col)
 
 
 def _values(children: list[object]) -> tuple[ast.Value, ...]:
@@ -187,7 +188,7 @@ class _Builder(Transformer):  # type: ignore[type-arg]
         unit_span = None
         if unit:
             skip = len(number) + len(gap)
-            unit_span = ast.Span(span.file, span.start + skip, span.end, span.line,
+            unit_span = Span(span.file, span.start + skip, span.end, span.line,
                                  span.col + skip, span.end_line, span.end_col)
         is_int = re.fullmatch(r"-?\d+", number) is not None
         return ast.Quantity(float(number), is_int, unit or None, number, span, unit_span)
@@ -284,7 +285,7 @@ def _expected(err: UnexpectedInput) -> set[str]:
     return set(getattr(err, "expected", None) or getattr(err, "allowed", None) or ())
 
 
-def _unexpected_word(found: str, span: ast.Span, expected: set[str]) -> Diagnostic:
+def _unexpected_word(found: str, span: Span, expected: set[str]) -> Diagnostic:
     keywords = sorted(t.lower() for t in expected if t.lower() in DECL_KEYWORDS)
     close = difflib.get_close_matches(found, keywords, n=1, cutoff=0.6)
     what = "a declaration" if len(keywords) >= 3 else _describe_expected(expected)
@@ -338,12 +339,12 @@ def _unclosed_opener(piece: str) -> int | None:
     return stack[-1] if stack else None
 
 
-def _at(piece: str, offset: int, length: int = 0) -> ast.Span:
+def _at(piece: str, offset: int, length: int = 0) -> Span:
     """A span at an offset of the piece being parsed (errors carry no end position)."""
     ctx = _PIECE.get()
     line = piece.count("\n", 0, offset)
     col = offset - (piece.rfind("\n", 0, offset) + 1) + 1
-    return ast.Span(ctx.file, ctx.base_offset + offset, ctx.base_offset + offset + length,
+    return Span(ctx.file, ctx.base_offset + offset, ctx.base_offset + offset + length,
                     ctx.base_line + line, col, ctx.base_line + line, col + length)
 
 
@@ -365,7 +366,7 @@ def _parse_piece(parser: Lark, piece: str, last: bool, sink: DiagnosticSink) -> 
         return []
 
 
-def _comments(text: str, file: str) -> tuple[tuple[ast.Span, str], ...]:
+def _comments(text: str, file: str) -> tuple[tuple[Span, str], ...]:
     out = []
     line, line_start = 1, 0
     for m in _COMMENT_OR_SKIP.finditer(text):
@@ -373,7 +374,7 @@ def _comments(text: str, file: str) -> tuple[tuple[ast.Span, str], ...]:
             line, line_start = line + 1, m.end()
         elif m.lastgroup == "COMMENT":
             col = m.start() - line_start + 1
-            out.append((ast.Span(file, m.start(), m.end(), line, col, line,
+            out.append((Span(file, m.start(), m.end(), line, col, line,
                                  col + m.end() - m.start()), m.group()))
     return tuple(out)
 
