@@ -266,6 +266,18 @@ candidates `edgeflow split` lists are all valid cuts.
 A file given to `--edge-profile` or `--cloud-profile` is not a profile written by
 `edgeflow profile` (JSON with a `node_seconds` object of node names to seconds).
 """),
+    # ---------------------------------------------------------------- output
+    "E1001": _e("cannot write the output", """
+edgeflow could not write a file or folder it was asked to produce (`compile -o`, `split --emit`,
+`profile -o`): the path is a file where a folder is needed, a folder cannot be created, or
+permission was denied. Nothing was written; the message names the path and the system's reason.
+"""),
+    "E1002": _e("output would replace files edgeflow did not write", """
+The output path holds files that edgeflow did not generate: a folder given to `compile -o` with
+other files in it, or an existing `head.onnx`, `tail.onnx` or profile that another tool wrote.
+edgeflow never replaces or deletes them: choose another output path, or pass `--force` to write
+beside them (`compile` keeps foreign files; `split --emit` and `profile` replace the named file).
+"""),
 }
 
 
