@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from importlib.util import find_spec
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgeflow import ir
+from edgeflow import files, ir
 from edgeflow.diagnostics import Diagnostic, SourceCache, has_errors
+from edgeflow.models import split as split_mod
+from edgeflow.models.extract import split_model
+from edgeflow.models.signature import BoundInputs
+from edgeflow.models.split import Setting, SplitError
+from edgeflow.plan import Plan
 from edgeflow.semantics.lower import lower
-from edgeflow.span import Span
+from edgeflow.span import Span, file_span
 from edgeflow.syntax import ast
 from edgeflow.syntax.fmt import format_module
 from edgeflow.syntax.parser import parse
+
+if TYPE_CHECKING:  # placement imports the MILP solver: only where a plan is made
+    from edgeflow.placement import Baseline
 
 
 @dataclass
@@ -106,3 +118,177 @@ def load(path: str | Path) -> ir.Program:
     if result.program is None:
         raise CheckFailed(result)
     return result.program
+
+
+# ---- plan and compile
+
+
+@dataclass
+class PlanResult:
+    """A plan (None only when placement never ran), the baselines when compared, and the
+    diagnostics: E0901 for each reason an infeasible app has no plan."""
+
+    plan: Plan
+    baselines: list[Baseline]
+    diagnostics: list[Diagnostic]
+
+    @property
+    def ok(self) -> bool:
+        return not has_errors(self.diagnostics)
+
+
+def plan(program: ir.Program, time_limit: float = 30.0, compare: bool = False) -> PlanResult:
+    """Place a checked program (exact MILP, `time_limit` seconds at most for the solver)."""
+    from edgeflow.placement import explanation_diagnostics, make_plan
+
+    placed, baselines = make_plan(program, time_limit, compare)
+    return PlanResult(placed, baselines, explanation_diagnostics(placed, program))
+
+
+def bundle(program: ir.Program, placed: Plan, target: str = "k8s",
+           source: str = "") -> dict[str, bytes]:
+    """Every file of the deployment bundle of a feasible plan, by relative path, in memory.
+    `target` is a name in `edgeflow.emit.targets.TARGETS`; `source` names the .ef file in the
+    report."""
+    from edgeflow.emit import bundle_files
+
+    return bundle_files(program, placed, target, source or program.file)
+
+
+@dataclass
+class CompileResult:
+    check: CheckResult
+    plan: Plan | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+    output: Path | None = None
+    diagnostics: list[Diagnostic] = field(default_factory=list)  # after the check's
+
+    @property
+    def ok(self) -> bool:
+        return self.check.ok and not has_errors(self.diagnostics)
+
+
+def compile(path: str | Path, target: str = "k8s", output: str | Path | None = None,
+            force: bool = False, time_limit: float = 30.0) -> CompileResult:
+    """Check, plan and write the bundle to `output` (default build/APP) atomically; on any
+    error nothing is written. A folder holding files edgeflow did not write is refused unless
+    `force` (then they are kept)."""
+    from edgeflow.emit import BundleError, write_bundle
+
+    checked = check_file(path)
+    result = CompileResult(checked)
+    if checked.program is None:
+        return result
+    planned = plan(checked.program, time_limit)
+    result.plan = planned.plan
+    result.diagnostics += planned.diagnostics
+    if not planned.ok:
+        return result
+    result.output = out = Path(output) if output is not None else \
+        Path("build") / checked.program.app.name
+    result.files = bundle(checked.program, planned.plan, target, str(path))
+    try:
+        write_bundle(out, result.files, force)
+    except BundleError as exc:
+        result.diagnostics.append(Diagnostic(exc.code, exc.message, file_span(exc.path),
+                                             help=exc.help))
+    return result
+
+
+# ---- split and profile
+
+
+def _diagnostic(exc: SplitError, model: Path) -> Diagnostic:
+    return Diagnostic(exc.code, exc.message, file_span(exc.file or str(model)), help=exc.help)
+
+
+@dataclass
+class SplitResult:
+    """`data` is the split JSON of LANGUAGE.md and `cut` the tensors of the cut chosen (the
+    forced one, else the optimum), both None when there are errors; `emitted` are the files
+    written; `setting` is the one timed (with the profiles read)."""
+
+    setting: Setting
+    diagnostics: list[Diagnostic]
+    data: dict[str, object] | None = None
+    cut: list[str] | None = None
+    emitted: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not has_errors(self.diagnostics)
+
+    def render_text(self) -> str:
+        """The table of cut candidates (`edgeflow split` without `--format json`)."""
+        return "" if self.data is None else split_mod.render_text(self.data, self.setting)
+
+
+def split(model_path: str | Path, inputs: BoundInputs, setting: Setting,
+          cut: Sequence[str] | None = None, sweep: tuple[float, float] | None = None,
+          emit: Path | None = None, force: bool = False, *, edge_profile: Path | None = None,
+          cloud_profile: Path | None = None) -> SplitResult:
+    """Time a model's cut candidates between the devices of `setting`, choose the optimum (or
+    the forced `cut`), optionally with the optimal cut per bandwidth in `sweep` (bits/s, low and
+    high), and write `emit/head.onnx` and `emit/tail.onnx` for it. Profiles written by `profile`
+    replace the FLOP estimates on their device. User errors come back as diagnostics."""
+    model = Path(model_path)
+    try:
+        if edge_profile is not None:
+            setting = replace(setting, edge_profile=split_mod.read_profile(edge_profile))
+        if cloud_profile is not None:
+            setting = replace(setting, cloud_profile=split_mod.read_profile(cloud_profile))
+        analysis = split_mod.analyse_model(split_mod.load_model(model), inputs)
+        data, chosen = split_mod.report(analysis, model.name, inputs, setting,
+                                        None if cut is None else list(cut), sweep)
+    except SplitError as exc:
+        return SplitResult(setting, [_diagnostic(exc, model)])
+    outputs = {}
+    if emit is not None:
+        head, tail = split_model(analysis, chosen)
+        outputs = {emit / "head.onnx": head.SerializeToString(deterministic=True),
+                   emit / "tail.onnx": tail.SerializeToString(deterministic=True)}
+    problems = files.write_all(outputs, force)
+    if problems:
+        return SplitResult(setting, problems)
+    return SplitResult(setting, [], data, list(chosen.tensors), list(outputs))
+
+
+class RuntimeMissing(Exception):
+    """`profile` needs onnxruntime, an optional dependency that is not installed."""
+
+
+@dataclass
+class ProfileResult:
+    """`data` is the profile written to `output` (None when there are errors)."""
+
+    output: Path
+    diagnostics: list[Diagnostic]
+    data: dict[str, object] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not has_errors(self.diagnostics)
+
+    def to_json(self) -> dict[str, object] | None:
+        """The profile and the path it was written to (the `result` of `--format json`)."""
+        return None if self.data is None else {**self.data, "output": str(self.output)}
+
+
+def profile(model_path: str | Path, inputs: BoundInputs, output: Path, runs: int = 20,
+            warmup: int = 3, force: bool = False) -> ProfileResult:
+    """Measure the model's per-node latency with onnxruntime on this machine (the median of
+    `runs` runs after `warmup` runs) and write the profile to `output`. User errors come back as
+    diagnostics; raises `RuntimeMissing` without onnxruntime."""
+    if find_spec("onnxruntime") is None:
+        raise RuntimeMissing("edgeflow profile needs onnxruntime: pip install 'edgeflow[runtime]'")
+    from edgeflow.models.profile import profile as measure
+
+    model_file = Path(model_path)
+    try:
+        model = split_mod.load_model(model_file)
+        split_mod.analyse_model(model, inputs)  # the binding checks of split
+    except SplitError as exc:
+        return ProfileResult(output, [_diagnostic(exc, model_file)])
+    data = {"model": model_file.name, **measure(model, inputs, runs=runs, warmup=warmup)}
+    problems = files.write_all({output: (json.dumps(data, indent=2) + "\n").encode()}, force)
+    return ProfileResult(output, problems, None if problems else data)

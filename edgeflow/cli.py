@@ -7,25 +7,21 @@ the traceback).
 
 from __future__ import annotations
 
-import json
-import os
-import stat
 import sys
-import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
-import onnx
 import typer
 
 from edgeflow import __version__, api
 from edgeflow.dataflow import build, to_dot, to_mermaid
+from edgeflow.diagnostics import Diagnostic, has_errors, render_json, render_summary, render_text
 from edgeflow.diagnostics import explain as explain_code
-from edgeflow.diagnostics import render_json, render_summary, render_text
-from edgeflow.models import split as split_mod
-from edgeflow.models.extract import split_model
+from edgeflow.envelope import envelope
+from edgeflow.files import write_atomic
 from edgeflow.models.signature import ONNX_DTYPES
+from edgeflow.models.split import Setting
 from edgeflow.syntax.units import (
     BANDWIDTH,
     COMPUTE,
@@ -45,6 +41,9 @@ _state = {"debug": False}
 class OutputFormat(str, Enum):
     text = "text"
     json = "json"
+
+
+_FORMAT_HELP = "The result as text, or as the JSON envelope on stdout."
 
 
 class GraphFormat(str, Enum):
@@ -75,23 +74,23 @@ def _existing(paths: list[Path]) -> None:
             raise typer.Exit(EXIT_USAGE)
 
 
-def _checked(file: Path) -> api.CheckResult:
+def _checked(file: Path, as_json: bool = False, command: str = "") -> api.CheckResult:
     """The result of a file that checks (its `program` is set), or exit 1 after printing its
-    diagnostics."""
+    diagnostics (as `command`'s JSON envelope with `as_json`)."""
     _existing([file])
     result = api.check_file(file)
     if result.program is None:
-        _report([result], OutputFormat.text)
+        if as_json:
+            sys.stdout.write(envelope(command, None, result.diagnostics))
+        else:
+            _report([result], OutputFormat.text)
         raise typer.Exit(EXIT_ERRORS)
     return result
 
 
-def _report_infeasible(result: api.CheckResult, plan_data: dict[str, Any]) -> None:
-    from edgeflow.placement import explanation_diagnostics
-
-    assert result.program is not None
-    diags = explanation_diagnostics(plan_data, result.program)
-    _report([api.CheckResult(result.file, result.text, diags, sources=result.sources)],
+def _report_more(result: api.CheckResult, diagnostics: list[Diagnostic]) -> None:
+    """Diagnostics found after the check (placement, output), shown with the file's source."""
+    _report([api.CheckResult(result.file, result.text, diagnostics, sources=result.sources)],
             OutputFormat.text)
 
 
@@ -117,12 +116,9 @@ def check(
     _existing(files)
     results = [api.check_file(f) for f in files]
     if with_plan:
-        from edgeflow.placement import explanation_diagnostics, make_plan
-
         for result in results:
             if result.program is not None:
-                data, _ = make_plan(result.program)
-                result.diagnostics += explanation_diagnostics(data, result.program)
+                result.diagnostics += api.plan(result.program).diagnostics
     _report(results, fmt)
     raise typer.Exit(EXIT_OK if all(r.ok for r in results) else EXIT_ERRORS)
 
@@ -153,8 +149,9 @@ def graph(
 @app.command()
 def plan(
     file: Annotated[Path, typer.Argument(help="The .ef file.")],
-    json_out: Annotated[bool, typer.Option("--json", help="Print the plan JSON of "
-                                           "LANGUAGE.md.")] = False,
+    out_format: Annotated[OutputFormat, typer.Option("--format", help=_FORMAT_HELP)]
+    = OutputFormat.text,
+    json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     time_limit: Annotated[float, typer.Option(min=0.1, help="Seconds the solver may take; "
                                               "then the best plan found is returned.")] = 30.0,
     explain: Annotated[bool, typer.Option("--explain", help="Show each pipeline's latency "
@@ -163,31 +160,22 @@ def plan(
                                           "beside the solver's.")] = False,
 ) -> None:
     """Place every unit on a device (exact MILP) under SLO, capacity, bandwidth and privacy."""
-    from edgeflow.placement import make_plan
-    from edgeflow.placement.baselines import BASELINES
-    from edgeflow.placement.evaluate import evaluate
     from edgeflow.placement.render import render, render_comparison
 
-    result = _checked(file)
-    program = result.program
-    assert program is not None
-    data, problem = make_plan(program, time_limit)
-    sys.stdout.write(json.dumps(data, indent=2) + "\n" if json_out else render(data, explain))
-    if data["status"] == "infeasible" and not json_out:
-        _report_infeasible(result, data)
+    as_json = json_out or out_format is OutputFormat.json
+    checked = _checked(file, as_json, "plan")
+    assert checked.program is not None
+    result = api.plan(checked.program, time_limit, compare)
+    if as_json:
+        sys.stdout.write(envelope("plan", result.plan.to_dict(), result.diagnostics))
+    else:
+        sys.stdout.write(render(result.plan, explain))
+        if result.diagnostics:
+            _report_more(checked, result.diagnostics)
     if compare:
-        rows: list[tuple[str, dict[str, float] | None, bool]] = []
-        if data["objective"] is not None:
-            o = data["objective"]
-            rows.append(("edgeflow", {"latency": o["latency_ms"] / 1e3,
-                                      "cost": o["cost_usd_per_h"], "energy": o["energy_w"]}, True))
-        for name, baseline in BASELINES.items():
-            assignment = baseline(problem)
-            ev = evaluate(problem, assignment) if assignment is not None else None
-            rows.append((name, ev.objective if ev else None, bool(ev and ev.feasible)))
-        out = render_comparison(rows, program.app.objective)
-        (sys.stderr if json_out else sys.stdout).write(out)
-    raise typer.Exit(EXIT_ERRORS if data["status"] == "infeasible" else EXIT_OK)
+        table = render_comparison(result.plan, result.baselines, checked.program.app.objective)
+        (sys.stderr if as_json else sys.stdout).write(table)
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_ERRORS)
 
 
 @app.command()
@@ -211,8 +199,10 @@ def fmt(
         unformatted.append(path)
         if check:
             typer.echo(f"would reformat {path}", err=True)
+        elif (unwritten := write_atomic(path, formatted.encode(), force=True)) is not None:
+            _report([api.CheckResult(str(path), "", [unwritten])], OutputFormat.text)
+            failed = True
         else:
-            _write_atomic(path, formatted.encode(), force=True)
             typer.echo(f"reformatted {path}", err=True)
     if failed or (check and unformatted):
         raise typer.Exit(EXIT_ERRORS)
@@ -226,51 +216,55 @@ def lsp() -> None:
     serve()
 
 
-class Target(str, Enum):
-    k8s = "k8s"
-    compose = "compose"
+def _target_help() -> str:
+    from edgeflow.emit.targets import TARGETS
+
+    return "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values())
 
 
 @app.command("compile")
 def compile_cmd(
     file: Annotated[Path, typer.Argument(help="The .ef file.")],
-    target: Annotated[Target, typer.Option(help="Kubernetes/KubeEdge manifests or "
-                                           "docker-compose files.")] = Target.k8s,
+    target: Annotated[str, typer.Option(help="The deployment target (see `--help`).")] = "k8s",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Output folder "
                                                 "(default build/APP).")] = None,
     force: Annotated[bool, typer.Option(help="Write into a folder that holds files edgeflow "
                                        "did not generate (they are kept).")] = False,
     time_limit: Annotated[float, typer.Option(min=0.1, help="Seconds the placement solver "
                                               "may take.")] = 30.0,
+    out_format: Annotated[OutputFormat, typer.Option("--format", help=_FORMAT_HELP)]
+    = OutputFormat.text,
 ) -> None:
-    """Check, plan and emit a deployment bundle. On any error nothing is written."""
-    from edgeflow.emit import BundleError, bundle_files, write_bundle
-    from edgeflow.placement import make_plan
+    """Check, plan and emit a deployment bundle. On any error nothing is written.
 
-    result = _checked(file)
-    program = result.program
-    assert program is not None
-    data, problem = make_plan(program, time_limit)
-    if data["status"] == "infeasible":
-        _report_infeasible(result, data)
-        typer.echo("error: no placement meets the constraints; nothing was written", err=True)
+    Targets are listed by `edgeflow compile --help` under --target."""
+    from edgeflow.emit.targets import TARGETS
+
+    if target not in TARGETS:
+        raise _usage(f"unknown target `{target}`; the targets are: {_target_help()}")
+    as_json = out_format is OutputFormat.json
+    _existing([file])
+    result = api.compile(file, target, output, force, time_limit)
+    written = result.ok and result.output is not None
+    if as_json:
+        summary = None if not written else {
+            "output": str(result.output), "target": target, "files": sorted(result.files),
+            "plan": result.plan.to_dict() if result.plan else None}
+        sys.stdout.write(envelope("compile", summary,
+                                  result.check.diagnostics + result.diagnostics))
+        raise typer.Exit(EXIT_OK if result.ok else EXIT_ERRORS)
+    if not result.check.ok:
+        _report([result.check], OutputFormat.text)
         raise typer.Exit(EXIT_ERRORS)
-    out = output or Path("build") / program.app.name
-    try:
-        files = bundle_files(program, data, problem, target.value, str(file))
-        write_bundle(out, files, force)
-    except BundleError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_ERRORS) from None
-    typer.echo(f"wrote {len(files)} files to {out} ({data['status']} plan, target "
-               f"{target.value})", err=True)
-
-
-def _split_error(exc: split_mod.SplitError) -> typer.Exit:
-    typer.echo(f"error[{exc.code}]: {exc.message}", err=True)
-    if exc.help:
-        typer.echo(f" = help: {exc.help}", err=True)
-    return typer.Exit(EXIT_ERRORS)
+    if result.diagnostics:
+        _report_more(result.check, result.diagnostics)
+    if not written:
+        if result.plan is not None and not result.plan.feasible:
+            typer.echo("error: no placement meets the constraints; nothing was written", err=True)
+        raise typer.Exit(EXIT_ERRORS)
+    assert result.plan is not None
+    typer.echo(f"wrote {len(result.files)} files to {result.output} ({result.plan.status.value} "
+               f"plan, target {target})", err=True)
 
 
 def _usage(message: str) -> typer.Exit:
@@ -298,31 +292,17 @@ def _quantity(option: str, text: str, dim: Dimension) -> float:
         raise _usage(f"{option}: {exc}") from None
 
 
-def _write_atomic(path: Path, data: bytes, force: bool) -> None:
-    """Write `path` via a temporary file and a rename; never replace a file edgeflow did not
-    write unless forced."""
-    if path.exists() and not force:
-        try:
-            ours = onnx.load(str(path)).producer_name == "edgeflow" if path.suffix == ".onnx" \
-                else "node_seconds" in json.loads(path.read_text())  # a profile we wrote
-        except Exception:  # noqa: BLE001 - anything unreadable is not ours
-            ours = False
-        if not ours:
-            raise _usage(f"{path} exists and was not written by edgeflow; use --force")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
-                                         delete=False) as f:
-            f.write(data)
-        if path.exists():  # keep the mode of the file it replaces
-            os.chmod(f.name, stat.S_IMODE(path.stat().st_mode))
-        else:  # as an ordinary open() would create it
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(f.name, 0o666 & ~umask)
-        os.replace(f.name, path)
-    except OSError as exc:
-        raise _usage(f"cannot write {path}: {exc.strerror or exc}") from None
+def _finish(command: str, subject: Path, out_format: OutputFormat, result: Any,
+            diagnostics: list[Diagnostic], text: str = "") -> NoReturn:
+    """Print a producing command's outcome, the envelope (json) or `text` on stdout and the
+    diagnostics on stderr, and exit 1 if there are errors."""
+    if out_format is OutputFormat.json:
+        sys.stdout.write(envelope(command, result, diagnostics))
+    else:
+        sys.stdout.write(text)
+        if diagnostics:
+            _report([api.CheckResult(str(subject), "", diagnostics)], out_format)
+    raise typer.Exit(EXIT_ERRORS if has_errors(diagnostics) else EXIT_OK)
 
 
 @app.command()
@@ -334,8 +314,9 @@ def split(
     cloud_compute: Annotated[str, typer.Option(help="Cloud device compute, e.g. 100TFLOPS.")],
     bandwidth: Annotated[str, typer.Option(help="Link bandwidth, e.g. 20Mbps.")],
     latency: Annotated[str, typer.Option(help="Link one-way latency, e.g. 10ms.")] = "0ms",
-    json_out: Annotated[bool, typer.Option("--json", help="Print the JSON of LANGUAGE.md.")]
-    = False,
+    out_format: Annotated[OutputFormat, typer.Option("--format", help=_FORMAT_HELP)]
+    = OutputFormat.text,
+    json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     emit: Annotated[Path | None, typer.Option(help="Write DIR/head.onnx and DIR/tail.onnx "
                                                  "(the optimum, or the --cut).")] = None,
     cut: Annotated[str | None, typer.Option(help="Force a cut: comma-separated tensor "
@@ -352,11 +333,11 @@ def split(
 ) -> None:
     """Find where to cut a model between an edge and a cloud device (Neurosurgeon/DADS, exact)."""
     bound = _parse_inputs(inputs)
-    setting = split_mod.Setting(_quantity("--edge-compute", edge_compute, COMPUTE),
-                                _quantity("--cloud-compute", cloud_compute, COMPUTE),
-                                _quantity("--bandwidth", bandwidth, BANDWIDTH),
-                                0.0 if latency.strip() in ("0", "0ms") else
-                                _quantity("--latency", latency, TIME))
+    setting = Setting(_quantity("--edge-compute", edge_compute, COMPUTE),
+                      _quantity("--cloud-compute", cloud_compute, COMPUTE),
+                      _quantity("--bandwidth", bandwidth, BANDWIDTH),
+                      0.0 if latency.strip() in ("0", "0ms") else
+                      _quantity("--latency", latency, TIME))
     sweep_range = None
     if sweep is not None:
         key, _, span = sweep.partition("=")
@@ -366,29 +347,14 @@ def split(
         sweep_range = (_quantity("--sweep", low, BANDWIDTH), _quantity("--sweep", high, BANDWIDTH))
         if sweep_range[0] >= sweep_range[1]:
             raise _usage("--sweep: the low bandwidth must be below the high one")
-    try:
-        if edge_profile is not None:
-            setting.edge_profile = split_mod.read_profile(edge_profile)
-        if cloud_profile is not None:
-            setting.cloud_profile = split_mod.read_profile(cloud_profile)
-        analysis = split_mod.analyse_model(split_mod.load_model(model), bound)
-        forced = [t.strip() for t in cut.split(",") if t.strip()] if cut is not None else None
-        data, chosen = split_mod.report(
-            analysis, model.name, {n: f"{d}[{','.join(map(str, s))}]" for n, (d, s) in
-                                   bound.items()}, setting, forced, sweep_range)
-    except split_mod.SplitError as exc:
-        raise _split_error(exc) from None
-    if emit is not None:
-        head, tail = split_model(analysis, chosen)
-        _write_atomic(emit / "head.onnx", head.SerializeToString(deterministic=True), force)
-        _write_atomic(emit / "tail.onnx", tail.SerializeToString(deterministic=True), force)
-    if json_out:
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
-    else:
-        sys.stdout.write(split_mod.render_text(data, setting))
-    if emit is not None:
-        typer.echo(f"wrote {emit / 'head.onnx'} and {emit / 'tail.onnx'} (cut at "
-                   f"{', '.join(chosen.tensors)})", err=True)
+    forced = [t.strip() for t in cut.split(",") if t.strip()] if cut is not None else None
+    result = api.split(model, bound, setting, forced, sweep_range, emit, force,
+                       edge_profile=edge_profile, cloud_profile=cloud_profile)
+    if result.emitted and result.cut is not None:
+        typer.echo(f"wrote {' and '.join(map(str, result.emitted))} (cut at "
+                   f"{', '.join(result.cut)})", err=True)
+    _finish("split", model, OutputFormat.json if json_out else out_format, result.data,
+            result.diagnostics, result.render_text())
 
 
 @app.command("profile")
@@ -401,23 +367,20 @@ def profile_cmd(
     warmup: Annotated[int, typer.Option(min=0, help="Unmeasured warm-up runs.")] = 3,
     force: Annotated[bool, typer.Option(help="Overwrite an output file edgeflow did not "
                                        "write.")] = False,
+    out_format: Annotated[OutputFormat, typer.Option("--format", help=_FORMAT_HELP)]
+    = OutputFormat.text,
 ) -> None:
     """Measure per-node latency of a model with onnxruntime on this machine."""
     bound = _parse_inputs(inputs)
     try:
-        loaded = split_mod.load_model(model)
-        split_mod.analyse_model(loaded, bound)  # same binding checks as split
-    except split_mod.SplitError as exc:
-        raise _split_error(exc) from None
-    try:
-        from edgeflow.models.profile import profile
-    except ImportError:  # pragma: no cover - onnxruntime is an optional dependency
-        raise _usage("edgeflow profile needs onnxruntime: pip install 'edgeflow[runtime]'") \
-            from None
-    data = {"model": model.name, **profile(loaded, bound, runs=runs, warmup=warmup)}
-    _write_atomic(output, (json.dumps(data, indent=2) + "\n").encode(), force)
-    typer.echo(f"wrote {output}: {len(data['node_seconds'])} nodes, "  # type: ignore[arg-type]
-               f"{float(data['total_seconds']) * 1000:.3f} ms per run", err=True)  # type: ignore[arg-type]
+        result = api.profile(model, bound, output, runs, warmup, force)
+    except api.RuntimeMissing as exc:
+        raise _usage(str(exc)) from None
+    if result.data is not None:
+        typer.echo(f"wrote {output}: {len(result.data['node_seconds'])} nodes, "  # type: ignore[arg-type]
+                   f"{float(result.data['total_seconds']) * 1000:.3f} ms per run",  # type: ignore[arg-type]
+                   err=True)
+    _finish("profile", model, out_format, result.to_json(), result.diagnostics)
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ class Declared(_Node):
 
 class App(Declared):
     description: str = ""
-    objective: tuple[Literal["latency", "cost", "energy"], ...] = ("latency",)
+    objective: tuple[str, ...] = ("latency",)  # names in edgeflow.objectives.TERMS
 
 
 class Device(Declared):

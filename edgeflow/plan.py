@@ -1,235 +1,195 @@
-"""The Plan (what `edgeflow plan --json` prints and `plan.json` holds) and its independent
-verifier.
+"""The Plan: what placement decided, typed and frozen. Every placed unit replica with its device,
+part and cut, compute share and memory; the chosen cut of every split model replica; each
+pipeline replica's latency and its breakdown; device and link use; the objective; and, for an
+infeasible app, the reasons with the spans of the declarations involved.
 
-`verify` recomputes every latency, utilisation, memory figure, link load, privacy condition and
-objective term from a plan and the IR, sharing no code with the placement package: its own
-replica bookkeeping, its own routes (networkx shortest paths over the allowed instances), its own
-arithmetic. Every plan the solver returns passes it, in every test.
+Placement produces it; the terminal rendering, the bundle emitters, report.md, the verifier and
+the language server read it. Quantities are in SI units (seconds, bytes, FLOP, shares of a
+capacity); objective values in each term's unit (see `edgeflow.objectives`). plan.json is the
+view `to_json` writes (docs/placement.md documents it): milliseconds there, as users read them.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections import defaultdict
-from typing import Any
+import json
+from enum import Enum
+from typing import Any, Literal
 
-import networkx as nx
-import onnx
+from pydantic import BaseModel, ConfigDict, Field
 
-from edgeflow import ir
-from edgeflow.dataflow import build, instance, instance_graph
-from edgeflow.models.analysis import analyse, weight_bytes_of
-from edgeflow.models.cuts import CutProblem
-
-REL = 1e-6  # relative tolerance on recomputed figures
+from edgeflow.ir import Tier
+from edgeflow.objectives import plan_objective
+from edgeflow.span import Span
 
 
-def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= REL * max(abs(a), abs(b)) + 1e-9
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
 
-class _Models:
-    """Work and weights of whole models and of cuts, from the ONNX files."""
-
-    def __init__(self, program: ir.Program) -> None:
-        self.problems: dict[str, CutProblem] = {}
-        for name, model in program.models.items():
-            analysis = analyse(onnx.load(model.source), {n: t.shape for n, t in
-                                                         model.inputs.items()})
-            self.problems[name] = CutProblem(analysis)
-
-    def whole(self, name: str) -> tuple[int, int]:
-        p = self.problems[name]
-        return p.total_work, weight_bytes_of(p.analysis, p.nodes.values())
-
-    def cut(self, name: str, tensors: list[str]) -> tuple[int, int, int, int, int]:
-        p = self.problems[name]
-        c = p.from_tensors(tensors)
-        head = [p.nodes[v] for v in c.head]
-        tail = [n for v, n in p.nodes.items() if v not in c.head]
-        return (c.head_work, c.tail_work, c.transfer_bytes, weight_bytes_of(p.analysis, head),
-                weight_bytes_of(p.analysis, tail))
+class Status(str, Enum):
+    OPTIMAL = "optimal"          # proven optimal (every objective stage, within the MIP gap)
+    FEASIBLE = "feasible"        # a plan meeting every constraint; not proven optimal
+    INFEASIBLE = "infeasible"    # no plan exists, or none was found in the time limit
 
 
-def verify(plan: dict[str, Any], program: ir.Program) -> list[str]:
-    """Every way `plan` breaks the program's constraints or misreports a figure; [] if none."""
-    if plan.get("status") == "infeasible":
-        return []
-    problems: list[str] = []
-    df = build(program)
-    graph = instance_graph(program.devices, program.links)
-    tiers = {n: d["tier"] for n, d in graph.nodes(data=True)}
-    device_of = {inst: dev for dev in program.devices.values() for inst in dev.instances()}
-    models = _Models(program)
-    where: dict[tuple[str, int], str] = {}
-    for p in plan["placements"]:
-        where[(p["unit"], p["replica"])] = p["device"]
-        if p["device"] not in device_of:
-            problems.append(f"unknown device instance {p['device']}")
-        elif tiers[p["device"]] != p["tier"]:
-            problems.append(f"{p['unit']}: tier of {p['device']} misreported")
-    splits = {(s["model"], s["replica"]): s for s in plan["splits"]}
+class Part(str, Enum):
+    """What of a declared step a unit runs."""
 
-    def allowed(inst: str, labels: frozenset[str]) -> bool:
-        return all(tiers[inst] in {t.value for t in program.privacy[lb].allow} for lb in labels)
+    OPERATOR = "operator"
+    WHOLE = "whole"              # a model run whole
+    HEAD = "head"                # a split model's first part, up to the cut
+    TAIL = "tail"                # a split model's rest, from the cut
 
-    def route(a: str, b: str, nbytes: int, labels: frozenset[str]) -> tuple[float, list[str]]:
-        if a == b:
-            return 0.0, [a]
-        sub = graph.subgraph([n for n in graph if allowed(n, labels)])
-        try:
-            hops = nx.shortest_path(sub, a, b, weight=lambda u, v, d: 8 * nbytes /
-                                    d["link"].bandwidth_bps + d["link"].latency_s)
-        except (nx.NetworkXNoPath, nx.NodeNotFound):
-            problems.append(f"no allowed route from {a} to {b} for labels {sorted(labels)}")
-            return float("inf"), [a, b]
-        seconds = sum(8 * nbytes / graph[u][v]["link"].bandwidth_bps + graph[u][v]["link"]
-                      .latency_s for u, v in itertools.pairwise(hops))
-        return seconds, hops
+    @property
+    def is_model(self) -> bool:
+        return self is not Part.OPERATOR
 
-    util: dict[str, float] = defaultdict(float)
-    memory: dict[str, float] = defaultdict(float)
-    load: dict[tuple[str, str], float] = defaultdict(float)
-    hosts: set[str] = set()
-    rates: dict[str, float] = {}
-    for name in nx.topological_sort(df.graph):
-        rates[name] = program.sensors[name].rate_hz if name in program.sensors else min(
-            rates[q] for q in df.graph.predecessors(name))
 
-    def in_labels(name: str) -> frozenset[str]:
-        if name in program.sensors:
-            return frozenset(program.sensors[name].privacy)
-        return frozenset().union(*(df.graph.nodes[q]["labels"]
-                                   for q in df.graph.predecessors(name)))
+def unit_name(step: str, part: Part) -> str:
+    """The name of a unit: the step's, `MODEL.head` / `MODEL.tail` for split halves."""
+    return f"{step}.{part.value}" if part in (Part.HEAD, Part.TAIL) else step
 
-    # locations (in, out) of every step of every replica, and the units' own costs
-    loc: dict[tuple[str, int], tuple[str, str]] = {}
-    comp_ms: dict[tuple[str, int], list[tuple[str, str, float]]] = {}
-    inner: dict[tuple[str, int], tuple[float, list[str], int]] = {}
-    for comp in df.components:
-        for r in range(comp.replicas):
-            for name in comp.nodes:
-                if name in program.sensors:
-                    dev = program.devices[program.sensors[name].device]
-                    loc[(name, r)] = (instance(dev, r), instance(dev, r))
-                elif name in program.sinks:
-                    dev = program.devices[program.sinks[name].device]
-                    loc[(name, r)] = (instance(dev, r), instance(dev, r))
-                elif (name, r) in splits:
-                    s = splits[(name, r)]
-                    head = where.get((f"{name}.head", r))
-                    tail = where.get((f"{name}.tail", r))
-                    if head is None or tail is None:
-                        problems.append(f"split model {name} replica {r} is not placed")
-                        continue
-                    hw, tw, nbytes, hm, tm = models.cut(name, s["cut"])
-                    for key, mine in (("head_work_flop", hw), ("tail_work_flop", tw),
-                                      ("transfer_bytes", nbytes)):
-                        if not _close(float(s[key]), float(mine)):
-                            problems.append(f"{name} replica {r}: {key} {s[key]} != {mine}")
-                    loc[(name, r)] = (head, tail)
-                    comp_ms[(name, r)] = [(f"{name}.head", head, hw), (f"{name}.tail", tail, tw)]
-                    memory[head] += hm
-                    memory[tail] += tm
-                    seconds, hops = route(head, tail, nbytes, in_labels(name))
-                    inner[(name, r)] = (seconds, hops, nbytes)
-                    for u, v in itertools.pairwise(hops):
-                        load[(u, v)] += rates[name] * 8 * nbytes
-                else:
-                    at = where.get((name, r))
-                    if at is None:
-                        problems.append(f"{name} replica {r} is not placed")
-                        continue
-                    if name in program.operators:
-                        work, mem = program.operators[name].work_flop, \
-                            program.operators[name].memory_bytes
-                    else:
-                        work, mem = models.whole(name)
-                    loc[(name, r)] = (at, at)
-                    comp_ms[(name, r)] = [(name, at, work)]
-                    memory[at] += mem
-                for unit, at, work in comp_ms.get((name, r), []):
-                    util[at] += rates[name] * work / device_of[at].compute_flops
-                    hosts.add(at)
-                if name not in program.sensors and (name, r) in loc:
-                    for at in set(loc[(name, r)]):
-                        if not allowed(at, in_labels(name)):
-                            problems.append(f"{name} replica {r} on {at} breaks privacy")
-    if problems:
-        return problems
-    # messages: once per distinct destination instance of each producer
-    sent: set[tuple[str, int, str]] = set()
-    for comp in df.components:
-        for r in range(comp.replicas):
-            for u, v in df.graph.subgraph(comp.nodes).edges:
-                a, b = loc[(u, r)][1], loc[(v, r)][0]
-                nbytes = program.output_bytes(u)
-                if a == b or (u, r, b) in sent:
-                    continue
-                sent.add((u, r, b))
-                _, hops = route(a, b, nbytes, df.graph.nodes[u]["labels"])
-                for x, y in itertools.pairwise(hops):
-                    load[(x, y)] += rates[u] * 8 * nbytes
-    # pipelines
-    reported = {(p["name"], p["replica"]): p for p in plan["pipelines"]}
-    worst: dict[str, float] = defaultdict(float)
-    for comp in df.components:
-        for r in range(comp.replicas):
-            for p in program.pipelines.values():
-                if p.flow[0] not in comp.nodes:
-                    continue
-                total = 0.0
-                for i, name in enumerate(p.flow):
-                    if i > 0:
-                        prev = p.flow[i - 1]
-                        total += route(loc[(prev, r)][1], loc[(name, r)][0],
-                                       program.output_bytes(prev),
-                                       df.graph.nodes[prev]["labels"])[0]
-                    for _, at, work in comp_ms.get((name, r), []):
-                        total += work / device_of[at].compute_flops
-                    if (name, r) in inner:
-                        total += inner[(name, r)][0]
-                worst[p.name] = max(worst[p.name], total)
-                got = reported.get((p.name, r))
-                if got is None:
-                    problems.append(f"pipeline {p.name} replica {r} missing from the plan")
-                    continue
-                if not _close(got["latency_ms"], total * 1e3):
-                    problems.append(f"pipeline {p.name} replica {r}: latency {got['latency_ms']}"
-                                    f" ms reported, {total * 1e3} ms recomputed")
-                if not _close(sum(b["ms"] for b in got["breakdown"]), got["latency_ms"]):
-                    problems.append(f"pipeline {p.name} replica {r}: breakdown does not sum")
-                slo = p.slo.latency_s
-                if slo is not None and total > slo * (1 + REL):
-                    problems.append(f"pipeline {p.name} replica {r} misses its SLO")
-                if got["met"] != (slo is None or total <= slo * (1 + REL)):
-                    problems.append(f"pipeline {p.name} replica {r}: `met` misreported")
-    for inst, load_share in util.items():
-        if load_share > 1 + REL:
-            problems.append(f"{inst} over its compute: {load_share:.3f}")
-    for inst, m in memory.items():
-        if m > device_of[inst].memory_bytes * (1 + REL):
-            problems.append(f"{inst} over its memory: {m}")
-    for (a, b), bps in load.items():
-        if bps > graph[a][b]["link"].bandwidth_bps * (1 + REL):
-            problems.append(f"link {a} -> {b} over its bandwidth: {bps}")
-    for d in plan["devices"]:
-        if not _close(d["utilization"], util.get(d["device"], 0.0)) or not _close(
-                d["memory_bytes"], memory.get(d["device"], 0.0)):
-            problems.append(f"device {d['device']}: utilisation or memory misreported")
-    for lk in plan["links"]:
-        bw = graph[lk["from"]][lk["to"]]["link"].bandwidth_bps
-        if not _close(lk["utilization"], load.get((lk["from"], lk["to"]), 0.0) / bw):
-            problems.append(f"link {lk['from']} -> {lk['to']}: utilisation misreported")
-    traffic = sum(bps / 8 * 3600 * graph[a][b]["link"].cost_usd_per_byte
-                  for (a, b), bps in load.items())
-    objective = {
-        "latency_ms": sum(worst.values()) * 1e3,
-        "cost_usd_per_h": sum(device_of[i].cost_usd_per_s * 3600 for i in hosts) + traffic,
-        "energy_w": sum(device_of[i].power_w * u for i, u in util.items()),
-    }
-    for key, value in objective.items():
-        if not _close(plan["objective"][key], value):
-            problems.append(f"objective {key}: {plan['objective'][key]} reported, {value} "
-                            "recomputed")
-    return problems
+
+class PlacedUnit(_Frozen):
+    step: str                    # the declared operator or model
+    part: Part
+    replica: int
+    device: str                  # device instance
+    tier: Tier
+    cut: tuple[str, ...] = ()    # head and tail: the tensors the head sends the tail
+    compute_share: float         # of its device's compute (runs per second x seconds per run)
+    memory_bytes: float
+
+    @property
+    def name(self) -> str:
+        return unit_name(self.step, self.part)
+
+
+class SplitChoice(_Frozen):
+    model: str
+    replica: int
+    cut: tuple[str, ...]
+    transfer_bytes: int
+    head_work_flop: int          # the ONNX analysis counts whole FLOP
+    tail_work_flop: int
+
+
+class Compute(_Frozen):
+    kind: Literal["compute"] = "compute"
+    unit: str
+    device: str
+    seconds: float
+
+
+class Transfer(_Frozen):
+    kind: Literal["transfer"] = "transfer"
+    route: tuple[str, ...]       # device instances, source first
+    bytes: int
+    seconds: float
+
+
+class PipelineLatency(_Frozen):
+    name: str
+    replica: int
+    latency_s: float
+    slo_latency_s: float | None
+    met: bool
+    breakdown: tuple[Compute | Transfer, ...]
+
+
+class DeviceUse(_Frozen):
+    device: str
+    tier: Tier
+    utilization: float
+    memory_bytes: float
+
+
+class LinkUse(_Frozen):
+    source: str
+    target: str
+    utilization: float
+
+
+class Reason(_Frozen):
+    """Why no plan exists, with the declarations involved (the first is the primary one)."""
+
+    message: str
+    spans: tuple[Span, ...] = ()
+
+
+class Plan(_Frozen):
+    app: str
+    status: Status
+    gap: float = 0.0
+    objective: dict[str, float] = Field(default_factory=dict)   # by term name
+    units: tuple[PlacedUnit, ...] = ()
+    splits: tuple[SplitChoice, ...] = ()
+    pipelines: tuple[PipelineLatency, ...] = ()
+    devices: tuple[DeviceUse, ...] = ()
+    links: tuple[LinkUse, ...] = ()
+    explanation: tuple[Reason, ...] = ()
+
+    @property
+    def feasible(self) -> bool:
+        return self.status is not Status.INFEASIBLE
+
+    def unit(self, step: str, part: Part, replica: int) -> PlacedUnit:
+        return next(u for u in self.units
+                    if u.step == step and u.part is part and u.replica == replica)
+
+    def split_of(self, model: str, replica: int) -> SplitChoice | None:
+        return next((s for s in self.splits if s.model == model and s.replica == replica), None)
+
+    def worst_pipelines(self) -> list[PipelineLatency]:
+        """Each pipeline's slowest replica (the first of equals), in plan order."""
+        worst: dict[str, PipelineLatency] = {}
+        for p in self.pipelines:
+            if p.name not in worst or p.latency_s > worst[p.name].latency_s:
+                worst[p.name] = p
+        return list(worst.values())
+
+    def used_devices(self) -> list[DeviceUse]:
+        return [d for d in self.devices if d.utilization > 0 or d.memory_bytes > 0]
+
+    # ---------------------------------------------------------------- plan.json
+    def to_dict(self) -> dict[str, Any]:
+        """plan.json's content (docs/placement.md): the Plan with times in milliseconds."""
+        out: dict[str, Any] = {"app": self.app, "status": self.status.value}
+        if not self.feasible:
+            out.update({"objective": None, "placements": [], "splits": [], "pipelines": [],
+                        "devices": [], "links": [],
+                        "explanation": [{"message": r.message,
+                                         "related": [s.to_json() for s in r.spans]}
+                                        for r in self.explanation]})
+            return out
+        out["gap"] = self.gap
+        out["objective"] = plan_objective(self.objective)
+        out["placements"] = [{"unit": u.name, "replica": u.replica, "device": u.device,
+                              "tier": u.tier.value} for u in self.units]
+        out["splits"] = [{"model": s.model, "replica": s.replica, "cut": list(s.cut),
+                          "transfer_bytes": s.transfer_bytes,
+                          "head_work_flop": s.head_work_flop,
+                          "tail_work_flop": s.tail_work_flop} for s in self.splits]
+        out["pipelines"] = [{"name": p.name, "replica": p.replica,
+                             "latency_ms": p.latency_s * 1e3,
+                             "slo_latency_ms": p.slo_latency_s * 1e3
+                             if p.slo_latency_s is not None else None,
+                             "met": p.met, "breakdown": [_row(b) for b in p.breakdown]}
+                            for p in self.pipelines]
+        out["devices"] = [{"device": d.device, "tier": d.tier.value,
+                           "utilization": d.utilization, "memory_bytes": d.memory_bytes}
+                          for d in self.devices]
+        out["links"] = [{"from": lk.source, "to": lk.target, "utilization": lk.utilization}
+                        for lk in self.links]
+        out["explanation"] = []
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def _row(b: Compute | Transfer) -> dict[str, Any]:
+    if isinstance(b, Compute):
+        return {"kind": "compute", "unit": b.unit, "device": b.device, "ms": b.seconds * 1e3}
+    return {"kind": "transfer", "from": b.route[0], "to": b.route[-1], "route": list(b.route),
+            "bytes": b.bytes, "ms": b.seconds * 1e3}

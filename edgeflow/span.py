@@ -32,3 +32,9 @@ class Span:
             "start": {"line": self.line, "col": self.col, "offset": self.start},
             "end": {"line": self.end_line, "col": self.end_col, "offset": self.end},
         }
+
+
+def file_span(file: str) -> Span:
+    """The span of a whole file that has no text to point into (an ONNX model, a profile, an
+    output path): line 1, column 1, empty. `render_text` prints its `-->` line and no snippet."""
+    return Span(file, 0, 0, 1, 1, 1, 1)

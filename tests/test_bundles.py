@@ -17,9 +17,8 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 
-from edgeflow import check_text, load
-from edgeflow.emit import MARKER, bundle_files, write_bundle
-from edgeflow.placement import make_plan
+from edgeflow import api, check_text, load
+from edgeflow.emit import MARKER, write_bundle
 from tests.conftest import FIXTURES, ROOT, assert_golden
 from tests.test_cli import run
 from tests.test_placement import SPLIT_APP, random_app
@@ -29,8 +28,7 @@ K8S_VERSIONS = ["1.30.0", "1.37.0"]
 
 
 def compile_program(program: Any, target: str, source: str) -> dict[str, bytes]:
-    plan, problem = make_plan(program)
-    return bundle_files(program, plan, problem, target, source)
+    return api.bundle(program, api.plan(program).plan, target, source)
 
 
 @pytest.fixture(scope="module")
@@ -218,11 +216,11 @@ def test_compile_into_an_unwritable_place_is_an_error_not_a_traceback() -> None:
 def test_every_feasible_random_app_compiles_to_valid_bundles(text: str) -> None:
     result = check_text(text, str(ROOT / "examples" / "random.ef"))
     assert result.program is not None
-    plan, problem = make_plan(result.program)
-    if plan["status"] == "infeasible":
+    plan = api.plan(result.program).plan
+    if not plan.feasible:
         return
     for target in ("k8s", "compose"):
-        files = bundle_files(result.program, plan, problem, target, "random.ef")
+        files = api.bundle(result.program, plan, target, "random.ef")
         assert "plan.json" in files and MARKER in files
         if target == "k8s":
             for obj in _objects(files):

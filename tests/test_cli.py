@@ -87,7 +87,9 @@ def test_non_utf8_and_directory_are_diagnostics_not_crashes() -> None:
 def test_plan_json_and_exit_codes() -> None:
     proc = run("plan", "examples/ar_assist.ef", "--json")
     assert proc.returncode == 0, proc.stderr
-    plan = json.loads(proc.stdout)  # nothing but JSON on stdout (no solver banner)
+    out = json.loads(proc.stdout)  # nothing but JSON on stdout (no solver banner)
+    assert out["command"] == "plan" and out["ok"] is True and out["diagnostics"] == []
+    plan = out["result"]
     assert plan["status"] == "optimal" and plan["app"] == "ar_assist"
     assert {"objective", "placements", "splits", "pipelines", "devices", "links",
             "explanation"} <= set(plan)

@@ -18,10 +18,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgeflow import load
+from edgeflow import api, load
 from edgeflow.emit.bundle import Broker, Bundle, build_bundle
 from edgeflow.emit.mqtt import render_acl, render_conf
-from edgeflow.placement import make_plan
 from tests.conftest import ROOT
 from tests.mqtt_certs import make_ca, make_cert
 
@@ -151,8 +150,7 @@ BUNDLES = ["ar_assist", "smart_city_traffic"]
 @pytest.fixture(scope="module", params=BUNDLES)
 def bundle(request: pytest.FixtureRequest) -> Bundle:
     program = load(ROOT / "examples" / f"{request.param}.ef")
-    plan, _ = make_plan(program)
-    return build_bundle(program, plan)
+    return build_bundle(program, api.plan(program).plan)
 
 
 def test_each_broker_enforces_its_acl(bundle: Bundle) -> None:

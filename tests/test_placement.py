@@ -12,13 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeflow import check_text, load
-from edgeflow.placement import make_plan
+from edgeflow import api, check_text, load
 from edgeflow.placement.baselines import BASELINES
 from edgeflow.placement.evaluate import Split, evaluate
 from edgeflow.placement.milp import solve
 from edgeflow.placement.problem import build_problem
-from edgeflow.plan import verify
+from edgeflow.verify import verify
 from tests.conftest import FIXTURES, ROOT, assert_golden
 
 VITALS = ROOT / "examples" / "models" / "vitals.onnx"
@@ -121,7 +120,7 @@ def test_solver_matches_brute_force_and_the_verifier(text: str) -> None:
     got = ev.terms(result.program.app.objective)
     for a, b in zip(got, expected, strict=True):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-9)
-    plan, _ = make_plan(result.program, time_limit=60)
+    plan = api.plan(result.program, time_limit=60).plan
     assert verify(plan, result.program) == []
 
 
@@ -129,21 +128,18 @@ def test_solver_matches_brute_force_and_the_verifier(text: str) -> None:
 def test_example_plans(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # spans in explanations name the file as given: keep it relative
     program = load(path.relative_to(ROOT))
-    plan, problem = make_plan(program, time_limit=60)
+    result = api.plan(program, time_limit=60, compare=True)
+    plan = result.plan
     assert verify(plan, program) == []
-    assert_golden(FIXTURES / "plans" / f"{path.stem}.json", json.dumps(plan, indent=2) + "\n")
-    if plan["status"] != "infeasible":
-        best = plan["objective"]
-        mine = (best["latency_ms"] / 1e3, best["cost_usd_per_h"], best["energy_w"])
-        for baseline in BASELINES.values():
-            assignment = baseline(problem)
-            if assignment is None:
+    assert_golden(FIXTURES / "plans" / f"{path.stem}.json", plan.to_json())
+    assert [b.name for b in result.baselines] == list(BASELINES)
+    if plan.feasible:
+        ours = plan.objective
+        for baseline in result.baselines:
+            if baseline.objective is None:
                 continue
-            ev = evaluate(problem, assignment)
-            if ev.feasible:  # never worse than a feasible baseline, lexicographically
-                theirs = {"latency": ev.objective["latency"], "cost": ev.objective["cost"],
-                          "energy": ev.objective["energy"]}
-                ours = dict(zip(("latency", "cost", "energy"), mine, strict=True))
+            if baseline.feasible:  # never worse than a feasible baseline, lexicographically
+                theirs = baseline.objective
                 for term in program.app.objective:
                     if ours[term] < theirs[term] * (1 - 1e-9):
                         break
@@ -170,14 +166,14 @@ def test_infeasibility_explanations(case: str, monkeypatch: pytest.MonkeyPatch) 
     text = text.replace("bandwidth = 200 Mbps, latency = 18 ms", "bandwidth = 1 Gbps, latency = 18 ms")
     result = check_text(text, "examples/reference.ef")
     assert result.program is not None
-    plan, _ = make_plan(result.program, time_limit=30)
+    plan = api.plan(result.program, time_limit=30).plan
     assert_golden(FIXTURES / "plans" / f"infeasible_{case}.json",
-                  json.dumps(plan["explanation"], indent=2) + "\n")
+                  json.dumps(plan.to_dict()["explanation"], indent=2) + "\n")
     if case == "control":
-        assert plan["status"] == "optimal"  # the control: fixed reference app is feasible
+        assert plan.status == "optimal"  # the control: fixed reference app is feasible
         assert verify(plan, result.program) == []
     else:
-        assert plan["status"] == "infeasible" and plan["explanation"]
+        assert plan.status == "infeasible" and plan.explanation
 
 
 SPLIT_APP = f"""
@@ -198,8 +194,10 @@ pipeline detect {{ flow = camera -> detector -> detections }}
 def test_split_placement_matches_the_split_optimum() -> None:
     result = check_text(SPLIT_APP, str(ROOT / "examples" / "split_demo.ef"))
     assert result.program is not None
-    plan, problem = make_plan(result.program)
-    assert plan["status"] == "optimal" and verify(plan, result.program) == []
+    placed = api.plan(result.program).plan
+    problem = build_problem(result.program)
+    plan = placed.to_dict()
+    assert plan["status"] == "optimal" and verify(placed, result.program) == []
     assert [(s["model"], s["replica"], s["cut"]) for s in plan["splits"]] == [
         ("detector", 0, ["conv_21"]), ("detector", 1, ["conv_21"])]
     units = {(p["unit"], p["replica"]): p["device"] for p in plan["placements"]}
@@ -223,6 +221,6 @@ def test_split_placement_matches_the_split_optimum() -> None:
 def test_apps_with_nothing_to_decide_are_optimal(text: str) -> None:
     result = check_text(text, str(ROOT / "examples" / "trivial.ef"))
     assert result.program is not None
-    plan, _ = make_plan(result.program)
-    assert plan["status"] == "optimal" and plan["placements"] == []
+    plan = api.plan(result.program).plan
+    assert plan.status == "optimal" and plan.units == ()
     assert verify(plan, result.program) == []

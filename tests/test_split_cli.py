@@ -1,16 +1,21 @@
-"""`edgeflow split` and `edgeflow profile` as a user runs them."""
+"""`edgeflow split` and `edgeflow profile` as a user runs them, and `api.split` and
+`api.profile` beneath them."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
+from edgeflow import api
+from edgeflow.models.split import Setting
 from tests.conftest import ROOT
 from tests.test_cli import run
 
@@ -19,10 +24,17 @@ BASE = ["split", DETECTOR, "--input", "images=float32[1,3,320,320]", "--edge-com
         "5GFLOPS", "--cloud-compute", "100TFLOPS", "--bandwidth", "100Mbps", "--latency", "10ms"]
 
 
-def test_json_follows_the_contract() -> None:
-    proc = run(*BASE, "--json")
+def result(proc: subprocess.CompletedProcess[str], command: str = "split") -> Any:
+    """The `result` of a successful command's JSON envelope."""
     assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
+    out = json.loads(proc.stdout)
+    assert out["command"] == command and out["ok"] is True and out["diagnostics"] == []
+    return out["result"]
+
+
+def test_json_follows_the_contract() -> None:
+    data = result(run(*BASE, "--json"))
+    assert data == result(run(*BASE, "--format", "json"))  # --json is an alias
     assert data["model"] == "detector.onnx"
     assert data["inputs"] == {"images": "float32[1,3,320,320]"}
     assert data["total_work_flop"] == 293465600
@@ -73,23 +85,24 @@ def test_emit_writes_equivalent_halves(tmp_path: Path) -> None:
 def test_emit_never_replaces_a_file_it_did_not_write(tmp_path: Path) -> None:
     (tmp_path / "head.onnx").write_text("mine")
     proc = run(*BASE, "--emit", str(tmp_path))
-    assert proc.returncode == 2 and "not written by edgeflow" in proc.stderr
+    assert proc.returncode == 1 and "error[E1002]" in proc.stderr
+    assert "not written by edgeflow" in proc.stderr
     assert (tmp_path / "head.onnx").read_text() == "mine"
+    assert not (tmp_path / "tail.onnx").exists()
 
 
 def test_forced_cut(tmp_path: Path) -> None:
-    data = json.loads(run(*BASE, "--json").stdout)
+    data = result(run(*BASE, "--json"))
     other = next(r for r in data["candidates"] if r != data["optimal"])
     proc = run(*BASE, "--json", "--cut", ",".join(other["cut"]), "--emit", str(tmp_path))
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["forced"] == other
+    assert result(proc)["forced"] == other
     tail = onnx.load(str(tmp_path / "tail.onnx"))
     assert [i.name for i in tail.graph.input] == other["cut"]
 
 
 def test_sweep_gives_a_decision_table() -> None:
     proc = run(*BASE, "--json", "--sweep", "bandwidth=1Mbps..1Gbps")
-    rows = json.loads(proc.stdout)["sweep"]
+    rows = result(proc)["sweep"]
     assert rows[0]["from_bps"] == 1e6 and rows[-1]["to_bps"] == 1e9
     for a, b in pairwise(rows):
         assert a["to_bps"] == pytest.approx(b["from_bps"])
@@ -130,11 +143,13 @@ def test_profile_refuses_to_replace_a_foreign_file(tmp_path: Path) -> None:
     mine = tmp_path / "notes.json"
     mine.write_text('{"mine": true}')
     proc = run("profile", DETECTOR, "--input", "images=float32[1,3,320,320]", "-o", str(mine))
-    assert proc.returncode == 2 and "not written by edgeflow" in proc.stderr
+    assert proc.returncode == 1 and "error[E1002]" in proc.stderr
+    assert "not written by edgeflow" in proc.stderr
     assert mine.read_text() == '{"mine": true}'
     blocked = run("profile", DETECTOR, "--input", "images=float32[1,3,320,320]", "-o",
                   "/proc/edgeflow/profile.json")
-    assert blocked.returncode == 2 and "cannot write" in blocked.stderr
+    assert blocked.returncode == 1 and "error[E1001]" in blocked.stderr
+    assert "cannot write" in blocked.stderr
     assert "Traceback" not in blocked.stderr
 
 
@@ -147,14 +162,13 @@ def test_profile_then_split_with_it(tmp_path: Path) -> None:
                 "--runs", "1", "--warmup", "0")
     assert again.returncode == 0, again.stderr  # its own profile may be replaced
     proc = run("profile", DETECTOR, "--input", "images=float32[1,3,320,320]", "-o", str(out),
-               "--runs", "3", "--warmup", "1")
+               "--runs", "3", "--warmup", "1", "--format", "json")
     profile = json.loads(out.read_text())
+    assert result(proc, "profile") == {**profile, "output": str(out)}
     model = onnx.load(DETECTOR)
     assert set(profile["node_seconds"]) == {n.name for n in model.graph.node}
     assert all(t >= 0 for t in profile["node_seconds"].values())
-    proc = run(*BASE, "--json", "--edge-profile", str(out))
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
+    data = result(run(*BASE, "--json", "--edge-profile", str(out)))
     edge_only = next(r for r in data["candidates"] if r["cut"] == ["detections"])
     assert edge_only["head_ms"] == pytest.approx(profile["total_seconds"] * 1e3, rel=1e-6)
 
@@ -166,3 +180,87 @@ def test_binding_errors_use_the_check_codes() -> None:
     vitals = str(ROOT / "examples" / "models" / "vitals.onnx")
     fixed = run("split", vitals, "--input", "window=float32[1,6,500]", *BASE[4:])
     assert fixed.returncode == 1 and "error[E0605]" in fixed.stderr and "250" in fixed.stderr
+
+
+def test_json_error_is_an_envelope_with_the_coded_diagnostic(tmp_path: Path) -> None:
+    proc = run(*BASE, "--format", "json", "--cut", "nonexistent")
+    assert proc.returncode == 1
+    out = json.loads(proc.stdout)
+    assert out["command"] == "split" and out["ok"] is False and out["result"] is None
+    (diag,) = out["diagnostics"]
+    assert diag["code"] == "E0801" and diag["severity"] == "error"
+    assert diag["span"]["file"] == DETECTOR and diag["span"]["start"]["line"] == 1
+    mine = tmp_path / "notes.json"
+    mine.write_text("mine")
+    proc = run("profile", DETECTOR, "--input", "images=float32[1,3,320,320]", "-o", str(mine),
+               "--runs", "1", "--warmup", "0", "--format", "json")
+    assert proc.returncode == 1
+    out = json.loads(proc.stdout)
+    assert out["command"] == "profile" and out["ok"] is False and out["result"] is None
+    assert [d["code"] for d in out["diagnostics"]] == ["E1002"]
+    assert out["diagnostics"][0]["span"]["file"] == str(mine)
+
+
+# ---- the API: user errors come back as diagnostics, never as exceptions
+
+IMAGES = {"images": ("float32", (1, 3, 64, 64))}
+SETTING = Setting(1e12, 1e13, 1e7, 0.0)
+
+
+@pytest.fixture
+def junk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The current folder, holding a file that is not ONNX, a profile without `node_seconds` and
+    a `head.onnx` that edgeflow did not write."""
+    monkeypatch.chdir(tmp_path)
+    Path("junk.onnx").write_text("not onnx")
+    Path("profile.json").write_text('{"nodes": []}')
+    Path("head.onnx").write_text("mine")
+    return tmp_path
+
+
+# case: (the arguments changed, the code, the file reported on; None for the model)
+SPLIT_ERRORS: dict[str, tuple[dict[str, Any], str, str | None]] = {
+    "missing model": ({"model_path": "missing.onnx"}, "E0601", "missing.onnx"),
+    "not onnx": ({"model_path": "junk.onnx"}, "E0602", "junk.onnx"),
+    "unbound input": ({"inputs": {}}, "E0603", None),
+    "invalid cut": ({"cut": ["conv_30"]}, "E0801", None),
+    "bad profile": ({"edge_profile": Path("profile.json")}, "E0802", "profile.json"),
+    "cannot write": ({"emit": Path("junk.onnx")}, "E1001", "junk.onnx/head.onnx"),
+    "foreign file": ({"emit": Path()}, "E1002", "head.onnx"),
+}
+PROFILE_ERRORS: dict[str, tuple[dict[str, Any], str, str | None]] = {
+    **{case: SPLIT_ERRORS[case] for case in ("missing model", "not onnx", "unbound input")},
+    "cannot write": ({"output": Path("junk.onnx/p.json")}, "E1001", "junk.onnx/p.json"),
+    "foreign file": ({"output": Path("head.onnx")}, "E1002", "head.onnx"),
+}
+
+
+@pytest.mark.parametrize("case", list(SPLIT_ERRORS))
+def test_api_split_returns_diagnostics(case: str, junk: Path) -> None:
+    changes, code, file = SPLIT_ERRORS[case]
+    out = api.split(**{"model_path": DETECTOR, "inputs": IMAGES, "setting": SETTING, **changes})
+    assert not out.ok and out.data is None and out.cut is None and out.emitted == []
+    assert [(d.code, d.span.file) for d in out.diagnostics] == [(code, file or DETECTOR)]
+    assert not list(junk.glob("**/tail.onnx"))
+
+
+@pytest.mark.parametrize("case", list(PROFILE_ERRORS))
+def test_api_profile_returns_diagnostics(case: str, junk: Path) -> None:
+    changes, code, file = PROFILE_ERRORS[case]
+    out = api.profile(**{"model_path": DETECTOR, "inputs": IMAGES, "output": Path("p.json"),
+                         "runs": 1, "warmup": 0, **changes})
+    assert not out.ok and out.data is None and out.to_json() is None
+    assert [(d.code, d.span.file) for d in out.diagnostics] == [(code, file or DETECTOR)]
+    assert Path("head.onnx").read_text() == "mine"
+
+
+def test_api_split_and_profile(tmp_path: Path) -> None:
+    written = api.profile(DETECTOR, IMAGES, tmp_path / "edge.json", runs=1, warmup=0)
+    assert written.ok and written.data == json.loads((tmp_path / "edge.json").read_text())
+    out = api.split(DETECTOR, IMAGES, SETTING, emit=tmp_path / "out",
+                    edge_profile=tmp_path / "edge.json")
+    assert out.ok and out.diagnostics == [] and out.data is not None
+    assert out.cut == out.data["optimal"]["cut"]  # type: ignore[index]
+    assert out.emitted == [tmp_path / "out" / "head.onnx", tmp_path / "out" / "tail.onnx"]
+    assert out.setting.edge_profile and not SETTING.edge_profile  # the caller's is untouched
+    assert "edge times from a measured profile" in out.render_text()

@@ -27,24 +27,30 @@ def _custom_op_model(path: Path) -> None:
     onnx.save(model, path)
 
 
-CASES = {
-    "E0606_unknown_shape": (["split", "custom.onnx", "--input", "x=float32[1,4]", *BASE], None),
-    "E0801_not_a_cut": (["split", "detector.onnx", "--input", "images=float32[1,3,64,64]",
-                         "--cut", "conv_30", *BASE], None),
-    "E0802_bad_profile": (["split", "detector.onnx", "--input", "images=float32[1,3,64,64]",
-                           "--edge-profile", "profile.json", *BASE], "profile.json"),
+DETECTOR = ["split", "detector.onnx", "--input", "images=float32[1,3,64,64]", *BASE]
+# case: (arguments, files written in the folder beforehand)
+CASES: dict[str, tuple[list[str], dict[str, str]]] = {
+    "E0606_unknown_shape": (["split", "custom.onnx", "--input", "x=float32[1,4]", *BASE], {}),
+    "E0801_not_a_cut": ([*DETECTOR, "--cut", "conv_30"], {}),
+    "E0802_bad_profile": ([*DETECTOR, "--edge-profile", "profile.json"],
+                          {"profile.json": '{"nodes": []}'}),
+    "E1001_emit_into_a_file": ([*DETECTOR, "--emit", "notes.txt"], {"notes.txt": "mine"}),
+    "E1002_foreign_head": ([*DETECTOR, "--emit", "out"], {"out/head.onnx": "mine"}),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_split_error_golden(case: str, tmp_path: Path) -> None:
-    args, junk = CASES[case]
+    args, existing = CASES[case]
     _custom_op_model(tmp_path / "custom.onnx")
     (tmp_path / "detector.onnx").write_bytes((ROOT / "examples" / "models" /
                                               "detector.onnx").read_bytes())
-    if junk:
-        (tmp_path / junk).write_text('{"nodes": []}')
+    for name, text in existing.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
     proc = run(*args, cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"error[{case.split('_')[0]}]")
     assert_golden(SPLIT / f"{case}.out", proc.stderr)
+    assert all((tmp_path / name).read_text() == text for name, text in existing.items())
+    assert not list(tmp_path.glob("**/tail.onnx"))  # on any error nothing is written

@@ -16,6 +16,7 @@ from edgeflow import ir
 from edgeflow.models.analysis import analyse
 from edgeflow.models.cuts import CutProblem
 from edgeflow.models.extract import split_model
+from edgeflow.plan import Part, Plan
 
 MODELS_MOUNT = "/var/lib/edgeflow/models"
 
@@ -23,7 +24,7 @@ MODELS_MOUNT = "/var/lib/edgeflow/models"
 @dataclass(frozen=True)
 class Artefact:
     model: str
-    part: str            # whole, head, tail
+    part: Part           # whole, head, tail
     cut: tuple[str, ...]
     path: str            # relative to the bundle
     data: bytes
@@ -37,19 +38,19 @@ class Artefact:
         return f"{MODELS_MOUNT}/{self.path.removeprefix('models/')}"
 
 
-def build_artefacts(program: ir.Program, plan: dict[str, Any]) -> dict[tuple[str, str, int], Artefact]:
+def build_artefacts(program: ir.Program, plan: Plan) -> dict[tuple[str, Part, int], Artefact]:
     """(model, part, replica) -> the file that replica's unit runs."""
-    out: dict[tuple[str, str, int], Artefact] = {}
+    out: dict[tuple[str, Part, int], Artefact] = {}
     cuts_of: dict[str, dict[tuple[str, ...], list[int]]] = {}
-    for s in plan["splits"]:
-        cuts_of.setdefault(s["model"], {}).setdefault(tuple(s["cut"]), []).append(s["replica"])
-    whole = {(p["unit"], p["replica"]) for p in plan["placements"]}
+    for s in plan.splits:
+        cuts_of.setdefault(s.model, {}).setdefault(s.cut, []).append(s.replica)
+    whole = sorted((u.step, u.replica) for u in plan.units if u.part is Part.WHOLE)
     for name, model in program.models.items():
         source = Path(model.source).read_bytes()
-        for unit, r in sorted(whole):
+        for unit, r in whole:
             if unit == name:
-                out[(name, "whole", r)] = Artefact(name, "whole", (), f"models/{name}/model.onnx",
-                                                   source)
+                out[(name, Part.WHOLE, r)] = Artefact(name, Part.WHOLE, (),
+                                                      f"models/{name}/model.onnx", source)
         if name not in cuts_of:
             continue
         analysis = analyse(onnx.load_from_string(source),
@@ -58,7 +59,7 @@ def build_artefacts(program: ir.Program, plan: dict[str, Any]) -> dict[tuple[str
         for cut, replicas in sorted(cuts_of[name].items()):
             head, tail = split_model(analysis, problem.from_tensors(list(cut)))
             tag = hashlib.sha256("\n".join(cut).encode()).hexdigest()[:10]
-            for part, proto in (("head", head), ("tail", tail)):
+            for part, proto in ((Part.HEAD, head), (Part.TAIL, tail)):
                 art = Artefact(name, part, cut, f"models/{name}/cut-{tag}/{part}.onnx",
                                proto.SerializeToString(deterministic=True))
                 for r in replicas:
@@ -66,13 +67,13 @@ def build_artefacts(program: ir.Program, plan: dict[str, Any]) -> dict[tuple[str
     return out
 
 
-def manifest(program: ir.Program, artefacts: dict[tuple[str, str, int], Artefact]) -> bytes:
+def manifest(program: ir.Program, artefacts: dict[tuple[str, Part, int], Artefact]) -> bytes:
     versions = {name: hashlib.sha256(Path(m.source).read_bytes()).hexdigest()[:12]
                 for name, m in program.models.items()}
     rows: dict[str, dict[str, Any]] = {}
     for (model, _, r), art in sorted(artefacts.items()):
         row = rows.setdefault(art.path, {"model": model, "version": versions[model],
-                                         "part": art.part, "cut": list(art.cut),
+                                         "part": art.part.value, "cut": list(art.cut),
                                          "path": art.path, "sha256": art.sha256,
                                          "bytes": len(art.data), "replicas": []})
         row["replicas"].append(r)

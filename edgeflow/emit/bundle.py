@@ -17,6 +17,7 @@ from typing import Any
 
 from edgeflow import ir
 from edgeflow.dataflow import Dataflow, build, instance
+from edgeflow.plan import Part, PlacedUnit, Plan, unit_name
 
 TIER_ORDER = {"edge": 0, "fog": 1, "cloud": 2}
 MQTT_PORT = 8883
@@ -41,6 +42,7 @@ class Client:
     reads: list[str] = field(default_factory=list)
     writes: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    placed: PlacedUnit | None = None  # a unit's entry in the Plan
 
     @property
     def is_unit(self) -> bool:
@@ -85,13 +87,17 @@ class Broker:
 class Bundle:
     app: str
     program: ir.Program
-    plan: dict[str, Any]
+    plan: Plan
     clients: list[Client]
     brokers: dict[str, Broker]
     max_message_bytes: int
 
     def units(self) -> list[Client]:
         return [c for c in self.clients if c.is_unit]
+
+    def placed(self, c: Client) -> PlacedUnit:
+        assert c.placed is not None, f"{c.step} is not a unit"
+        return c.placed
 
 
 def topic(app: str, replica: int, step: str) -> str:
@@ -105,11 +111,11 @@ def _tier(program: ir.Program, inst: str) -> str:
     raise KeyError(inst)
 
 
-def build_bundle(program: ir.Program, plan: dict[str, Any]) -> Bundle:
+def build_bundle(program: ir.Program, plan: Plan) -> Bundle:
     app = program.app.name
     df = build(program)
-    where = {(p["unit"], p["replica"]): p["device"] for p in plan["placements"]}
-    splits = {(s["model"], s["replica"]): s for s in plan["splits"]}
+    placed = {(u.name, u.replica): u for u in plan.units}
+    splits = {(s.model, s.replica): s for s in plan.splits}
     clients: dict[tuple[str, int | None], Client] = {}
     # per replica: where each step's input arrives and where its output leaves
     arrive: dict[tuple[str, int], tuple[Client, str]] = {}
@@ -120,7 +126,9 @@ def build_bundle(program: ir.Program, plan: dict[str, Any]) -> Bundle:
         key = (step, replica)
         if key not in clients:
             ident = f"{app}.{step}" + (f".r{replica}" if replica is not None else "")
-            clients[key] = Client(step, replica, kind, device, _tier(program, device), ident)
+            clients[key] = Client(step, replica, kind, device, _tier(program, device), ident,
+                                  placed=placed.get((step, replica)) if replica is not None
+                                  else None)
         return clients[key]
 
     for comp in df.components:
@@ -141,20 +149,22 @@ def build_bundle(program: ir.Program, plan: dict[str, Any]) -> Bundle:
                     c = client(name, None if shared else r, sink.kind, instance(d, r))
                     arrive[(name, r)] = (c, c.device)
                 elif (name, r) in splits:
-                    s = splits[(name, r)]
-                    head_dev, tail_dev = where[(f"{name}.head", r)], where[(f"{name}.tail", r)]
-                    head = client(f"{name}.head", r, "head", head_dev)
-                    tail = client(f"{name}.tail", r, "tail", tail_dev)
-                    cut = topic(app, r, f"{name}.head")
+                    split = splits[(name, r)]
+                    head_name, tail_name = unit_name(name, Part.HEAD), unit_name(name, Part.TAIL)
+                    head_dev = placed[(head_name, r)].device
+                    tail_dev = placed[(tail_name, r)].device
+                    head = client(head_name, r, "head", head_dev)
+                    tail = client(tail_name, r, "tail", tail_dev)
+                    cut = topic(app, r, head_name)
                     head.writes.append(cut)
                     tail.reads.append(cut)
-                    out = topic(app, r, f"{name}.tail")
+                    out = topic(app, r, tail_name)
                     tail.writes.append(out)
                     arrive[(name, r)] = (head, head_dev)
                     leave[(name, r)] = (out, tail_dev, program.output_bytes(name))
-                    max_bytes = max(max_bytes, s["transfer_bytes"])
+                    max_bytes = max(max_bytes, split.transfer_bytes)
                 else:
-                    dev = where[(name, r)]
+                    dev = placed[(name, r)].device
                     kind = "operator" if name in program.operators else "model"
                     c = client(name, r, kind, dev)
                     t = topic(app, r, name)

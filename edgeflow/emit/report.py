@@ -1,12 +1,13 @@
 """report.md: the plan for people — placement, latency budget per pipeline against its SLO,
 utilisation, objective, and a Mermaid diagram of the placed dataflow. Numbers are read from the
-plan, never recomputed."""
+Plan, never recomputed."""
 
 from __future__ import annotations
 
 from edgeflow import __version__
 from edgeflow.emit.bundle import Bundle, k8s_name
 from edgeflow.emit.templating import render
+from edgeflow.objectives import objective_text
 
 
 def _mermaid(bundle: Bundle) -> str:
@@ -32,11 +33,7 @@ def _mermaid(bundle: Bundle) -> str:
 
 def render_report(bundle: Bundle, target: str, source: str) -> str:
     plan = bundle.plan
-    worst: dict[str, dict] = {}  # type: ignore[type-arg]
-    for p in plan["pipelines"]:
-        if p["name"] not in worst or p["latency_ms"] > worst[p["name"]]["latency_ms"]:
-            worst[p["name"]] = p
-    devices = [d for d in plan["devices"] if d["utilization"] > 0 or d["memory_bytes"] > 0]
     return render("report/report.md.j2", app=bundle.app, version=__version__, source=source,
-                  target=target, plan=plan, pipelines=list(worst.values()), devices=devices,
+                  target=target, plan=plan, objective=objective_text(plan.objective),
+                  pipelines=plan.worst_pipelines(), devices=plan.used_devices(),
                   mermaid=_mermaid(bundle))

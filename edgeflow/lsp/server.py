@@ -18,8 +18,9 @@ from pygls.lsp.server import LanguageServer
 from edgeflow import __version__, api
 from edgeflow.diagnostics import Diagnostic, Severity
 from edgeflow.lsp import navigation as nav
+from edgeflow.objectives import TERMS
 from edgeflow.semantics.lower import block_keys
-from edgeflow.semantics.values import OBJECTIVE_TERMS, TIERS
+from edgeflow.semantics.values import TIERS
 from edgeflow.span import Span
 from edgeflow.syntax import ast
 from edgeflow.syntax.units import UNITS, units_of
@@ -38,8 +39,14 @@ _REFERENCE_KINDS = {
     "on": ("device",), "flow": ("sensor", "operator", "model", "actuator", "store"),
     "privacy": ("privacy",), "removes": ("privacy",),
 }
-_CHOICES = {"tier": TIERS, "split": ("auto", "none"), "allow": TIERS,
-            "objective": tuple(f"minimize({t})" for t in OBJECTIVE_TERMS)}
+_CHOICES = {"tier": TIERS, "split": ("auto", "none"), "allow": TIERS}
+
+
+def _choices(key: str) -> tuple[str, ...]:
+    """The words a key takes; objective terms come from the registry (it may grow)."""
+    if key == "objective":
+        return tuple(f"minimize({t})" for t in TERMS)
+    return _CHOICES.get(key, ())
 
 
 # ---------------------------------------------------------------- positions
@@ -273,9 +280,9 @@ def completion(ls: LanguageServer, params: lsp.CompletionParams) -> lsp.Completi
         if key in _REFERENCE_KINDS:
             items = [lsp.CompletionItem(label=n, kind=lsp.CompletionItemKind.Reference)
                      for n in _names_of(result, _REFERENCE_KINDS[key])]
-        elif key in _CHOICES:
+        elif _choices(key):
             items = [lsp.CompletionItem(label=c, kind=lsp.CompletionItemKind.EnumMember)
-                     for c in _CHOICES[key]]
+                     for c in _choices(key)]
     elif kind is not None and re.fullmatch(r"\s*\w*", line):
         present = set()
         if result.module is not None:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgeflow.models.signature import BoundInputs, inputs_text
+
 
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     named = onnx.ModelProto()
@@ -27,7 +29,7 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     return named
 
 
-def profile(model: onnx.ModelProto, inputs: dict[str, tuple[str, tuple[int, ...]]],
+def profile(model: onnx.ModelProto, inputs: BoundInputs,
             runs: int = 20, warmup: int = 3, seed: int = 0) -> dict[str, object]:
     import onnxruntime as ort  # optional dependency: `pip install 'edgeflow[runtime]'`
 
@@ -52,7 +54,7 @@ def profile(model: onnx.ModelProto, inputs: dict[str, tuple[str, tuple[int, ...]
             times.setdefault(event["name"][: -len("_kernel_time")], []).append(event["dur"] / 1e6)
     node_seconds = {name: statistics.median(ts[-runs:]) for name, ts in sorted(times.items())}
     return {
-        "inputs": {n: f"{d}[{','.join(map(str, s))}]" for n, (d, s) in inputs.items()},
+        "inputs": inputs_text(inputs),
         "machine": platform.node(), "processor": platform.processor() or platform.machine(),
         "onnxruntime": ort.__version__, "threads": 1, "runs": runs, "warmup": warmup,
         "node_seconds": node_seconds, "total_seconds": sum(node_seconds.values()),

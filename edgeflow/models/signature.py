@@ -22,6 +22,8 @@ ONNX_DTYPES: dict[int, str] = {
 
 Dim = int | str | None  # a fixed size, a named dynamic dimension, or an anonymous one
 
+BoundInputs = Mapping[str, tuple[str, tuple[int, ...]]]  # input name -> (dtype, concrete shape)
+
 
 @dataclass(frozen=True)
 class TensorSig:
@@ -99,3 +101,9 @@ def output_types(model: onnx.ModelProto, bound: dict[str, tuple[int, ...]]) -> l
     except Exception:  # noqa: BLE001 - inference gives up on some graphs; keep declared outputs
         inferred = fixed
     return [_tensor_sig(v) for v in inferred.graph.output]
+
+
+def inputs_text(inputs: BoundInputs) -> dict[str, str]:
+    """Bound inputs as the text of their types, e.g. {"images": "float32[1,3,320,320]"}."""
+    return {name: f"{dtype}[{','.join(map(str, shape))}]" for name, (dtype, shape) in
+            inputs.items()}

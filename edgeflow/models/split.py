@@ -1,6 +1,7 @@
 """`edgeflow split`: a model's cut candidates timed for one edge device, one link and one cloud
 device, the exact optimum, the edge-only and cloud-only baselines, and the bandwidth decision
-table. Produces the JSON of LANGUAGE.md ("Split output").
+table. Produces the JSON of LANGUAGE.md ("Split output"). Problems are raised as `SplitError`,
+which `edgeflow.api` turns into diagnostics.
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ import onnx
 
 from edgeflow.models.analysis import Analysis, ModelError, analyse
 from edgeflow.models.cuts import Cut, CutProblem
-from edgeflow.models.signature import ModelLoadError, load
+from edgeflow.models.signature import BoundInputs, ModelLoadError, inputs_text, load
 
 
 @dataclass(frozen=True)
 class SplitError(Exception):
-    """A user error: `code` is a diagnostic code (see docs/diagnostics.md)."""
+    """A user error: `code` is a diagnostic code (see docs/diagnostics.md); `file` is the file at
+    fault when it is not the model (a profile)."""
 
     code: str
     message: str
     help: str | None = None
+    file: str | None = None
 
 
 @dataclass
@@ -49,8 +52,7 @@ def load_model(path: Path) -> onnx.ModelProto:
         raise SplitError("E0602", f"`{path.name}` is not a valid ONNX model: {exc}") from None
 
 
-def analyse_model(model: onnx.ModelProto, inputs: dict[str, tuple[str, tuple[int, ...]]],
-                  ) -> Analysis:
+def analyse_model(model: onnx.ModelProto, inputs: BoundInputs) -> Analysis:
     """Analyse with inputs bound to (dtype, shape); dtype mismatches and binding problems are
     SplitErrors with the codes `edgeflow check` uses for the same problems."""
     init = {i.name for i in model.graph.initializer}
@@ -136,7 +138,7 @@ def _ms(seconds: Fraction) -> float:
     return round(float(seconds) * 1000, 6)
 
 
-def report(analysis: Analysis, model_name: str, inputs_text: dict[str, str], setting: Setting,
+def report(analysis: Analysis, model_name: str, inputs: BoundInputs, setting: Setting,
            forced: list[str] | None = None, sweep: tuple[float, float] | None = None,
            ) -> tuple[dict[str, object], Cut]:
     """The split JSON and the cut to emit (the forced one, else the optimum)."""
@@ -151,7 +153,7 @@ def report(analysis: Analysis, model_name: str, inputs_text: dict[str, str], set
     edge_only = problem.evaluate(frozenset(problem.nodes))
     out: dict[str, object] = {
         "model": model_name,
-        "inputs": inputs_text,
+        "inputs": inputs_text(inputs),
         "total_work_flop": problem.total_work,
         "edge_only_ms": timing.row(edge_only)["total_ms"],
         "cloud_only_ms": timing.row(cloud_only)["total_ms"],
@@ -185,9 +187,10 @@ def read_profile(path: Path) -> dict[str, float]:
             raise ValueError("it has no `node_seconds` object")  # noqa: TRY004 - caught below
         return {str(k): float(v) for k, v in seconds.items()}
     except (OSError, ValueError, TypeError) as exc:
-        raise SplitError("E0802", f"cannot read profile `{path}`: {exc}",
-                         "write one with `edgeflow profile MODEL.onnx --input ... -o FILE`"
-                         ) from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise SplitError("E0802", f"cannot read profile `{path}`: {reason}",
+                         "write one with `edgeflow profile MODEL.onnx --input ... -o FILE`",
+                         str(path)) from None
 
 
 def _gflop(flop: object) -> str:

@@ -1,73 +1,81 @@
 """Placement: decide where every unit of every replica runs, and where each splittable model is
 cut, exactly (MILP, HiGHS), under SLO, capacity, bandwidth and privacy constraints; explain
-infeasibility; compare with baselines. `make_plan` returns the plan JSON of LANGUAGE.md."""
+infeasibility; compare with baselines. `make_plan` returns the typed `edgeflow.plan.Plan`."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from edgeflow import ir
 from edgeflow.diagnostics import Diagnostic, Label
-from edgeflow.placement.evaluate import Evaluation, Placement, Split, evaluate
-from edgeflow.placement.explain import Explanation, explain
+from edgeflow.placement.baselines import BASELINES
+from edgeflow.placement.evaluate import Placement, Split, evaluate
+from edgeflow.placement.explain import explain
 from edgeflow.placement.milp import solve
 from edgeflow.placement.problem import Problem, Step, build_problem
+from edgeflow.plan import (
+    DeviceUse,
+    LinkUse,
+    Part,
+    PipelineLatency,
+    PlacedUnit,
+    Plan,
+    SplitChoice,
+    Status,
+)
 from edgeflow.span import Span
 
 
-def plan_json(problem: Problem, status: str, assignment: dict[Step, Placement] | None,
-              gap: float = 0.0, explanation: list[Explanation] | None = None) -> dict[str, Any]:
+def _plan(problem: Problem, status: Status, assignment: dict[Step, Placement],
+          gap: float) -> Plan:
     program = problem.program
-    out: dict[str, Any] = {"app": program.app.name, "status": status}
-    if assignment is None:
-        out.update({"objective": None, "placements": [], "splits": [], "pipelines": [],
-                    "devices": [], "links": [],
-                    "explanation": [e.to_json() for e in explanation or []]})
-        return out
     ev = evaluate(problem, assignment)
-    out["gap"] = gap
-    out["objective"] = {"latency_ms": ev.objective["latency"] * 1e3,
-                        "cost_usd_per_h": ev.objective["cost"],
-                        "energy_w": ev.objective["energy"]}
-    placements, splits = [], []
+    units: list[PlacedUnit] = []
+    splits: list[SplitChoice] = []
     for step, info in problem.steps.items():
         if not info.is_unit:
             continue
         place = assignment[step]
+        replica = step[1]
+        assert replica is not None  # units are never shared between replicas
+
+        def placed(part: Part, inst: str, work: float, memory: float,
+                   cut: tuple[str, ...] = (), name: str = info.name, r: int = replica,
+                   rate: float = info.rate) -> PlacedUnit:
+            return PlacedUnit(step=name, part=part, replica=r, device=inst,
+                              tier=problem.device(inst).tier, cut=cut,
+                              compute_share=rate * problem.compute_s(work, inst),
+                              memory_bytes=memory)
+
         if isinstance(place, Split):
             cut = info.cuts[place.cut]
-            for part, inst in (("head", place.head), ("tail", place.tail)):
-                placements.append(_placement(problem, f"{info.name}.{part}", step, inst))
-            splits.append({"model": info.name, "replica": step[1], "cut": list(cut.tensors),
-                           "transfer_bytes": cut.transfer_bytes,
-                           "head_work_flop": cut.head_work, "tail_work_flop": cut.tail_work})
+            units.append(placed(Part.HEAD, place.head, cut.head_work, float(cut.head_weights),
+                                cut.tensors))
+            units.append(placed(Part.TAIL, place.tail, cut.tail_work, float(cut.tail_weights),
+                                cut.tensors))
+            splits.append(SplitChoice(model=info.name, replica=replica, cut=cut.tensors,
+                                      transfer_bytes=cut.transfer_bytes,
+                                      head_work_flop=cut.head_work, tail_work_flop=cut.tail_work))
         else:
-            placements.append(_placement(problem, info.name, step, place))
-    out["placements"] = placements
-    out["splits"] = splits
-    out["pipelines"] = [_pipeline(program, ev, name, r) for name, r, _ in problem.pipelines]
-    out["devices"] = [{"device": inst, "tier": dev.tier.value,
-                       "utilization": ev.utilization.get(inst, 0.0),
-                       "memory_bytes": ev.memory.get(inst, 0.0)}
-                      for inst, (dev, _) in problem.instances.items()]
-    out["links"] = [{"from": a, "to": b, "utilization": load / problem.link_of(a, b).bandwidth_bps}
-                    for (a, b), load in sorted(ev.link_load_bps.items())]
-    out["explanation"] = []
-    return out
-
-
-def _placement(problem: Problem, unit: str, step: Step, inst: str) -> dict[str, Any]:
-    return {"unit": unit, "replica": step[1], "device": inst,
-            "tier": problem.device(inst).tier.value}
-
-
-def _pipeline(program: ir.Program, ev: Evaluation, name: str, r: int) -> dict[str, Any]:
-    slo = program.pipelines[name].slo.latency_s
-    latency = ev.latency_s[(name, r)]
-    return {"name": name, "replica": r, "latency_ms": latency * 1e3,
-            "slo_latency_ms": slo * 1e3 if slo is not None else None,
-            "met": slo is None or latency <= slo * (1 + 1e-9),
-            "breakdown": ev.breakdown[(name, r)]}
+            part = Part.OPERATOR if info.kind == "operator" else Part.WHOLE
+            units.append(placed(part, place, info.work, info.memory))
+    pipelines = []
+    for name, r, _ in problem.pipelines:
+        slo = program.pipelines[name].slo.latency_s
+        latency = ev.latency_s[(name, r)]
+        pipelines.append(PipelineLatency(
+            name=name, replica=r, latency_s=latency, slo_latency_s=slo,
+            met=slo is None or latency <= slo * (1 + 1e-9), breakdown=tuple(ev.breakdown[(name, r)])))
+    return Plan(
+        app=program.app.name, status=status, gap=gap, objective=dict(ev.objective),
+        units=tuple(units), splits=tuple(splits), pipelines=tuple(pipelines),
+        devices=tuple(DeviceUse(device=inst, tier=dev.tier,
+                                utilization=ev.utilization.get(inst, 0.0),
+                                memory_bytes=ev.memory.get(inst, 0.0))
+                      for inst, (dev, _) in problem.instances.items()),
+        links=tuple(LinkUse(source=a, target=b,
+                            utilization=load / problem.link_of(a, b).bandwidth_bps)
+                    for (a, b), load in sorted(ev.link_load_bps.items())))
 
 
 def _span_labels(program: ir.Program) -> dict[Span, str]:
@@ -87,14 +95,14 @@ def _span_labels(program: ir.Program) -> dict[Span, str]:
     return labels
 
 
-def explanation_diagnostics(plan: dict[str, Any], program: ir.Program) -> list[Diagnostic]:
+def explanation_diagnostics(plan: Plan, program: ir.Program) -> list[Diagnostic]:
     """An infeasible plan's explanation as E0901 diagnostics, each pointing at the first
     declaration involved (the app when none is) with the others as secondary labels."""
     known = _span_labels(program)
     out = []
-    for e in plan["explanation"]:
-        spans = [Span.from_json(s) for s in e["related"]] or [program.app.span]
-        out.append(Diagnostic("E0901", e["message"], spans[0], known.get(spans[0], "involved"),
+    for reason in plan.explanation:
+        spans = list(reason.spans) or [program.app.span]
+        out.append(Diagnostic("E0901", reason.message, spans[0], known.get(spans[0], "involved"),
                               labels=tuple(Label(s, known.get(s, "involved"))
                                            for s in spans[1:]),
                               help="relax the limit named, or move the work (see `edgeflow "
@@ -102,14 +110,31 @@ def explanation_diagnostics(plan: dict[str, Any], program: ir.Program) -> list[D
     return out
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """A baseline placement's objective values (None where it does not apply)."""
+
+    name: str
+    objective: dict[str, float] | None
+    feasible: bool
+
+
 def make_plan(program: ir.Program, time_limit: float = 30.0,
-              ) -> tuple[dict[str, Any], Problem]:
+              compare: bool = False) -> tuple[Plan, list[Baseline]]:
+    """The plan of a checked program, and with `compare` the baselines' objectives."""
     problem = build_problem(program)
     solution = solve(problem, time_limit)
     if solution.assignment is None:
-        return plan_json(problem, "infeasible", None,
-                         explanation=explain(problem, max(1.0, time_limit / 3))), problem
-    return plan_json(problem, solution.status, solution.assignment, solution.gap), problem
+        reasons = explain(problem, max(1.0, time_limit / 3))
+        plan = Plan(app=program.app.name, status=Status.INFEASIBLE, explanation=tuple(reasons))
+    else:
+        plan = _plan(problem, Status(solution.status), solution.assignment, solution.gap)
+    baselines = []
+    for name, baseline in BASELINES.items() if compare else ():
+        assignment = baseline(problem)
+        ev = evaluate(problem, assignment) if assignment is not None else None
+        baselines.append(Baseline(name, ev.objective if ev else None, bool(ev and ev.feasible)))
+    return plan, baselines
 
 
-__all__ = ["Problem", "build_problem", "make_plan", "plan_json"]
+__all__ = ["Baseline", "explanation_diagnostics", "make_plan"]

@@ -7,7 +7,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from edgeflow.objectives import TERMS
 from edgeflow.placement.problem import CutOption, Problem, Route, Step, out_labels
+from edgeflow.plan import Compute, Part, Transfer, unit_name
 
 
 @dataclass(frozen=True)
@@ -22,9 +24,10 @@ Placement = str | Split
 
 @dataclass
 class Evaluation:
+    problem: Problem
     feasible: bool
     latency_s: dict[tuple[str, int], float] = field(default_factory=dict)
-    breakdown: dict[tuple[str, int], list[dict[str, object]]] = field(default_factory=dict)
+    breakdown: dict[tuple[str, int], list[Compute | Transfer]] = field(default_factory=dict)
     utilization: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     memory: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     link_load_bps: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
@@ -34,6 +37,22 @@ class Evaluation:
 
     def terms(self, order: tuple[str, ...]) -> tuple[float, ...]:
         return tuple(self.objective[t] for t in order)
+
+    # the built-in objective terms (edgeflow.objectives) of this assignment
+    def worst_latency_sum(self) -> float:
+        worst: dict[str, float] = {}
+        for (name, _), lat in self.latency_s.items():
+            worst[name] = max(worst.get(name, 0.0), lat)
+        return sum(worst.values())
+
+    def cost_usd_per_h(self) -> float:
+        problem = self.problem
+        traffic = sum(load / 8 * 3600 * problem.link_of(a, b).cost_usd_per_byte
+                      for (a, b), load in self.link_load_bps.items())
+        return sum(problem.device(i).cost_usd_per_s * 3600 for i in self.hosts) + traffic
+
+    def energy_w(self) -> float:
+        return sum(self.problem.device(i).power_w * u for i, u in self.utilization.items())
 
 
 def in_instance(p: Placement) -> str:
@@ -55,10 +74,10 @@ def _route_or_fail(problem: Problem, ev: Evaluation, a: str, b: str, nbytes: int
 
 
 def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
-    ev = Evaluation(feasible=True)
+    ev = Evaluation(problem, feasible=True)
     program = problem.program
     # -- compute, utilisation, memory, privacy of where things run
-    compute_entries: dict[Step, list[dict[str, object]]] = {}
+    compute_entries: dict[Step, list[Compute]] = {}
     internal: dict[Step, tuple[Route | None, CutOption]] = {}
     for step, info in problem.steps.items():
         place = assignment[step]
@@ -71,8 +90,11 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
             continue
         if isinstance(place, Split) and place.head != place.tail:
             cut = info.cuts[place.cut]
-            parts = [(f"{info.name}.head", place.head, cut.head_work, float(cut.head_weights)),
-                     (f"{info.name}.tail", place.tail, cut.tail_work, float(cut.tail_weights))]
+            parts: list[tuple[str, str, float, float]] = [
+                (unit_name(info.name, Part.HEAD), place.head, cut.head_work,
+                 float(cut.head_weights)),
+                (unit_name(info.name, Part.TAIL), place.tail, cut.tail_work,
+                 float(cut.tail_weights))]
             internal[step] = (_route_or_fail(problem, ev, place.head, place.tail,
                                              cut.transfer_bytes, info.labels,
                                              f"the cut of `{info.name}`"), cut)
@@ -85,7 +107,7 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
             ev.utilization[inst] += info.rate * seconds
             ev.memory[inst] += memory
             ev.hosts.add(inst)
-            entries.append({"kind": "compute", "unit": unit, "device": inst, "ms": seconds * 1e3})
+            entries.append(Compute(unit=unit, device=inst, seconds=seconds))
         compute_entries[step] = entries
     # -- messages between steps (each output once per distinct consumer instance)
     edge_route: dict[tuple[Step, Step], Route | None] = {}
@@ -105,7 +127,7 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
                 ev.link_load_bps[link] += problem.steps[step].rate * 8 * cut.transfer_bytes
     # -- pipelines
     for name, r, path in problem.pipelines:
-        total, rows = 0.0, []
+        total, rows = 0.0, list[Compute | Transfer]()
         for i, step in enumerate(path):
             if i > 0:
                 route = edge_route.get((path[i - 1], step))
@@ -120,7 +142,7 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
                         rows.append(_transfer_row(route, cut.transfer_bytes))
                         total += route.seconds
                 rows.append(entry)
-                total += float(entry["ms"]) / 1e3  # type: ignore[arg-type]
+                total += entry.seconds
         ev.latency_s[(name, r)] = total
         ev.breakdown[(name, r)] = rows
         slo = program.pipelines[name].slo.latency_s
@@ -141,21 +163,10 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
         if load > bw * (1 + 1e-9):
             ev.violations.append(f"link `{a}` -> `{b}` carries {load / 1e6:.3f} Mbps, above its "
                                  f"{bw / 1e6:g} Mbps")
-    # -- objective
-    worst: dict[str, float] = {}
-    for (name, _), lat in ev.latency_s.items():
-        worst[name] = max(worst.get(name, 0.0), lat)
-    traffic = sum(load / 8 * 3600 * problem.link_of(a, b).cost_usd_per_byte
-                  for (a, b), load in ev.link_load_bps.items())
-    ev.objective = {
-        "latency": sum(worst.values()),
-        "cost": sum(problem.device(i).cost_usd_per_s * 3600 for i in ev.hosts) + traffic,
-        "energy": sum(problem.device(i).power_w * u for i, u in ev.utilization.items()),
-    }
+    ev.objective = {name: term.evaluate(ev) for name, term in TERMS.items()}
     ev.feasible = not ev.violations
     return ev
 
 
-def _transfer_row(route: Route, nbytes: int) -> dict[str, object]:
-    return {"kind": "transfer", "from": route.hops[0], "to": route.hops[-1],
-            "route": list(route.hops), "bytes": nbytes, "ms": route.seconds * 1e3}
+def _transfer_row(route: Route, nbytes: int) -> Transfer:
+    return Transfer(route=route.hops, bytes=nbytes, seconds=route.seconds)

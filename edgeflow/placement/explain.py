@@ -12,23 +12,18 @@ it has to exceed, and by how much, are the conflict.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgeflow.placement.evaluate import Split
 from edgeflow.placement.milp import assignment_from, formulate
 from edgeflow.placement.problem import Problem, Step
+from edgeflow.plan import Reason
 from edgeflow.span import Span
 
 
-@dataclass
-class Explanation:
-    message: str
-    spans: list[Span] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, object]:
-        return {"message": self.message, "related": [s.to_json() for s in self.spans]}
+def _reason(message: str, spans: list[Span] | None = None) -> Reason:
+    return Reason(message=message, spans=tuple(spans or ()))
 
 
 def _fastest(problem: Problem, path: list[Step]) -> tuple[float, list[tuple[float, str]]]:
@@ -94,12 +89,12 @@ def _link_span(problem: Problem, a: str, b: str) -> Span:
     return problem.link_of(a, b).span
 
 
-def explain(problem: Problem, time_limit: float = 10.0) -> list[Explanation]:
+def explain(problem: Problem, time_limit: float = 10.0) -> list[Reason]:
     program = problem.program
-    out: list[Explanation] = []
+    out: list[Reason] = []
     f = formulate(problem)
     for message, spans in f.infeasible:
-        out.append(Explanation(message, spans))
+        out.append(_reason(message, spans))
     if out:
         return out
     seen: set[str] = set()
@@ -113,11 +108,11 @@ def explain(problem: Problem, time_limit: float = 10.0) -> list[Explanation]:
             pipeline = program.pipelines[name]
             spans = [pipeline.slo_spans.get("latency", pipeline.span)]
             if best == float("inf"):
-                out.append(Explanation(f"pipeline `{name}` has no placement whose messages can "
+                out.append(_reason(f"pipeline `{name}` has no placement whose messages can "
                                        "reach their destinations over allowed routes", spans))
                 continue
             worst = max(terms, key=lambda t: t[0])
-            out.append(Explanation(
+            out.append(_reason(
                 f"pipeline `{name}` needs {best * 1e3:.1f} ms even with every unit on its "
                 f"fastest allowed device; its SLO is {slo * 1e3:g} ms: {worst[1]} alone costs "
                 f"{worst[0] * 1e3:.1f} ms", spans))
@@ -125,12 +120,12 @@ def explain(problem: Problem, time_limit: float = 10.0) -> list[Explanation]:
         return out
     out.extend(_elastic(problem, time_limit))
     if not out:
-        out.append(Explanation("no placement meets every constraint at once, but no single "
+        out.append(_reason("no placement meets every constraint at once, but no single "
                                "limit explains it; try `--time-limit` longer"))
     return out
 
 
-def _elastic(problem: Problem, time_limit: float) -> list[Explanation]:
+def _elastic(problem: Problem, time_limit: float) -> list[Reason]:
     f = formulate(problem, elastic=True)
     lp = f.lp
     h = lp.highs()  # silent
@@ -164,27 +159,27 @@ def _elastic(problem: Problem, time_limit: float) -> list[Explanation]:
         kind = label[0]
         if kind == "link":
             a, b = label[1]
-            out.append(Explanation(
+            out.append(_reason(
                 f"link `{a}` -> `{b}` would have to carry {need / 1e6:.1f} Mbps, "
                 f"{1 + excess:.0%} of its {limit / 1e6:g} Mbps: the data that must cross it "
                 "does not fit", [_link_span(problem, a, b)]))
         elif kind == "compute":
             inst = label[1]
-            out.append(Explanation(
+            out.append(_reason(
                 f"`{inst}` would have to run at {1 + excess:.0%} of its compute to host "
                 f"{_names(load.get(('compute', inst), {}))}, and no other allowed device can "
                 "take them",
                 [problem.device(inst).span]))
         elif kind == "memory":
             inst = label[1]
-            out.append(Explanation(
+            out.append(_reason(
                 f"`{inst}` would need {need / 2**20:.1f} MiB of memory, {1 + excess:.0%} of its "
                 f"{limit / 2**20:.1f} MiB, to host {_names(load.get(('memory', inst), {}))}, and "
                 "no other allowed device can take them", [problem.device(inst).span]))
         else:
             _, name, replica = label
             pipeline = problem.program.pipelines[name]
-            out.append(Explanation(
+            out.append(_reason(
                 f"pipeline `{name}` (replica {replica}) would take {need * 1e3:.1f} ms against "
                 f"its SLO of {limit * 1e3:g} ms once the other limits are met",
                 [pipeline.slo_spans.get("latency", pipeline.span)]))

@@ -15,6 +15,7 @@ optima.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -26,6 +27,7 @@ from typing import Any
 import highspy
 import numpy as np
 
+from edgeflow.objectives import TERMS, Combine
 from edgeflow.placement.evaluate import Placement, Split, evaluate
 from edgeflow.placement.problem import Problem, Step, out_labels
 from edgeflow.span import Span
@@ -91,26 +93,19 @@ class LinearModel:
         return h
 
 
-_banner_shown = False
-
-
 def new_highs() -> highspy.Highs:
-    """A silent HiGHS instance. The first construction in a process prints HiGHS' banner on
-    the C-level stdout, which would corrupt `--json` output: it goes to /dev/null instead."""
-    global _banner_shown
-    if _banner_shown:
-        h = highspy.Highs()  # type: ignore[no-untyped-call]
-    else:
-        sys.stdout.flush()
-        saved = os.dup(1)
+    """A silent HiGHS instance. Constructing one may print HiGHS' banner on the C-level stdout
+    (the first time in a process), which would corrupt `--format json` output: file descriptor
+    1 points at /dev/null while it is built (no state kept; it costs two dup2 calls)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 1)
-            try:
-                h = highspy.Highs()  # type: ignore[no-untyped-call]
-            finally:
-                os.dup2(saved, 1)
-                os.close(saved)
-        _banner_shown = True
+            h = highspy.Highs()  # type: ignore[no-untyped-call]
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
     h.silent()
     return h
 
@@ -133,6 +128,13 @@ class Formulation:
     s: dict[Step, dict[tuple[int, str, str], int]] = field(default_factory=dict)
     used: dict[str, int] = field(default_factory=dict)
     terms: dict[str, Expr] = field(default_factory=dict)
+    # what the objective terms are made of (edgeflow.objectives reads them)
+    lam: dict[str, int] = field(default_factory=dict)          # worst latency per pipeline
+    util: dict[str, list[Expr]] = field(default_factory=lambda: defaultdict(list))
+    occupies: dict[str, list[Expr]] = field(default_factory=lambda: defaultdict(list))
+    traffic_cost: list[Expr] = field(default_factory=list)    # USD/h per message or cut
+    link_load: dict[tuple[str, str], list[Expr]] = field(
+        default_factory=lambda: defaultdict(list))               # bit/s per directed link
     # conflicts found while building, each (message, spans of the declarations involved)
     infeasible: list[tuple[str, list[Span]]] = field(default_factory=list)
 
@@ -161,6 +163,27 @@ class Formulation:
                        (self.problem.program.operators.get(info.name)
                         or self.problem.program.models[info.name]).span])
 
+    # ------------------------------------------------------------ the built-in terms
+    def worst_latency_sum(self) -> Expr:
+        return {v: 1.0 for v in self.lam.values()}, 0.0
+
+    def cost(self) -> Expr:
+        """Hosting (a binary `used[i]` per priced instance, >= everything placed on it) plus
+        traffic, in USD/h."""
+        host_cost: list[Expr] = []
+        for inst, exprs in self.occupies.items():
+            price = self.problem.device(inst).cost_usd_per_s * 3600
+            if price > 0:
+                used = self.used[inst] = self.lp.var()
+                for e in exprs:
+                    self.lp.row(_add(({used: 1.0}, 0.0), e, scale=[1.0, -1.0]), lo=0.0)
+                host_cost.append(({used: price}, 0.0))
+        return _add(*host_cost, *self.traffic_cost)
+
+    def energy(self) -> Expr:
+        return _add(*[_add(*exprs, scale=[self.problem.device(i).power_w] * len(exprs))
+                      for i, exprs in self.util.items()])
+
     def loc(self, step: Step, side: str) -> dict[str, Expr]:
         """Expressions 'step sits on instance i' for its input ("in") or output ("out") side."""
         info = self.problem.steps[step]
@@ -176,12 +199,9 @@ class Formulation:
 
 def formulate(problem: Problem, elastic: bool = False) -> Formulation:
     f = Formulation(problem, LinearModel(elastic))
-    lp = f.lp
-    util: dict[str, list[Expr]] = defaultdict(list)
+    lp, util, occupies, link_load, traffic_cost = f.lp, f.util, f.occupies, f.link_load, \
+        f.traffic_cost
     memory: dict[str, list[Expr]] = defaultdict(list)
-    link_load: dict[tuple[str, str], list[Expr]] = defaultdict(list)
-    traffic_cost: list[Expr] = []
-    occupies: dict[str, list[Expr]] = defaultdict(list)
     compute: dict[Step, Expr] = {}
     internal: dict[Step, Expr] = {}
     # -- placement variables
@@ -246,10 +266,10 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
             compute[step] = (comp, 0.0)
     if f.infeasible:
         return f
-    edge_time = _messages(f, link_load, traffic_cost)
+    edge_time = _messages(f)
     # -- pipelines
     program = problem.program
-    lam = {p: lp.var(0.0, np.inf, integer=False) for p in program.pipelines}
+    lam = f.lam = {p: lp.var(0.0, np.inf, integer=False) for p in program.pipelines}
     for name, replica, path in problem.pipelines:
         parts: list[Expr] = []
         for n, step in enumerate(path):
@@ -278,29 +298,15 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
     for link, exprs in link_load.items():
         lp.row(_add(*exprs), hi=problem.link_of(*link).bandwidth_bps * problem.capacity(link),
                label=("link", link))
-    # -- objective terms
-    host_cost: list[Expr] = []
-    for inst, exprs in occupies.items():
-        price = problem.device(inst).cost_usd_per_s * 3600
-        if price > 0:
-            used = f.used[inst] = lp.var()
-            for e in exprs:
-                lp.row(_add(({used: 1.0}, 0.0), e, scale=[1.0, -1.0]), lo=0.0)
-            host_cost.append(({used: price}, 0.0))
-    f.terms = {
-        "latency": ({v: 1.0 for v in lam.values()}, 0.0),
-        "cost": _add(*host_cost, *traffic_cost),
-        "energy": _add(*[_add(*exprs, scale=[problem.device(i).power_w] * len(exprs))
-                         for i, exprs in util.items()]),
-    }
+    # -- objective terms: every registered one, so any may be bounded in a later stage
+    f.terms = {name: term.milp(f) for name, term in TERMS.items()}
     return f
 
 
-def _messages(f: Formulation, link_load: dict[tuple[str, str], list[Expr]],
-              traffic_cost: list[Expr]) -> dict[tuple[Step, Step], Expr]:
+def _messages(f: Formulation) -> dict[tuple[Step, Step], Expr]:
     """Message variables and rows for every edge; returns each edge's transfer-time expression
     and adds each output's link loads and traffic cost."""
-    problem, lp = f.problem, f.lp
+    problem, lp, link_load, traffic_cost = f.problem, f.lp, f.link_load, f.traffic_cost
     edge_time: dict[tuple[Step, Step], Expr] = {}
     sends: dict[tuple[Step, str, str], list[int | None]] = defaultdict(list)
     for u, v in problem.edges:
@@ -378,11 +384,12 @@ class Solution:
 
 
 def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
-          warm_start: bool = True) -> Solution:
+          warm_start: bool = True, order: tuple[str, ...] | None = None) -> Solution:
     """Solve lexicographically. With `warm_start`, HiGHS starts from the best feasible plan
     among the baselines and the symmetric plan (one replica solved with a fair share of the
     shared capacities, copied to every replica): the result is never worse than those, and a
-    time limit always leaves a plan when one of them is feasible."""
+    time limit always leaves a plan when one of them is feasible. `order` overrides the app's
+    objective terms."""
     started = time.perf_counter()
     f = formulate(problem)
     if f.infeasible:
@@ -390,8 +397,8 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
     if not f.lp.lb:  # nothing to decide: every step is pinned
         return Solution("optimal", assignment_from(f, np.zeros(0)),
                         seconds=time.perf_counter() - started)
-    order = problem.program.app.objective
-    start = _best_start(problem, time_limit / 4) if warm_start else None
+    order = order or problem.program.app.objective
+    start = _best_start(problem, order, time_limit / 4) if warm_start else None
     bound = symmetric_bound(problem, order[0], time_limit / 4) \
         if warm_start and start is not None else None
     h = f.lp.highs()
@@ -480,10 +487,10 @@ def start_values(f: Formulation, assignment: dict[Step, Placement]) -> tuple[np.
     return idx, np.array([values[i] for i in idx])
 
 
-def _best_start(problem: Problem, time_limit: float) -> dict[Step, Placement] | None:
+def _best_start(problem: Problem, order: tuple[str, ...], time_limit: float,
+                ) -> dict[Step, Placement] | None:
     from edgeflow.placement.baselines import BASELINES  # baselines import this module's types
 
-    order = problem.program.app.objective
     candidates = [b(problem) for b in BASELINES.values()]
     candidates.append(symmetric_start(problem, time_limit))
     best, best_terms = None, None
@@ -513,18 +520,18 @@ def _reduced(problem: Problem) -> tuple[Problem, int, set[str]] | None:
 
 def symmetric_bound(problem: Problem, term: str, time_limit: float) -> float | None:
     """A lower bound on `term` for a symmetric app: one replica with the shared capacities
-    whole (a relaxation). Σ_p max_r latency >= the best single replica's Σ_p latency; energy >=
-    R times the best single replica's. None for cost (shared devices are paid once) or when the
-    app is not symmetric or the relaxation is not solved to optimality."""
-    if term == "cost" or (reduced := _reduced(problem)) is None:
+    whole (a relaxation). A term that is the worst replica's (latency: Σ_p max_r) is bounded by
+    the best single replica's; a sum over replicas (energy) by R times it; a term with shared
+    parts paid once (cost) has no such bound (`Combine` in edgeflow.objectives). None too when
+    the app is not symmetric or the relaxation is not solved to optimality."""
+    combine = TERMS[term].combine
+    if combine is Combine.NONE or (reduced := _reduced(problem)) is None:
         return None
     single, replicas, _ = reduced
-    app = single.program.app.model_copy(update={"objective": (term,)})
-    single.program = single.program.model_copy(update={"app": app})
-    solution = solve(single, time_limit, warm_start=False)
+    solution = solve(single, time_limit, warm_start=False, order=(term,))
     if solution.status != "optimal":
         return None
-    return solution.objective[term] * (replicas if term == "energy" else 1)
+    return solution.objective[term] * (replicas if combine is Combine.SUM else 1)
 
 
 def symmetric_start(problem: Problem, time_limit: float) -> dict[Step, Placement] | None:
@@ -535,10 +542,11 @@ def symmetric_start(problem: Problem, time_limit: float) -> dict[Step, Placement
         return None
     reduced, replicas, per_site = found
     shared = {inst for inst, (d, _) in reduced.instances.items() if d.name not in per_site}
-    reduced.share = {inst: 1 / replicas for inst in shared}
+    share: dict[object, float] = {inst: 1 / replicas for inst in shared}
     for a, b in reduced.graph.edges:
         if a in shared and b in shared:
-            reduced.share[(a, b)] = reduced.share[(b, a)] = 1 / replicas
+            share[(a, b)] = share[(b, a)] = 1 / replicas
+    reduced = dataclasses.replace(reduced, share=share)
     solution = solve(reduced, time_limit, warm_start=False)
     if solution.assignment is None:
         return None

@@ -25,8 +25,8 @@ Step = tuple[str, int | None]  # (declared name, replica); None for a sink share
 @dataclass(frozen=True)
 class CutOption:
     tensors: tuple[str, ...]
-    head_work: float
-    tail_work: float
+    head_work: int
+    tail_work: int
     transfer_bytes: int
     head_weights: int
     tail_weights: int

@@ -13,12 +13,12 @@ from typing import Any
 
 from edgeflow import ir
 from edgeflow.diagnostics import Diagnostic, DiagnosticSink, Label, has_errors
+from edgeflow.objectives import TERMS
 from edgeflow.semantics import flows
 from edgeflow.semantics.lowered import Lowered
 from edgeflow.semantics.model_files import check_model
 from edgeflow.semantics.values import (
     BAD,
-    OBJECTIVE_TERMS,
     TIERS,
     Reader,
     Symbols,
@@ -111,13 +111,13 @@ def _objective(r: Reader) -> Callable[[str, ast.Value], Any]:
             return BAD
         if not value.args:
             r.sink.error("E0305", "`minimize` needs at least one term", value.span, "no terms",
-                         help="terms are " + ", ".join(OBJECTIVE_TERMS))
+                         help="terms are " + ", ".join(TERMS))
             return BAD
         terms: list[str] = []
         for arg in value.args:
             if not isinstance(arg, ast.Word):
                 return r.shape_error(arg, "an objective term", "latency")
-            term = r._choice_word("objective term", arg, OBJECTIVE_TERMS)
+            term = r._choice_word("objective term", arg, tuple(TERMS))
             if term in terms:
                 r.sink.error("E0305", f"objective term `{term}` is repeated", arg.span, "repeated")
                 return BAD

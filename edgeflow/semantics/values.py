@@ -24,7 +24,6 @@ class _Bad:
 BAD: Any = _Bad()
 
 TIERS = ("edge", "fog", "cloud")
-OBJECTIVE_TERMS = ("latency", "cost", "energy")
 
 # What each declaration keyword declares, for "wrong kind" messages.
 DECL_KIND_TEXT = {

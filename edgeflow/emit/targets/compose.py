@@ -1,0 +1,33 @@
+"""docker-compose: one project per device instance that hosts a broker (its broker and the unit
+workers placed there, on the host network), with each unit's config beside it."""
+
+from __future__ import annotations
+
+from edgeflow.emit.bundle import Bundle, Client, k8s_name
+from edgeflow.emit.targets import Rendering, Target
+from edgeflow.emit.templating import render
+from edgeflow.emit.units import BROKER_IMAGE, WORKER_IMAGE, unit_config
+
+
+class Compose(Target):
+    name = "compose"
+    description = "docker-compose files, one project per device"
+
+    def broker_host(self, bundle: Bundle, client: Client) -> str:
+        return "127.0.0.1"  # every worker runs beside its device's broker
+
+    def render(self, r: Rendering) -> dict[str, bytes]:
+        bundle = r.bundle
+        files: dict[str, bytes] = {}
+        for b in bundle.brokers.values():
+            folder = f"compose/{k8s_name(b.device)}"
+            units = [c for c in bundle.units() if c.device == b.device]
+            for c in units:
+                files[f"{folder}/{c.name}.json"] = unit_config(r, self, c).encode()
+            files[f"{folder}/compose.yaml"] = render(
+                "compose/compose.yaml.j2", app=bundle.app, device=b.device, tier=b.tier,
+                project=k8s_name(bundle.app, b.device),
+                units=[{"name": c.name, "secret": c.name} for c in units],
+                mqtt_dir=f"../../mqtt/{b.name}", broker_secret=b.name,
+                broker_image=BROKER_IMAGE, worker_image=WORKER_IMAGE).encode()
+        return files

@@ -1,0 +1,168 @@
+"""`unit.json`: the configuration of one placed unit replica, written by `edgeflow compile` and
+read by the worker process that runs the unit (docs/bundles.md, generated from this schema).
+
+Depends on pydantic and the standard library only: the worker imports this module without the
+rest of the compiler.
+
+`to_json` is the one serialisation: keys sorted, indent 2, floats as Python's `repr`, a trailing
+newline, and the section a unit does not have (`operator` or `model`) absent, never null.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+
+UnitKind = Literal["operator", "model", "head", "tail"]
+ModelPart = Literal["whole", "head", "tail"]
+
+PART_OF_KIND: dict[str, ModelPart] = {"model": "whole", "head": "head", "tail": "tail"}
+"""The model part a unit of each model kind runs."""
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # absent, not null: the schema does not advertise a null
+
+
+def _kind_rules() -> list[JsonValue]:
+    """The kind rules of `UnitConfig._section_matches_kind` and `ModelSpec._cut_matches_part`, as
+    JSON schema: the schema alone accepts exactly what the validators accept."""
+    rules: list[JsonValue] = [{"properties": {"kind": {"const": "operator"}},
+                               "required": ["operator"], "not": {"required": ["model"]}}]
+    for kind, part in PART_OF_KIND.items():
+        cut: JsonValue = {"maxItems": 0} if part == "whole" else {"minItems": 1}
+        rules.append({"properties": {"kind": {"const": kind}, "model": {
+            "properties": {"part": {"const": part}, "cut": cut}}},
+            "required": ["model"], "not": {"required": ["operator"]}})
+    return rules
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class TlsSpec(_Spec):
+    """Files of the unit's TLS client identity, mounted into the worker."""
+
+    ca: str = Field(description="CA certificate (PEM) the broker's certificate is checked with.")
+    cert: str = Field(description="The unit's client certificate (PEM); its CN is `client_id`.")
+    key: str = Field(description="The private key (PEM) of `cert`.")
+
+
+class BrokerSpec(_Spec):
+    """The MQTT broker the unit connects to: its own device's broker."""
+
+    host: str = Field(description="Host name or address of the broker: `127.0.0.1` on the unit's "
+                                  "own machine, else the broker's Service name (cloud units on "
+                                  "Kubernetes).")
+    port: int = Field(ge=1, le=65535, description="TLS port of the broker (8883).")
+    client_id: str = Field(description="MQTT client id and identity, `<app>.<unit>.r<replica>`: "
+                                       "the CN of the client certificate and the MQTT user name "
+                                       "the broker's ACL knows.")
+    tls: TlsSpec = Field(description="TLS client certificate files.")
+
+
+class OperatorSpec(_Spec):
+    """What an operator unit runs."""
+
+    work_flop: float = Field(ge=0, allow_inf_nan=False,
+                             description="Work per message, in FLOP (as declared).")
+    emits: str = Field(description="Tensor type of each output message, e.g. `float32[1, 8]`.")
+
+
+class ModelSpec(_Spec):
+    """The ONNX file a model unit runs: the whole model, or one half of a split."""
+
+    file: str = Field(description="Absolute path of the ONNX file in the worker "
+                                  "(under `/var/lib/edgeflow/models`).")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$",
+                        description="sha256 (lowercase hex) of `file`; the worker refuses a file "
+                                    "that does not match.")
+    part: ModelPart = Field(description="`whole`, or the `head` or `tail` of a split model.")
+    cut: list[str] = Field(description="Tensors the head sends the tail (a split's cut); empty "
+                                       "for a whole model, non-empty for a head or tail.")
+
+    @model_validator(mode="after")
+    def _cut_matches_part(self) -> Self:
+        if (self.part == "whole") != (not self.cut):
+            raise ValueError("`cut` is empty exactly for part `whole`")
+        return self
+
+
+class UnitConfig(_Spec):
+    """`unit.json` of one placed unit replica: exactly one of `operator` and `model` is present."""
+
+    model_config = ConfigDict(json_schema_extra=lambda s: s.update(oneOf=_kind_rules()))
+
+    app: str = Field(description="The application (`app` declaration) the unit belongs to.")
+    unit: str = Field(description="The placed step: an operator or model name, or "
+                                  "`<model>.head` / `<model>.tail` for a split model's halves.")
+    replica: int = Field(ge=0, description="The pipeline replica this unit serves.")
+    kind: UnitKind = Field(description="What the unit runs: an operator, a whole model, or the "
+                                       "head or tail of a split model.")
+    device: str = Field(description="The device instance the unit is placed on, e.g. "
+                                    "`street_cabinet[0]`.")
+    broker: BrokerSpec = Field(description="The MQTT broker to connect to.")
+    subscribe: list[str] = Field(description="MQTT topics the unit reads, one message of each "
+                                             "per run.")
+    publish: list[str] = Field(description="MQTT topics the unit writes its outputs to.")
+    operator: OperatorSpec | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_no_default,
+        description="Present exactly for kind `operator`.")
+    model: ModelSpec | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_no_default,
+        description="Present exactly for kinds `model`, `head` and `tail`, whose `part` is "
+                    "`whole`, `head` and `tail` respectively.")
+
+    @field_validator("operator", "model", mode="before")
+    @classmethod
+    def _absent_not_null(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.mode == "json":
+            raise ValueError("leave the key out instead of null")
+        return value
+
+    @model_validator(mode="after")
+    def _section_matches_kind(self) -> Self:
+        if self.kind == "operator":
+            if self.operator is None or self.model is not None:
+                raise ValueError("kind `operator` needs `operator` and no `model`")
+        else:
+            if self.model is None or self.operator is not None:
+                raise ValueError(f"kind `{self.kind}` needs `model` and no `operator`")
+            if self.model.part != PART_OF_KIND[self.kind]:
+                raise ValueError(f"kind `{self.kind}` runs model part "
+                                 f"`{PART_OF_KIND[self.kind]}`, not `{self.model.part}`")
+        return self
+
+    def to_json(self) -> str:
+        """The `unit.json` text: sorted keys, indent 2, trailing newline, no null keys."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Self:
+        """Parse and validate a `unit.json` text (raises pydantic.ValidationError)."""
+        return cls.model_validate_json(text)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Self:
+        """Read and validate the `unit.json` at `path`."""
+        with open(path, "rb") as f:
+            return cls.from_json(f.read())
+
+
+def schema_json() -> str:
+    """The JSON schema of `unit.json`, deterministic (sorted keys, indent 2, trailing newline)."""
+    return json.dumps(UnitConfig.model_json_schema(), indent=2, sort_keys=True) + "\n"
