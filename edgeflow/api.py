@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from edgeflow import files, ir
 from edgeflow.diagnostics import Diagnostic, SourceCache, has_errors
+from edgeflow.execution import ExecutionGraph, build_execution
 from edgeflow.models import split as split_mod
 from edgeflow.models.extract import split_model
 from edgeflow.models.signature import BoundInputs
@@ -125,12 +126,13 @@ def load(path: str | Path) -> ir.Program:
 
 @dataclass
 class PlanResult:
-    """A plan (None only when placement never ran), the baselines when compared, and the
+    """A plan, the baselines when compared, the execution graph it places, and the
     diagnostics: E0901 for each reason an infeasible app has no plan."""
 
     plan: Plan
     baselines: list[Baseline]
     diagnostics: list[Diagnostic]
+    execution: ExecutionGraph
 
     @property
     def ok(self) -> bool:
@@ -141,18 +143,20 @@ def plan(program: ir.Program, time_limit: float = 30.0, compare: bool = False) -
     """Place a checked program (exact MILP, `time_limit` seconds at most for the solver)."""
     from edgeflow.placement import explanation_diagnostics, make_plan
 
-    placed, baselines = make_plan(program, time_limit, compare)
-    return PlanResult(placed, baselines, explanation_diagnostics(placed, program))
+    execution = build_execution(program)
+    placed, baselines = make_plan(execution, time_limit, compare)
+    return PlanResult(placed, baselines, explanation_diagnostics(placed, program), execution)
 
 
-def bundle(program: ir.Program, placed: Plan, target: str = "k8s",
-           source: str = "") -> dict[str, bytes]:
+def bundle(program: ir.Program, placed: Plan, target: str = "k8s", source: str = "",
+           execution: ExecutionGraph | None = None) -> dict[str, bytes]:
     """Every file of the deployment bundle of a feasible plan, by relative path, in memory.
     `target` is a name in `edgeflow.emit.targets.TARGETS`; `source` names the .ef file in the
-    report."""
+    report; `execution` is the graph the plan placed (built again when not given)."""
     from edgeflow.emit import bundle_files
 
-    return bundle_files(program, placed, target, source or program.file)
+    return bundle_files(execution or build_execution(program), placed, target,
+                        source or program.file)
 
 
 @dataclass
@@ -186,7 +190,7 @@ def compile(path: str | Path, target: str = "k8s", output: str | Path | None = N
         return result
     result.output = out = Path(output) if output is not None else \
         Path("build") / checked.program.app.name
-    result.files = bundle(checked.program, planned.plan, target, str(path))
+    result.files = bundle(checked.program, planned.plan, target, str(path), planned.execution)
     try:
         write_bundle(out, result.files, force)
     except BundleError as exc:

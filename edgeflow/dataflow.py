@@ -82,25 +82,6 @@ class Dataflow:
     graph: nx.DiGraph  # node attrs: kind, labels (frozenset), component
     components: tuple[Component, ...]
 
-    def replicated(self) -> nx.DiGraph:
-        """One node `(name, replica)` per unit and replica; a sink on a count-1 device is one node
-        `(name, None)` shared by all replicas."""
-        out = nx.DiGraph()
-        sinks = self.program.sinks
-        devices = self.program.devices
-
-        def node(name: str, r: int) -> tuple[str, int | None]:
-            shared = name in sinks and devices[sinks[name].device].count == 1
-            return (name, None if shared else r)
-
-        for comp in self.components:
-            for r in range(comp.replicas):
-                for name in comp.nodes:
-                    out.add_node(node(name, r), name=name, replica=r)
-                for u, v in self.graph.subgraph(comp.nodes).edges:
-                    out.add_edge(node(u, r), node(v, r))
-        return out
-
 
 def _kind(program: ir.Program, name: str) -> str:
     if name in program.sinks:

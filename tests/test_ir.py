@@ -6,6 +6,7 @@ import pytest
 
 from edgeflow import load
 from edgeflow.dataflow import build, instance_graph
+from edgeflow.execution import build_execution
 from edgeflow.ir import TensorType, Tier
 from tests.conftest import ROOT
 
@@ -57,10 +58,14 @@ def test_dataflow_graph(program) -> None:  # type: ignore[no-untyped-def]
     labels = {n: set(d["labels"]) for n, d in df.graph.nodes(data=True)}
     assert labels["detector"] == {"pii"} and labels["reject_arm"] == {"pii"}
     assert labels["blur_faces"] == set() and labels["archive"] == set()
-    replicated = df.replicated()
+    execution = build_execution(program)
     # 4 replicas of 5 nodes, plus the archive on the single gpu_pool shared by all of them
-    assert replicated.number_of_nodes() == 21
-    assert replicated.in_degree(("archive", None)) == 4
+    assert len(execution.steps) == 21
+    assert sum(v == ("archive", None) for _, v in execution.edges) == 4
+    assert execution.steps[("camera", 2)].device == "line_gw[2]"
+    assert execution.steps[("detector", 0)].labels == {"pii"}
+    assert execution.steps[("blur_faces", 0)].out_labels == frozenset()
+    assert len(execution.pipelines) == 2 * 4
 
 
 def test_instance_graph_pairs_sites(program) -> None:  # type: ignore[no-untyped-def]

@@ -150,7 +150,8 @@ BUNDLES = ["ar_assist", "smart_city_traffic"]
 @pytest.fixture(scope="module", params=BUNDLES)
 def bundle(request: pytest.FixtureRequest) -> Bundle:
     program = load(ROOT / "examples" / f"{request.param}.ef")
-    return build_bundle(program, api.plan(program).plan)
+    result = api.plan(program)
+    return build_bundle(result.execution, result.plan)
 
 
 def test_each_broker_enforces_its_acl(bundle: Bundle) -> None:

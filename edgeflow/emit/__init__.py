@@ -15,12 +15,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgeflow import __version__, ir
+from edgeflow import __version__
 from edgeflow.emit.artefacts import build_artefacts, manifest
 from edgeflow.emit.bundle import build_bundle
 from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.report import render_report
 from edgeflow.emit.targets import TARGETS, Rendering
+from edgeflow.execution import ExecutionGraph
 from edgeflow.plan import Plan
 
 MARKER = ".edgeflow-bundle"
@@ -34,10 +35,12 @@ class BundleError(Exception):
         self.code, self.message, self.path, self.help = code, message, path, help
 
 
-def bundle_files(program: ir.Program, plan: Plan, target: str, source: str) -> dict[str, bytes]:
+def bundle_files(execution: ExecutionGraph, plan: Plan, target: str,
+                 source: str) -> dict[str, bytes]:
     """Every file of the bundle, by relative path: what every target shares (plan.json,
     report.md, models/, mqtt/) and the target's own files."""
-    bundle = build_bundle(program, plan)
+    program = execution.program
+    bundle = build_bundle(execution, plan)
     artefacts = build_artefacts(program, plan)
     files: dict[str, bytes] = {"plan.json": plan.to_json().encode()}
     files["report.md"] = render_report(bundle, target, source).encode()

@@ -10,12 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from edgeflow import ir
-from edgeflow.models.analysis import analyse
-from edgeflow.models.cuts import CutProblem
 from edgeflow.models.extract import split_model
+from edgeflow.placement.cost import analysed
 from edgeflow.plan import Part, Plan
 
 MODELS_MOUNT = "/var/lib/edgeflow/models"
@@ -53,9 +50,7 @@ def build_artefacts(program: ir.Program, plan: Plan) -> dict[tuple[str, Part, in
                                                       f"models/{name}/model.onnx", source)
         if name not in cuts_of:
             continue
-        analysis = analyse(onnx.load_from_string(source),
-                           {n: t.shape for n, t in model.inputs.items()})
-        problem = CutProblem(analysis)
+        analysis, problem = analysed(model)  # the analysis placement made, not a new one
         for cut, replicas in sorted(cuts_of[name].items()):
             head, tail = split_model(analysis, problem.from_tensors(list(cut)))
             tag = hashlib.sha256("\n".join(cut).encode()).hexdigest()[:10]

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeflow import ir
-from edgeflow.dataflow import Dataflow, build, instance
+from edgeflow.execution import ExecutionGraph, StepKey
 from edgeflow.plan import Part, PlacedUnit, Plan, unit_name
 
-TIER_ORDER = {"edge": 0, "fog": 1, "cloud": 2}
+TIER_ORDER = {t.value: i for i, t in enumerate(ir.Tier)}  # edge < fog < cloud
 MQTT_PORT = 8883
 
 
@@ -104,86 +104,73 @@ def topic(app: str, replica: int, step: str) -> str:
     return f"edgeflow/{app}/r{replica}/{step}"
 
 
-def _tier(program: ir.Program, inst: str) -> str:
-    for dev in program.devices.values():
-        if inst in dev.instances():
-            return dev.tier.value
-    raise KeyError(inst)
-
-
-def build_bundle(program: ir.Program, plan: Plan) -> Bundle:
+def build_bundle(execution: ExecutionGraph, plan: Plan) -> Bundle:
+    program = execution.program
     app = program.app.name
-    df = build(program)
     placed = {(u.name, u.replica): u for u in plan.units}
     splits = {(s.model, s.replica): s for s in plan.splits}
     clients: dict[tuple[str, int | None], Client] = {}
-    # per replica: where each step's input arrives and where its output leaves
-    arrive: dict[tuple[str, int], tuple[Client, str]] = {}
-    leave: dict[tuple[str, int], tuple[str, str, int]] = {}  # topic, device, bytes
+    # per step: the client its input arrives at, and the topic, device and size of its output
+    arrive: dict[StepKey, Client] = {}
+    leave: dict[StepKey, tuple[str, str, int]] = {}
     max_bytes = 0
 
     def client(step: str, replica: int | None, kind: str, device: str) -> Client:
         key = (step, replica)
         if key not in clients:
             ident = f"{app}.{step}" + (f".r{replica}" if replica is not None else "")
-            clients[key] = Client(step, replica, kind, device, _tier(program, device), ident,
+            clients[key] = Client(step, replica, kind, device,
+                                  execution.device(device).tier.value, ident,
                                   placed=placed.get((step, replica)) if replica is not None
                                   else None)
         return clients[key]
 
-    for comp in df.components:
-        for r in range(comp.replicas):
-            for name in comp.nodes:
-                if name in program.sensors:
-                    s = program.sensors[name]
-                    dev = instance(program.devices[s.device], r)
-                    c = client(name, r, "sensor", dev)
-                    t = topic(app, r, name)
-                    c.writes.append(t)
-                    c.config = {"rate_hz": s.rate_hz, "emits": str(s.emits)}
-                    leave[(name, r)] = (t, dev, program.output_bytes(name))
-                elif name in program.sinks:
-                    sink = program.sinks[name]
-                    d = program.devices[sink.device]
-                    shared = d.count == 1
-                    c = client(name, None if shared else r, sink.kind, instance(d, r))
-                    arrive[(name, r)] = (c, c.device)
-                elif (name, r) in splits:
-                    split = splits[(name, r)]
-                    head_name, tail_name = unit_name(name, Part.HEAD), unit_name(name, Part.TAIL)
-                    head_dev = placed[(head_name, r)].device
-                    tail_dev = placed[(tail_name, r)].device
-                    head = client(head_name, r, "head", head_dev)
-                    tail = client(tail_name, r, "tail", tail_dev)
-                    cut = topic(app, r, head_name)
-                    head.writes.append(cut)
-                    tail.reads.append(cut)
-                    out = topic(app, r, tail_name)
-                    tail.writes.append(out)
-                    arrive[(name, r)] = (head, head_dev)
-                    leave[(name, r)] = (out, tail_dev, program.output_bytes(name))
-                    max_bytes = max(max_bytes, split.transfer_bytes)
-                else:
-                    dev = placed[(name, r)].device
-                    kind = "operator" if name in program.operators else "model"
-                    c = client(name, r, kind, dev)
-                    t = topic(app, r, name)
-                    c.writes.append(t)
-                    arrive[(name, r)] = (c, dev)
-                    leave[(name, r)] = (t, dev, program.output_bytes(name))
-            for u, v in df.graph.subgraph(comp.nodes).edges:
-                t, _, nbytes = leave[(u, r)]
-                consumer, _ = arrive[(v, r)]
-                if t not in consumer.reads:
-                    consumer.reads.append(t)
-                max_bytes = max(max_bytes, nbytes)
+    for key, step in execution.steps.items():
+        name, r = key
+        if step.kind == "sensor":
+            assert step.device is not None and r is not None
+            sensor = program.sensors[name]
+            c = client(name, r, "sensor", step.device)
+            t = topic(app, r, name)
+            c.writes.append(t)
+            c.config = {"rate_hz": sensor.rate_hz, "emits": str(sensor.emits)}
+            leave[key] = (t, step.device, step.out_bytes)
+        elif step.device is not None:  # a sink
+            arrive[key] = client(name, r, step.kind, step.device)
+        elif (split := splits.get((name, r))) is not None:  # type: ignore[arg-type]
+            assert r is not None
+            head_name, tail_name = unit_name(name, Part.HEAD), unit_name(name, Part.TAIL)
+            head = client(head_name, r, "head", placed[(head_name, r)].device)
+            tail = client(tail_name, r, "tail", placed[(tail_name, r)].device)
+            cut = topic(app, r, head_name)
+            head.writes.append(cut)
+            tail.reads.append(cut)
+            out = topic(app, r, tail_name)
+            tail.writes.append(out)
+            arrive[key] = head
+            leave[key] = (out, tail.device, step.out_bytes)
+            max_bytes = max(max_bytes, split.transfer_bytes)
+        else:
+            assert r is not None
+            c = client(name, r, step.kind, placed[(name, r)].device)
+            t = topic(app, r, name)
+            c.writes.append(t)
+            arrive[key] = c
+            leave[key] = (t, c.device, step.out_bytes)
+    for u, v in execution.edges:
+        t, _, nbytes = leave[u]
+        consumer = arrive[v]
+        if t not in consumer.reads:
+            consumer.reads.append(t)
+        max_bytes = max(max_bytes, nbytes)
     ordered = sorted(clients.values(), key=lambda c: (c.replica if c.replica is not None else -1,
                                                       c.step))
-    brokers = _brokers(program, df, ordered)
+    brokers = _brokers(execution, ordered)
     return Bundle(app, program, plan, ordered, brokers, max_bytes)
 
 
-def _brokers(program: ir.Program, df: Dataflow, clients: list[Client]) -> dict[str, Broker]:
+def _brokers(execution: ExecutionGraph, clients: list[Client]) -> dict[str, Broker]:
+    program = execution.program
     brokers: dict[str, Broker] = {}
     for c in clients:
         b = brokers.setdefault(c.device, Broker(c.device, c.tier))
@@ -192,7 +179,7 @@ def _brokers(program: ir.Program, df: Dataflow, clients: list[Client]) -> dict[s
         for t in c.writes:
             b.allow(c.identity, "write", t)
     writer_at = {t: c.device for c in clients for t in c.writes}
-    labels = _topic_labels(df, clients)
+    labels = _topic_labels(execution, clients)
     bridges: dict[tuple[str, str], Bridge] = {}
     for c in clients:
         for t in c.reads:
@@ -202,8 +189,9 @@ def _brokers(program: ir.Program, df: Dataflow, clients: list[Client]) -> dict[s
             for inst in (src, dst):  # defence in depth: the plan's routes already respect this
                 allowed = all(brokers[inst].tier in {x.value for x in program.privacy[lb].allow}
                               for lb in labels.get(t, ()))
-                if not allowed:
-                    raise ValueError(f"topic {t} may not reach {inst}")
+                if not allowed:  # a bug in placement, not a user error: never emit it
+                    raise RuntimeError(f"refusing to bridge topic {t} to {inst}: a privacy "
+                                       "rule forbids it, yet the plan placed it so")
             # the lower tier initiates (edge brokers then need not accept connections)
             initiator, peer = (src, dst) if TIER_ORDER[brokers[src].tier] <= \
                 TIER_ORDER[brokers[dst].tier] else (dst, src)
@@ -219,15 +207,15 @@ def _brokers(program: ir.Program, df: Dataflow, clients: list[Client]) -> dict[s
     return dict(sorted(brokers.items()))
 
 
-def _topic_labels(df: Dataflow, clients: list[Client]) -> dict[str, frozenset[str]]:
+def _topic_labels(execution: ExecutionGraph, clients: list[Client]) -> dict[str, frozenset[str]]:
+    """The privacy labels of what each topic carries."""
     out: dict[str, frozenset[str]] = {}
     for c in clients:
-        base = c.step.split(".")[0]
-        if base in df.graph:
-            node_labels = df.graph.nodes[base]["labels"]
-            if c.kind == "head":  # the cut carries the model's input labels
-                node_labels = frozenset().union(*(df.graph.nodes[p]["labels"]
-                                                  for p in df.graph.predecessors(base)))
-            for t in c.writes:
-                out[t] = node_labels
+        if not c.writes:
+            continue
+        step = execution.steps[(c.placed.step if c.placed else c.step, c.replica)]
+        # a head's topic is the cut, which carries what the model receives
+        labels = step.labels if c.kind == "head" else step.out_labels
+        for t in c.writes:
+            out[t] = labels
     return out

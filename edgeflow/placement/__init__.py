@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from edgeflow import ir
 from edgeflow.diagnostics import Diagnostic, Label
+from edgeflow.execution import ExecutionGraph
 from edgeflow.placement.baselines import BASELINES
 from edgeflow.placement.evaluate import Placement, Split, evaluate
 from edgeflow.placement.explain import explain
@@ -119,10 +120,12 @@ class Baseline:
     feasible: bool
 
 
-def make_plan(program: ir.Program, time_limit: float = 30.0,
+def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,
               compare: bool = False) -> tuple[Plan, list[Baseline]]:
-    """The plan of a checked program, and with `compare` the baselines' objectives."""
-    problem = build_problem(program)
+    """The plan of a checked program's execution graph, and with `compare` the baselines'
+    objectives."""
+    program = execution.program
+    problem = build_problem(program, execution)
     solution = solve(problem, time_limit)
     if solution.assignment is None:
         reasons = explain(problem, max(1.0, time_limit / 3))

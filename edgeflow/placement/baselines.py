@@ -21,7 +21,7 @@ from edgeflow.ir import Tier
 from edgeflow.placement.evaluate import Placement, Split, out_instance
 from edgeflow.placement.problem import Problem, Step
 
-_TIERS = [Tier.EDGE, Tier.FOG, Tier.CLOUD]
+_TIERS = list(Tier)  # declared from the edge up
 
 
 def _pinned(problem: Problem) -> dict[Step, Placement]:
@@ -94,7 +94,8 @@ def edgeward(problem: Problem) -> dict[Step, Placement]:
         if here not in info.candidates:
             here = info.candidates[0]
         tier = _TIERS.index(problem.device(here).tier)
-        while util[here] + info.rate * problem.compute_s(info.work, here) > 1 and tier < 2:
+        while util[here] + info.rate * problem.compute_s(info.work, here) > 1 \
+                and tier < len(_TIERS) - 1:
             tier += 1
             upper = [i for i in info.candidates if problem.device(i).tier is _TIERS[tier]]
             if not upper:

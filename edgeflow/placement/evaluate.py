@@ -8,7 +8,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from edgeflow.objectives import TERMS
-from edgeflow.placement.problem import CutOption, Problem, Route, Step, out_labels
+from edgeflow.placement.cost import CutOption, host_usd_per_h, stream_bps, traffic_usd_per_h
+from edgeflow.placement.problem import Problem, Route, Step, out_labels
 from edgeflow.plan import Compute, Part, Transfer, unit_name
 
 
@@ -47,9 +48,9 @@ class Evaluation:
 
     def cost_usd_per_h(self) -> float:
         problem = self.problem
-        traffic = sum(load / 8 * 3600 * problem.link_of(a, b).cost_usd_per_byte
+        traffic = sum(traffic_usd_per_h(load, problem.link_of(a, b).cost_usd_per_byte)
                       for (a, b), load in self.link_load_bps.items())
-        return sum(problem.device(i).cost_usd_per_s * 3600 for i in self.hosts) + traffic
+        return sum(host_usd_per_h(problem.device(i)) for i in self.hosts) + traffic
 
     def energy_w(self) -> float:
         return sum(self.problem.device(i).power_w * u for i, u in self.utilization.items())
@@ -120,11 +121,12 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
         if a != b and edge_route[(u, v)] is not None and b not in sent[u]:
             sent[u].add(b)
             for link in edge_route[(u, v)].links:  # type: ignore[union-attr]
-                ev.link_load_bps[link] += info.rate * 8 * info.out_bytes
+                ev.link_load_bps[link] += stream_bps(info.rate, info.out_bytes)
     for step, (route, cut) in internal.items():
         if route is not None:
             for link in route.links:
-                ev.link_load_bps[link] += problem.steps[step].rate * 8 * cut.transfer_bytes
+                ev.link_load_bps[link] += stream_bps(problem.steps[step].rate,
+                                                     cut.transfer_bytes)
     # -- pipelines
     for name, r, path in problem.pipelines:
         total, rows = 0.0, list[Compute | Transfer]()

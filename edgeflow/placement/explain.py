@@ -26,7 +26,7 @@ def _reason(message: str, spans: list[Span] | None = None) -> Reason:
     return Reason(message=message, spans=tuple(spans or ()))
 
 
-def _fastest(problem: Problem, path: list[Step]) -> tuple[float, list[tuple[float, str]]]:
+def _fastest(problem: Problem, path: tuple[Step, ...]) -> tuple[float, list[tuple[float, str]]]:
     """Least latency of a pipeline replica over every placement of its steps (capacities
     ignored), and the terms of the best placement."""
     # state: out-instance -> (seconds so far, terms)

@@ -28,6 +28,7 @@ import highspy
 import numpy as np
 
 from edgeflow.objectives import TERMS, Combine
+from edgeflow.placement.cost import host_usd_per_h, stream_bps, traffic_usd_per_h
 from edgeflow.placement.evaluate import Placement, Split, evaluate
 from edgeflow.placement.problem import Problem, Step, out_labels
 from edgeflow.span import Span
@@ -172,7 +173,7 @@ class Formulation:
         traffic, in USD/h."""
         host_cost: list[Expr] = []
         for inst, exprs in self.occupies.items():
-            price = self.problem.device(inst).cost_usd_per_s * 3600
+            price = host_usd_per_h(self.problem.device(inst))
             if price > 0:
                 used = self.used[inst] = self.lp.var()
                 for e in exprs:
@@ -246,11 +247,11 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
                 route = problem.route(i, j, cut.transfer_bytes, info.labels)
                 assert route is not None
                 inner[v] = route.seconds
-                bps = info.rate * 8 * cut.transfer_bytes
+                bps = stream_bps(info.rate, cut.transfer_bytes)
                 for link in route.links:
                     link_load[link].append(({v: bps}, 0.0))
-                traffic_cost.append(({v: bps / 8 * 3600 * sum(
-                    problem.link_of(*ln).cost_usd_per_byte for ln in route.links)}, 0.0))
+                traffic_cost.append(({v: traffic_usd_per_h(bps, sum(
+                    problem.link_of(*ln).cost_usd_per_byte for ln in route.links))}, 0.0))
             compute[step] = (comp, 0.0)
             internal[step] = (inner, 0.0)
         else:
@@ -365,11 +366,11 @@ def _messages(f: Formulation) -> dict[tuple[Step, Step], Expr]:
             for y in variables:
                 lp.row(({zv: 1.0, y: -1.0}, 0.0), lo=0.0)
             z = ({zv: 1.0}, 0.0)
-        bps = info.rate * 8 * info.out_bytes
+        bps = stream_bps(info.rate, info.out_bytes)
         for link in route.links:
             link_load[link].append(_add(z, scale=[bps]))
         usd = sum(problem.link_of(*ln).cost_usd_per_byte for ln in route.links)
-        traffic_cost.append(_add(z, scale=[bps / 8 * 3600 * usd]))
+        traffic_cost.append(_add(z, scale=[traffic_usd_per_h(bps, usd)]))
     return edge_time
 
 

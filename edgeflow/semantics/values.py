@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeflow.diagnostics import DiagnosticSink, Label
-from edgeflow.ir import DTYPE_BYTES, TensorType
+from edgeflow.ir import DTYPE_BYTES, TensorType, Tier
 from edgeflow.syntax import ast
 from edgeflow.syntax.units import UNITS, Dimension, suggest_unit, units_of
 
@@ -23,7 +23,7 @@ class _Bad:
 
 BAD: Any = _Bad()
 
-TIERS = ("edge", "fog", "cloud")
+TIERS = tuple(t.value for t in Tier)
 
 # What each declaration keyword declares, for "wrong kind" messages.
 DECL_KIND_TEXT = {
