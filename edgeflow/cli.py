@@ -18,6 +18,7 @@ from edgeflow import __version__, api
 from edgeflow.dataflow import build, to_dot, to_mermaid
 from edgeflow.diagnostics import Diagnostic, has_errors, render_json, render_summary, render_text
 from edgeflow.diagnostics import explain as explain_code
+from edgeflow.emit.targets import TARGETS
 from edgeflow.envelope import envelope
 from edgeflow.files import write_atomic
 from edgeflow.models.signature import ONNX_DTYPES
@@ -217,15 +218,14 @@ def lsp() -> None:
 
 
 def _target_help() -> str:
-    from edgeflow.emit.targets import TARGETS
-
     return "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values())
 
 
 @app.command("compile")
 def compile_cmd(
     file: Annotated[Path, typer.Argument(help="The .ef file.")],
-    target: Annotated[str, typer.Option(help="The deployment target (see `--help`).")] = "k8s",
+    target: Annotated[str, typer.Option(help=f"The deployment target: {_target_help()}.")]
+    = "k8s",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Output folder "
                                                 "(default build/APP).")] = None,
     force: Annotated[bool, typer.Option(help="Write into a folder that holds files edgeflow "
@@ -235,11 +235,7 @@ def compile_cmd(
     out_format: Annotated[OutputFormat, typer.Option("--format", help=_FORMAT_HELP)]
     = OutputFormat.text,
 ) -> None:
-    """Check, plan and emit a deployment bundle. On any error nothing is written.
-
-    Targets are listed by `edgeflow compile --help` under --target."""
-    from edgeflow.emit.targets import TARGETS
-
+    """Check, plan and emit a deployment bundle. On any error nothing is written."""
     if target not in TARGETS:
         raise _usage(f"unknown target `{target}`; the targets are: {_target_help()}")
     as_json = out_format is OutputFormat.json

@@ -111,7 +111,8 @@ def new_highs() -> highspy.Highs:
     return h
 
 
-def _add(*exprs: Expr, scale: Iterable[float] | None = None) -> Expr:
+def add_exprs(*exprs: Expr, scale: Iterable[float] | None = None) -> Expr:
+    """The sum of linear expressions, each times its `scale` factor (1 by default)."""
     out: dict[int, float] = defaultdict(float)
     const = 0.0
     for (coeffs, c), f in zip(exprs, scale or [1.0] * len(exprs), strict=True):
@@ -177,12 +178,12 @@ class Formulation:
             if price > 0:
                 used = self.used[inst] = self.lp.var()
                 for e in exprs:
-                    self.lp.row(_add(({used: 1.0}, 0.0), e, scale=[1.0, -1.0]), lo=0.0)
+                    self.lp.row(add_exprs(({used: 1.0}, 0.0), e, scale=[1.0, -1.0]), lo=0.0)
                 host_cost.append(({used: price}, 0.0))
-        return _add(*host_cost, *self.traffic_cost)
+        return add_exprs(*host_cost, *self.traffic_cost)
 
     def energy(self) -> Expr:
-        return _add(*[_add(*exprs, scale=[self.problem.device(i).power_w] * len(exprs))
+        return add_exprs(*[add_exprs(*exprs, scale=[self.problem.device(i).power_w] * len(exprs))
                       for i, exprs in self.util.items()])
 
     def loc(self, step: Step, side: str) -> dict[str, Expr]:
@@ -280,7 +281,7 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
                 parts.append(compute[step])
             if step in internal:
                 parts.append(internal[step])
-        latency = _add(*parts)
+        latency = add_exprs(*parts)
         slo = program.pipelines[name].slo.latency_s
         if slo is not None:
             if not latency[0] and latency[1] > slo:
@@ -289,15 +290,15 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
                            [program.pipelines[name].slo_spans.get("latency",
                                                                    program.pipelines[name].span)])
             lp.row(latency, hi=slo, label=("slo", name, replica))
-        lp.row(_add(({lam[name]: 1.0}, 0.0), latency, scale=[1.0, -1.0]), lo=0.0)
+        lp.row(add_exprs(({lam[name]: 1.0}, 0.0), latency, scale=[1.0, -1.0]), lo=0.0)
     # -- capacities
     for inst, exprs in util.items():
-        lp.row(_add(*exprs), hi=problem.capacity(inst), label=("compute", inst))
+        lp.row(add_exprs(*exprs), hi=problem.capacity(inst), label=("compute", inst))
     for inst, exprs in memory.items():
-        lp.row(_add(*exprs), hi=problem.device(inst).memory_bytes * problem.capacity(inst),
+        lp.row(add_exprs(*exprs), hi=problem.device(inst).memory_bytes * problem.capacity(inst),
                label=("memory", inst))
     for link, exprs in link_load.items():
-        lp.row(_add(*exprs), hi=problem.link_of(*link).bandwidth_bps * problem.capacity(link),
+        lp.row(add_exprs(*exprs), hi=problem.link_of(*link).bandwidth_bps * problem.capacity(link),
                label=("link", link))
     # -- objective terms: every registered one, so any may be bounded in a later stage
     f.terms = {name: term.milp(f) for name, term in TERMS.items()}
@@ -350,7 +351,7 @@ def _messages(f: Formulation) -> dict[tuple[Step, Step], Expr]:
                                + (f"from `{k}`" if end is outs else f"to `{k}`")
                                + (f" through tiers allowed for {', '.join(sorted(labels))}"
                                   if labels else ""), labels)
-                lp.row(_add((sums[k], 0.0), expr, scale=[1.0, -1.0]), 0.0, 0.0)
+                lp.row(add_exprs((sums[k], 0.0), expr, scale=[1.0, -1.0]), 0.0, 0.0)
         edge_time[(u, v)] = (time_terms, time_const)
     for (u, i, j), ys in sends.items():
         info = problem.steps[u]
@@ -368,9 +369,9 @@ def _messages(f: Formulation) -> dict[tuple[Step, Step], Expr]:
             z = ({zv: 1.0}, 0.0)
         bps = stream_bps(info.rate, info.out_bytes)
         for link in route.links:
-            link_load[link].append(_add(z, scale=[bps]))
+            link_load[link].append(add_exprs(z, scale=[bps]))
         usd = sum(problem.link_of(*ln).cost_usd_per_byte for ln in route.links)
-        traffic_cost.append(_add(z, scale=[traffic_usd_per_h(bps, usd)]))
+        traffic_cost.append(add_exprs(z, scale=[traffic_usd_per_h(bps, usd)]))
     return edge_time
 
 
