@@ -85,29 +85,29 @@ def build_execution(program: ir.Program) -> ExecutionGraph:
     steps: dict[StepKey, Step] = {}
     edges: list[tuple[StepKey, StepKey]] = []
     pipelines: list[tuple[str, int, tuple[StepKey, ...]]] = []
+    received = {name: frozenset[str]().union(*(g.nodes[p]["labels"] for p in g.predecessors(name)))
+                for name in g.nodes}
     for comp in df.components:
+        comp_edges = list(g.subgraph(comp.nodes).edges)
+        paths = [p for p in program.pipelines.values() if p.flow[0] in comp.nodes]
         for r in range(comp.replicas):
             for name in comp.nodes:
                 key = step_key(program, name, r)
                 if key in steps:
                     continue
                 node = g.nodes[name]
-                received = frozenset[str]().union(*(g.nodes[p]["labels"]
-                                                    for p in g.predecessors(name)))
-                device = None
+                labels, device = received[name], None
                 if name in program.sensors:
                     device = instance(program.devices[program.sensors[name].device], r)
-                    received = node["labels"]
+                    labels = node["labels"]
                 elif name in program.sinks:
                     dev = program.devices[program.sinks[name].device]
                     device = instance(dev, r if dev.count > 1 else 0)
                 steps[key] = Step(key, node["kind"], rates[name], program.output_bytes(name),
-                                  received, node["labels"], device)
-            for u, v in g.subgraph(comp.nodes).edges:
-                edges.append((step_key(program, u, r), step_key(program, v, r)))
-            for p in program.pipelines.values():
-                if p.flow[0] in comp.nodes:
-                    pipelines.append((p.name, r, tuple(step_key(program, s, r) for s in p.flow)))
+                                  labels, node["labels"], device)
+            edges.extend((step_key(program, u, r), step_key(program, v, r)) for u, v in comp_edges)
+            pipelines.extend((p.name, r, tuple(step_key(program, s, r) for s in p.flow))
+                             for p in paths)
     instances = {name: (d, i) for d in program.devices.values()
                  for i, name in enumerate(d.instances())}
     return ExecutionGraph(program, df, steps, tuple(edges), tuple(pipelines), instances,

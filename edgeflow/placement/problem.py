@@ -143,6 +143,17 @@ class Problem:
 def build_problem(program: ir.Program, execution: ExecutionGraph | None = None) -> Problem:
     """The problem of placing `program` (built on `execution` when the caller has it)."""
     graph = execution or build_execution(program)
+    shared = [d for d in program.devices.values() if d.count == 1]
+    pools: dict[tuple[int, int], list[str]] = {}  # (replicas, replica) -> instances
+
+    def pool(n: int, r: int) -> list[str]:
+        """Where a unit of replica r of an n-replica component may run: its site's own
+        devices (count n) and every single device."""
+        if (n, r) not in pools:
+            own = [d for d in program.devices.values() if d.count == n and n > 1]
+            pools[(n, r)] = [instance(d, r) for d in [*own, *shared]]
+        return pools[(n, r)]
+
     steps: dict[Step, StepInfo] = {}
     for key, step in graph.steps.items():
         name, r = key
@@ -150,10 +161,7 @@ def build_problem(program: ir.Program, execution: ExecutionGraph | None = None) 
             cands, work, memory = [step.device], 0.0, 0.0
         else:
             assert r is not None
-            n = graph.replicas(name)
-            own = [d for d in program.devices.values() if d.count == n and n > 1]
-            shared = [d for d in program.devices.values() if d.count == 1]
-            cands = [instance(d, r) for d in [*own, *shared]]
+            cands = list(pool(graph.replicas(name), r))
             if name in program.operators:
                 work, memory = program.operators[name].work_flop, \
                     program.operators[name].memory_bytes
