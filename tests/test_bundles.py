@@ -229,3 +229,46 @@ def test_every_feasible_random_app_compiles_to_valid_bundles(text: str) -> None:
             for path, data in files.items():
                 if path.endswith("compose.yaml"):
                     assert yaml.safe_load(data)["services"]["broker"]
+
+
+def test_compile_errors_are_coded_diagnostics_and_json_envelopes(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    refused = run("compile", "examples/ar_assist.ef", "-o", str(mine))
+    assert refused.returncode == 1 and f"error[E1002]: `{mine}` holds files" in refused.stderr
+    assert "--force" in refused.stderr
+    as_json = run("compile", "examples/ar_assist.ef", "-o", str(mine), "--format", "json")
+    out = json.loads(as_json.stdout)
+    assert as_json.returncode == 1 and out["command"] == "compile" and out["ok"] is False
+    assert out["result"] is None and [d["code"] for d in out["diagnostics"]] == ["E1002"]
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    unwritable = run("compile", "examples/ar_assist.ef", "-o", str(a_file))
+    assert unwritable.returncode == 1 and "error[E1001]" in unwritable.stderr
+    assert a_file.read_text() == "x"
+    written = run("compile", "examples/ar_assist.ef", "-o", str(tmp_path / "b"), "--format",
+                  "json")
+    assert written.returncode == 0, written.stderr
+    result = json.loads(written.stdout)["result"]
+    assert result["target"] == "k8s" and "plan.json" in result["files"]
+    assert result["plan"] == json.loads((tmp_path / "b" / "plan.json").read_text())
+    infeasible = run("compile", "examples/reference.ef", "--format", "json", "-o",
+                     str(tmp_path / "ref"))
+    out = json.loads(infeasible.stdout)
+    assert infeasible.returncode == 1 and out["result"] is None
+    assert {d["code"] for d in out["diagnostics"]} == {"E0901"}
+    assert not (tmp_path / "ref").exists()
+    broken = run("compile", "tests/fixtures/diagnostics/E0504_cycle.ef", "--format", "json")
+    out = json.loads(broken.stdout)
+    assert broken.returncode == 1 and "E0504" in {d["code"] for d in out["diagnostics"]}
+
+
+def test_api_compile_returns_diagnostics_and_writes_nothing_on_error(tmp_path: Path) -> None:
+    result = api.compile(ROOT / "examples" / "reference.ef", output=tmp_path / "ref")
+    assert not result.ok and result.plan is not None and not result.plan.feasible
+    assert {d.code for d in result.diagnostics} == {"E0901"} and not (tmp_path / "ref").exists()
+    result = api.compile(ROOT / "examples" / "ar_assist.ef", "compose", tmp_path / "ok")
+    assert result.ok and result.output == tmp_path / "ok"
+    assert {p: (tmp_path / "ok" / p).read_bytes() for p in result.files} == result.files

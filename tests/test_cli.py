@@ -95,6 +95,11 @@ def test_plan_json_and_exit_codes() -> None:
             "explanation"} <= set(plan)
     again = run("plan", "examples/ar_assist.ef", "--json")
     assert again.stdout == proc.stdout  # deterministic
+    as_format = run("plan", "examples/ar_assist.ef", "--format", "json")
+    assert as_format.stdout == proc.stdout  # --json is --format json
+    infeasible_json = json.loads(run("plan", "examples/reference.ef", "--json").stdout)
+    assert infeasible_json["ok"] is False and infeasible_json["result"]["status"] == "infeasible"
+    assert {d["code"] for d in infeasible_json["diagnostics"]} == {"E0901"}
     infeasible = run("plan", "examples/reference.ef")
     assert infeasible.returncode == 1
     assert "app factory_inspection: infeasible" in infeasible.stdout
