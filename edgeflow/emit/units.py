@@ -3,15 +3,11 @@ contract with the worker: docs/bundles.md)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from edgeflow import __version__
 from edgeflow.emit.bundle import MQTT_PORT, Client
+from edgeflow.emit.targets.base import Rendering, Target
 from edgeflow.plan import Part
 from edgeflow.unit_config import BrokerSpec, ModelSpec, OperatorSpec, TlsSpec, UnitConfig, UnitKind
-
-if TYPE_CHECKING:
-    from edgeflow.emit.targets import Rendering, Target
 
 WORKER_IMAGE = f"edgeflow-worker:{__version__}"
 BROKER_IMAGE = "eclipse-mosquitto:2.0.18"

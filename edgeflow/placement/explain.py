@@ -18,7 +18,7 @@ import numpy as np
 from edgeflow.placement.evaluate import Split
 from edgeflow.placement.milp import assignment_from, formulate
 from edgeflow.placement.problem import Problem, Step
-from edgeflow.plan import Reason
+from edgeflow.plan import Part, Reason, unit_name
 from edgeflow.span import Span
 
 
@@ -50,9 +50,9 @@ def _fastest(problem: Problem, path: tuple[Step, ...]) -> tuple[float, list[tupl
                         continue
                     h, t = problem.compute_s(cut.head_work, i), problem.compute_s(cut.tail_work, j)
                     options.append((i, j, h + route.seconds + t, [
-                        (h, f"`{info.name}.head` on `{i}`"),
+                        (h, f"`{unit_name(info.name, Part.HEAD)}` on `{i}`"),
                         (route.seconds, f"sending the cut of `{info.name}` from `{i}` to `{j}`"),
-                        (t, f"`{info.name}.tail` on `{j}`")]))
+                        (t, f"`{unit_name(info.name, Part.TAIL)}` on `{j}`")]))
         if not info.is_unit:
             options = [(i, i, 0.0, []) for i in info.candidates]
         nxt: dict[str, tuple[float, list[tuple[float, str]]]] = {}

@@ -28,9 +28,10 @@ import highspy
 import numpy as np
 
 from edgeflow.objectives import TERMS, Combine
+from edgeflow.placement.baselines import BASELINES
 from edgeflow.placement.cost import host_usd_per_h, stream_bps, traffic_usd_per_h
 from edgeflow.placement.evaluate import Placement, Split, evaluate
-from edgeflow.placement.problem import Problem, Step, out_labels
+from edgeflow.placement.problem import Problem, Step, build_problem, out_labels
 from edgeflow.span import Span
 
 Expr = tuple[dict[int, float], float]  # (coefficients by variable, constant)
@@ -491,8 +492,6 @@ def start_values(f: Formulation, assignment: dict[Step, Placement]) -> tuple[np.
 
 def _best_start(problem: Problem, order: tuple[str, ...], time_limit: float,
                 ) -> dict[Step, Placement] | None:
-    from edgeflow.placement.baselines import BASELINES  # baselines import this module's types
-
     candidates = [b(problem) for b in BASELINES.values()]
     candidates.append(symmetric_start(problem, time_limit))
     best, best_terms = None, None
@@ -508,8 +507,6 @@ def _best_start(problem: Problem, order: tuple[str, ...], time_limit: float,
 def _reduced(problem: Problem) -> tuple[Problem, int, set[str]] | None:
     """One replica of a symmetric app: devices of the replica count become single devices.
     Returns the reduced problem, the replica count and the per-site device names."""
-    from edgeflow.placement.problem import build_problem
-
     counts = {c.replicas for c in problem.dataflow.components}
     if len(counts) != 1 or (replicas := counts.pop()) == 1:
         return None

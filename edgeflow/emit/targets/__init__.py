@@ -1,64 +1,16 @@
-"""The deployment-target registry. A target is a small object: its name (the `--target`
-choice), a one-line description, where a unit's worker finds its broker, and how it renders a
-`Bundle` into files. `edgeflow compile --target` lists what is registered here; adding a target
-is one module in this folder (plus its templates and a golden), registered in `_BUILT_IN` below.
+"""The deployment targets. A target is a small object: its name (the `--target` choice), a
+one-line description, where a unit's worker finds its broker, and how it renders a `Bundle` into
+files (`base.Target`). Adding a target is one module in this folder (plus its templates and a
+golden bundle) and one entry in the tuple below; `edgeflow compile --target` lists the registry.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from edgeflow.emit.targets.base import TARGETS, Rendering, Target, register, unregister
+from edgeflow.emit.targets.compose import Compose
+from edgeflow.emit.targets.k8s import Kubernetes
 
-if TYPE_CHECKING:
-    from edgeflow.emit.artefacts import Artefact
-    from edgeflow.emit.bundle import Bundle, Client
-    from edgeflow.plan import Part
+for _target in (Kubernetes(), Compose()):
+    register(_target)
 
-
-@dataclass(frozen=True)
-class Rendering:
-    """What a target renders from: the bundle and the model files by (model, part, replica)."""
-
-    bundle: Bundle
-    artefacts: dict[tuple[str, Part, int], Artefact]
-
-
-class Target(ABC):
-    name: str
-    description: str
-
-    @abstractmethod
-    def broker_host(self, bundle: Bundle, client: Client) -> str:
-        """Where `client`'s worker reaches its device's broker."""
-
-    @abstractmethod
-    def render(self, r: Rendering) -> dict[str, bytes]:
-        """The target's own files, by path relative to the bundle (plan.json, report.md,
-        models/ and mqtt/ are common to every target and written beside them)."""
-
-
-TARGETS: dict[str, Target] = {}
-
-
-def register(target: Target) -> Target:
-    if target.name in TARGETS:
-        raise ValueError(f"target `{target.name}` is already registered")
-    TARGETS[target.name] = target
-    return target
-
-
-def unregister(name: str) -> None:
-    """Remove a target (for tests that register their own)."""
-    TARGETS.pop(name, None)
-
-
-def _register_built_in() -> None:
-    from edgeflow.emit.targets.compose import Compose
-    from edgeflow.emit.targets.k8s import Kubernetes
-
-    for target in (Kubernetes(), Compose()):
-        register(target)
-
-
-_register_built_in()
+__all__ = ["TARGETS", "Rendering", "Target", "register", "unregister"]

@@ -4,7 +4,7 @@ workers placed there, on the host network), with each unit's config beside it.""
 from __future__ import annotations
 
 from edgeflow.emit.bundle import Bundle, Client, k8s_name
-from edgeflow.emit.targets import Rendering, Target
+from edgeflow.emit.targets.base import Rendering, Target
 from edgeflow.emit.templating import render
 from edgeflow.emit.units import BROKER_IMAGE, WORKER_IMAGE, unit_config
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from edgeflow.emit.bundle import Bundle, Client, k8s_name
 from edgeflow.emit.mqtt import render_acl, render_conf
-from edgeflow.emit.targets import Rendering, Target
+from edgeflow.emit.targets.base import Rendering, Target
 from edgeflow.emit.templating import render
 from edgeflow.emit.units import BROKER_IMAGE, WORKER_IMAGE, unit_config
 

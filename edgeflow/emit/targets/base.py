@@ -1,0 +1,48 @@
+"""What a deployment target is (`Target`), what it renders from (`Rendering`), and the registry
+of targets by name (`TARGETS`, which `edgeflow compile --target` lists)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from edgeflow.emit.artefacts import Artefact
+from edgeflow.emit.bundle import Bundle, Client
+from edgeflow.plan import Part
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """What a target renders from: the bundle and the model files by (model, part, replica)."""
+
+    bundle: Bundle
+    artefacts: dict[tuple[str, Part, int], Artefact]
+
+
+class Target(ABC):
+    name: str
+    description: str
+
+    @abstractmethod
+    def broker_host(self, bundle: Bundle, client: Client) -> str:
+        """Where `client`'s worker reaches its device's broker."""
+
+    @abstractmethod
+    def render(self, r: Rendering) -> dict[str, bytes]:
+        """The target's own files, by path relative to the bundle (plan.json, report.md,
+        models/ and mqtt/ are common to every target and written beside them)."""
+
+
+TARGETS: dict[str, Target] = {}
+
+
+def register(target: Target) -> Target:
+    if target.name in TARGETS:
+        raise ValueError(f"target `{target.name}` is already registered")
+    TARGETS[target.name] = target
+    return target
+
+
+def unregister(name: str) -> None:
+    """Remove a target (for tests that register their own)."""
+    TARGETS.pop(name, None)
