@@ -112,3 +112,11 @@ def test_fmt_cli(tmp_path: Path) -> None:
     proc = run("fmt", str(broken))
     assert proc.returncode == 1 and "error[E0001]" in proc.stderr
     assert broken.read_text() == "app a { description = }\n"
+
+
+def test_a_comment_inside_a_declarations_head_moves_above_it() -> None:
+    # found by test_generated_programs: the comment between `app` and its name was dropped
+    for text in ("app#A{}app\nA{}", "link a # x\n <-> b { bandwidth = 1 Mbps }\n"):
+        check_formatting(text)
+    module, _ = parse("app#A{}app\nA{}", "f.ef")
+    assert format_module("app#A{}app\nA{}", module) == "#A{}app\napp A {}\n"

@@ -2,7 +2,8 @@
 
 Canonical form: one space around `=`, `->`, `<->` and comparison operators; `, ` between items;
 keys aligned in multi-line blocks; two-space indentation; comments kept where they were (own-line
-comments before the item they precede, trailing comments after it). A block stays on one line when
+comments before the item they precede, trailing comments after it; a comment inside a
+declaration's head, before its `{`, moves to its own line above the declaration). A block stays on one line when
 it was written on one line, holds no comment and fits in 100 columns; otherwise one entry per
 line. Blank lines between top-level items are kept (one at most). Formatting is idempotent and
 never changes what the program means (both are tested).
@@ -93,10 +94,15 @@ class _Formatter:
         return f"{_key(e.key).ljust(width)} = {value_text(e.value)}"
 
     def decl(self, d: ast.Decl) -> list[str]:
-        head = (f"link {d.name.value} <-> {d.peer.value}" if d.peer else
-                f"{d.kind} {d.name.value}")
         body = d.body_span
         assert body is not None
+        # a comment inside the head (`app # note` NEWLINE `name {`) moves above the declaration
+        above = [self.take(c) for c in self.comments_between(d.span.start, body.start)]
+        return above + self.block(d, body)
+
+    def block(self, d: ast.Decl, body: Span) -> list[str]:
+        head = (f"link {d.name.value} <-> {d.peer.value}" if d.peer else
+                f"{d.kind} {d.name.value}")
         if not d.entries:
             inner = self.comments_between(body.start, body.end)
             if not inner:
