@@ -194,8 +194,7 @@ def compile(path: str | Path, target: str = "k8s", output: str | Path | None = N
     try:
         write_bundle(out, result.files, force)
     except BundleError as exc:
-        result.diagnostics.append(Diagnostic(exc.code, exc.message, file_span(exc.path),
-                                             help=exc.help))
+        result.diagnostics.append(exc.diagnostic)
     return result
 
 

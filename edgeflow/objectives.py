@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from edgeflow.registry import Registry
+
 if TYPE_CHECKING:
     from edgeflow.placement.evaluate import Evaluation
     from edgeflow.placement.milp import Expr, Formulation
@@ -54,20 +56,8 @@ class Term:
         return f"{self.name} {self.shown(value):{width}.{self.digits}f} {self.unit}"
 
 
-TERMS: dict[str, Term] = {}
-
-
-def register(term: Term) -> Term:
-    """Add a term (a name may be registered once)."""
-    if term.name in TERMS:
-        raise ValueError(f"objective term `{term.name}` is already registered")
-    TERMS[term.name] = term
-    return term
-
-
-def unregister(name: str) -> None:
-    """Remove a term (for tests that register their own)."""
-    TERMS.pop(name, None)
+TERMS = Registry[Term]("objective term")
+register, unregister = TERMS.register, TERMS.unregister
 
 
 def plan_objective(values: dict[str, float]) -> dict[str, Any]:

@@ -16,23 +16,30 @@ import tempfile
 from pathlib import Path
 
 from edgeflow import __version__
+from edgeflow.diagnostics import Diagnostic
 from edgeflow.emit.artefacts import build_artefacts, manifest
 from edgeflow.emit.bundle import build_bundle
 from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.report import render_report
 from edgeflow.emit.targets import TARGETS, Rendering
 from edgeflow.execution import ExecutionGraph
+from edgeflow.files import write_atomic
 from edgeflow.plan import Plan
+from edgeflow.span import file_span
 
 MARKER = ".edgeflow-bundle"
 
 
 class BundleError(Exception):
-    """A user-facing problem writing the bundle: a diagnostic code (E1001, E1002) and message."""
+    """Why the bundle was not written: a diagnostic on the output folder (E1001, E1002)."""
 
-    def __init__(self, code: str, message: str, path: str, help: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.path, self.help = code, message, path, help
+    def __init__(self, diagnostic: Diagnostic) -> None:
+        super().__init__(diagnostic.message)
+        self.diagnostic = diagnostic
+
+
+def _refuse(code: str, message: str, out: Path, help: str | None = None) -> BundleError:
+    return BundleError(Diagnostic(code, message, file_span(str(out)), help=help))
 
 
 def bundle_files(execution: ExecutionGraph, plan: Plan, target: str,
@@ -64,16 +71,16 @@ def write_bundle(out: Path, files: dict[str, bytes], force: bool) -> None:
     try:
         _write_bundle(out.resolve(), files, force)
     except OSError as exc:
-        raise BundleError("E1001", f"cannot write `{exc.filename or out}`: "
-                                   f"{exc.strerror or exc}", str(out)) from None
+        raise _refuse("E1001", f"cannot write `{exc.filename or out}`: {exc.strerror or exc}",
+                      out) from None
 
 
 def _write_bundle(out: Path, files: dict[str, bytes], force: bool) -> None:
     previous: list[str] = []
     if out.exists():
         if not out.is_dir():
-            raise BundleError("E1001", f"cannot write `{out}`: it exists and is not a folder",
-                              str(out), help="choose another folder with -o")
+            raise _refuse("E1001", f"cannot write `{out}`: it exists and is not a folder", out,
+                          help="choose another folder with -o")
         marker = out / MARKER
         if marker.is_file():
             try:
@@ -83,12 +90,11 @@ def _write_bundle(out: Path, files: dict[str, bytes], force: bool) -> None:
         present = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
         foreign = sorted(present - set(previous) - {MARKER})
         if foreign and not force:
-            raise BundleError("E1002", f"`{out}` holds files edgeflow did not generate "
-                              f"(`{foreign[0]}`"
-                              + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
-                              + ")", str(out), help="choose another folder with -o, or pass "
-                                                    "--force to write beside them (they are "
-                                                    "kept)")
+            raise _refuse("E1002", f"`{out}` holds files edgeflow did not generate "
+                          f"(`{foreign[0]}`"
+                          + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "") + ")",
+                          out, help="choose another folder with -o, or pass --force to write "
+                                    "beside them (they are kept)")
         if foreign:
             _merge(out, files, previous)
             return
@@ -114,12 +120,7 @@ def _write_bundle(out: Path, files: dict[str, bytes], force: bool) -> None:
 
 def _merge(out: Path, files: dict[str, bytes], previous: list[str]) -> None:
     for rel, data in files.items():
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
-                                         delete=False) as f:
-            f.write(data)
-        os.chmod(f.name, 0o644)
-        os.replace(f.name, path)
+        if (problem := write_atomic(out / rel, data, force=True)) is not None:
+            raise BundleError(problem)
     for rel in set(previous) - set(files):  # edgeflow's own files from an older bundle
         (out / rel).unlink(missing_ok=True)

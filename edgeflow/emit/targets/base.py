@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from edgeflow.emit.artefacts import Artefact
 from edgeflow.emit.bundle import Bundle, Client
 from edgeflow.plan import Part
+from edgeflow.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -33,16 +34,5 @@ class Target(ABC):
         models/ and mqtt/ are common to every target and written beside them)."""
 
 
-TARGETS: dict[str, Target] = {}
-
-
-def register(target: Target) -> Target:
-    if target.name in TARGETS:
-        raise ValueError(f"target `{target.name}` is already registered")
-    TARGETS[target.name] = target
-    return target
-
-
-def unregister(name: str) -> None:
-    """Remove a target (for tests that register their own)."""
-    TARGETS.pop(name, None)
+TARGETS = Registry[Target]("target")
+register, unregister = TARGETS.register, TARGETS.unregister
