@@ -146,15 +146,16 @@ def test_bundles_are_deterministic(bundles) -> None:  # type: ignore[no-untyped-
 
 
 @pytest.mark.parametrize("target", ["k8s", "compose"])
-def test_golden_bundle(bundles, target: str) -> None:  # type: ignore[no-untyped-def]
-    files = bundles[("smart_city_traffic", target)]
+@pytest.mark.parametrize("app", ["smart_city_traffic", "healthcare_vitals"])  # the latter splits
+def test_golden_bundle(bundles, app: str, target: str) -> None:  # type: ignore[no-untyped-def]
+    files = bundles[(app, target)]
     parts = []
     for path, data in files.items():
         if path.endswith(".onnx"):
             parts.append(f"==> {path} (sha256 {hashlib.sha256(data).hexdigest()})\n")
         else:
             parts.append(f"==> {path}\n{data.decode()}")
-    assert_golden(FIXTURES / "bundles" / f"smart_city_traffic.{target}.txt", "".join(parts))
+    assert_golden(FIXTURES / "bundles" / f"{app}.{target}.txt", "".join(parts))
 
 
 def test_compose_files_parse_and_reference_secrets_as_files(bundles) -> None:  # type: ignore[no-untyped-def]

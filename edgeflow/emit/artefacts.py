@@ -55,7 +55,7 @@ def build_artefacts(program: ir.Program, plan: Plan) -> dict[tuple[str, Part, in
             head, tail = split_model(analysis, problem.from_tensors(list(cut)))
             tag = hashlib.sha256("\n".join(cut).encode()).hexdigest()[:10]
             for part, proto in ((Part.HEAD, head), (Part.TAIL, tail)):
-                art = Artefact(name, part, cut, f"models/{name}/cut-{tag}/{part}.onnx",
+                art = Artefact(name, part, cut, f"models/{name}/cut-{tag}/{part.value}.onnx",
                                proto.SerializeToString(deterministic=True))
                 for r in replicas:
                     out[(name, part, r)] = art
