@@ -79,6 +79,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from edgeflow import check_text
+    from edgeflow.execution import build_execution
     from edgeflow.placement.baselines import BASELINES
     from edgeflow.placement.evaluate import evaluate
     from edgeflow.placement.milp import solve
@@ -93,7 +94,7 @@ def main() -> None:
         result = check_text(generate(units, devices), str(ROOT / "examples" / "scale.ef"))
         assert result.program is not None, result.diagnostics[:3]
         t0 = time.perf_counter()
-        problem = build_problem(result.program)
+        problem = build_problem(build_execution(result.program))
         t1 = time.perf_counter()
         limit = args.time_limit or (1.0 if units <= 50 else 10.0)
         solution = solve(problem, time_limit=limit)

@@ -155,8 +155,16 @@ def bundle(program: ir.Program, placed: Plan, target: str = "k8s", source: str =
     report; `execution` is the graph the plan placed (built again when not given)."""
     from edgeflow.emit import bundle_files
 
+    _known_target(target)
     return bundle_files(execution or build_execution(program), placed, target,
                         source or program.file)
+
+
+def _known_target(target: str) -> None:
+    from edgeflow.emit.targets import TARGETS
+
+    if target not in TARGETS:
+        raise ValueError(f"unknown target `{target}`; the targets are {', '.join(TARGETS)}")
 
 
 @dataclass
@@ -176,9 +184,10 @@ def compile(path: str | Path, target: str = "k8s", output: str | Path | None = N
             force: bool = False, time_limit: float = 30.0) -> CompileResult:
     """Check, plan and write the bundle to `output` (default build/APP) atomically; on any
     error nothing is written. A folder holding files edgeflow did not write is refused unless
-    `force` (then they are kept)."""
+    `force` (then they are kept). An unknown `target` raises ValueError (the CLI checks it)."""
     from edgeflow.emit import BundleError, write_bundle
 
+    _known_target(target)
     checked = check_file(path)
     result = CompileResult(checked)
     if checked.program is None:

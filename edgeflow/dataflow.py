@@ -29,11 +29,6 @@ def flow_graph(flows: Iterable[tuple[str, Sequence[str]]]) -> nx.DiGraph:
     return graph
 
 
-def instance(device: ir.Device, replica: int) -> str:
-    """The instance of `device` that replica `replica` uses (the single one for count 1)."""
-    return device.name if device.count == 1 else f"{device.name}[{replica}]"
-
-
 def instance_graph(devices: Mapping[str, ir.Device], links: Iterable[ir.Link]) -> nx.Graph:
     """Device instances and the links between them. Devices of equal count n > 1 are linked
     instance-wise (one site each); otherwise every instance of one end meets every one of the

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from edgeflow import ir
-from edgeflow.dataflow import Dataflow, build, instance, instance_graph
+from edgeflow.dataflow import Dataflow, build, instance_graph
 
 StepKey = tuple[str, int | None]  # (declared name, replica); None for a sink shared by all
 
@@ -98,11 +98,10 @@ def build_execution(program: ir.Program) -> ExecutionGraph:
                 node = g.nodes[name]
                 labels, device = received[name], None
                 if name in program.sensors:
-                    device = instance(program.devices[program.sensors[name].device], r)
+                    device = program.devices[program.sensors[name].device].instance(r)
                     labels = node["labels"]
                 elif name in program.sinks:
-                    dev = program.devices[program.sinks[name].device]
-                    device = instance(dev, r if dev.count > 1 else 0)
+                    device = program.devices[program.sinks[name].device].instance(r)
                 steps[key] = Step(key, node["kind"], rates[name], program.output_bytes(name),
                                   labels, node["labels"], device)
             edges.extend((step_key(program, u, r), step_key(program, v, r)) for u, v in comp_edges)

@@ -6,6 +6,7 @@ the write, E1002 when it would replace a file another tool wrote.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -39,47 +40,67 @@ def _foreign(path: Path) -> Diagnostic | None:
                       help="choose another output path, or pass `--force` to replace it")
 
 
-def _reason(path: Path, exc: OSError) -> str:
+def reason(path: Path, exc: OSError) -> str:
+    """Why `path` cannot be written, in words: a parent that is a file, else the system's."""
     for parent in reversed(path.parents):
         if parent.exists() and not parent.is_dir():
             return f"`{parent}` is a file, not a folder"
     return exc.strerror or str(exc)
 
 
-def write_atomic(path: Path, data: bytes, force: bool = False) -> Diagnostic | None:
-    """Write `path` via a temporary file and a rename, keeping the mode of the file it replaces
-    (a new file gets the mode `open()` would give it); None, or why nothing was written."""
-    if not force and (refused := _foreign(path)) is not None:
-        return refused
-    temp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
-                                         delete=False) as f:
-            temp = f.name
+def _cannot(path: Path, exc: OSError) -> Diagnostic:
+    return Diagnostic("E1001", f"cannot write `{path}`: {reason(path, exc)}",
+                      file_span(str(path)))
+
+
+def _staged(path: Path, data: bytes) -> str:
+    """`data` in a temporary file beside `path`, with the mode `path` has (a new file: the
+    mode `open()` would give it); the caller renames it over `path` or removes it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
+                                     delete=False) as f:
+        try:
             f.write(data)
-        if path.exists():
-            os.chmod(temp, stat.S_IMODE(path.stat().st_mode))
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temp, 0o666 & ~umask)
-        os.replace(temp, path)
-    except OSError as exc:
-        if temp is not None:
-            Path(temp).unlink(missing_ok=True)
-        return Diagnostic("E1001", f"cannot write `{path}`: {_reason(path, exc)}",
-                          file_span(str(path)))
-    return None
+            if path.exists():
+                os.chmod(f.name, stat.S_IMODE(path.stat().st_mode))
+            else:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(f.name, 0o666 & ~umask)
+        except OSError:
+            Path(f.name).unlink(missing_ok=True)
+            raise
+    return f.name
+
+
+def write_atomic(path: Path, data: bytes, force: bool = False) -> Diagnostic | None:
+    """Write `path` via a temporary file and a rename; None, or why nothing was written."""
+    problems = write_all({path: data}, force)
+    return problems[0] if problems else None
 
 
 def write_all(outputs: Mapping[Path, bytes], force: bool = False) -> list[Diagnostic]:
-    """Write each file with `write_atomic`; none at all if one of them would replace a file
-    edgeflow did not write (unless `force`)."""
+    """Write every file or none: each is staged beside its target first, and only when all are
+    staged are they renamed into place. Refused (E1002) if one would replace a file edgeflow did
+    not write, unless `force`; E1001 when the system refuses a write."""
     refused = [] if force else [d for d in map(_foreign, outputs) if d is not None]
     if refused:
         return refused
-    for path, data in outputs.items():
-        if (problem := write_atomic(path, data, force=True)) is not None:
-            return [problem]
+    staged: dict[Path, str] = {}
+    try:
+        for path, data in outputs.items():
+            try:
+                if path.is_dir():  # found now, not when renaming after the others
+                    raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+                staged[path] = _staged(path, data)
+            except OSError as exc:
+                return [_cannot(path, exc)]
+        for path, temp in staged.items():
+            try:
+                os.replace(temp, path)
+            except OSError as exc:  # the folder changed under us: report, keep what was
+                return [_cannot(path, exc)]
+    finally:
+        for temp in staged.values():
+            Path(temp).unlink(missing_ok=True)  # those not renamed
     return []

@@ -61,11 +61,13 @@ class Device(Declared):
     cost_usd_per_s: float = Field(ge=0, default=0.0)
     labels: dict[str, str] = {}
 
+    def instance(self, index: int) -> str:
+        """The name of instance `index`: `NAME` for a single device (whatever the index, so a
+        single device serves every replica), `NAME[i]` for a device with count > 1."""
+        return self.name if self.count == 1 else f"{self.name}[{index}]"
+
     def instances(self) -> list[str]:
-        """Instance names: `NAME` for a single device, `NAME[i]` for a device with count > 1."""
-        if self.count == 1:
-            return [self.name]
-        return [f"{self.name}[{i}]" for i in range(self.count)]
+        return [self.instance(i) for i in range(self.count)]
 
 
 class Link(_Node):

@@ -16,7 +16,7 @@ import networkx as nx
 import onnx
 
 from edgeflow import ir
-from edgeflow.dataflow import build, instance, instance_graph
+from edgeflow.dataflow import build, instance_graph
 from edgeflow.models.analysis import analyse, weight_bytes_of
 from edgeflow.models.cuts import CutProblem
 from edgeflow.plan import Plan
@@ -112,10 +112,10 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
             for name in comp.nodes:
                 if name in program.sensors:
                     dev = program.devices[program.sensors[name].device]
-                    loc[(name, r)] = (instance(dev, r), instance(dev, r))
+                    loc[(name, r)] = (dev.instance(r), dev.instance(r))
                 elif name in program.sinks:
                     dev = program.devices[program.sinks[name].device]
-                    loc[(name, r)] = (instance(dev, r), instance(dev, r))
+                    loc[(name, r)] = (dev.instance(r), dev.instance(r))
                 elif (name, r) in splits:
                     s = splits[(name, r)]
                     head = where.get((f"{name}.head", r))

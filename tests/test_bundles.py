@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -273,3 +274,28 @@ def test_api_compile_returns_diagnostics_and_writes_nothing_on_error(tmp_path: P
     result = api.compile(ROOT / "examples" / "ar_assist.ef", "compose", tmp_path / "ok")
     assert result.ok and result.output == tmp_path / "ok"
     assert {p: (tmp_path / "ok" / p).read_bytes() for p in result.files} == result.files
+
+
+def test_a_changed_model_file_is_analysed_again_even_with_its_old_size_and_mtime(
+        tmp_path: Path) -> None:
+    source = ROOT / "examples" / "models" / "detector.onnx"
+    copy = tmp_path / "detector.onnx"
+    copy.write_bytes(source.read_bytes())
+    result = check_text(SPLIT_APP.replace(str(source), str(copy)), str(tmp_path / "app.ef"))
+    assert result.program is not None
+    plan = api.plan(result.program).plan
+    assert plan.splits  # the head runs on the camera box, the tail in the cloud
+    before = api.bundle(result.program, plan, "k8s")
+    model = onnx.load(str(copy))
+    weights = next(i for i in model.graph.initializer if i.name == "w_1")
+    weights.raw_data = bytes(reversed(weights.raw_data))  # same size, other values
+    stat = copy.stat()
+    onnx.save(model, str(copy))
+    assert copy.stat().st_size == stat.st_size
+    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    after = api.bundle(result.program, plan, "k8s")
+    heads = sorted(p for p in after if p.endswith("/head.onnx"))
+    assert heads and all(before[p] != after[p] for p in heads)
+    head = onnx.load_from_string(after[heads[0]])
+    assert next(i for i in head.graph.initializer if i.name == "w_1").raw_data == \
+        weights.raw_data

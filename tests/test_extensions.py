@@ -16,6 +16,7 @@ import pytest
 
 from edgeflow import api, check_text
 from edgeflow.emit.targets import TARGETS, unregister
+from edgeflow.execution import build_execution
 from edgeflow.objectives import TERMS
 from edgeflow.objectives import unregister as unregister_term
 from edgeflow.placement.problem import build_problem
@@ -73,7 +74,7 @@ def test_the_new_term_is_checked_planned_and_optimised_exactly(extensions: None)
     data = plan.to_dict()
     assert list(data["objective"]) == ["latency_ms", "cost_usd_per_h", "energy_w", "traffic_mbps"]
     # lexicographic optimum of (latency, traffic) equals exhaustive enumeration's
-    best = brute_force(build_problem(result.program))
+    best = brute_force(build_problem(build_execution(result.program)))
     assert best is not None
     assert plan.objective["latency"] == pytest.approx(best[0], rel=1e-9)
     assert plan.objective["traffic"] == pytest.approx(best[1], rel=1e-6, abs=1e-6)

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgeflow import api, check_text, load
+from edgeflow.execution import build_execution
 from edgeflow.placement.baselines import BASELINES
 from edgeflow.placement.evaluate import Split, evaluate
 from edgeflow.placement.milp import solve
@@ -108,7 +109,7 @@ def brute_force(problem):  # type: ignore[no-untyped-def]
 def test_solver_matches_brute_force_and_the_verifier(text: str) -> None:
     result = check_text(text, str(ROOT / "examples" / "random.ef"))
     assert result.program is not None, [d.message for d in result.diagnostics]
-    problem = build_problem(result.program)
+    problem = build_problem(build_execution(result.program))
     expected = brute_force(problem)
     solution = solve(problem, time_limit=60)
     if expected is None:
@@ -195,7 +196,7 @@ def test_split_placement_matches_the_split_optimum() -> None:
     result = check_text(SPLIT_APP, str(ROOT / "examples" / "split_demo.ef"))
     assert result.program is not None
     placed = api.plan(result.program).plan
-    problem = build_problem(result.program)
+    problem = build_problem(build_execution(result.program))
     plan = placed.to_dict()
     assert plan["status"] == "optimal" and verify(placed, result.program) == []
     assert [(s["model"], s["replica"], s["cut"]) for s in plan["splits"]] == [

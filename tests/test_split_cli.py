@@ -91,6 +91,13 @@ def test_emit_never_replaces_a_file_it_did_not_write(tmp_path: Path) -> None:
     assert not (tmp_path / "tail.onnx").exists()
 
 
+def test_emit_writes_both_halves_or_neither(tmp_path: Path) -> None:
+    (tmp_path / "tail.onnx").mkdir()  # the second file cannot be written
+    proc = run(*BASE, "--emit", str(tmp_path))
+    assert proc.returncode == 1 and "error[E1001]" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tail.onnx"]  # no head, no temp
+
+
 def test_forced_cut(tmp_path: Path) -> None:
     data = result(run(*BASE, "--json"))
     other = next(r for r in data["candidates"] if r != data["optimal"])

@@ -23,7 +23,7 @@ from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.report import render_report
 from edgeflow.emit.targets import TARGETS, Rendering
 from edgeflow.execution import ExecutionGraph
-from edgeflow.files import write_atomic
+from edgeflow.files import reason, write_atomic
 from edgeflow.plan import Plan
 from edgeflow.span import file_span
 
@@ -71,8 +71,8 @@ def write_bundle(out: Path, files: dict[str, bytes], force: bool) -> None:
     try:
         _write_bundle(out.resolve(), files, force)
     except OSError as exc:
-        raise _refuse("E1001", f"cannot write `{exc.filename or out}`: {exc.strerror or exc}",
-                      out) from None
+        where = Path(exc.filename) if exc.filename else out
+        raise _refuse("E1001", f"cannot write `{where}`: {reason(where, exc)}", out) from None
 
 
 def _write_bundle(out: Path, files: dict[str, bytes], force: bool) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeflow import ir
+from edgeflow.cost import analysed
 from edgeflow.models.extract import split_model
-from edgeflow.placement.cost import analysed
 from edgeflow.plan import Part, Plan
 
 MODELS_MOUNT = "/var/lib/edgeflow/models"

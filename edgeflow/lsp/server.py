@@ -200,7 +200,7 @@ def _decl_hover(result: api.CheckResult, decl: ast.Decl) -> str:
         lines.append(f"- instances: {', '.join(dev.instances()[:8])}"
                      + (" ..." if dev.count > 8 else ""))
     if program is not None and decl.kind == "model":
-        from edgeflow.placement.cost import model_cost
+        from edgeflow.cost import model_cost
 
         model = program.models[decl.name.value]
         cost = model_cost(model)

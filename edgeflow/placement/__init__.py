@@ -125,7 +125,7 @@ def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,
     """The plan of a checked program's execution graph, and with `compare` the baselines'
     objectives."""
     program = execution.program
-    problem = build_problem(program, execution)
+    problem = build_problem(execution)
     solution = solve(problem, time_limit)
     if solution.assignment is None:
         reasons = explain(problem, max(1.0, time_limit / 3))

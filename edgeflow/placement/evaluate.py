@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from edgeflow.cost import CutOption, host_usd_per_h, stream_bps, traffic_usd_per_h
 from edgeflow.objectives import TERMS
-from edgeflow.placement.cost import CutOption, host_usd_per_h, stream_bps, traffic_usd_per_h
 from edgeflow.placement.problem import Problem, Route, Step, out_labels
 from edgeflow.plan import Compute, Part, Transfer, unit_name
 

@@ -27,9 +27,10 @@ from typing import Any
 import highspy
 import numpy as np
 
+from edgeflow.cost import host_usd_per_h, stream_bps, traffic_usd_per_h
+from edgeflow.execution import build_execution
 from edgeflow.objectives import TERMS, Combine
 from edgeflow.placement.baselines import BASELINES
-from edgeflow.placement.cost import host_usd_per_h, stream_bps, traffic_usd_per_h
 from edgeflow.placement.evaluate import Placement, Split, evaluate
 from edgeflow.placement.problem import Problem, Step, build_problem, out_labels
 from edgeflow.span import Span
@@ -514,7 +515,8 @@ def _reduced(problem: Problem) -> tuple[Problem, int, set[str]] | None:
     per_site = {name for name, d in program.devices.items() if d.count == replicas}
     devices = {name: d.model_copy(update={"count": 1}) if name in per_site else d
                for name, d in program.devices.items()}
-    return build_problem(program.model_copy(update={"devices": devices})), replicas, per_site
+    reduced = build_execution(program.model_copy(update={"devices": devices}))
+    return build_problem(reduced), replicas, per_site
 
 
 def symmetric_bound(problem: Problem, term: str, time_limit: float) -> float | None:
@@ -551,7 +553,7 @@ def symmetric_start(problem: Problem, time_limit: float) -> dict[Step, Placement
         return None
 
     def widen(inst: str, r: int) -> str:
-        return f"{inst}[{r}]" if reduced.device(inst).name in per_site else inst
+        return problem.program.devices[reduced.device(inst).name].instance(r)
 
     out: dict[Step, Placement] = {}
     for step in problem.steps:

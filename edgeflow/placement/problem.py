@@ -1,6 +1,6 @@
 """The placement problem: the execution graph's steps with the device instances each may run
 on, their work, memory and privacy labels, the split options of every `split = auto` model, and
-the fastest allowed routes between instances, all priced by `edgeflow.placement.cost`. The MILP,
+the fastest allowed routes between instances, all priced by `edgeflow.cost`. The MILP,
 the evaluator, the explanations, the baselines and the brute force of the tests read it.
 """
 
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from edgeflow import ir
-from edgeflow.dataflow import Dataflow, instance
-from edgeflow.execution import ExecutionGraph, StepKey, build_execution
-from edgeflow.placement.cost import CutOption, compute_s, hop_s, model_cost
+from edgeflow.cost import CutOption, compute_s, hop_s, model_cost
+from edgeflow.dataflow import Dataflow
+from edgeflow.execution import ExecutionGraph, StepKey
 
 Step = StepKey  # (declared name, replica); None for a sink shared by all replicas
 
@@ -140,9 +140,11 @@ class Problem:
         return self.graph[a][b]["link"]  # type: ignore[no-any-return]
 
 
-def build_problem(program: ir.Program, execution: ExecutionGraph | None = None) -> Problem:
-    """The problem of placing `program` (built on `execution` when the caller has it)."""
-    graph = execution or build_execution(program)
+def build_problem(graph: ExecutionGraph) -> Problem:
+    """The problem of placing the steps of an execution graph."""
+    program = graph.program
+    used = {name for name, _ in graph.steps}
+    costs = {name: model_cost(m) for name, m in program.models.items() if name in used}
     shared = [d for d in program.devices.values() if d.count == 1]
     pools: dict[tuple[int, int], list[str]] = {}  # (replicas, replica) -> instances
 
@@ -151,7 +153,7 @@ def build_problem(program: ir.Program, execution: ExecutionGraph | None = None) 
         devices (count n) and every single device."""
         if (n, r) not in pools:
             own = [d for d in program.devices.values() if d.count == n and n > 1]
-            pools[(n, r)] = [instance(d, r) for d in [*own, *shared]]
+            pools[(n, r)] = [d.instance(r) for d in [*own, *shared]]
         return pools[(n, r)]
 
     steps: dict[Step, StepInfo] = {}
@@ -166,12 +168,11 @@ def build_problem(program: ir.Program, execution: ExecutionGraph | None = None) 
                 work, memory = program.operators[name].work_flop, \
                     program.operators[name].memory_bytes
             else:
-                cost = model_cost(program.models[name])
-                work, memory = cost.work, float(cost.weights)
+                work, memory = costs[name].work, float(costs[name].weights)
         info = StepInfo(key, step.kind, step.rate_hz, work, memory, step.out_bytes, step.labels,
                         cands)
-        if name in program.models and program.models[name].split == "auto":
-            info.cuts = model_cost(program.models[name]).cuts
+        if name in costs:
+            info.cuts = costs[name].cuts  # empty for split = none
         steps[key] = info
     return Problem(graph, steps)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import networkx as nx
 
 from edgeflow import ir
-from edgeflow.dataflow import flow_graph, instance, instance_graph
+from edgeflow.dataflow import flow_graph, instance_graph
 from edgeflow.diagnostics import DiagnosticSink, Label
 from edgeflow.semantics.lowered import Lowered
 from edgeflow.semantics.values import DECL_KIND_TEXT, did_you_mean
@@ -133,7 +133,7 @@ def _check_routes(valid: list[ir.Pipeline], out: Lowered, sink: DiagnosticSink) 
                        help=f"put `{target.name}` on a device of count 1 or {src_dev.count}")
             continue
         for r in range(src_dev.count):
-            a, b = instance(src_dev, r), instance(dst_dev, r)
+            a, b = src_dev.instance(r), dst_dev.instance(r)
             if reach[a] != reach[b]:
                 sink.error("E0506", f"no route from `{a}` to `{b}` for pipeline `{p.name}`",
                            p.step_spans[-1], f"`{target.name}` is on `{b}`",

@@ -1,0 +1,122 @@
+"""LANGUAGE.md's cost model, in one place: what a unit costs to run on a device, what a message
+costs to send over a link, what a device and traffic cost per hour, and what a model costs
+(its work, weights and the Pareto cuts of a splittable one, from its ONNX file). The MILP
+formulation, the evaluator, the explanations and the baselines all compute with these; the
+Plan carries their results to the emitters. `edgeflow.verify` recomputes everything on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from edgeflow import ir
+from edgeflow.models.analysis import Analysis, analyse, weight_bytes_of
+from edgeflow.models.cuts import CutProblem
+
+
+def compute_s(work_flop: float, device: ir.Device) -> float:
+    """Seconds one run of `work_flop` takes on `device`."""
+    return work_flop / device.compute_flops
+
+
+def hop_s(nbytes: int, link: ir.Link) -> float:
+    """Seconds a message of `nbytes` takes over one link: serialisation plus latency."""
+    return 8 * nbytes / link.bandwidth_bps + link.latency_s
+
+
+def stream_bps(rate_hz: float, nbytes: int) -> float:
+    """Bits per second a stream of `nbytes` messages at `rate_hz` puts on every link it uses."""
+    return rate_hz * 8 * nbytes
+
+
+def traffic_usd_per_h(bps: float, usd_per_byte: float) -> float:
+    """What a stream of `bps` costs per hour over links priced `usd_per_byte` in all."""
+    return bps / 8 * 3600 * usd_per_byte
+
+
+def host_usd_per_h(device: ir.Device) -> float:
+    """What an instance of `device` costs per hour while it hosts a unit."""
+    return device.cost_usd_per_s * 3600
+
+
+@dataclass(frozen=True)
+class CutOption:
+    tensors: tuple[str, ...]
+    head_work: int
+    tail_work: int
+    transfer_bytes: int
+    head_weights: int
+    tail_weights: int
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    work: float
+    weights: int
+    output_bytes: int
+    cuts: tuple[CutOption, ...]  # the Pareto cuts; empty for split = none
+
+
+Inputs = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def _inputs(model: ir.Model) -> Inputs:
+    return tuple((n, t.shape) for n, t in model.inputs.items())
+
+
+_ANALYSES: OrderedDict[tuple[str, Inputs], tuple[Analysis, CutProblem]] = OrderedDict()
+
+
+def _analysed(digest: str, data: bytes, inputs: Inputs) -> tuple[Analysis, CutProblem]:
+    """Analyses by (content digest, inputs), the 16 most recent kept: equal digests mean equal
+    bytes, so a hit never needs the bytes again and the cache does not hold them."""
+    key = (digest, inputs)
+    if key in _ANALYSES:
+        _ANALYSES.move_to_end(key)
+    else:
+        analysis = analyse(onnx.load_from_string(data), dict(inputs))
+        _ANALYSES[key] = analysis, CutProblem(analysis)
+        if len(_ANALYSES) > 16:
+            _ANALYSES.popitem(last=False)
+    return _ANALYSES[key]
+
+
+def _read(model: ir.Model) -> tuple[str, bytes]:
+    data = Path(model.source).read_bytes()
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def analysed(model: ir.Model) -> tuple[Analysis, CutProblem]:
+    """The ONNX analysis of a model and its cut problem, cached on the file's content (its
+    sha256) and the bound inputs: a changed file is analysed again, an unchanged one once."""
+    return _analysed(*_read(model), _inputs(model))
+
+
+_COSTS: dict[tuple[str, Inputs, bool], ModelCost] = {}  # small values: kept for the process
+
+
+def model_cost(model: ir.Model) -> ModelCost:
+    """Work, weights, output size and (for `split = auto`) the Pareto cuts of a model, cached
+    on the file's content."""
+    digest, data = _read(model)
+    key = (digest, _inputs(model), model.split == "auto")
+    if key not in _COSTS:
+        analysis, problem = _analysed(digest, data, key[1])
+        out_bytes = sum(analysis.tensors[o].nbytes for o in analysis.outputs)
+        weights = weight_bytes_of(analysis, analysis.dynamic_nodes())
+        cuts: list[CutOption] = []
+        if key[2]:
+            front, _ = problem.pareto()
+            for cut in front:
+                head = [problem.nodes[v] for v in cut.head]
+                tail = [n for v, n in problem.nodes.items() if v not in cut.head]
+                cuts.append(CutOption(cut.tensors, cut.head_work, cut.tail_work,
+                                      cut.transfer_bytes, weight_bytes_of(analysis, head),
+                                      weight_bytes_of(analysis, tail)))
+        _COSTS[key] = ModelCost(problem.total_work, weights, out_bytes, tuple(cuts))
+    return _COSTS[key]
