@@ -50,6 +50,9 @@ class LinearModel:
         self.rows: list[tuple[float, float, dict[int, float]]] = []
         self.elastic = elastic
         self.slacks: list[tuple[int, tuple[Any, ...], float]] = []  # (variable, label, limit)
+        # rows without a variable that their constant already breaks (e.g. a link overloaded
+        # by messages between pinned steps): the model is infeasible whatever is decided
+        self.broken: list[tuple[Any, ...] | None] = []
 
     def var(self, lb: float = 0.0, ub: float = 1.0, integer: bool = True) -> int:
         self.lb.append(lb)
@@ -67,6 +70,8 @@ class LinearModel:
             self.slacks.append((slack, label, hi))
             coeffs[slack] = -hi
         if not coeffs:
+            if const > hi * (1 + 1e-9) + 1e-12 or const < lo - abs(lo) * 1e-9 - 1e-12:
+                self.broken.append(label)
             return
         self.rows.append((lo - const, hi - const, coeffs))
 
@@ -396,7 +401,7 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
     objective terms."""
     started = time.perf_counter()
     f = formulate(problem)
-    if f.infeasible:
+    if f.infeasible or f.lp.broken:
         return Solution("infeasible", None, seconds=time.perf_counter() - started)
     if not f.lp.lb:  # nothing to decide: every step is pinned
         return Solution("optimal", assignment_from(f, np.zeros(0)),
