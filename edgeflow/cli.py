@@ -44,7 +44,13 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
-_FORMAT_HELP = "The result as text, or as the JSON envelope on stdout."
+_FORMAT_HELP = "The result as text, or as the JSON envelope on stdout (docs/cli.md)."
+FormatOption = Annotated[OutputFormat, typer.Option("--format", help=_FORMAT_HELP)]
+JsonOption = Annotated[bool, typer.Option("--json", help="Same as --format json.")]
+
+
+def _as_json(out_format: OutputFormat, json_out: bool) -> bool:
+    return json_out or out_format is OutputFormat.json
 
 
 class GraphFormat(str, Enum):
@@ -150,9 +156,8 @@ def graph(
 @app.command()
 def plan(
     file: Annotated[Path, typer.Argument(help="The .ef file.")],
-    out_format: Annotated[OutputFormat, typer.Option("--format", help=_FORMAT_HELP)]
-    = OutputFormat.text,
-    json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    out_format: FormatOption = OutputFormat.text,
+    json_out: JsonOption = False,
     time_limit: Annotated[float, typer.Option(min=0.1, help="Seconds the solver may take; "
                                               "then the best plan found is returned.")] = 30.0,
     explain: Annotated[bool, typer.Option("--explain", help="Show each pipeline's latency "
@@ -163,19 +168,22 @@ def plan(
     """Place every unit on a device (exact MILP) under SLO, capacity, bandwidth and privacy."""
     from edgeflow.placement.render import render, render_comparison
 
-    as_json = json_out or out_format is OutputFormat.json
+    as_json = _as_json(out_format, json_out)
     checked = _checked(file, as_json, "plan")
     assert checked.program is not None
     result = api.plan(checked.program, time_limit, compare)
     if as_json:
-        sys.stdout.write(envelope("plan", result.plan.to_dict(), result.diagnostics))
-    else:
-        sys.stdout.write(render(result.plan, explain))
-        if result.diagnostics:
-            _report_more(checked, result.diagnostics)
+        data = result.plan.to_dict()
+        if compare:
+            data["comparison"] = [b.to_dict() for b in result.baselines]
+        sys.stdout.write(envelope("plan", data, result.diagnostics))
+        raise typer.Exit(EXIT_OK if result.ok else EXIT_ERRORS)
+    sys.stdout.write(render(result.plan, explain))
+    if result.diagnostics:
+        _report_more(checked, result.diagnostics)
     if compare:
-        table = render_comparison(result.plan, result.baselines, checked.program.app.objective)
-        (sys.stderr if as_json else sys.stdout).write(table)
+        sys.stdout.write(render_comparison(result.plan, result.baselines,
+                                           checked.program.app.objective))
     raise typer.Exit(EXIT_OK if result.ok else EXIT_ERRORS)
 
 
@@ -232,13 +240,13 @@ def compile_cmd(
                                        "did not generate (they are kept).")] = False,
     time_limit: Annotated[float, typer.Option(min=0.1, help="Seconds the placement solver "
                                               "may take.")] = 30.0,
-    out_format: Annotated[OutputFormat, typer.Option("--format", help=_FORMAT_HELP)]
-    = OutputFormat.text,
+    out_format: FormatOption = OutputFormat.text,
+    json_out: JsonOption = False,
 ) -> None:
     """Check, plan and emit a deployment bundle. On any error nothing is written."""
     if target not in TARGETS:
         raise _usage(f"unknown target `{target}`; the targets are: {_target_help()}")
-    as_json = out_format is OutputFormat.json
+    as_json = _as_json(out_format, json_out)
     _existing([file])
     result = api.compile(file, target, output, force, time_limit)
     written = result.ok and result.output is not None
@@ -288,16 +296,16 @@ def _quantity(option: str, text: str, dim: Dimension) -> float:
         raise _usage(f"{option}: {exc}") from None
 
 
-def _finish(command: str, subject: Path, out_format: OutputFormat, result: Any,
+def _finish(command: str, subject: Path, as_json: bool, result: Any,
             diagnostics: list[Diagnostic], text: str = "") -> NoReturn:
     """Print a producing command's outcome, the envelope (json) or `text` on stdout and the
     diagnostics on stderr, and exit 1 if there are errors."""
-    if out_format is OutputFormat.json:
+    if as_json:
         sys.stdout.write(envelope(command, result, diagnostics))
     else:
         sys.stdout.write(text)
         if diagnostics:
-            _report([api.CheckResult(str(subject), "", diagnostics)], out_format)
+            _report([api.CheckResult(str(subject), "", diagnostics)], OutputFormat.text)
     raise typer.Exit(EXIT_ERRORS if has_errors(diagnostics) else EXIT_OK)
 
 
@@ -310,9 +318,8 @@ def split(
     cloud_compute: Annotated[str, typer.Option(help="Cloud device compute, e.g. 100TFLOPS.")],
     bandwidth: Annotated[str, typer.Option(help="Link bandwidth, e.g. 20Mbps.")],
     latency: Annotated[str, typer.Option(help="Link one-way latency, e.g. 10ms.")] = "0ms",
-    out_format: Annotated[OutputFormat, typer.Option("--format", help=_FORMAT_HELP)]
-    = OutputFormat.text,
-    json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    out_format: FormatOption = OutputFormat.text,
+    json_out: JsonOption = False,
     emit: Annotated[Path | None, typer.Option(help="Write DIR/head.onnx and DIR/tail.onnx "
                                                  "(the optimum, or the --cut).")] = None,
     cut: Annotated[str | None, typer.Option(help="Force a cut: comma-separated tensor "
@@ -349,7 +356,7 @@ def split(
     if result.emitted and result.cut is not None:
         typer.echo(f"wrote {' and '.join(map(str, result.emitted))} (cut at "
                    f"{', '.join(result.cut)})", err=True)
-    _finish("split", model, OutputFormat.json if json_out else out_format, result.data,
+    _finish("split", model, _as_json(out_format, json_out), result.data,
             result.diagnostics, result.render_text())
 
 
@@ -363,8 +370,8 @@ def profile_cmd(
     warmup: Annotated[int, typer.Option(min=0, help="Unmeasured warm-up runs.")] = 3,
     force: Annotated[bool, typer.Option(help="Overwrite an output file edgeflow did not "
                                        "write.")] = False,
-    out_format: Annotated[OutputFormat, typer.Option("--format", help=_FORMAT_HELP)]
-    = OutputFormat.text,
+    out_format: FormatOption = OutputFormat.text,
+    json_out: JsonOption = False,
 ) -> None:
     """Measure per-node latency of a model with onnxruntime on this machine."""
     bound = _parse_inputs(inputs)
@@ -376,7 +383,8 @@ def profile_cmd(
         typer.echo(f"wrote {output}: {len(result.data['node_seconds'])} nodes, "  # type: ignore[arg-type]
                    f"{float(result.data['total_seconds']) * 1000:.3f} ms per run",  # type: ignore[arg-type]
                    err=True)
-    _finish("profile", model, out_format, result.to_json(), result.diagnostics)
+    _finish("profile", model, _as_json(out_format, json_out), result.to_json(),
+            result.diagnostics)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgeflow.ir import Tier
 from edgeflow.objectives import plan_objective
 from edgeflow.span import Span
+from edgeflow.unit_config import UnitKind
 
 
 class _Frozen(BaseModel):
@@ -41,8 +42,13 @@ class Part(str, Enum):
     TAIL = "tail"                # a split model's rest, from the cut
 
     @property
-    def is_model(self) -> bool:
-        return self is not Part.OPERATOR
+    def unit_kind(self) -> UnitKind:
+        """The `kind` in the unit.json of a unit that runs this part."""
+        return _UNIT_KINDS[self]
+
+
+_UNIT_KINDS: dict[Part, UnitKind] = {Part.OPERATOR: "operator", Part.WHOLE: "model",
+                                     Part.HEAD: "head", Part.TAIL: "tail"}
 
 
 def unit_name(step: str, part: Part) -> str:
@@ -132,13 +138,6 @@ class Plan(_Frozen):
     @property
     def feasible(self) -> bool:
         return self.status is not Status.INFEASIBLE
-
-    def unit(self, step: str, part: Part, replica: int) -> PlacedUnit:
-        return next(u for u in self.units
-                    if u.step == step and u.part is part and u.replica == replica)
-
-    def split_of(self, model: str, replica: int) -> SplitChoice | None:
-        return next((s for s in self.splits if s.model == model and s.replica == replica), None)
 
     def worst_pipelines(self) -> list[PipelineLatency]:
         """Each pipeline's slowest replica (the first of equals), in plan order."""

@@ -4,7 +4,6 @@ back end) so that none of them imports up into `syntax` for it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,12 +18,6 @@ class Span:
     col: int
     end_line: int
     end_col: int
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Span:
-        start, end = data["start"], data["end"]
-        return cls(data["file"], start["offset"], end["offset"], start["line"], start["col"],
-                   end["line"], end["col"])
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -97,6 +97,11 @@ def test_plan_json_and_exit_codes() -> None:
     assert again.stdout == proc.stdout  # deterministic
     as_format = run("plan", "examples/ar_assist.ef", "--format", "json")
     assert as_format.stdout == proc.stdout  # --json is --format json
+    compared = json.loads(run("plan", "examples/ar_assist.ef", "--json", "--compare").stdout)
+    assert [b["name"] for b in compared["result"]["comparison"]] == [
+        "sensor", "cloud", "neurosurgeon", "edgeward"]
+    assert all(b["objective"] is None or set(b["objective"]) == set(plan["objective"])
+               for b in compared["result"]["comparison"])
     infeasible_json = json.loads(run("plan", "examples/reference.ef", "--json").stdout)
     assert infeasible_json["ok"] is False and infeasible_json["result"]["status"] == "infeasible"
     assert {d["code"] for d in infeasible_json["diagnostics"]} == {"E0901"}

@@ -7,13 +7,11 @@ from edgeflow import __version__
 from edgeflow.emit.bundle import MQTT_PORT, Client
 from edgeflow.emit.targets.base import Rendering, Target
 from edgeflow.plan import Part
-from edgeflow.unit_config import BrokerSpec, ModelSpec, OperatorSpec, TlsSpec, UnitConfig, UnitKind
+from edgeflow.unit_config import BrokerSpec, ModelSpec, OperatorSpec, TlsSpec, UnitConfig
 
 WORKER_IMAGE = f"edgeflow-worker:{__version__}"
 BROKER_IMAGE = "eclipse-mosquitto:2.0.18"
 TLS_DIR = "/etc/edgeflow/tls"
-_KIND: dict[Part, UnitKind] = {Part.OPERATOR: "operator", Part.WHOLE: "model", Part.HEAD: "head",
-                               Part.TAIL: "tail"}
 
 
 def unit_config(r: Rendering, target: Target, c: Client) -> str:
@@ -29,7 +27,7 @@ def unit_config(r: Rendering, target: Target, c: Client) -> str:
         model = ModelSpec(file=art.mount_path, sha256=art.sha256, part=unit.part.value,
                           cut=list(art.cut))
     return UnitConfig(
-        app=bundle.app, unit=c.step, replica=unit.replica, kind=_KIND[unit.part],
+        app=bundle.app, unit=c.step, replica=unit.replica, kind=unit.part.unit_kind,
         device=c.device,
         broker=BrokerSpec(host=target.broker_host(bundle, c), port=MQTT_PORT,
                           client_id=c.identity,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from edgeflow import ir
 from edgeflow.diagnostics import Diagnostic, Label
 from edgeflow.execution import ExecutionGraph
+from edgeflow.objectives import plan_objective
 from edgeflow.placement.baselines import BASELINES
 from edgeflow.placement.evaluate import Placement, Split, evaluate
 from edgeflow.placement.explain import explain
@@ -118,6 +119,11 @@ class Baseline:
     name: str
     objective: dict[str, float] | None
     feasible: bool
+
+    def to_dict(self) -> dict[str, object]:
+        """As `plan --format json --compare` shows it: the objective in plan.json's keys."""
+        return {"name": self.name, "feasible": self.feasible,
+                "objective": None if self.objective is None else plan_objective(self.objective)}
 
 
 def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,

@@ -15,29 +15,48 @@ from edgeflow import ir
 from edgeflow.cost import CutOption, compute_s, hop_s, model_cost
 from edgeflow.dataflow import Dataflow
 from edgeflow.execution import ExecutionGraph, StepKey
+from edgeflow.execution import Step as ExecStep
 
 Step = StepKey  # (declared name, replica); None for a sink shared by all replicas
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepInfo:
-    step: Step
-    kind: str                     # sensor, operator, model, actuator, store
-    rate: float                   # runs per second (the lowest of its inputs' rates)
+    """A step of the execution graph with what placing it needs."""
+
+    node: ExecStep
     work: float                   # FLOP per run (whole model for models)
     memory: float                 # bytes
-    out_bytes: int                # bytes of one output message
-    labels: frozenset[str]        # labels of what it receives (sinks, units) or emits (sensors)
     candidates: list[str]         # device instances it may run on
-    cuts: tuple[CutOption, ...] = ()
+    cuts: tuple[CutOption, ...] = ()  # a `split = auto` model's Pareto cuts
+
+    @property
+    def step(self) -> Step:
+        return self.node.key
 
     @property
     def name(self) -> str:
-        return self.step[0]
+        return self.node.name
+
+    @property
+    def kind(self) -> str:
+        return self.node.kind
+
+    @property
+    def rate(self) -> float:
+        return self.node.rate_hz
+
+    @property
+    def out_bytes(self) -> int:
+        return self.node.out_bytes
+
+    @property
+    def labels(self) -> frozenset[str]:
+        return self.node.labels
 
     @property
     def is_unit(self) -> bool:
-        return self.kind in ("operator", "model")
+        return self.node.is_unit
 
     @property
     def splittable(self) -> bool:
@@ -169,11 +188,8 @@ def build_problem(graph: ExecutionGraph) -> Problem:
                     program.operators[name].memory_bytes
             else:
                 work, memory = costs[name].work, float(costs[name].weights)
-        info = StepInfo(key, step.kind, step.rate_hz, work, memory, step.out_bytes, step.labels,
-                        cands)
-        if name in costs:
-            info.cuts = costs[name].cuts  # empty for split = none
-        steps[key] = info
+        steps[key] = StepInfo(step, work, memory, cands,
+                              costs[name].cuts if name in costs else ())
     return Problem(graph, steps)
 
 
