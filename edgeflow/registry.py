@@ -3,6 +3,7 @@ registered once. The built-ins register themselves on import; tests add and remo
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Protocol, TypeVar
 
 
@@ -14,18 +15,28 @@ class Named(Protocol):
 T = TypeVar("T", bound=Named)
 
 
-class Registry(dict[str, T]):
-    """Items by name, in registration order (which is the order they are listed and shown)."""
+class Registry(Mapping[str, T]):
+    """Items by name, in registration order (the order they are listed and shown); read-only
+    but for `register` and `unregister`."""
 
     def __init__(self, what: str) -> None:
-        super().__init__()
         self.what = what
+        self._items: dict[str, T] = {}
 
     def register(self, item: T) -> T:
-        if item.name in self:
+        if item.name in self._items:
             raise ValueError(f"{self.what} `{item.name}` is already registered")
-        self[item.name] = item
+        self._items[item.name] = item
         return item
 
     def unregister(self, name: str) -> None:
-        self.pop(name, None)
+        self._items.pop(name, None)
+
+    def __getitem__(self, name: str) -> T:
+        return self._items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -4,7 +4,8 @@
 objective term that plan.json states (the Plan's published view) from it and the IR, sharing no
 code with the placement package: its own replica bookkeeping, its own routes (networkx shortest
 paths over the allowed instances), its own arithmetic. Every plan the solver returns passes it,
-in every test. Objective terms beyond the built-in latency, cost and energy are not recomputed.
+in every test. It also recomputes each unit's compute share and memory (what the bundle requests
+for it). Objective terms beyond the built-in latency, cost and energy are not recomputed.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
     loc: dict[tuple[str, int], tuple[str, str]] = {}
     comp_ms: dict[tuple[str, int], list[tuple[str, str, float]]] = {}
     inner: dict[tuple[str, int], tuple[float, list[str], int]] = {}
+    needs: dict[tuple[str, int], tuple[float, float, tuple[str, ...]]] = {}  # work, memory, cut
     for comp in df.components:
         for r in range(comp.replicas):
             for name in comp.nodes:
@@ -132,6 +134,8 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
                     comp_ms[(name, r)] = [(f"{name}.head", head, hw), (f"{name}.tail", tail, tw)]
                     memory[head] += hm
                     memory[tail] += tm
+                    needs[(f"{name}.head", r)] = (hw, hm, tuple(s["cut"]))
+                    needs[(f"{name}.tail", r)] = (tw, tm, tuple(s["cut"]))
                     seconds, hops = route(head, tail, nbytes, in_labels(name))
                     inner[(name, r)] = (seconds, hops, nbytes)
                     for u, v in itertools.pairwise(hops):
@@ -149,6 +153,7 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
                     loc[(name, r)] = (at, at)
                     comp_ms[(name, r)] = [(name, at, work)]
                     memory[at] += mem
+                    needs[(name, r)] = (work, mem, ())
                 for unit, at, work in comp_ms.get((name, r), []):
                     util[at] += rates[name] * work / device_of[at].compute_flops
                     hosts.add(at)
@@ -158,6 +163,13 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
                             problems.append(f"{name} replica {r} on {at} breaks privacy")
     if problems:
         return problems
+    # what each unit replica asks of its device (the bundle's resource requests come from it)
+    for pu in placed.units:
+        work, mem, cut = needs[(pu.name, pu.replica)]
+        share = rates[pu.step] * work / device_of[pu.device].compute_flops
+        if not (_close(pu.compute_share, share) and _close(pu.memory_bytes, mem)) or pu.cut != cut:
+            problems.append(f"{pu.name} replica {pu.replica}: compute share, memory or cut "
+                            "misreported")
     # messages: once per distinct destination instance of each producer
     sent: set[tuple[str, int, str]] = set()
     for comp in df.components:
@@ -230,7 +242,7 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
         "energy_w": sum(device_of[i].power_w * u for i, u in util.items()),
     }
     for key, value in objective.items():
-        if key in plan["objective"] and not _close(plan["objective"][key], value):
+        if key not in plan["objective"] or not _close(plan["objective"][key], value):
             problems.append(f"objective {key}: {plan['objective'][key]} reported, {value} "
                             "recomputed")
     return problems

@@ -225,3 +225,14 @@ def test_apps_with_nothing_to_decide_are_optimal(text: str) -> None:
     plan = api.plan(result.program).plan
     assert plan.status == "optimal" and plan.units == ()
     assert verify(plan, result.program) == []
+
+
+def test_the_verifier_catches_misreported_unit_resources() -> None:
+    program = load(ROOT / "examples" / "ar_assist.ef")
+    plan = api.plan(program).plan
+    first = plan.units[0]
+    for change in ({"compute_share": first.compute_share * 2}, {"memory_bytes": 1.0},
+                   {"cut": ("x",)}):
+        bad = plan.model_copy(update={"units": (first.model_copy(update=change),
+                                                *plan.units[1:])})
+        assert any("misreported" in p for p in verify(bad, program)), change
