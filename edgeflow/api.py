@@ -174,6 +174,7 @@ class CompileResult:
     files: dict[str, bytes] = field(default_factory=dict)
     output: Path | None = None
     diagnostics: list[Diagnostic] = field(default_factory=list)  # after the check's
+    warnings: list[str] = field(default_factory=list)  # about what was written
 
     @property
     def ok(self) -> bool:
@@ -201,7 +202,8 @@ def compile(path: str | Path, target: str = "k8s", output: str | Path | None = N
         Path("build") / checked.program.app.name
     result.files = bundle(checked.program, planned.plan, target, str(path), planned.execution)
     try:
-        write_bundle(out, result.files, force)
+        if (warning := write_bundle(out, result.files, force)) is not None:
+            result.warnings.append(warning)
     except BundleError as exc:
         result.diagnostics.append(exc.diagnostic)
     return result

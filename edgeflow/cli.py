@@ -253,6 +253,7 @@ def compile_cmd(
     if as_json:
         summary = None if not written else {
             "output": str(result.output), "target": target, "files": sorted(result.files),
+            "warnings": result.warnings,
             "plan": result.plan.to_dict() if result.plan else None}
         sys.stdout.write(envelope("compile", summary,
                                   result.check.diagnostics + result.diagnostics))
@@ -267,6 +268,8 @@ def compile_cmd(
             typer.echo("error: no placement meets the constraints; nothing was written", err=True)
         raise typer.Exit(EXIT_ERRORS)
     assert result.plan is not None
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"wrote {len(result.files)} files to {result.output} ({result.plan.status.value} "
                f"plan, target {target})", err=True)
 

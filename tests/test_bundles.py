@@ -8,6 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 
 from edgeflow import api, check_text, load
-from edgeflow.emit import MARKER, write_bundle
+from edgeflow.emit import MARKER, PARTIAL, BundleError, write_bundle
 from tests.conftest import FIXTURES, ROOT, assert_golden
 from tests.test_cli import run
 from tests.test_placement import SPLIT_APP, random_app
@@ -299,3 +302,87 @@ def test_a_changed_model_file_is_analysed_again_even_with_its_old_size_and_mtime
     head = onnx.load_from_string(after[heads[0]])
     assert next(i for i in head.graph.initializer if i.name == "w_1").raw_data == \
         weights.raw_data
+
+
+def _bundle(files: dict[str, bytes]) -> dict[str, bytes]:
+    """`files` with the marker listing them, as bundle_files makes it."""
+    return {**files, MARKER: json.dumps({"files": sorted([*files, MARKER])}).encode()}
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_force_never_touches_anything_outside_the_output(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    write_bundle(out, _bundle({"a.txt": b"1", "mqtt/x.conf": b"2"}), force=False)
+    (out / "user.txt").write_text("mine")
+    # a marker that lists files outside the folder must not make --force delete them
+    (out / MARKER).write_text(json.dumps({"files": ["a.txt", "../victim.txt", str(victim),
+                                                    "mqtt/../../victim.txt"]}))
+    write_bundle(out, _bundle({"b.txt": b"3"}), force=True)
+    assert victim.read_text() == "keep me" and (out / "user.txt").read_text() == "mine"
+    assert not (out / "a.txt").exists() and (out / "b.txt").read_bytes() == b"3"
+    # a symbolic link inside the folder is never written through
+    shutil.rmtree(out / "mqtt")
+    (out / "mqtt").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(BundleError) as refused:
+        write_bundle(out, _bundle({"mqtt/x.conf": b"2"}), force=False)
+    assert refused.value.diagnostic.code == "E1002" and "mqtt" in refused.value.diagnostic.message
+    with pytest.raises(BundleError) as forced:
+        write_bundle(out, _bundle({"b.txt": b"4", "mqtt/x.conf": b"2"}), force=True)
+    assert forced.value.diagnostic.code == "E1001" and "symbolic link" in \
+        forced.value.diagnostic.message
+    assert list(elsewhere.iterdir()) == [] and (out / "b.txt").read_bytes() == b"3"
+
+
+def test_leftovers_of_killed_runs_are_cleaned_and_none_are_made(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                ) -> None:
+    out = tmp_path / "bundle"
+    killed = tmp_path / ".bundle.tmp-killed"
+    killed.mkdir()
+    (killed / PARTIAL).write_text(str(_dead_pid()))
+    (killed / "half.yaml").write_text("x")
+    running = tmp_path / ".bundle.tmp-running"
+    running.mkdir()
+    (running / PARTIAL).write_text(str(os.getppid()))  # a live process: not ours to remove
+    user = tmp_path / ".bundle.tmp-user"  # no marker: not edgeflow's
+    user.mkdir()
+    write_bundle(out, _bundle({"a.txt": b"1"}), force=False)
+    assert not killed.exists() and running.exists() and user.exists()
+    assert not (out / PARTIAL).exists()
+    # a rename that fails leaves no empty `.old-` folder behind
+    real_rename = os.rename
+
+    def failing(src: Any, dst: Any) -> None:
+        if str(dst).endswith("/bundle"):
+            raise PermissionError(13, "Permission denied", str(src))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing)
+    with pytest.raises(BundleError) as failed:
+        write_bundle(out, _bundle({"a.txt": b"2"}), force=False)
+    assert failed.value.diagnostic.code == "E1001"
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".bundle.tmp-running", ".bundle.tmp-user", "bundle"])
+    # the new bundle in place but the old one not removable: a warning, not an error
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(shutil, "rmtree", lambda path, **kw: None if ".old-" in str(path)
+                        else real_rmtree(path, **kw))
+    warning = write_bundle(out, _bundle({"a.txt": b"3"}), force=False)
+    assert warning is not None and "kept at" in warning and (out / "a.txt").read_bytes() == b"3"
+
+
+def test_the_root_folder_is_refused() -> None:
+    with pytest.raises(BundleError) as refused:
+        write_bundle(Path("/"), {"a.txt": b"1"}, force=True)
+    assert refused.value.diagnostic.code == "E1001" and "root folder" in \
+        refused.value.diagnostic.message

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from edgeflow import __version__
 from edgeflow.diagnostics import Diagnostic
@@ -65,30 +65,93 @@ def bundle_files(execution: ExecutionGraph, plan: Plan, target: str,
     return dict(sorted(files.items()))
 
 
-def write_bundle(out: Path, files: dict[str, bytes], force: bool) -> None:
-    """Write `files` under `out` atomically. A folder that holds files edgeflow did not write is
-    refused, unless `force`, and then those files are kept and only edgeflow's are replaced."""
+PARTIAL = ".edgeflow-partial"  # in a folder being written: the writer's process id
+
+
+def write_bundle(out: Path, files: dict[str, bytes], force: bool) -> str | None:
+    """Write `files` under `out` atomically: into a temporary sibling folder renamed over `out`.
+    A folder that holds anything edgeflow did not write is refused, unless `force`: then those
+    files are kept and only edgeflow's are replaced, never through a symbolic link, and nothing
+    outside `out` is touched. Returns a warning when the previous bundle could not be removed."""
+    out = Path(os.path.abspath(out))
+    if out.parent == out:
+        raise _refuse("E1001", f"cannot write a bundle into `{out}`, the root folder", out,
+                      help="name a folder for the bundle with -o")
     try:
-        _write_bundle(out.resolve(), files, force)
+        return _write_bundle(out, files, force)
     except OSError as exc:
         where = Path(exc.filename) if exc.filename else out
         raise _refuse("E1001", f"cannot write `{where}`: {reason(where, exc)}", out) from None
 
 
-def _write_bundle(out: Path, files: dict[str, bytes], force: bool) -> None:
-    previous: list[str] = []
-    if out.exists():
+def _safe(rel: str) -> bool:
+    """A marker entry edgeflow could have written: relative, normalised, inside the folder."""
+    path = PurePosixPath(rel)
+    return bool(rel) and not path.is_absolute() and ".." not in path.parts and \
+        str(path) == rel and rel != "."
+
+
+def _walk(out: Path) -> tuple[set[str], set[str]]:
+    """Files and symbolic links under `out`, as relative paths, without following links."""
+    files: set[str] = set()
+    links: set[str] = set()
+    for root, dirs, names in os.walk(out):
+        for name in [*dirs, *names]:
+            path = Path(root, name)
+            if path.is_symlink():
+                links.add(str(path.relative_to(out)))
+                if name in dirs:
+                    dirs.remove(name)
+            elif name in names:
+                files.add(str(path.relative_to(out)))
+    return files, links
+
+
+def _ours(folder: Path) -> bool:
+    """A temporary folder of an edgeflow run that is no longer running."""
+    try:
+        pid = int((folder / PARTIAL).read_text())
+    except (OSError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _clean_leftovers(out: Path) -> None:
+    """Remove what killed runs left beside `out` (folders marked with a dead writer's pid)."""
+    for sibling in out.parent.glob(f".{out.name}.*-*"):
+        if sibling.is_dir() and not sibling.is_symlink() and _ours(sibling):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _temporary(out: Path, kind: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-", dir=out.parent))
+    (folder / PARTIAL).write_text(str(os.getpid()))
+    return folder
+
+
+def _write_bundle(out: Path, files: dict[str, bytes], force: bool) -> str | None:
+    previous: set[str] = set()
+    if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise _refuse("E1001", f"cannot write `{out}`: it exists and is not a folder", out,
                           help="choose another folder with -o")
         marker = out / MARKER
-        if marker.is_file():
+        if marker.is_file() and not marker.is_symlink():
             try:
-                previous = json.loads(marker.read_text())["files"]
+                previous = {f for f in json.loads(marker.read_text())["files"]
+                            if isinstance(f, str) and _safe(f)}
             except (ValueError, KeyError, TypeError):
-                previous = []
-        present = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
-        foreign = sorted(present - set(previous) - {MARKER})
+                previous = set()
+        present, links = _walk(out)
+        foreign = sorted((present - previous - {MARKER}) | links)
         if foreign and not force:
             raise _refuse("E1002", f"`{out}` holds files edgeflow did not generate "
                           f"(`{foreign[0]}`"
@@ -96,31 +159,49 @@ def _write_bundle(out: Path, files: dict[str, bytes], force: bool) -> None:
                           out, help="choose another folder with -o, or pass --force to write "
                                     "beside them (they are kept)")
         if foreign:
-            _merge(out, files, previous)
-            return
+            _merge(out, files, previous, links)
+            return None
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    _clean_leftovers(out)
+    tmp = _temporary(out, "tmp")
+    old: Path | None = None
     try:
         for rel, data in files.items():
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         tmp.chmod(0o755)
+        (tmp / PARTIAL).unlink()
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            old = _temporary(out, "old")
             os.rename(out, old / "bundle")
-            os.rename(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
+        os.rename(tmp, out)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not (old / "bundle").exists():
+            shutil.rmtree(old, ignore_errors=True)  # the rename failed: nothing to keep
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        if old.exists():
+            return (f"the new bundle is in place, but the previous one could not be removed: "
+                    f"it is kept at `{old}`")
+    return None
 
 
-def _merge(out: Path, files: dict[str, bytes], previous: list[str]) -> None:
+def _merge(out: Path, files: dict[str, bytes], previous: set[str], links: set[str]) -> None:
+    """Write edgeflow's files into a folder that also holds the user's (`--force`)."""
+    through = sorted(link for link in links for rel in files
+                     if rel == link or rel.startswith(link + "/"))
+    if through:
+        raise _refuse("E1001", f"cannot write `{out / through[0]}`: it is a symbolic link, and "
+                      "edgeflow writes only inside the output folder", out,
+                      help="remove the link, or choose another folder with -o")
     for rel, data in files.items():
         if (problem := write_atomic(out / rel, data, force=True)) is not None:
             raise BundleError(problem)
-    for rel in set(previous) - set(files):  # edgeflow's own files from an older bundle
-        (out / rel).unlink(missing_ok=True)
+    for rel in sorted(previous - set(files)):  # edgeflow's own files from an older bundle
+        path = out / rel
+        if not any(rel == link or rel.startswith(link + "/") for link in links) and \
+                path.is_file() and not path.is_symlink():
+            path.unlink()

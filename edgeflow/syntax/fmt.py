@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
+from collections.abc import Sequence
 
 from edgeflow.span import Span
 from edgeflow.syntax import ast
@@ -85,13 +86,87 @@ class _Formatter:
     def blank_before(self, prev_end: int, start: int) -> bool:
         return prev_end >= 0 and self.text.count("\n", prev_end, start) >= 2
 
-    def entry(self, e: ast.Entry, width: int) -> str:
-        inside = self.comments_between(e.span.start, e.span.end)
-        if inside:  # a comment inside a value: keep the entry as written, losing nothing
-            for c in inside:
-                self.take(c)
-            return self.text[e.span.start:e.span.end]
-        return f"{_key(e.key).ljust(width)} = {value_text(e.value)}"
+    def next_token(self, pos: int) -> int:
+        """The offset of the first token at or after `pos`: whitespace and comments skipped."""
+        text = self.text
+        while pos < len(text):
+            if text[pos] == "#":
+                line_end = text.find("\n", pos)
+                pos = len(text) if line_end < 0 else line_end
+            elif text[pos] in " \t\r\n\f":
+                pos += 1
+            else:
+                break
+        return pos
+
+    def hoist(self, start: int, end: int, above: list[str]) -> None:
+        """Comments where no line can break move to `above`: own lines above the item."""
+        above += [self.take(c) for c in self.comments_between(start, end)]
+
+    def entry(self, e: ast.Entry, width: int, indent: int, above: list[str]) -> str:
+        self.hoist(e.key.span.end, e.value.span.start, above)  # around the `=`
+        return f"{_key(e.key).ljust(width)} = {self.value(e.value, indent, above)}"
+
+    def value(self, v: ast.Value, indent: int, above: list[str]) -> str:
+        """A value whose first line starts a line indented by `indent`: on one line when it holds
+        no comment, otherwise with an item per line and every comment kept (later lines carry
+        their own indentation, so formatting formatted text changes nothing)."""
+        if not self.comments_between(v.span.start, v.span.end):
+            return value_text(v)
+        if isinstance(v, ast.ListValue):
+            return "[" + self.items(v.items, v.span.start, v.span.end - 1, indent, ",") + "]"
+        if isinstance(v, ast.MapValue):
+            return "{" + self.items(v.entries, v.span.start, v.span.end - 1, indent, "") + "}"
+        if isinstance(v, ast.Call | ast.Tensor):
+            head, items = (v.func, v.args) if isinstance(v, ast.Call) else (v.dtype, v.dims)
+            opening = self.next_token(head.span.end)
+            self.hoist(head.span.end, opening, above)  # between `f` and `(`, `float32` and `[`
+            if not self.comments_between(opening, v.span.end):
+                return value_text(v)
+            close = ")" if isinstance(v, ast.Call) else "]"
+            return (head.value + self.text[opening]
+                    + self.items(items, opening, v.span.end - 1, indent, ",") + close)
+        if isinstance(v, ast.Flow):  # `a  # why` NEWLINE `-> b`: a step per line
+            pad = " " * (indent + 2)
+            out = v.steps[0].value
+            for a, b in zip(v.steps, v.steps[1:], strict=False):
+                for c in self.comments_between(a.span.end, b.span.start):
+                    on_line = "\n" not in self.text[a.span.end:c[0].start]
+                    out += ("  " if on_line else "\n" + pad) + self.take(c)
+                out += "\n" + pad + "-> " + b.value
+            return out
+        self.hoist(v.span.start, v.span.end, above)  # inside a constraint
+        return value_text(v)
+
+    def items(self, items: Sequence[ast.Value | ast.Entry], start: int, end: int, indent: int,
+              comma: str) -> str:
+        """What lies between a bracket at `start` and its closing one at `end`, one item a line."""
+        width = max((len(_key(i.key)) for i in items if isinstance(i, ast.Entry)), default=0)
+        lines = self.rows(items, start, end, indent + 2, width, comma)
+        return "\n" + "\n".join(lines) + "\n" + " " * indent
+
+    def rows(self, items: Sequence[ast.Value | ast.Entry], start: int, end: int, indent: int,
+             width: int, comma: str) -> list[str]:
+        """Items (after a bracket at `start`, before `end`) one a line, indented by `indent`:
+        own-line comments where they were, trailing comments aligned past the longest item."""
+        pad = " " * indent
+        rows: list[tuple[str, str]] = []  # (text, trailing comment)
+        cursor = start + 1
+        for item in items:
+            for c in self.comments_between(cursor, item.span.start):
+                rows.append((pad + self.take(c), ""))
+            above: list[str] = []
+            text = (self.entry(item, width, indent, above) if isinstance(item, ast.Entry)
+                    else self.value(item, indent, above))
+            rows += [(pad + c, "") for c in above]
+            rows.append((pad + text + comma, self.trailing(item.span.end).strip()))
+            cursor = item.span.end
+        for c in self.comments_between(cursor, end):
+            rows.append((pad + self.take(c), ""))
+        column = max((len(t) for t, c in rows if "\n" not in t and not t.lstrip().startswith("#")),
+                     default=0) + 2
+        return [t if not c else t + "  " + c if "\n" in t else t.ljust(column) + c
+                for t, c in rows]
 
     def decl(self, d: ast.Decl) -> list[str]:
         body = d.body_span
@@ -111,26 +186,12 @@ class _Formatter:
         one_line = (d.entries and "\n" not in self.text[body.start:first]
                     and not self.comments_between(body.start, body.end))
         if one_line:
-            line = f"{head} {{ " + ", ".join(self.entry(e, 0) for e in d.entries) + " }"
-            if len(line) <= WIDTH and "\n" not in line:
+            line = f"{head} {{ " + ", ".join(
+                f"{_key(e.key)} = {value_text(e.value)}" for e in d.entries) + " }"
+            if len(line) <= WIDTH:
                 return [line]
         width = max((len(_key(e.key)) for e in d.entries), default=0)
-        rows: list[tuple[str, str]] = []  # (text, trailing comment), comments aligned below
-        cursor = body.start + 1
-        for e in d.entries:
-            for c in self.comments_between(cursor, e.span.start):
-                rows.append(("  " + self.take(c), ""))
-            text = "  " + self.entry(e, width).replace("\n", "\n  ")
-            rows.append((text, self.trailing(e.span.end).strip()))
-            cursor = e.span.end
-        for c in self.comments_between(cursor, body.end):
-            rows.append(("  " + self.take(c), ""))
-        column = max((len(t) for t, c in rows if "\n" not in t and not t.lstrip().startswith("#")),
-                     default=0) + 2
-        lines = [f"{head} {{"]
-        lines += [t.ljust(column) + c if c else t for t, c in rows]
-        lines.append("}")
-        return lines
+        return [f"{head} {{", *self.rows(d.entries, body.start, body.end, 2, width, ""), "}"]
 
     def module(self, module: ast.Module) -> str:
         out: list[str] = []
