@@ -1,6 +1,8 @@
 """Every generated broker configuration, started in a real mosquitto on loopback with test
-certificates: each client may publish and subscribe on its own topics and on no other, and a
-client without a certificate is refused."""
+certificates: each client may publish and subscribe on its own topics and on no other, a client
+without a certificate is refused, a broker with bridges to several peers starts, and no
+certificate can take over another identity's session (a unit's or a bridge's) by connecting
+with its client id."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -36,11 +39,20 @@ def _free_port() -> int:
 
 
 class Running:
-    def __init__(self, bundle: Bundle, broker: Broker, folder: Path) -> None:
+    """mosquitto with `broker`'s configuration. Its bridges point at `peers` (device -> port of
+    a running broker whose CA is `ca`), else at a port where nothing listens."""
+
+    def __init__(self, bundle: Bundle, broker: Broker, folder: Path, ca: Path | None = None,
+                 peers: dict[str, int] | None = None) -> None:
         self.folder, self.port = folder, _free_port()
         folder.mkdir()
         tls = folder / "tls"
-        make_ca(tls)
+        if ca is None:
+            make_ca(tls)
+        else:
+            tls.mkdir()
+            for f in ("ca.crt", "ca.key"):
+                shutil.copy(ca / f, tls / f)
         make_cert(tls, "broker", "localhost", ip=True)
         make_cert(tls, "bridge", broker.bridges[0].identity if broker.bridges else "none")
         for user in broker.acl:
@@ -53,10 +65,11 @@ class Running:
         tls.chmod(0o755)
         (folder / "acl").write_text(render_acl(broker))
         (folder / "acl").chmod(0o644)
-        # bridges point at a peer that is not running: the broker must still serve its clients
+        # bridges to a peer that is not running: the broker must still serve its clients
         conf = render_conf(bundle, broker, tls_dir=str(tls), port=self.port,
                            acl_path=str(folder / "acl"), persistence_dir=str(data),
-                           addresses={d: f"127.0.0.1:{_free_port()}" for d in bundle.brokers},
+                           addresses={d: f"127.0.0.1:{(peers or {}).get(d) or _free_port()}"
+                                      for d in bundle.brokers},
                            bind="127.0.0.1")
         (folder / "mosquitto.conf").write_text(conf)
         (folder / "mosquitto.conf").chmod(0o644)
@@ -76,9 +89,9 @@ class Running:
         self.proc.terminate()
         self.proc.wait(timeout=10)
 
-    def client(self, user: str | None) -> mqtt.Client:
+    def client(self, user: str | None, client_id: str = "") -> mqtt.Client:
         tls = self.folder / "tls"
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if user is None:
             c.tls_set(ca_certs=str(tls / "ca.crt"))
         else:
@@ -144,32 +157,104 @@ def _received(sub: mqtt.Client) -> list[str]:
     return got
 
 
-BUNDLES = ["ar_assist", "smart_city_traffic"]
+BUNDLES = ["ar_assist", "smart_city_traffic", "healthcare_vitals"]  # the last: two bridges
 
 
 @pytest.fixture(scope="module", params=BUNDLES)
 def bundle(request: pytest.FixtureRequest) -> Bundle:
     program = load(ROOT / "examples" / f"{request.param}.ef")
     result = api.plan(program)
+    assert result.plan is not None and result.execution is not None
     return build_bundle(result.execution, result.plan)
 
 
-def test_each_broker_enforces_its_acl(bundle: Bundle) -> None:
+def _chosen(bundle: Bundle) -> list[Broker]:
+    """Every distinct shape of broker: the first site, the fog/cloud ones."""
     brokers = list(bundle.brokers.values())
-    # every distinct shape of broker: the first site, the fog/cloud ones
-    chosen = [b for b in brokers if b.tier != "edge"] + [b for b in brokers if b.tier == "edge"][:1]
+    return [b for b in brokers if b.tier != "edge"] + [b for b in brokers if b.tier == "edge"][:1]
+
+
+@pytest.fixture()
+def root() -> Iterator[Path]:
     # mosquitto drops root privileges: pytest's private tmp folders are out of its reach
-    root = Path(tempfile.mkdtemp(prefix="edgeflow-mqtt-"))
-    root.chmod(0o755)
+    folder = Path(tempfile.mkdtemp(prefix="edgeflow-mqtt-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_each_broker_enforces_its_acl(bundle: Bundle, root: Path) -> None:
+    for broker in _chosen(bundle):
+        running = Running(bundle, broker, root / broker.name)
+        try:
+            _check_broker(bundle, broker, running)
+        finally:
+            running.stop()
+
+
+def test_a_broker_bridging_to_several_peers_starts(bundle: Bundle, root: Path) -> None:
+    """mosquitto exits on two bridges of one `connection` name ("Duplicate bridge name")."""
+    several = [b for b in bundle.brokers.values() if len(b.bridges) > 1]
+    if bundle.app == "ward_monitoring":
+        assert several  # bedside hubs bridge to the ward server and to the research cloud
+    for broker in several[:1]:
+        assert len({br.name for br in broker.bridges}) == len(broker.bridges)
+        assert len({br.local_clientid for br in broker.bridges}) == len(broker.bridges)
+        Running(bundle, broker, root / broker.name).stop()  # raises if mosquitto exits
+
+
+def _watch(c: mqtt.Client) -> threading.Event:
+    dropped = threading.Event()
+    c.on_disconnect = lambda *args: dropped.set()  # type: ignore[assignment]
+    return dropped
+
+
+def test_no_certificate_takes_over_another_identitys_client_id(bundle: Bundle,
+                                                                root: Path) -> None:
+    """A client with certificate A that connects with client id B gets client id A: B (a unit,
+    a sensor, a bridge) stays connected and keeps receiving."""
+    # the broker most identities connect to: the cloud's, where edge bridges arrive
+    broker = max(bundle.brokers.values(), key=lambda b: len(b.acl))
+    bridges = sorted(u for u in broker.acl if ".bridge." in u)
+    units = sorted(u for u in broker.acl if ".bridge." not in u)
+    victims = ([bridges[0]] if bridges else []) + units[:1]
+    assert victims and len(broker.acl) > 1
+    running = Running(bundle, broker, root / broker.name)
     try:
-        for broker in chosen:
-            running = Running(bundle, broker, root / broker.name)
-            try:
-                _check_broker(bundle, broker, running)
-            finally:
-                running.stop()
+        for victim in victims:
+            attacker = next(u for u in sorted(broker.acl) if u != victim)
+            target = running.client(victim, client_id=victim)
+            dropped = _watch(target)
+            assert _connect(target, running.port), f"{victim} could not connect"
+            rules = broker.acl[victim]
+            readable = rules["read"][0] if rules["read"] else None
+            if readable is not None:
+                assert _subscribe(target, readable)
+            inbox = _received(target)
+            thief = running.client(attacker, client_id=victim)
+            thief_dropped = _watch(thief)
+            assert _connect(thief, running.port), "the broker refused the second client"
+            time.sleep(0.5)
+            assert not dropped.is_set(), f"{attacker}'s certificate took over {victim}'s session"
+            assert not thief_dropped.is_set()
+            if readable is not None:  # the victim still receives what its writer sends
+                writer = next((u for u, r in broker.acl.items() if readable in r["write"]),
+                              None)
+                if writer is not None:
+                    w = running.client(writer, client_id=writer)
+                    assert _connect(w, running.port)
+                    w.publish(readable, b"x", qos=1).wait_for_publish(5)
+                    deadline = time.monotonic() + 5
+                    while not inbox and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    assert inbox == [readable]
+                    w.disconnect()
+                    w.loop_stop()
+            for c in (thief, target):
+                c.disconnect()
+                c.loop_stop()
     finally:
-        shutil.rmtree(root)
+        running.stop()
 
 
 def _check_broker(bundle: Bundle, broker: Broker, running: Running) -> None:
@@ -211,3 +296,54 @@ def _check_broker(bundle: Bundle, broker: Broker, running: Running) -> None:
         for c in clients.values():
             c.disconnect()
             c.loop_stop()
+
+
+def test_a_bridge_carries_its_topics_and_keeps_its_session(bundle: Bundle, root: Path) -> None:
+    """Two real brokers, one CA: the edge broker's bridge (certificate CN = its identity, client
+    id bound to it) carries its topics to the peer, and another certificate connecting to the
+    peer with the bridge's client id does not cut the bridge off."""
+    edge = next((b for b in bundle.brokers.values() if b.bridges and b.bridges[0].out_topics),
+                None)
+    assert edge is not None
+    bridge = edge.bridges[0]
+    t = bridge.out_topics[0]
+    peer_broker = bundle.brokers[bridge.peer]
+    writer = next(u for u, r in edge.acl.items() if t in r["write"])
+    reader = next(u for u, r in peer_broker.acl.items() if t in r["read"])
+    peer = Running(bundle, peer_broker, root / "peer")
+    try:
+        running = Running(bundle, edge, root / "edge", ca=peer.folder / "tls",
+                          peers={bridge.peer: peer.port})
+        try:
+            sub = peer.client(reader, client_id=reader)
+            inbox = _received(sub)
+            assert _connect(sub, peer.port) and _subscribe(sub, t)
+            pub = running.client(writer, client_id=writer)
+            assert _connect(pub, running.port)
+
+            def delivered(payload: bytes) -> bool:
+                deadline = time.monotonic() + 15  # the bridge (re)connects within seconds
+                while time.monotonic() < deadline:
+                    pub.publish(t, payload, qos=1).wait_for_publish(5)
+                    time.sleep(0.3)
+                    if inbox:
+                        inbox.clear()
+                        return True
+                return False
+
+            assert delivered(b"before"), f"the bridge of {edge.device} did not carry {t}"
+            thief = peer.client("stranger", client_id=bridge.identity)  # CN <app>.stranger
+            assert _connect(thief, peer.port)
+            time.sleep(0.5)
+            pub.publish(t, b"after", qos=1).wait_for_publish(5)
+            deadline = time.monotonic() + 2
+            while not inbox and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert inbox == [t], "another certificate took over the bridge's session"
+            for c in (thief, pub, sub):
+                c.disconnect()
+                c.loop_stop()
+        finally:
+            running.stop()
+    finally:
+        peer.stop()

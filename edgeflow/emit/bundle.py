@@ -5,12 +5,14 @@ Every target (k8s, compose) and the report render from this; none recomputes the
 
 Topic scheme: `edgeflow/<app>/r<replica>/<step>` carries the output of a step of one replica
 (`<model>.head` for the tensors a split model's head sends its tail); a client's MQTT identity
-(its certificate's CN) is `<app>.<step>.r<replica>`, or `<app>.<sink>` for a sink shared by all
-replicas.
+(its certificate's CN, user name and client id) is `<app>.<step>.r<replica>`, or `<app>.<sink>`
+for a sink shared by all replicas, and a broker's bridges connect as `<app>.bridge.<device>`.
+Every generated name is unique by construction (see "names" below).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,15 +20,181 @@ from typing import Any
 from edgeflow import ir
 from edgeflow.execution import ExecutionGraph, StepKey
 from edgeflow.plan import Part, PlacedUnit, Plan, unit_name
+from edgeflow.span import Span
 
 TIER_ORDER = {t.value: i for i, t in enumerate(ir.Tier)}  # edge < fog < cloud
 MQTT_PORT = 8883
 
 
+# ---- names ------------------------------------------------------------------------------------
+#
+# Every name the bundle generates is a function of what it names, and no two things get one name
+# (docs/bundles.md, "Names"). A DNS label (a Kubernetes object, a file or folder, a compose
+# service, a node label value, a Mermaid id) is written readably, the declared name with `_` as
+# `-`:
+#
+#   device instance   NAME -> name,  NAME[i] -> name-i
+#   broker            broker-<device instance, as above>
+#   client            STEP[.head|.tail] of replica r -> step[-head|-tail]-rR;  a shared sink -> sink
+#
+# and used only if `read_label` reads it back as exactly what it names (so the readable names are
+# injective: `read_label` is their inverse), it is a valid DNS-1123 label and fits in 63
+# characters. Otherwise the name is a stem (both ends of it kept), `--` and 8 hex digits of the
+# sha256 of what it names: `cam-1--4dbbb8c3` for a device `cam_1`, since `cam-1` reads as
+# `cam[1]`. A broker is `broker-<device label>` (so it carries its device's digest), hashed again
+# only when too long. A readable name never holds `--`, so it never equals a hashed one; two
+# hashed names coincide only if their digests do, and `check_names` then refuses the bundle,
+# naming both declarations. MQTT identities follow the same rule with their own reader,
+# `read_identity`.
+
+LABEL_MAX = 63
+HASH_HEX = 8
+DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?")
+IDENTITY = re.compile(r"[a-z0-9_](?:[-a-z0-9_.]*[a-z0-9_])?")
+_DASHED = r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*"  # a declared name, `_` written `-`, read back uniquely
+_DECLARED = r"[a-z_][a-z0-9_]*"
+
+Key = tuple[str, ...]
+
+
 def k8s_name(*parts: str) -> str:
-    """A DNS-1123 label: lowercase alphanumerics and '-'."""
+    """A DNS-1123 label for app-wide names (the namespace): lowercase alphanumerics and '-'.
+    Lossy: never use it for something of which a bundle has several (`device_label` etc.)."""
     name = "-".join(re.sub(r"[^a-z0-9]+", "-", p.lower()).strip("-") for p in parts if p)
-    return name[:63].strip("-")
+    return name[:LABEL_MAX].strip("-")
+
+
+def _undash(dashed: str) -> str:
+    return dashed.replace("-", "_")
+
+
+def _read_instance(label: str) -> str | None:
+    if m := re.fullmatch(rf"({_DASHED})-([0-9]+)", label):
+        return f"{_undash(m[1])}[{int(m[2])}]"
+    return _undash(label) if re.fullmatch(_DASHED, label) else None
+
+
+def read_label(label: str) -> Key | None:
+    """What a readable DNS label names: ("broker", instance), ("client", step, replica),
+    ("instance", NAME[i]) or ("declared", NAME) (a single device, or a sink shared by all
+    replicas: names are unique across a file); None for a hashed or foreign label."""
+    if label.startswith("broker-"):
+        instance = _read_instance(label.removeprefix("broker-"))
+        return None if instance is None else ("broker", instance)
+    if m := re.fullmatch(rf"({_DASHED})-r([0-9]+)", label):
+        step = m[1]
+        if half := re.fullmatch(rf"({_DASHED})-(head|tail)", step):
+            return ("client", f"{_undash(half[1])}.{half[2]}", str(int(m[2])))
+        return ("client", _undash(step), str(int(m[2])))
+    if m := re.fullmatch(rf"({_DASHED})-([0-9]+)", label):
+        return ("instance", f"{_undash(m[1])}[{int(m[2])}]")
+    return ("declared", _undash(label)) if re.fullmatch(_DASHED, label) else None
+
+
+def _digest(key: Key) -> str:
+    return hashlib.sha256("\0".join(key).encode()).hexdigest()[:HASH_HEX]
+
+
+def _shorten(text: str, room: int, strip: str) -> str:
+    """`text` in at most `room` characters: both ends kept (names often differ only at the
+    end), joined by `-`, without `strip` characters at the cuts."""
+    if len(text) <= room:
+        return text
+    tail = room // 3
+    return f"{text[:room - tail - 1].rstrip(strip)}-{text[-tail:].lstrip(strip)}"
+
+
+def _hashed(key: Key, stem: str, suffix: str = "") -> str:
+    """`stem`-`suffix` made DNS-safe, the stem cut in the middle to fit, `--` and the digest of
+    `key` (what the name names)."""
+    stem, suffix = (re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-") for s in (stem, suffix))
+    stem = _shorten(stem, LABEL_MAX - len(suffix) - HASH_HEX - 3, "-").strip("-")
+    return f"{stem or 'x'}{'-' + suffix if suffix else ''}--{_digest(key)}"
+
+
+def _label(key: Key, readable: str, hash_key: Key, stem: str, suffix: str = "") -> str:
+    """`readable` if it is a DNS label that reads back as `key`, else the hashed form."""
+    if len(readable) <= LABEL_MAX and DNS_LABEL.fullmatch(readable) and \
+            read_label(readable) == key:
+        return readable
+    return _hashed(hash_key, stem, suffix)
+
+
+def _split_instance(instance: str) -> tuple[str, str]:
+    """`NAME[i]` -> (NAME, i), `NAME` -> (NAME, "")."""
+    m = re.fullmatch(r"(.*)\[([0-9]+)\]", instance)
+    return (m[1], m[2]) if m else (instance, "")
+
+
+def device_label(instance: str) -> str:
+    """A device instance as a DNS label: compose folders, `edgeflow.io/device` node labels."""
+    name, index = _split_instance(instance)
+    dashed = name.replace("_", "-")
+    if index:
+        return _label(("instance", instance), f"{dashed}-{index}", ("device", instance), name,
+                      index)
+    return _label(("declared", instance), dashed, ("device", instance), name)
+
+
+def broker_name(instance: str) -> str:
+    """The broker on a device instance: k8s objects, `mqtt/<name>/`, the secret's name.
+    `broker-<device label>`, hashed again only when that is too long."""
+    name = f"broker-{device_label(instance)}"
+    if len(name) <= LABEL_MAX:
+        return name
+    base, index = _split_instance(instance)
+    return _hashed(("broker", instance), f"broker-{base}", index)
+
+
+def client_name(step: str, replica: int | None) -> str:
+    """A client (unit, sensor or sink driver) of one replica, or a sink shared by all: k8s
+    objects, compose services, unit.json files, the secret's name."""
+    dashed = step.replace("_", "-").replace(".", "-")
+    if replica is None:
+        return _label(("declared", step), dashed, ("client", step, ""), step)
+    key = ("client", step, str(replica))
+    return _label(key, f"{dashed}-r{replica}", key, step, f"r{replica}")
+
+
+def read_identity(app: str, identity: str) -> Key | None:
+    """What a readable MQTT identity names: ("client", step, replica or ""), or ("bridge",
+    device label); None for a hashed or foreign one."""
+    if not identity.startswith(f"{app}."):
+        return None
+    parts = identity.removeprefix(f"{app}.").split(".")
+    replica = re.fullmatch(r"r([0-9]+)", parts[-1])
+    if len(parts) == 2 and replica and re.fullmatch(_DECLARED, parts[0]):
+        return ("client", parts[0], str(int(replica[1])))
+    if len(parts) == 3 and replica and re.fullmatch(_DECLARED, parts[0]) and \
+            parts[1] in ("head", "tail"):
+        return ("client", f"{parts[0]}.{parts[1]}", str(int(replica[1])))
+    if len(parts) == 1 and re.fullmatch(_DECLARED, parts[0]):
+        return ("client", parts[0], "")
+    if len(parts) == 2 and parts[0] == "bridge" and DNS_LABEL.fullmatch(parts[1]):
+        return ("bridge", parts[1])
+    return None
+
+
+def _identity(app: str, key: Key, readable: str, hash_key: Key) -> str:
+    if len(readable) <= LABEL_MAX and IDENTITY.fullmatch(readable) and \
+            read_identity(app, readable) == key:
+        return readable
+    stem = _shorten(re.sub(r"[^a-z0-9_.-]+", "-", readable), LABEL_MAX - HASH_HEX - 2, "-.")
+    return f"{stem.rstrip('-.') or 'x'}--{_digest(hash_key)}"
+
+
+def client_identity(app: str, step: str, replica: int | None) -> str:
+    """A client's certificate CN = MQTT user name = client id: `<app>.<step>.r<replica>`, or
+    `<app>.<sink>` for a sink shared by all replicas."""
+    r = "" if replica is None else str(replica)
+    key = ("client", step, r)
+    return _identity(app, key, f"{app}.{step}" + (f".r{r}" if r else ""), key)
+
+
+def bridge_identity(app: str, instance: str) -> str:
+    """The CN of the certificate with which the broker on `instance` bridges to others."""
+    label = device_label(instance)
+    return _identity(app, ("bridge", label), f"{app}.bridge.{label}", ("bridge", instance))
 
 
 @dataclass
@@ -50,8 +218,7 @@ class Client:
 
     @property
     def name(self) -> str:
-        return k8s_name(self.step.replace(".", "-"), f"r{self.replica}"
-                        if self.replica is not None else "")
+        return client_name(self.step, self.replica)
 
 
 @dataclass
@@ -64,6 +231,18 @@ class Bridge:
     out_topics: list[str] = field(default_factory=list)   # initiator -> peer
     in_topics: list[str] = field(default_factory=list)    # peer -> initiator
 
+    @property
+    def name(self) -> str:
+        """The `connection` name: the peer's broker, so unique within the initiator's config
+        (mosquitto refuses two bridges of one name)."""
+        return broker_name(self.peer)
+
+    @property
+    def local_clientid(self) -> str:
+        """The bridge's client id on the initiator's own broker: one per bridge (mosquitto's
+        default, `local.<remote_clientid>`, is the same for all bridges of a broker)."""
+        return f"local.{self.identity}.{self.name}"
+
 
 @dataclass
 class Broker:
@@ -75,7 +254,11 @@ class Broker:
 
     @property
     def name(self) -> str:
-        return k8s_name("broker", self.device)
+        return broker_name(self.device)
+
+    @property
+    def label(self) -> str:
+        return device_label(self.device)
 
     def allow(self, user: str, access: str, topic: str) -> None:
         rules = self.acl.setdefault(user, {"read": [], "write": []})
@@ -118,9 +301,9 @@ def build_bundle(execution: ExecutionGraph, plan: Plan) -> Bundle:
     def client(step: str, replica: int | None, kind: str, device: str) -> Client:
         key = (step, replica)
         if key not in clients:
-            ident = f"{app}.{step}" + (f".r{replica}" if replica is not None else "")
             clients[key] = Client(step, replica, kind, device,
-                                  execution.device(device).tier.value, ident,
+                                  execution.device(device).tier.value,
+                                  client_identity(app, step, replica),
                                   placed=placed.get((step, replica)) if replica is not None
                                   else None)
         return clients[key]
@@ -166,7 +349,9 @@ def build_bundle(execution: ExecutionGraph, plan: Plan) -> Bundle:
     ordered = sorted(clients.values(), key=lambda c: (c.replica if c.replica is not None else -1,
                                                       c.step))
     brokers = _brokers(execution, ordered)
-    return Bundle(app, program, plan, ordered, brokers, max_bytes)
+    bundle = Bundle(app, program, plan, ordered, brokers, max_bytes)
+    check_names(bundle)
+    return bundle
 
 
 def _brokers(execution: ExecutionGraph, clients: list[Client]) -> dict[str, Broker]:
@@ -196,7 +381,7 @@ def _brokers(execution: ExecutionGraph, clients: list[Client]) -> dict[str, Brok
             initiator, peer = (src, dst) if TIER_ORDER[brokers[src].tier] <= \
                 TIER_ORDER[brokers[dst].tier] else (dst, src)
             bridge = bridges.setdefault((initiator, peer), Bridge(
-                initiator, peer, f"{program.app.name}.bridge.{k8s_name(initiator)}"))
+                initiator, peer, bridge_identity(program.app.name, initiator)))
             topics = bridge.out_topics if initiator == src else bridge.in_topics
             if t not in topics:
                 topics.append(t)
@@ -219,3 +404,63 @@ def _topic_labels(execution: ExecutionGraph, clients: list[Client]) -> dict[str,
         for t in c.writes:
             out[t] = labels
     return out
+
+
+class NameClash(Exception):
+    """Two things of a bundle would get one name. The readable names are injective by
+    construction and hashed ones differ unless 8 hex digits of sha256 coincide: renaming one of
+    the two declarations (the message says where they are) resolves it. `span` is the second
+    one's declaration (E1003)."""
+
+    def __init__(self, message: str, span: Span) -> None:
+        super().__init__(message)
+        self.span = span
+
+
+def _span_of(program: ir.Program, name: str) -> Span | None:
+    """Where `name` is declared: a device instance, a step or a split model's half."""
+    base = _split_instance(name)[0].split(".")[0]
+    for table in (program.devices, program.sensors, program.sinks, program.models,
+                  program.operators):
+        if base in table:
+            return table[base].span
+    return None
+
+
+def _declared_at(program: ir.Program, name: str) -> str:
+    span = _span_of(program, name)
+    return f"`{name}`" if span is None else f"`{name}` ({span.file}:{span.line}:{span.col})"
+
+
+def check_names(bundle: Bundle) -> None:
+    """Refuse (NameClash) a bundle in which two things share a generated name: a DNS label
+    (client, broker, device instance), an MQTT identity, or a bridge's connection name or
+    client id on its broker."""
+    program = bundle.program
+
+    def claim(space: dict[str, tuple[str, str]], kind: str, name: str,
+              owner: tuple[str, str]) -> None:
+        first = space.setdefault(name, owner)
+        if first != owner:
+            raise NameClash(f"{first[0]} {_declared_at(program, first[1])} and {owner[0]} "
+                            f"{_declared_at(program, owner[1])} would both get the {kind} "
+                            f"`{name}`", _span_of(program, owner[1]) or program.app.span)
+
+    labels: dict[str, tuple[str, str]] = {}
+    identities: dict[str, tuple[str, str]] = {}
+    for c in bundle.clients:
+        owner = (f"replica {c.replica} of" if c.replica is not None else "", c.step)
+        claim(labels, "name", c.name, owner)
+        claim(identities, "MQTT identity", c.identity, owner)
+    for b in bundle.brokers.values():
+        claim(labels, "name", b.name, ("the broker on", b.device))
+        claim(labels, "name", b.label, ("device", b.device))
+        for bridge in b.bridges:
+            claim(identities, "MQTT identity", bridge.identity, ("the bridge of", b.device))
+    for b in bundle.brokers.values():
+        connections: dict[str, tuple[str, str]] = {}
+        client_ids = {user: ("the client", user) for user in b.acl}
+        for bridge in b.bridges:
+            owner = ("the bridge to", bridge.peer)
+            claim(connections, "bridge name", bridge.name, owner)
+            claim(client_ids, "client id", bridge.local_clientid, owner)

@@ -5,7 +5,7 @@ Plan, never recomputed."""
 from __future__ import annotations
 
 from edgeflow import __version__
-from edgeflow.emit.bundle import Bundle, k8s_name
+from edgeflow.emit.bundle import Bundle, device_label
 from edgeflow.emit.templating import render
 from edgeflow.objectives import objective_text
 
@@ -15,13 +15,12 @@ def _mermaid(bundle: Bundle) -> str:
     by_device: dict[str, list[str]] = {}
     ids = {}
     for c in bundle.clients:
-        ident = k8s_name(c.step.replace(".", "-"), f"r{c.replica}" if c.replica is not None
-                         else "").replace("-", "_")
+        ident = c.name.replace("-", "_")  # names are unique and hold no `_`
         ids[c.identity] = ident
         by_device.setdefault(c.device, []).append(
             f'    {ident}["{c.step}{f" r{c.replica}" if c.replica is not None else ""}"]')
     for device, nodes in sorted(by_device.items()):
-        lines.append(f'  subgraph {k8s_name(device).replace("-", "_")}["{device}"]')
+        lines.append(f'  subgraph {device_label(device).replace("-", "_")}["{device}"]')
         lines.extend(nodes)
         lines.append("  end")
     writers = {t: c.identity for c in bundle.clients for t in c.writes}

@@ -20,13 +20,13 @@ class Compose(Target):
         bundle = r.bundle
         files: dict[str, bytes] = {}
         for b in bundle.brokers.values():
-            folder = f"compose/{k8s_name(b.device)}"
+            folder = f"compose/{b.label}"
             units = [c for c in bundle.units() if c.device == b.device]
             for c in units:
                 files[f"{folder}/{c.name}.json"] = unit_config(r, self, c).encode()
             files[f"{folder}/compose.yaml"] = render(
                 "compose/compose.yaml.j2", app=bundle.app, device=b.device, tier=b.tier,
-                project=k8s_name(bundle.app, b.device),
+                project=f"{k8s_name(bundle.app) or 'edgeflow'}-{b.label}",
                 units=[{"name": c.name, "secret": c.name} for c in units],
                 mqtt_dir=f"../../mqtt/{b.name}", broker_secret=b.name,
                 broker_image=BROKER_IMAGE, worker_image=WORKER_IMAGE).encode()

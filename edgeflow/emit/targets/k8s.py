@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from edgeflow.emit.bundle import Bundle, Client, k8s_name
+from edgeflow.emit.bundle import Bundle, Client, device_label, k8s_name
 from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.targets.base import Rendering, Target
 from edgeflow.emit.templating import render
@@ -16,13 +16,13 @@ from edgeflow.emit.units import BROKER_IMAGE, WORKER_IMAGE, unit_config
 
 
 def _placement(tier: str, device: str) -> dict[str, Any]:
-    return {"edge": tier != "cloud", "device_label": k8s_name(device)}
+    return {"edge": tier != "cloud", "device_label": device_label(device)}
 
 
 def _labels(bundle: Bundle, name: str, role: str, device: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": k8s_name(bundle.app),
             "app.kubernetes.io/managed-by": "edgeflow", "edgeflow.io/role": role,
-            "edgeflow.io/device": k8s_name(device)}
+            "edgeflow.io/device": device_label(device)}
 
 
 class Kubernetes(Target):
