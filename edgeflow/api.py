@@ -127,12 +127,13 @@ def load(path: str | Path) -> ir.Program:
 @dataclass
 class PlanResult:
     """A plan, the baselines when compared, the execution graph it places, and the
-    diagnostics: E0901 for each reason an infeasible app has no plan."""
+    diagnostics: E0901 for each reason an infeasible app has no plan; no plan at all (None)
+    for an app too large to place (E0902)."""
 
-    plan: Plan
+    plan: Plan | None
     baselines: list[Baseline]
     diagnostics: list[Diagnostic]
-    execution: ExecutionGraph
+    execution: ExecutionGraph | None
 
     @property
     def ok(self) -> bool:
@@ -141,8 +142,10 @@ class PlanResult:
 
 def plan(program: ir.Program, time_limit: float = 30.0, compare: bool = False) -> PlanResult:
     """Place a checked program (exact MILP, `time_limit` seconds at most for the solver)."""
-    from edgeflow.placement import explanation_diagnostics, make_plan
+    from edgeflow.placement import explanation_diagnostics, make_plan, size_diagnostics
 
+    if too_large := size_diagnostics(program):
+        return PlanResult(None, [], too_large, None)
     execution = build_execution(program)
     placed, baselines = make_plan(execution, time_limit, compare)
     return PlanResult(placed, baselines, explanation_diagnostics(placed, program), execution)
@@ -187,6 +190,7 @@ def compile(path: str | Path, target: str = "k8s", output: str | Path | None = N
     error nothing is written. A folder holding files edgeflow did not write is refused unless
     `force` (then they are kept). An unknown `target` raises ValueError (the CLI checks it)."""
     from edgeflow.emit import BundleError, write_bundle
+    from edgeflow.emit.bundle import NameClash
 
     _known_target(target)
     checked = check_file(path)
@@ -196,11 +200,17 @@ def compile(path: str | Path, target: str = "k8s", output: str | Path | None = N
     planned = plan(checked.program, time_limit)
     result.plan = planned.plan
     result.diagnostics += planned.diagnostics
-    if not planned.ok:
+    if planned.plan is None or not planned.ok:
         return result
     result.output = out = Path(output) if output is not None else \
         Path("build") / checked.program.app.name
-    result.files = bundle(checked.program, planned.plan, target, str(path), planned.execution)
+    try:
+        result.files = bundle(checked.program, planned.plan, target, str(path),
+                              planned.execution)
+    except NameClash as clash:
+        result.diagnostics.append(Diagnostic("E1003", str(clash), clash.span, "declared here",
+                                             help="rename one of the two declarations"))
+        return result
     try:
         if (warning := write_bundle(out, result.files, force)) is not None:
             result.warnings.append(warning)

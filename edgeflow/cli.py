@@ -172,6 +172,12 @@ def plan(
     checked = _checked(file, as_json, "plan")
     assert checked.program is not None
     result = api.plan(checked.program, time_limit, compare)
+    if result.plan is None:  # too large to place: nothing was planned
+        if as_json:
+            sys.stdout.write(envelope("plan", None, result.diagnostics))
+        else:
+            _report_more(checked, result.diagnostics)
+        raise typer.Exit(EXIT_ERRORS)
     if as_json:
         data = result.plan.to_dict()
         if compare:

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+from onnx.external_data_helper import load_external_data_for_model
 
 from edgeflow import ir
 from edgeflow.models.analysis import Analysis, analyse, weight_bytes_of
 from edgeflow.models.cuts import CutProblem
+from edgeflow.models.signature import external_data
 
 
 def compute_s(work_flop: float, device: ir.Device) -> float:
@@ -72,23 +74,46 @@ def _inputs(model: ir.Model) -> Inputs:
 _ANALYSES: OrderedDict[tuple[str, Inputs], tuple[Analysis, CutProblem]] = OrderedDict()
 
 
-def _analysed(digest: str, data: bytes, inputs: Inputs) -> tuple[Analysis, CutProblem]:
+def _analysed(digest: str, source: ModelSource, inputs: Inputs) -> tuple[Analysis, CutProblem]:
     """Analyses by (content digest, inputs), the 16 most recent kept: equal digests mean equal
     bytes, so a hit never needs the bytes again and the cache does not hold them."""
     key = (digest, inputs)
     if key in _ANALYSES:
         _ANALYSES.move_to_end(key)
     else:
-        analysis = analyse(onnx.load_from_string(data), dict(inputs))
+        model = onnx.load_from_string(source.data)
+        load_external_data_for_model(model, str(source.path.parent))  # halves carry weights
+        analysis = analyse(model, dict(inputs))
         _ANALYSES[key] = analysis, CutProblem(analysis)
         if len(_ANALYSES) > 16:
             _ANALYSES.popitem(last=False)
     return _ANALYSES[key]
 
 
-def _read(model: ir.Model) -> tuple[str, bytes]:
-    data = Path(model.source).read_bytes()
-    return hashlib.sha256(data).hexdigest(), data
+@dataclass(frozen=True)
+class ModelSource:
+    """A model file's bytes and the external data files beside it (by relative location)."""
+
+    path: Path
+    data: bytes
+    external: dict[str, bytes]
+
+
+def read_model(model: ir.Model) -> ModelSource:
+    path = Path(model.source)
+    data = path.read_bytes()
+    locations = external_data(onnx.load_from_string(data))  # tensors not loaded: only names
+    return ModelSource(path, data, {loc: (path.parent / loc).read_bytes() for loc in locations})
+
+
+def _read(model: ir.Model) -> tuple[str, ModelSource]:
+    """The model's content digest (file and external data) and its content."""
+    source = read_model(model)
+    digest = hashlib.sha256(source.data)
+    for location, data in sorted(source.external.items()):
+        digest.update(f"\0{location}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest(), source
 
 
 def analysed(model: ir.Model) -> tuple[Analysis, CutProblem]:
@@ -103,10 +128,10 @@ _COSTS: dict[tuple[str, Inputs, bool], ModelCost] = {}  # small values: kept for
 def model_cost(model: ir.Model) -> ModelCost:
     """Work, weights, output size and (for `split = auto`) the Pareto cuts of a model, cached
     on the file's content."""
-    digest, data = _read(model)
+    digest, source = _read(model)
     key = (digest, _inputs(model), model.split == "auto")
     if key not in _COSTS:
-        analysis, problem = _analysed(digest, data, key[1])
+        analysis, problem = _analysed(digest, source, key[1])
         out_bytes = sum(analysis.tensors[o].nbytes for o in analysis.outputs)
         weights = weight_bytes_of(analysis, analysis.dynamic_nodes())
         cuts: list[CutOption] = []

@@ -29,6 +29,38 @@ def flow_graph(flows: Iterable[tuple[str, Sequence[str]]]) -> nx.DiGraph:
     return graph
 
 
+def instance_pairs(a: ir.Device, b: ir.Device) -> int:
+    """How many instance-level links one link between `a` and `b` stands for."""
+    return a.count if a.count == b.count else a.count * b.count
+
+
+def instance_components(devices: Mapping[str, ir.Device], links: Iterable[ir.Link],
+                        ) -> dict[str, int]:
+    """Which connected part of the instance graph each instance is in, without building it
+    (an all-to-all link would make count x count edges): union-find over the instances."""
+    parent = {name: name for d in devices.values() for name in d.instances()}
+
+    def root(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def join(x: str, y: str) -> None:
+        parent[root(x)] = root(y)
+
+    for link in links:
+        a, b = devices[link.a], devices[link.b]
+        if a.count == b.count and a.count > 1:
+            for x, y in zip(a.instances(), b.instances()):
+                join(x, y)
+        else:  # every instance of one end meets every one of the other
+            for x in [*a.instances(), *b.instances()]:
+                join(x, a.instance(0))
+    roots: dict[str, int] = {}
+    return {name: roots.setdefault(root(name), len(roots)) for name in parent}
+
+
 def instance_graph(devices: Mapping[str, ir.Device], links: Iterable[ir.Link]) -> nx.Graph:
     """Device instances and the links between them. Devices of equal count n > 1 are linked
     instance-wise (one site each); otherwise every instance of one end meets every one of the

@@ -238,6 +238,15 @@ shape subgraphs into constants: typically an operator from a custom domain that 
 does not know, or a shape that depends on the input data. The compiler needs every activation's
 size to cost transfers. Export the model with static shapes, or replace the operator.
 """),
+    "E0607": _e("model file outside the app's folder", """
+A model's `source` resolves (symbolic links followed) to a file outside the folder of the `.ef`
+file. edgeflow copies model files into the bundles it writes, so an app opened from elsewhere
+could otherwise ship any file the user can read. Keep models in the app's folder (e.g.
+`models/`), or name the folders models may also come from in the environment variable
+`EDGEFLOW_MODEL_ROOTS` (separated like `PATH`).
+
+    model detector { source = "../../shared/detector.onnx", ... }   # error
+"""),
     # ---------------------------------------------------------------- privacy
     "E0701": _e("undeclared privacy label", """
 A sensor's `privacy` or an operator's `removes` names a label with no `privacy LABEL { allow = ... }`
@@ -254,6 +263,13 @@ which, with numbers, and points at the declarations involved: a link that would 
 than its bandwidth, a device that would have to run above 100%, a pipeline whose SLO no placement
 meets (naming its largest term), or a step that a privacy rule leaves nowhere to run. Relax the
 limit named, or move the work: a faster device, a wider link, a lower rate, a `removes` earlier.
+"""),
+    "E0902": _e("app too large to place", """
+Placement holds every (unit replica, candidate device) choice and every instance-level link in
+memory. An app whose counts multiply past the limits (a million of either) is refused before any
+of it is built, naming the link or the app that is too large. A link between devices of different
+counts joins every instance of one to every instance of the other; give both ends the same count
+(one link per site) where that is what is meant, or plan the fleet in parts.
 """),
     # ---------------------------------------------------------------- split
     "E0801": _e("invalid cut", """
@@ -277,6 +293,13 @@ The output path holds files that edgeflow did not generate: a folder given to `c
 other files in it, or an existing `head.onnx`, `tail.onnx` or profile that another tool wrote.
 edgeflow never replaces or deletes them: choose another output path, or pass `--force` to write
 beside them (`compile` keeps foreign files; `split --emit` and `profile` replace the named file).
+"""),
+    "E1003": _e("two things would get one generated name", """
+Every name edgeflow generates (Kubernetes object, file, broker, MQTT identity, bridge) is the
+declared name made readable (`_` becomes `-`, instance `cam[1]` becomes `cam-1`) when that reads
+back to exactly one thing, and otherwise the name's start and end with 8 hex digits of a sha256 of
+what it names (`cam_1` becomes `cam-1--4dbbb8c3`). Two hashed names can only be equal if those
+digits coincide; edgeflow then refuses the bundle and names both declarations. Rename one.
 """),
 }
 

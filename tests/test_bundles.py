@@ -74,7 +74,9 @@ def test_kustomization_lists_every_manifest(bundles) -> None:  # type: ignore[no
         if target != "k8s":
             continue
         kustomization = yaml.safe_load(files["k8s/kustomization.yaml"])
-        listed = {f"k8s/{r}" for r in kustomization["resources"]}
+        resources = kustomization["resources"]
+        assert len(resources) == len(set(resources)), "a manifest is listed twice"
+        listed = {f"k8s/{r}" for r in resources}
         assert listed == {p for p in files if p.startswith("k8s/") and p.endswith(".yaml")
                           and p != "k8s/kustomization.yaml"}
 

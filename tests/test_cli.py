@@ -122,3 +122,13 @@ def test_plan_compare_and_explain() -> None:
     assert "compute  vehicle_detector on street_cabinet[0]" in proc.stdout
     broken = run("plan", str(FIXTURES / "diagnostics" / "E0504_cycle.ef"))
     assert broken.returncode == 1 and "error[E0504]" in broken.stderr
+
+
+def test_an_app_too_large_to_place_is_refused_before_it_is_built() -> None:
+    proc = run("plan", "tests/fixtures/plans/too_large.ef")
+    assert proc.returncode == 1 and "error[E0902]" in proc.stderr
+    assert_golden(FIXTURES / "plans" / "E0902_too_large.out", proc.stderr)
+    as_json = json.loads(run("plan", "tests/fixtures/plans/too_large.ef", "--json").stdout)
+    assert as_json["result"] is None and [d["code"] for d in as_json["diagnostics"]] == ["E0902"]
+    compiled = run("compile", "tests/fixtures/plans/too_large.ef", "--format", "json")
+    assert compiled.returncode == 1 and "E0902" in compiled.stdout

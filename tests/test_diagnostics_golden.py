@@ -10,7 +10,7 @@ import pytest
 
 from edgeflow import check_file
 from edgeflow.diagnostics import CODES, render_json, render_summary, render_text
-from tests.conftest import FIXTURES, assert_golden
+from tests.conftest import FIXTURES, ROOT, assert_golden
 
 DIAG = FIXTURES / "diagnostics"
 CASES = sorted(p for p in DIAG.glob("*.ef"))
@@ -20,6 +20,12 @@ def _render(path: Path) -> tuple[str, list]:
     result = check_file(path.name)
     text = "".join(render_text(d, result.sources) + "\n" for d in result.diagnostics)
     return text + f"{result.file}: {render_summary(result.diagnostics)}\n", result.diagnostics
+
+
+@pytest.fixture(autouse=True)
+def _example_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fixtures borrow the examples' models, outside their folder (E0607 otherwise)."""
+    monkeypatch.setenv("EDGEFLOW_MODEL_ROOTS", str(ROOT / "examples" / "models"))
 
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from edgeflow import __version__
 from edgeflow.diagnostics import Diagnostic
-from edgeflow.emit.artefacts import build_artefacts, manifest
+from edgeflow.emit.artefacts import build_artefacts, external_files, manifest
 from edgeflow.emit.bundle import build_bundle
 from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.report import render_report
@@ -53,6 +53,7 @@ def bundle_files(execution: ExecutionGraph, plan: Plan, target: str,
     files["report.md"] = render_report(bundle, target, source).encode()
     for art in artefacts.values():
         files[art.path] = art.data
+    files.update(external_files(program, plan))
     if artefacts:
         files["models/manifest.json"] = manifest(program, artefacts)
     for b in bundle.brokers.values():

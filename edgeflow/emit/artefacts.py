@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeflow import ir
-from edgeflow.cost import analysed
+from edgeflow.cost import analysed, read_model
 from edgeflow.models.extract import split_model
 from edgeflow.plan import Part, Plan
 
@@ -43,7 +43,7 @@ def build_artefacts(program: ir.Program, plan: Plan) -> dict[tuple[str, Part, in
         cuts_of.setdefault(s.model, {}).setdefault(s.cut, []).append(s.replica)
     whole = sorted((u.step, u.replica) for u in plan.units if u.part is Part.WHOLE)
     for name, model in program.models.items():
-        source = Path(model.source).read_bytes()
+        source = read_model(model).data
         for unit, r in whole:
             if unit == name:
                 out[(name, Part.WHOLE, r)] = Artefact(name, Part.WHOLE, (),
@@ -60,6 +60,14 @@ def build_artefacts(program: ir.Program, plan: Plan) -> dict[tuple[str, Part, in
                 for r in replicas:
                     out[(name, part, r)] = art
     return out
+
+
+def external_files(program: ir.Program, plan: Plan) -> dict[str, bytes]:
+    """The external data files of the models run whole, beside their model.onnx (halves carry
+    their weights inside)."""
+    whole = {u.step for u in plan.units if u.part is Part.WHOLE}
+    return {f"models/{name}/{location}": data for name, model in program.models.items()
+            if name in whole for location, data in read_model(model).external.items()}
 
 
 def manifest(program: ir.Program, artefacts: dict[tuple[str, Part, int], Artefact]) -> bytes:

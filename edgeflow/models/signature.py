@@ -5,7 +5,7 @@ element types and dimensions, and its output types once the inputs are bound to 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -33,7 +33,15 @@ class TensorSig:
 
 
 class ModelLoadError(Exception):
-    """The file is not a loadable, valid ONNX model; the message says why."""
+    """The file is not a loadable, valid ONNX model; the message says why (and `help` how to
+    fix it, where one can)."""
+
+    def __init__(self, message: str, help: str | None = None) -> None:
+        super().__init__(message)
+        self.help = help
+
+
+MAX_MODEL_BYTES = 2**31  # protobuf's limit: larger weights live in external data files
 
 
 def _tensor_sig(value: onnx.ValueInfoProto) -> TensorSig:
@@ -52,26 +60,70 @@ def _tensor_sig(value: onnx.ValueInfoProto) -> TensorSig:
     return TensorSig(value.name, dtype, tuple(dims))
 
 
+def _opsets(model: onnx.ModelProto) -> None:
+    """Refuse operator sets newer than the installed onnx knows (onnxruntime of the same era
+    runs them; it offers no way to ask)."""
+    top = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > top:
+            raise ModelLoadError(f"uses opset {opset.version} of `ai.onnx`, newer than the "
+                                 f"supported 1 to {top}",
+                                 help="export the model with an older opset, or upgrade onnx")
+
+
 @lru_cache(maxsize=64)
 def _load_cached(path: str, mtime_ns: int, size: int) -> onnx.ModelProto:
+    if size > MAX_MODEL_BYTES:  # refused before it is read
+        raise ModelLoadError(f"is {size / 2**30:.1f} GiB; an ONNX file holds at most 2 GiB",
+                             help="save weights beyond that as external data "
+                                  "(onnx.save_model(..., save_as_external_data=True))")
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises unrelated types on garbage
         raise ModelLoadError(f"cannot be read as ONNX: {type(exc).__name__}") from None
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError("holds no graph")
+    _opsets(model)
     try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
+        # by path, so external data files are looked for beside the model, not in the cwd
+        onnx.checker.check_model(path)
+    except (onnx.checker.ValidationError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         raise ModelLoadError(f"fails the ONNX checker: {first}") from None
     return model
 
 
 def load(path: str) -> onnx.ModelProto:
-    """Load and check a model, cached by path, modification time and size."""
+    """Load and check a model, cached by path, modification time and size; its external data
+    files (beside it) are looked for on every call, since they may change on their own."""
     st = os.stat(path)
-    return _load_cached(path, st.st_mtime_ns, st.st_size)
+    model = _load_cached(path, st.st_mtime_ns, st.st_size)
+    folder = os.path.dirname(path)
+    for location in external_data(model):
+        if not os.path.isfile(os.path.join(folder, location)):
+            raise ModelLoadError(f"its external data file `{location}` is missing",
+                                 help="keep the data files beside the model, as it was saved")
+    return model
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def external_data(model: onnx.ModelProto) -> list[str]:
+    """The files (relative to the model's folder, sorted) that hold its external tensors."""
+    return sorted({entry.value for t in _tensors(model.graph)
+                   if t.data_location == TensorProto.EXTERNAL
+                   for entry in t.external_data if entry.key == "location"})
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[TensorSig]:

@@ -225,7 +225,9 @@ def render_text(data: dict[str, object], setting: Setting) -> str:
     lines.append(f"{len(rows)} candidates ({frontier}); * = optimal")
     lines.append(f"edge only {data['edge_only_ms']:.3f} ms, cloud only {data['cloud_only_ms']:.3f} "
                  f"ms, optimal {optimal['total_ms']:.3f} ms "  # type: ignore[index]
-                 f"at {', '.join(optimal['cut'])}: speed-up {data['speedup']:.2f}x")  # type: ignore
+                 f"at {', '.join(optimal['cut'])}: speed-up "  # type: ignore[index]
+                 + (f"{data['speedup']:.2f}x" if data["speedup"] is not None else
+                    "undefined (the model takes no time)"))
     if "forced" in data:
         forced = data["forced"]
         lines.append(f"forced cut at {', '.join(forced['cut'])}: "  # type: ignore[index]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgeflow import ir
+from edgeflow.dataflow import build, instance_pairs
 from edgeflow.diagnostics import Diagnostic, Label
 from edgeflow.execution import ExecutionGraph
 from edgeflow.objectives import plan_objective
@@ -22,6 +23,7 @@ from edgeflow.plan import (
     PipelineLatency,
     PlacedUnit,
     Plan,
+    Reason,
     SplitChoice,
     Status,
 )
@@ -112,6 +114,37 @@ def explanation_diagnostics(plan: Plan, program: ir.Program) -> list[Diagnostic]
     return out
 
 
+MAX_INSTANCE_LINKS = 1_000_000   # instance-level links the route search holds
+MAX_UNIT_OPTIONS = 1_000_000     # (unit replica, candidate device) pairs the MILP holds
+
+
+def size_diagnostics(program: ir.Program) -> list[Diagnostic]:
+    """E0902 when the app is larger than placement can hold in memory, found from counts
+    alone (nothing is expanded)."""
+    out = []
+    for link in program.links:
+        pairs = instance_pairs(program.devices[link.a], program.devices[link.b])
+        if pairs > MAX_INSTANCE_LINKS:
+            out.append(Diagnostic(
+                "E0902", f"this link stands for {pairs:,} instance links; placement handles "
+                f"at most {MAX_INSTANCE_LINKS:,}", link.span, "every instance meets every other",
+                help="give both ends the same count (one link per site), or fewer instances"))
+    df = build(program)
+    singles = sum(d.count == 1 for d in program.devices.values())
+    options = 0
+    for comp in df.components:
+        own = sum(d.count == comp.replicas > 1 for d in program.devices.values())
+        units = sum(n in program.operators or n in program.models for n in comp.nodes)
+        options += comp.replicas * units * (own + singles)
+    if options > MAX_UNIT_OPTIONS:
+        out.append(Diagnostic(
+            "E0902", f"placing this app means {options:,} choices of a device for a unit "
+                     f"replica; placement handles at most {MAX_UNIT_OPTIONS:,}", program.app.span,
+            "too large to place", help="place fewer replicas or units per plan, e.g. one "
+                                       "app per region"))
+    return out
+
+
 @dataclass(frozen=True)
 class Baseline:
     """A baseline placement's objective values (None where it does not apply)."""
@@ -133,9 +166,16 @@ def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,
     program = execution.program
     problem = build_problem(execution)
     solution = solve(problem, time_limit)
+    violations = [] if solution.assignment is None else \
+        evaluate(problem, solution.assignment).violations
     if solution.assignment is None:
         reasons = explain(problem, max(1.0, time_limit / 3))
         plan = Plan(app=program.app.name, status=Status.INFEASIBLE, explanation=tuple(reasons))
+    elif violations:  # the solver's tolerances let through a plan the cost model rejects
+        plan = Plan(app=program.app.name, status=Status.INFEASIBLE, explanation=tuple(
+            Reason(message=f"the solver returned a plan that breaks a constraint ({v}); its "
+                           "figures are too far apart for exact placement")
+            for v in violations[:3]))
     else:
         plan = _plan(problem, Status(solution.status), solution.assignment, solution.gap)
     baselines = []
@@ -146,4 +186,4 @@ def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,
     return plan, baselines
 
 
-__all__ = ["Baseline", "explanation_diagnostics", "make_plan"]
+__all__ = ["Baseline", "explanation_diagnostics", "make_plan", "size_diagnostics"]

@@ -468,7 +468,13 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
             tol = max(abs(best) * 1e-9, 1e-12)
             h.addRow(-np.inf, best - const + tol, len(coeffs),
                      np.array(list(coeffs), dtype=np.int32), np.array(list(coeffs.values())))
-    assert values is not None
+    if values is None:  # the time ran out before the solver had a plan of its own
+        if start is None:
+            return Solution("unknown", None, seconds=time.perf_counter() - started)
+        # the warm start is feasible; with no bound proven its gap is taken as 100 %
+        return Solution("feasible", start, 1.0, time.perf_counter() - started,
+                        {t: v for t, v in evaluate(problem, start).objective.items()
+                         if t in order}, {t: 1.0 for t in order})
     return Solution(status, assignment_from(f, values), worst_gap, time.perf_counter() - started,
                     found, stage_gaps)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import networkx as nx
 
 from edgeflow import ir
-from edgeflow.dataflow import flow_graph, instance_graph
+from edgeflow.dataflow import flow_graph, instance_components
 from edgeflow.diagnostics import DiagnosticSink, Label
 from edgeflow.semantics.lowered import Lowered
 from edgeflow.semantics.values import DECL_KIND_TEXT, did_you_mean
@@ -115,10 +115,7 @@ def _check_cycles(graph: nx.DiGraph, spans: dict[tuple[str, str], Span],
 
 def _check_routes(valid: list[ir.Pipeline], out: Lowered, sink: DiagnosticSink) -> None:
     links = [lk for lk in out.links if lk.a in out.devices and lk.b in out.devices]
-    reach = {}
-    for index, part in enumerate(nx.connected_components(instance_graph(out.devices, links))):
-        for name in part:
-            reach[name] = index
+    reach = instance_components(out.devices, links)
     for p in valid:
         sensor, target = out.sensors[p.flow[0]], out.sinks[p.flow[-1]]
         src_dev, dst_dev = out.devices.get(sensor.device), out.devices.get(target.device)

@@ -16,7 +16,7 @@ from edgeflow.diagnostics import Diagnostic, DiagnosticSink, Label, has_errors
 from edgeflow.objectives import TERMS
 from edgeflow.semantics import flows
 from edgeflow.semantics.lowered import Lowered
-from edgeflow.semantics.model_files import check_model
+from edgeflow.semantics.model_files import check_model, locate
 from edgeflow.semantics.values import (
     BAD,
     TIERS,
@@ -289,9 +289,11 @@ def lower(module: ast.Module) -> tuple[ir.Program | None, Lowered, list[Diagnost
             fields["a"], fields["b"] = a, b
         if decl.kind == "model" and BAD not in (fields["source"], fields["inputs"]):
             inputs, input_entries = fields["inputs"]
-            outputs = check_model(decl, base_dir / fields["source"], inputs, input_entries,
-                                  entry_span(decl, "source") or decl.name.span, sink)
-            fields["inputs"], fields["source"] = inputs, str(base_dir / fields["source"])
+            span = entry_span(decl, "source") or decl.name.span
+            path = locate(fields["source"], base_dir, span, sink)
+            outputs = None if path is None else check_model(decl, path, inputs, input_entries,
+                                                           span, sink)
+            fields["inputs"], fields["source"] = inputs, str(path)
             fields["outputs"] = outputs if outputs is not None else BAD
         clean = len(sink.items) == errors_before and BAD not in fields.values()
         if decl.kind != "link" and (not clean or symbols.decls.get(decl.name.value) is not decl):

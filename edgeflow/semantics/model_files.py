@@ -5,6 +5,7 @@ be inferred from them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from edgeflow import ir
@@ -14,20 +15,55 @@ from edgeflow.semantics.values import did_you_mean
 from edgeflow.span import Span
 from edgeflow.syntax import ast
 
+MODEL_ROOTS_ENV = "EDGEFLOW_MODEL_ROOTS"
+
+
+def model_roots() -> tuple[Path, ...]:
+    """Folders besides the app's own that model files may come from: `EDGEFLOW_MODEL_ROOTS`,
+    separated like PATH."""
+    return tuple(Path(p).resolve() for p in os.environ.get(MODEL_ROOTS_ENV, "").split(os.pathsep)
+                 if p)
+
+
+def locate(source: str, base_dir: Path, span: Span, sink: DiagnosticSink) -> Path | None:
+    """The model file `source` names, relative to the app's folder `base_dir`; None (with an
+    error) when it is empty, missing, not a file, or outside the app's folder and every folder
+    in `EDGEFLOW_MODEL_ROOTS` (symbolic links resolved)."""
+    if not source.strip():
+        sink.error("E0601", "`source` is empty", span, "no file named",
+                   help='name the ONNX file, e.g. `source = "models/detector.onnx"`')
+        return None
+    path = base_dir / source
+    if path.is_dir():
+        sink.error("E0601", f"`{source}` is a folder, not a model file", span, "a folder",
+                   help='name the ONNX file, e.g. `source = "models/detector.onnx"`')
+        return None
+    if not path.is_file():
+        sink.error("E0601", f"model file `{source}` not found", span, "no such file",
+                   help="`source` is relative to the folder of the .ef file")
+        return None
+    real = path.resolve()
+    roots = (base_dir.resolve(), *model_roots())
+    if not any(real.is_relative_to(root) for root in roots):
+        sink.error("E0607", f"model file `{source}` is outside the app's folder", span,
+                   "outside the folder of the .ef file",
+                   help=f"move the model into the app's folder, or allow the folder it is in "
+                        f"with the environment variable {MODEL_ROOTS_ENV}")
+        return None
+    return real
+
 
 def check_model(decl: ast.Decl, path: Path, inputs: dict[str, ir.TensorType],
                 input_entries: dict[str, ast.Entry], source_span: Span,
                 sink: DiagnosticSink) -> dict[str, ir.TensorType] | None:
-    """Report every mismatch; return the output types when the model is usable, else None."""
+    """Report every mismatch of the model file `path` (located by `locate`); return the output
+    types when the model is usable, else None."""
     name = decl.name.value
-    if not path.is_file():
-        sink.error("E0601", f"model file `{path.name}` not found", source_span,
-                   "no such file", help="`source` is relative to the folder of the .ef file")
-        return None
     try:
         model = signature.load(str(path))
     except signature.ModelLoadError as exc:
-        sink.error("E0602", f"`{path.name}` is not a valid ONNX model", source_span, str(exc))
+        sink.error("E0602", f"`{path.name}` is not a valid ONNX model", source_span, str(exc),
+                   help=exc.help)
         return None
     actual = {sig.name: sig for sig in signature.graph_inputs(model)}
     inputs_span = next(e.value.span for e in decl.entries if e.key.value == "inputs")

@@ -13,7 +13,16 @@ from typing import Any
 from edgeflow.diagnostics import DiagnosticSink, Label
 from edgeflow.ir import DTYPE_BYTES, TensorType, Tier
 from edgeflow.syntax import ast
-from edgeflow.syntax.units import UNITS, Dimension, suggest_unit, units_of
+from edgeflow.syntax.units import (
+    MAX_COUNT,
+    MAX_DIMENSION,
+    MAX_TENSOR_BYTES,
+    UNITS,
+    Dimension,
+    bound_error,
+    suggest_unit,
+    units_of,
+)
 
 
 class _Bad:
@@ -102,6 +111,10 @@ class Reader:
                 self.sink.error("E0303", f"`{key}` must be {bound}", value.span,
                                 f"{'negative' if si < 0 else 'zero'} {dim.name}")
                 return BAD
+            if (problem := bound_error(si, dim)) is not None:
+                self.sink.error("E0303", f"`{key}` is out of range: {problem}", value.span,
+                                "out of range")
+                return BAD
             return si
         return read
 
@@ -116,6 +129,10 @@ class Reader:
         if not value.is_integer or value.number < 1:
             self.sink.error("E0303", f"`{key}` must be a whole number of at least 1", value.span,
                             "not a whole number >= 1")
+            return BAD
+        if value.number > MAX_COUNT:
+            self.sink.error("E0303", f"`{key}` is at most {MAX_COUNT}", value.span, "too many",
+                            help="describe larger fleets as several devices, one per site group")
             return BAD
         return int(value.number)
 
@@ -224,11 +241,20 @@ class Reader:
                 self.sink.error("E0304", "a dimension must be a whole number of at least 1",
                                 dim.span, "invalid dimension")
                 ok = False
+            elif dim.number > MAX_DIMENSION:
+                self.sink.error("E0304", f"a dimension is at most {MAX_DIMENSION}", dim.span,
+                                "too large")
+                ok = False
             else:
                 shape.append(int(dim.number))
         if not ok:
             return BAD
-        return TensorType(dtype=value.dtype.value, shape=tuple(shape))  # type: ignore[arg-type]
+        tensor = TensorType(dtype=value.dtype.value, shape=tuple(shape))  # type: ignore[arg-type]
+        if tensor.nbytes > MAX_TENSOR_BYTES:
+            self.sink.error("E0304", f"`{tensor}` holds {tensor.nbytes:.3g} bytes; a tensor holds "
+                            f"at most {MAX_TENSOR_BYTES:.3g} (1 TiB)", value.span, "too large")
+            return BAD
+        return tensor
 
     def unique_entries(self, entries: tuple[ast.Entry, ...]) -> list[ast.Entry]:
         """Entries with repeated keys reported (E0203) and dropped."""

@@ -7,6 +7,7 @@ these. This is the one place dimensions are defined.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,6 +43,26 @@ UNITS: dict[str, tuple[Dimension, float]] = {
 }
 
 
+# The largest value (in SI units) each dimension takes: far beyond any real device or app, and
+# small enough that sums and products over an app stay finite and exact enough in float64.
+MAXIMUM: dict[Dimension, float] = {
+    TIME: 1e6, RATE: 1e6, BANDWIDTH: 1e15, SIZE: 1e15, COMPUTE: 1e21, WORK: 1e18, POWER: 1e9,
+    COST_RATE: 1e6, COST_DATA: 1e3,
+}
+MAX_COUNT = 10_000        # instances of one device
+MAX_DIMENSION = 2**31 - 1  # one tensor dimension
+MAX_TENSOR_BYTES = 2**40   # one tensor (1 TiB)
+
+
+def bound_error(si: float, dim: Dimension) -> str | None:
+    """Why an SI value of `dim` is out of the language's bounds, or None."""
+    if not math.isfinite(si):
+        return "not a finite number"
+    if abs(si) > MAXIMUM[dim]:
+        return f"above the largest {dim.name} edgeflow takes, {MAXIMUM[dim]:g} {dim.si}"
+    return None
+
+
 def units_of(dim: Dimension) -> list[str]:
     return [u for u, (d, _) in UNITS.items() if d is dim]
 
@@ -74,9 +95,12 @@ def parse_quantity(text: str, dim: Dimension) -> float:
         guess = suggest_unit(unit, dim)
         raise ValueError(f"`{unit}` is not a unit of {dim.name}"
                          + (f"; did you mean `{guess}`?" if guess else f" (units: {allowed})"))
-    if number <= 0:
+    if not number > 0:
         raise ValueError(f"a {dim.name} must be greater than zero")
-    return number * UNITS[unit][1]
+    si = number * UNITS[unit][1]
+    if (problem := bound_error(si, dim)) is not None:
+        raise ValueError(problem)
+    return si
 
 
 def parse_tensor_type(text: str, dtypes: Iterable[str]) -> tuple[str, tuple[int, ...]]:
@@ -88,6 +112,6 @@ def parse_tensor_type(text: str, dtypes: Iterable[str]) -> tuple[str, tuple[int,
     if dtype not in dtypes:
         raise ValueError(f"unknown element type `{dtype}` (one of {', '.join(dtypes)})")
     dims = tuple(int(d) for d in m.group(2).replace(" ", "").split(",") if d)
-    if not dims or min(dims) < 1:
-        raise ValueError("every dimension must be a whole number >= 1")
+    if not dims or min(dims) < 1 or max(dims) > MAX_DIMENSION:
+        raise ValueError(f"every dimension must be a whole number from 1 to {MAX_DIMENSION}")
     return dtype, dims
