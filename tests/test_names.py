@@ -295,16 +295,21 @@ def test_apps_with_random_names_compile_to_distinct_names(text: str) -> None:
     _check_bundle(*_compiled(text, "named"))
 
 
-def test_a_hash_collision_is_refused_with_the_declarations(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Readable names cannot collide; hashed ones only if 8 hex digits of sha256 do. Forced
-    here: `cam_1` and `_cam_1` both hash to `cam-1--00000000`."""
+def _forced_clash(monkeypatch: pytest.MonkeyPatch) -> str:
+    """An app whose devices `cam_1` and `_cam_1` hash alike once every digest is 00000000."""
     monkeypatch.setattr(names, "_digest", lambda key: "0" * 8)
-    text = CLASH.replace("device cam_1 {", "device _cam_1 { tier = edge, compute = 1 TFLOPS, "
+    return CLASH.replace("device cam_1 {", "device _cam_1 { tier = edge, compute = 1 TFLOPS, "
                          "memory = 1 GiB }\ndevice cam_1 {") + \
         "sensor other_feed { on = _cam_1, rate = 1 Hz, emits = float32[1, 8] }\n" \
         "pipeline d { flow = other_feed -> out }\n" + \
         "link _cam_1 <-> site_1 { bandwidth = 100 Mbps, latency = 5 ms }\n"
+
+
+def test_a_hash_collision_is_refused_with_the_declarations(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readable names cannot collide; hashed ones only if 8 hex digits of sha256 do. Forced
+    here: `cam_1` and `_cam_1` both hash to `cam-1--00000000`."""
+    text = _forced_clash(monkeypatch)
     with pytest.raises(NameClash, match=r"`_cam_1` \(.*clash\.ef:\d+:\d+\) and .*`cam_1` "
                                         r"\(.*clash\.ef:\d+:\d+\).*cam-1--00000000"):
         _compiled(text)
@@ -312,12 +317,7 @@ def test_a_hash_collision_is_refused_with_the_declarations(
 
 def test_a_hash_collision_is_error_e1003_from_compile(monkeypatch: pytest.MonkeyPatch,
                                                       tmp_path: Path) -> None:
-    monkeypatch.setattr(names, "_digest", lambda key: "0" * 8)
-    text = CLASH.replace("device cam_1 {", "device _cam_1 { tier = edge, compute = 1 TFLOPS, "
-                         "memory = 1 GiB }\ndevice cam_1 {") + \
-        "sensor other_feed { on = _cam_1, rate = 1 Hz, emits = float32[1, 8] }\n" \
-        "pipeline d { flow = other_feed -> out }\n" + \
-        "link _cam_1 <-> site_1 { bandwidth = 100 Mbps, latency = 5 ms }\n"
+    text = _forced_clash(monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EDGEFLOW_MODEL_ROOTS", str(ROOT / "examples"))
     Path("clash.ef").write_text(text)
