@@ -4,6 +4,7 @@ up to layout, and its checked IR), and `edgeflow fmt` writes in place only what 
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from edgeflow.syntax.fmt import format_module, value_text
 from edgeflow.syntax.parser import grammar_text, parse
 from tests.conftest import ROOT
 from tests.test_cli import run
-from tests.test_fuzz import mutated_example
+from tests.test_fuzz import IN_EXAMPLES, mutated_example
 from tests.test_placement import random_app
 
 PROPS = settings(derandomize=True, max_examples=100, deadline=None,
@@ -77,8 +78,9 @@ def test_examples_are_formatted_and_keep_their_ir() -> None:
         if path.name != "reference.ef":  # the contract's own copy keeps its layout
             assert formatted == text, f"{path.name} is not formatted (edgeflow fmt)"
         check_formatting(text)
-        assert check_text(formatted, str(path)).program.model_dump_json() == \
-            check_text(text, str(path)).program.model_dump_json()  # type: ignore[union-attr]
+        before, after = check_text(text, str(path)).program, check_text(formatted, str(path)).program
+        assert before is not None and after is not None
+        assert after.model_dump_json() == before.model_dump_json()
 
 
 def test_layout_rules() -> None:
@@ -120,3 +122,145 @@ def test_a_comment_inside_a_declarations_head_moves_above_it() -> None:
         check_formatting(text)
     module, _ = parse("app#A{}app\nA{}", "f.ef")
     assert format_module("app#A{}app\nA{}", module) == "#A{}app\napp A {}\n"
+
+
+# ---- comments inside values (issue 14, item 12: `x = [ # c` NEWLINE `]` gained two spaces of
+# indentation on every run, so `fmt --check` never passed)
+
+
+def formats_to(text: str, expected: str) -> None:
+    module, errors = parse(text, "f.ef")
+    assert not errors
+    assert format_module(text, module) == expected
+    check_formatting(text)
+    check_formatting(expected)
+
+
+def test_a_comment_inside_a_list_keeps_its_place(tmp_path: Path) -> None:
+    text = "app a { x = [ # c\n] }"
+    once = "app a {\n  x = [\n    # c\n  ]\n}\n"
+    formats_to(text, once)
+    module, _ = parse(once, "f.ef")
+    assert format_module(once, module) == once
+    path = tmp_path / "a.ef"
+    path.write_text(text)
+    assert run("fmt", str(path)).returncode == 0
+    assert path.read_text() == once
+    assert run("fmt", "--check", str(path)).returncode == 0  # failed forever before
+
+
+def test_comments_inside_values_keep_their_place() -> None:
+    formats_to(
+        "device d {\n"
+        "  labels = { zone = \"a\" # where\n rack = \"r1\" }\n"
+        "  memory = [1, # one\n 2,\n # before three\n 3] # after\n"
+        "  shape = float32[1, # batch\n 3]\n"
+        "  objective = minimize(latency, # first\n cost)\n"
+        "  flow = cam # the camera\n -> op -> # before the model\n net\n"
+        "  nested = [{ a = [1 # deep\n] }]\n"
+        "}\n",
+        "device d {\n"
+        "  labels    = {\n"
+        "    zone = \"a\"   # where\n"
+        "    rack = \"r1\"\n"
+        "  }\n"
+        "  memory    = [\n"
+        "    1,  # one\n"
+        "    2,\n"
+        "    # before three\n"
+        "    3,\n"
+        "  ]  # after\n"
+        "  shape     = float32[\n"
+        "    1,  # batch\n"
+        "    3,\n"
+        "  ]\n"
+        "  objective = minimize(\n"
+        "    latency,  # first\n"
+        "    cost,\n"
+        "  )\n"
+        "  flow      = cam  # the camera\n"
+        "    -> op  # before the model\n"
+        "    -> net\n"
+        "  nested    = [\n"
+        "    {\n"
+        "      a = [\n"
+        "        1,  # deep\n"
+        "      ]\n"
+        "    },\n"
+        "  ]\n"
+        "}\n")
+
+
+def test_comments_where_no_line_can_break_move_above_their_entry() -> None:
+    formats_to(
+        "app a { objective # o\n = # p\n minimize # q\n (latency)\n"
+        "  slo = [latency # r\n < 5 ms] shape = [float32 # s\n [1]] }\n",
+        "app a {\n"
+        "  # o\n"
+        "  # p\n"
+        "  # q\n"
+        "  objective = minimize(latency)\n"
+        "  slo       = [\n"
+        "    # r\n"
+        "    latency < 5 ms,\n"
+        "  ]\n"
+        "  shape     = [\n"
+        "    # s\n"
+        "    float32[1],\n"
+        "  ]\n"
+        "}\n")
+
+
+def test_a_comment_inside_a_value_keeps_the_checked_ir() -> None:
+    text = (ROOT / "examples" / "smart_city_traffic.ef").read_text()
+    text = text.replace("[latency < 200 ms, ", "[ # both\n latency # the slower\n < 200 ms,\n")
+    text = text.replace("-> vehicle_detector ->", "-> # on the fog?\n vehicle_detector ->", 1)
+    before = check_text(text, IN_EXAMPLES).program
+    module, _ = parse(text, "f.ef")
+    after = check_text(format_module(text, module), IN_EXAMPLES).program
+    assert before is not None and after is not None
+    assert after.model_dump_json() == before.model_dump_json()
+    check_formatting(text)
+
+
+_TOKEN_END = re.compile(  # a quantity with its unit is one token, as in the grammar
+    r'"(?:\\.|[^"\\\n])*"|[A-Za-z_][A-Za-z0-9_]*'
+    r"|-?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?([ \t]*[A-Za-z]+(/[A-Za-z]+)?)?|<->|->|<=|>=|\S")
+_COMMENTS = ["  # t\n", "\n# own\n", " # c\n  ", "# x\n"]
+
+
+@st.composite
+def with_comments(draw: st.DrawFn, programs: st.SearchStrategy[str]) -> str:
+    """A program with comments put after some of its tokens (never inside a comment)."""
+    text = draw(programs)
+    module, _ = parse(text, "f.ef")
+    inside = [(s.start, s.end) for s, _ in module.comments]
+    ends = [m.end() for m in _TOKEN_END.finditer(text)
+            if not any(a <= m.start() < b for a, b in inside)]
+    if not ends:
+        return text
+    chosen = draw(st.lists(st.sampled_from(ends), min_size=1, max_size=6, unique=True))
+    for at in sorted(chosen, reverse=True):
+        text = text[:at] + draw(st.sampled_from(_COMMENTS)) + text[at:]
+    return text
+
+
+@given(with_comments(st.sampled_from(EXAMPLES).map(Path.read_text) | random_app()))
+@PROPS
+def test_comments_anywhere_in_a_program(text: str) -> None:
+    check_formatting(text)
+    module, errors = parse(text, "f.ef")
+    assert not errors
+    formatted = format_module(text, module)
+    again, _ = parse(formatted, "f.ef")
+    assert [c for _, c in again.comments] == [c.rstrip() for _, c in module.comments]  # in order
+    before = check_text(text, IN_EXAMPLES).program
+    if before is not None:
+        after = check_text(formatted, IN_EXAMPLES).program
+        assert after is not None and after.model_dump_json() == before.model_dump_json()
+
+
+@given(with_comments(from_lark(Lark(grammar_text(), parser="lalr"), start="start")))
+@PROPS
+def test_comments_anywhere_in_generated_programs(text: str) -> None:
+    check_formatting(text)

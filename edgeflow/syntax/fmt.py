@@ -5,8 +5,12 @@ keys aligned in multi-line blocks; two-space indentation; comments kept where th
 comments before the item they precede, trailing comments after it; a comment inside a
 declaration's head, before its `{`, moves to its own line above the declaration). A block stays on one line when
 it was written on one line, holds no comment and fits in 100 columns; otherwise one entry per
-line. Blank lines between top-level items are kept (one at most). Formatting is idempotent and
-never changes what the program means (both are tested).
+line. A value (list, map, call, tensor, flow) with a comment inside goes on several lines, an
+item per line (`,` after each item of a list, call or tensor; a flow breaks before each `->`),
+its comments kept where they were; a comment where no line can break (around `=`, between a
+call's name and its `(` or a tensor's type and its `[`, inside a constraint) moves to its own line
+above the entry or item. Blank lines between top-level items are kept (one at most). Formatting
+is idempotent and never changes what the program means (both are tested).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 from collections.abc import Sequence
+from itertools import pairwise
 
 from edgeflow.span import Span
 from edgeflow.syntax import ast
@@ -129,7 +134,7 @@ class _Formatter:
         if isinstance(v, ast.Flow):  # `a  # why` NEWLINE `-> b`: a step per line
             pad = " " * (indent + 2)
             out = v.steps[0].value
-            for a, b in zip(v.steps, v.steps[1:], strict=False):
+            for a, b in pairwise(v.steps):
                 for c in self.comments_between(a.span.end, b.span.start):
                     on_line = "\n" not in self.text[a.span.end:c[0].start]
                     out += ("  " if on_line else "\n" + pad) + self.take(c)
@@ -165,7 +170,8 @@ class _Formatter:
             rows.append((pad + self.take(c), ""))
         column = max((len(t) for t, c in rows if "\n" not in t and not t.lstrip().startswith("#")),
                      default=0) + 2
-        return [t if not c else t + "  " + c if "\n" in t else t.ljust(column) + c
+        # a trailing comment after a multi-line item follows its last line
+        return [t + "  " + c if c and "\n" in t else t.ljust(column) + c if c else t
                 for t, c in rows]
 
     def decl(self, d: ast.Decl) -> list[str]:
