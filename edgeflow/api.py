@@ -228,7 +228,7 @@ def _diagnostic(exc: SplitError, model: Path) -> Diagnostic:
 
 @dataclass
 class SplitResult:
-    """`data` is the split JSON of LANGUAGE.md and `cut` the tensors of the cut chosen (the
+    """`data` is the split JSON of docs/split.md and `cut` the tensors of the cut chosen (the
     forced one, else the optimum), both None when there are errors; `emitted` are the files
     written; `setting` is the one timed (with the profiles read)."""
 

@@ -1,4 +1,4 @@
-"""LANGUAGE.md's cost model, in one place: what a unit costs to run on a device, what a message
+"""The cost model (docs/placement.md, docs/split.md), in one place: what a unit costs to run on a device, what a message
 costs to send over a link, what a device and traffic cost per hour, and what a model costs
 (its work, weights and the Pareto cuts of a splittable one, from its ONNX file). The MILP
 formulation, the evaluator, the explanations and the baselines all compute with these; the

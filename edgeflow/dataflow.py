@@ -1,4 +1,4 @@
-"""The dataflow graph (networkx) of a program, as LANGUAGE.md defines it: the union of all pipeline
+"""The dataflow graph (networkx) of a program, as docs/language.md ("The dataflow") defines it: the union of all pipeline
 flows, split into connected components, each replicated once per instance of its sensors' device;
 privacy labels propagated along it; and the instance-level graph of devices and links.
 """

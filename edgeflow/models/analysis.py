@@ -1,5 +1,5 @@
 """Analysis of an ONNX model with its dynamic dimensions bound: the shape of every tensor, and per
-node its work (FLOP, as LANGUAGE.md defines it), output bytes and weight bytes.
+node its work (FLOP, as docs/split.md defines it), output bytes and weight bytes.
 
 Tensors are *static* when their value follows from the model and the bound input shapes alone:
 initializers, `Constant` outputs, `Shape`/`Size` of any tensor, and whatever static nodes compute
@@ -295,7 +295,7 @@ def _graph_work(graph: onnx.GraphProto, tensors: Mapping[str, Tensor], static: s
 
 def node_work(node: onnx.NodeProto, tensors: Mapping[str, Tensor],
               static: set[str] | None = None) -> int:
-    """FLOP of one node under LANGUAGE.md's cost model."""
+    """FLOP of one node under the cost model of docs/split.md."""
     op = node.op_type
     try:
         if op in ("Conv", "ConvTranspose"):

@@ -1,6 +1,6 @@
 """`edgeflow split`: a model's cut candidates timed for one edge device, one link and one cloud
 device, the exact optimum, the edge-only and cloud-only baselines, and the bandwidth decision
-table. Produces the JSON of LANGUAGE.md ("Split output"). Problems are raised as `SplitError`,
+table. Produces the split JSON of docs/split.md ("JSON output"). Problems are raised as `SplitError`,
 which `edgeflow.api` turns into diagnostics.
 """
 
