@@ -119,6 +119,9 @@ def test_plan_compare_and_explain() -> None:
     assert proc.returncode == 0, proc.stderr
     for name in ("edgeflow", "sensor", "cloud", "neurosurgeon", "edgeward"):
         assert f"  {name} " in proc.stdout
+    # an infeasible baseline says why
+    assert "INFEASIBLE\n                because `resize_normalize` runs on `city_cloud` (cloud), " \
+        "which privacy labels pii do not allow" in proc.stdout
     assert "compute  vehicle_detector on street_cabinet[0]" in proc.stdout
     broken = run("plan", str(FIXTURES / "diagnostics" / "E0504_cycle.ef"))
     assert broken.returncode == 1 and "error[E0504]" in broken.stderr

@@ -152,10 +152,11 @@ class Baseline:
     name: str
     objective: dict[str, float] | None
     feasible: bool
+    reason: str | None = None  # the first constraint an infeasible baseline breaks
 
     def to_dict(self) -> dict[str, object]:
         """As `plan --format json --compare` shows it: the objective in plan.json's keys."""
-        return {"name": self.name, "feasible": self.feasible,
+        return {"name": self.name, "feasible": self.feasible, "reason": self.reason,
                 "objective": None if self.objective is None else plan_objective(self.objective)}
 
 
@@ -182,7 +183,8 @@ def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,
     for name, baseline in BASELINES.items() if compare else ():
         assignment = baseline(problem)
         ev = evaluate(problem, assignment) if assignment is not None else None
-        baselines.append(Baseline(name, ev.objective if ev else None, bool(ev and ev.feasible)))
+        baselines.append(Baseline(name, ev.objective if ev else None, bool(ev and ev.feasible),
+                                  ev.violations[0] if ev and ev.violations else None))
     return plan, baselines
 
 

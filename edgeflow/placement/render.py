@@ -66,13 +66,15 @@ def render(plan: Plan, explain: bool = False) -> str:
 
 
 def render_comparison(plan: Plan, baselines: list[Baseline], order: tuple[str, ...]) -> str:
-    rows = ([("edgeflow", plan.objective, True)] if plan.feasible else []) + \
-        [(b.name, b.objective, b.feasible) for b in baselines]
+    rows = ([("edgeflow", plan.objective, True, None)] if plan.feasible else []) + \
+        [(b.name, b.objective, b.feasible, b.reason) for b in baselines]
     lines = ["", f"comparison (objective minimize({', '.join(order)})):"]
-    for name, objective, feasible in rows:
+    for name, objective, feasible, reason in rows:
         if objective is None:
             lines.append(f"  {name:<13} not applicable (no cloud device)")
             continue
         values = "  ".join(TERMS[t].text(v, TERMS[t].width) for t, v in objective.items())
         lines.append(f"  {name:<13} {values}  {'feasible' if feasible else 'INFEASIBLE'}")
+        if reason is not None:
+            lines.append(f"  {'':<13} because {reason}")
     return "\n".join(lines) + "\n"
