@@ -318,14 +318,26 @@ def _finish(command: str, subject: Path, as_json: bool, result: Any,
     raise typer.Exit(EXIT_ERRORS if has_errors(diagnostics) else EXIT_OK)
 
 
+def _compute(side: str, text: str | None, profile: Path | None) -> float | None:
+    """A device's compute, or None when its profile gives every time."""
+    if text is not None:
+        return _quantity(f"--{side}-compute", text, COMPUTE)
+    if profile is None:
+        raise _usage(f"give --{side}-compute (e.g. 1TFLOPS) or --{side}-profile")
+    return None
+
+
 @app.command()
 def split(
     model: Annotated[Path, typer.Argument(help="The ONNX model.")],
     inputs: Annotated[list[str], typer.Option("--input", help="Bind an input: NAME=TYPE, e.g. "
                                               "images=float32[1,3,320,320]. Repeat per input.")],
-    edge_compute: Annotated[str, typer.Option(help="Edge device compute, e.g. 0.5TFLOPS.")],
-    cloud_compute: Annotated[str, typer.Option(help="Cloud device compute, e.g. 100TFLOPS.")],
     bandwidth: Annotated[str, typer.Option(help="Link bandwidth, e.g. 20Mbps.")],
+    edge_compute: Annotated[str | None, typer.Option(
+        help="Edge device compute, e.g. 0.5TFLOPS (not needed with --edge-profile).")] = None,
+    cloud_compute: Annotated[str | None, typer.Option(
+        help="Cloud device compute, e.g. 100TFLOPS (not needed with --cloud-profile).")]
+    = None,
     latency: Annotated[str, typer.Option(help="Link one-way latency, e.g. 10ms.")] = "0ms",
     out_format: FormatOption = OutputFormat.text,
     json_out: JsonOption = False,
@@ -345,8 +357,8 @@ def split(
 ) -> None:
     """Find where to cut a model between an edge and a cloud device (Neurosurgeon/DADS, exact)."""
     bound = _parse_inputs(inputs)
-    setting = Setting(_quantity("--edge-compute", edge_compute, COMPUTE),
-                      _quantity("--cloud-compute", cloud_compute, COMPUTE),
+    setting = Setting(_compute("edge", edge_compute, edge_profile),
+                      _compute("cloud", cloud_compute, cloud_profile),
                       _quantity("--bandwidth", bandwidth, BANDWIDTH),
                       0.0 if latency.strip() in ("0", "0ms") else
                       _quantity("--latency", latency, TIME))

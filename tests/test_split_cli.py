@@ -178,6 +178,18 @@ def test_profile_then_split_with_it(tmp_path: Path) -> None:
     data = result(run(*BASE, "--json", "--edge-profile", str(out)))
     edge_only = next(r for r in data["candidates"] if r["cut"] == ["detections"])
     assert edge_only["head_ms"] == pytest.approx(profile["total_seconds"] * 1e3, rel=1e-6)
+    # the profile gives every edge time: --edge-compute is not needed
+    at = BASE.index("--edge-compute")
+    no_compute = BASE[:at] + BASE[at + 2:]
+    assert result(run(*no_compute, "--json", "--edge-profile", str(out))) == data
+    neither = run(*no_compute)
+    assert neither.returncode == 2 and "--edge-compute" in neither.stderr
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"node_seconds": dict(list(
+        profile["node_seconds"].items())[:3])}))
+    lacking = run(*no_compute, "--edge-profile", str(partial))
+    assert lacking.returncode == 1 and "error[E0802]" in lacking.stderr
+    assert "has no time for node" in lacking.stderr
 
 
 def test_binding_errors_use_the_check_codes() -> None:

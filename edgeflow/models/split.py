@@ -35,8 +35,8 @@ class Setting:
     """The devices and link a split is timed for. A profile maps node names to measured seconds
     on that device and replaces the FLOP estimate for the nodes it covers."""
 
-    edge_flops: float
-    cloud_flops: float
+    edge_flops: float | None    # None: every node's time comes from the edge profile
+    cloud_flops: float | None
     bandwidth_bps: float
     latency_s: float
     edge_profile: dict[str, float] = field(default_factory=dict)
@@ -81,12 +81,21 @@ class Timing:
         self.problem, self.setting = problem, setting
         names = {v: n.name for v, n in problem.nodes.items()}
 
-        def per_node(flops: float, profile: dict[str, float]) -> dict[int, Fraction]:
+        def per_node(side: str, flops: float | None,
+                     profile: dict[str, float]) -> dict[int, Fraction]:
+            missing = [names[v] for v in problem.nodes if names[v] not in profile]
+            if flops is None and missing:
+                raise SplitError("E0802", f"the {side} profile has no time for node "
+                                 f"`{missing[0]}`" + (f" and {len(missing) - 1} more"
+                                                      if len(missing) > 1 else ""),
+                                 f"give --{side}-compute for the nodes it does not cover, or "
+                                 "profile this model")
             return {v: Fraction(profile[names[v]]) if names[v] in profile
-                    else Fraction(problem.work[v]) / Fraction(flops) for v in problem.nodes}
+                    else Fraction(problem.work[v]) / Fraction(flops)  # type: ignore[arg-type]
+                    for v in problem.nodes}
 
-        self.edge = per_node(setting.edge_flops, setting.edge_profile)
-        self.cloud = per_node(setting.cloud_flops, setting.cloud_profile)
+        self.edge = per_node("edge", setting.edge_flops, setting.edge_profile)
+        self.cloud = per_node("cloud", setting.cloud_flops, setting.cloud_profile)
 
     def send(self, nbytes: int, bandwidth: Fraction | float | None = None) -> Fraction:
         bw = Fraction(bandwidth if bandwidth is not None else self.setting.bandwidth_bps)
@@ -200,9 +209,12 @@ def _gflop(flop: object) -> str:
 def render_text(data: dict[str, object], setting: Setting) -> str:
     """The Neurosurgeon-style table: one row per candidate cut, the optimum starred."""
     inputs = ", ".join(f"{k}={v}" for k, v in data["inputs"].items())  # type: ignore[attr-defined]
+    def device(side: str, flops: float | None) -> str:
+        return f"{side} measured" if flops is None else f"{side} {flops / 1e12:g} TFLOPS"
+
     lines = [f"model {data['model']} ({inputs}): {_gflop(data['total_work_flop'])} GFLOP",
-             f"edge {setting.edge_flops / 1e12:g} TFLOPS, cloud {setting.cloud_flops / 1e12:g} "
-             f"TFLOPS, link {setting.bandwidth_bps / 1e6:g} Mbps + {setting.latency_s * 1e3:g} ms"
+             f"{device('edge', setting.edge_flops)}, {device('cloud', setting.cloud_flops)}, "
+             f"link {setting.bandwidth_bps / 1e6:g} Mbps + {setting.latency_s * 1e3:g} ms"
              + ("; edge times from a measured profile" if setting.edge_profile else "")
              + ("; cloud times from a measured profile" if setting.cloud_profile else ""),
              ""]
