@@ -236,3 +236,23 @@ def test_the_verifier_catches_misreported_unit_resources() -> None:
         bad = plan.model_copy(update={"units": (first.model_copy(update=change),
                                                 *plan.units[1:])})
         assert any("misreported" in p for p in verify(bad, program)), change
+
+
+def test_explanations_name_each_cause_once_and_what_rules_devices_out() -> None:
+    text = (ROOT / "examples" / "ar_assist.ef").read_text()
+    narrow = text.replace("bandwidth = 800 Mbps, latency = 2 ms", "bandwidth = 1 Mbps, latency = 2 ms")
+    result = check_text(narrow, str(ROOT / "examples" / "narrow.ef"))
+    (reason,) = api.plan(result.program).diagnostics
+    assert reason.message.startswith("links `headset[0]` -> `edge_gpu`, `headset[1]` -> "
+                                     "`edge_gpu`, `headset[2]` -> `edge_gpu`, `headset[3]` -> "
+                                     "`edge_gpu` would each have to carry")
+    private = text.replace("allow = [edge, fog]", "allow = [edge]").replace(
+        "compute = 1.5 TFLOPS", "compute = 0.02 TFLOPS")
+    result = check_text(private, str(ROOT / "examples" / "private.ef"))
+    (reason,) = api.plan(result.program).diagnostics
+    assert "`headset[0]`, `headset[1]`, `headset[2]`, `headset[3]` would each have to run at" \
+        in reason.message
+    assert reason.message.endswith("`edge_gpu`, `render_farm` are ruled out by privacy label "
+                                   "`bystanders` (allowed on edge)")
+    assert result.program is not None
+    assert [lb.span for lb in reason.labels] == [result.program.privacy["bystanders"].span]

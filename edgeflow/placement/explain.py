@@ -150,37 +150,100 @@ def _elastic(problem: Problem, time_limit: float) -> list[Reason]:
                                  ("memory", info.memory)):
                 per_unit = load.setdefault((kind, inst), {})
                 per_unit[info.name] = per_unit.get(info.name, 0.0) + amount
-    out = []
+    # one finding per cause: the instances of one device (or link between two devices) that
+    # exceed the same limit for the same units are one reason, not one per replica
+    groups: dict[tuple[object, ...], list[tuple[str, float, float]]] = {}
     for var, label, limit in lp.slacks:
         excess = values[var]
         if excess <= 1e-7:
             continue
-        need = limit * (1 + excess)
         kind = label[0]
         if kind == "link":
             a, b = label[1]
-            out.append(_reason(
-                f"link `{a}` -> `{b}` would have to carry {need / 1e6:.1f} Mbps, "
-                f"{1 + excess:.0%} of its {limit / 1e6:g} Mbps: the data that must cross it "
-                "does not fit", [_link_span(problem, a, b)]))
-        elif kind == "compute":
+            key: tuple[object, ...] = (kind, problem.device(a).name, problem.device(b).name,
+                                       limit)
+            subject = f"`{a}` -> `{b}`"
+        elif kind in ("compute", "memory"):
             inst = label[1]
-            out.append(_reason(
-                f"`{inst}` would have to run at {1 + excess:.0%} of its compute to host "
-                f"{_names(load.get(('compute', inst), {}))}, and no other allowed device can "
-                "take them",
-                [problem.device(inst).span]))
-        elif kind == "memory":
-            inst = label[1]
-            out.append(_reason(
-                f"`{inst}` would need {need / 2**20:.1f} MiB of memory, {1 + excess:.0%} of its "
-                f"{limit / 2**20:.1f} MiB, to host {_names(load.get(('memory', inst), {}))}, and "
-                "no other allowed device can take them", [problem.device(inst).span]))
+            key = (kind, problem.device(inst).name, limit,
+                   tuple(sorted(load.get((kind, inst), {}))))
+            subject = f"`{inst}`"
         else:
-            _, name, replica = label
-            pipeline = problem.program.pipelines[name]
-            out.append(_reason(
-                f"pipeline `{name}` (replica {replica}) would take {need * 1e3:.1f} ms against "
-                f"its SLO of {limit * 1e3:g} ms once the other limits are met",
-                [pipeline.slo_spans.get("latency", pipeline.span)]))
-    return out
+            key, subject = (kind, label[1], limit), str(label[2])
+        groups.setdefault(key, []).append((subject, 1 + float(excess), limit))
+    return [_group_reason(problem, key, found, load) for key, found in groups.items()]
+
+
+def _group_reason(problem: Problem, key: tuple[object, ...], found: list[tuple[str, float, float]],
+                  load: dict[tuple[str, str], dict[str, float]]) -> Reason:
+    kind = key[0]
+    subjects = [s for s, _, _ in found]
+    ratio = max(r for _, r, _ in found)
+    limit = found[0][2]
+    need = limit * ratio
+    many = len(found) > 1
+    up_to = "up to " if many and len({round(r, 4) for _, r, _ in found}) > 1 else ""
+    listed = ", ".join(subjects)
+    if kind == "link":
+        a, b = (s.strip("`") for s in subjects[0].split(" -> "))
+        if not many:
+            return _reason(f"link {listed} would have to carry {need / 1e6:.1f} Mbps, "
+                           f"{ratio:.0%} of its {limit / 1e6:g} Mbps: the data that must cross "
+                           "it does not fit", [_link_span(problem, a, b)])
+        return _reason(f"links {listed} would each have to carry {up_to}{need / 1e6:.1f} Mbps, "
+                       f"{up_to}{ratio:.0%} of their {limit / 1e6:g} Mbps: the data that must "
+                       "cross them does not fit", [_link_span(problem, a, b)])
+    if kind in ("compute", "memory"):
+        inst = subjects[0].strip("`")
+        units = load.get((str(kind), inst), {})
+        who = f"{listed} would each" if many else f"{listed} would"
+        why, spans = _ruled_out(problem, inst, str(kind), set(units))
+        if kind == "compute":
+            text = (f"{who} have to run at {up_to}{ratio:.0%} of {'their' if many else 'its'} "
+                    f"compute to host {_names(units)}, and no other allowed device can take them")
+        else:
+            text = (f"{who} need {up_to}{need / 2**20:.1f} MiB of memory, {up_to}{ratio:.0%} of "
+                    f"{'their' if many else 'its'} {limit / 2**20:.1f} MiB, to host "
+                    f"{_names(units)}, and no other allowed device can take them")
+        return _reason(text + why, [problem.device(inst).span, *spans])
+    name = str(key[1])
+    pipeline = problem.program.pipelines[name]
+    return _reason(f"pipeline `{name}` (replica{'s' if many else ''} {listed}) would take "
+                   f"{up_to}{need * 1e3:.1f} ms against its SLO of {limit * 1e3:g} ms once the "
+                   "other limits are met", [pipeline.slo_spans.get("latency", pipeline.span)])
+
+
+def _ruled_out(problem: Problem, inst: str, kind: str, units: set[str],
+               ) -> tuple[str, list[Span]]:
+    """Why the units on `inst` cannot move to the other devices they might run on: a privacy
+    label that rules a device out, or a device that alone lacks the compute or memory for
+    them. Returns a clause to append and the spans of the rules it names."""
+    steps = [i for i in problem.steps.values() if i.name in units and inst in i.candidates]
+    privacy: dict[str, list[str]] = {}  # label -> devices it rules out
+    short: list[str] = []
+    here = problem.device(inst).name
+    for device in dict.fromkeys(problem.device(c).name for i in steps for c in i.candidates):
+        if device == here:
+            continue
+        candidate = problem.program.devices[device].instance(0)
+        labels = sorted({lb for i in steps for lb in i.labels
+                         if problem.device(candidate).tier not in problem.program.privacy[lb].allow})
+        if labels:
+            privacy.setdefault(labels[0], []).append(device)
+            continue
+        share = 0.0  # the most one of its instances would carry: one replica's units
+        for replica in {i.step[1] for i in steps}:
+            mine = [i for i in steps if i.step[1] == replica]
+            at = problem.program.devices[device].instance(replica or 0)
+            share = max(share, sum(i.rate * problem.compute_s(i.work, at) for i in mine)
+                        if kind == "compute" else
+                        sum(i.memory for i in mine) / problem.device(at).memory_bytes)
+        if share > 1:
+            short.append(f"`{device}` alone would need {share:.0%} of its {kind}")
+    clauses = [f"{', '.join(f'`{d}`' for d in devices)} "
+               f"{'is' if len(devices) == 1 else 'are'} ruled out by privacy label `{lb}` "
+               f"(allowed on {', '.join(t.value for t in problem.program.privacy[lb].allow)})"
+               for lb, devices in sorted(privacy.items())]
+    clauses += short
+    spans = [problem.program.privacy[lb].span for lb in sorted(privacy)]
+    return ("" if not clauses else ": " + "; ".join(clauses)), spans
