@@ -22,7 +22,7 @@ from edgeflow.emit.targets import TARGETS
 from edgeflow.envelope import envelope
 from edgeflow.files import write_atomic
 from edgeflow.models.signature import ONNX_DTYPES
-from edgeflow.models.split import Setting
+from edgeflow.models.split import MIN_GAIN, Setting
 from edgeflow.syntax.units import (
     BANDWIDTH,
     COMPUTE,
@@ -347,6 +347,9 @@ def split(
                                                "names.")] = None,
     sweep: Annotated[str | None, typer.Option(help="Optimal cut per bandwidth range, e.g. "
                                                  "bandwidth=1Mbps..1Gbps.")] = None,
+    min_gain: Annotated[float, typer.Option(min=0.0, help="The relative latency gain over "
+                                            "running whole a cut must bring to be recommended.")]
+    = MIN_GAIN,
     edge_profile: Annotated[Path | None, typer.Option(help="Measured per-node times on the "
                                                          "edge device (edgeflow profile).")]
     = None,
@@ -361,7 +364,7 @@ def split(
                       _compute("cloud", cloud_compute, cloud_profile),
                       _quantity("--bandwidth", bandwidth, BANDWIDTH),
                       0.0 if latency.strip() in ("0", "0ms") else
-                      _quantity("--latency", latency, TIME))
+                      _quantity("--latency", latency, TIME), min_gain=min_gain)
     sweep_range = None
     if sweep is not None:
         key, _, span = sweep.partition("=")

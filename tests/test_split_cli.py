@@ -283,3 +283,19 @@ def test_api_split_and_profile(tmp_path: Path) -> None:
     assert out.emitted == [tmp_path / "out" / "head.onnx", tmp_path / "out" / "tail.onnx"]
     assert out.setting.edge_profile and not SETTING.edge_profile  # the caller's is untouched
     assert "edge times from a measured profile" in out.render_text()
+
+
+def test_the_recommendation_keeps_the_optimum_exact_and_skips_tiny_gains() -> None:
+    data = result(run(*BASE, "--json"))
+    assert data["recommended"]["runs"] == "split"
+    assert data["recommended"]["cut"] == data["optimal"]["cut"] == ["conv_21"]
+    assert data["recommended"]["gain"] == pytest.approx(
+        1 - data["optimal"]["total_ms"] / min(data["edge_only_ms"], data["cloud_only_ms"]),
+        abs=1e-6)
+    strict = result(run(*BASE, "--json", "--min-gain", "0.5"))
+    assert strict["optimal"] == data["optimal"]  # the optimum is what it is
+    whole = "edge" if data["edge_only_ms"] <= data["cloud_only_ms"] else "cloud"
+    assert strict["recommended"]["runs"] == whole and strict["recommended"]["min_gain"] == 0.5
+    text = run(*BASE, "--min-gain", "0.5").stdout.splitlines()
+    assert text[2].startswith(f"recommended: run whole on the {whole}, ")
+    assert "below --min-gain 50%" in text[2]

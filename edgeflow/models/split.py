@@ -30,6 +30,9 @@ class SplitError(Exception):
     file: str | None = None
 
 
+MIN_GAIN = 0.05  # a cut that saves less than 5 % over running whole is not worth its moving parts
+
+
 @dataclass
 class Setting:
     """The devices and link a split is timed for. A profile maps node names to measured seconds
@@ -41,6 +44,8 @@ class Setting:
     latency_s: float
     edge_profile: dict[str, float] = field(default_factory=dict)
     cloud_profile: dict[str, float] = field(default_factory=dict)
+    # the relative latency gain over running whole a cut must bring to be recommended
+    min_gain: float = MIN_GAIN
 
 
 def load_model(path: Path) -> onnx.ModelProto:
@@ -173,6 +178,7 @@ def report(analysis: Analysis, model_name: str, inputs: BoundInputs, setting: Se
     best = min(float(out["edge_only_ms"]), float(out["cloud_only_ms"]))  # type: ignore[arg-type]
     total = float(timing.row(optimal)["total_ms"])  # type: ignore[arg-type]
     out["speedup"] = round(best / total, 6) if total > 0 else None
+    out["recommended"] = _recommended(timing, optimal, edge_only, cloud_only, setting.min_gain)
     chosen = optimal
     if forced is not None:
         try:
@@ -185,6 +191,21 @@ def report(analysis: Analysis, model_name: str, inputs: BoundInputs, setting: Se
     if sweep is not None:
         out["sweep"] = timing.sweep(*sweep)
     return out, chosen
+
+
+def _recommended(timing: Timing, optimal: Cut, edge_only: Cut, cloud_only: Cut,
+                 min_gain: float) -> dict[str, object]:
+    """The optimum when it gains at least `min_gain` over running the model whole on the faster
+    device, else running it whole there (the optimum itself stays exact in `optimal`)."""
+    edge, cloud = timing.row(edge_only), timing.row(cloud_only)
+    whole, where = (edge, "edge") if edge["total_ms"] <= cloud["total_ms"] else (  # type: ignore
+        cloud, "cloud")
+    row = timing.row(optimal)
+    whole_ms, best_ms = float(whole["total_ms"]), float(row["total_ms"])  # type: ignore
+    gain = (whole_ms - best_ms) / whole_ms if whole_ms > 0 else 0.0
+    if gain >= min_gain and optimal.key not in (edge_only.key, cloud_only.key):
+        return {**row, "runs": "split", "gain": round(gain, 6), "min_gain": min_gain}
+    return {**whole, "runs": where, "gain": round(gain, 6), "min_gain": min_gain}
 
 
 def read_profile(path: Path) -> dict[str, float]:
@@ -206,6 +227,15 @@ def _gflop(flop: object) -> str:
     return f"{float(flop) / 1e9:.3f}"  # type: ignore[arg-type]
 
 
+def _recommendation_text(rec: dict[str, object]) -> str:
+    gain = float(rec["gain"])  # type: ignore[arg-type]
+    if rec["runs"] == "split":
+        return (f"recommended: cut at {', '.join(rec['cut'])}, {rec['total_ms']:.3f} ms, "  # type: ignore
+                f"{gain:.1%} faster than running whole")
+    return (f"recommended: run whole on the {rec['runs']}, {rec['total_ms']:.3f} ms (the best "
+            f"cut gains {max(gain, 0.0):.1%}, below --min-gain {rec['min_gain']:.0%})")
+
+
 def render_text(data: dict[str, object], setting: Setting) -> str:
     """The Neurosurgeon-style table: one row per candidate cut, the optimum starred."""
     inputs = ", ".join(f"{k}={v}" for k, v in data["inputs"].items())  # type: ignore[attr-defined]
@@ -217,6 +247,7 @@ def render_text(data: dict[str, object], setting: Setting) -> str:
              f"link {setting.bandwidth_bps / 1e6:g} Mbps + {setting.latency_s * 1e3:g} ms"
              + ("; edge times from a measured profile" if setting.edge_profile else "")
              + ("; cloud times from a measured profile" if setting.cloud_profile else ""),
+             _recommendation_text(data["recommended"]),  # type: ignore[arg-type]
              ""]
     header = (f"  {'cut':<40} {'head GFLOP':>10} {'bytes':>10} {'head ms':>9} {'transfer ms':>11}"
               f" {'tail ms':>9} {'total ms':>9}")
