@@ -23,6 +23,7 @@ from edgeflow.envelope import envelope
 from edgeflow.files import write_atomic
 from edgeflow.models.signature import ONNX_DTYPES
 from edgeflow.models.split import MIN_GAIN, Setting
+from edgeflow.plan import Status
 from edgeflow.syntax.units import (
     BANDWIDTH,
     COMPUTE,
@@ -270,7 +271,10 @@ def compile_cmd(
     if result.diagnostics:
         _report_more(result.check, result.diagnostics)
     if not written:
-        if result.plan is not None and not result.plan.feasible:
+        if result.plan is not None and result.plan.status is Status.UNKNOWN:
+            typer.echo("error: no plan was found in the time given; nothing was written",
+                       err=True)
+        elif result.plan is not None and not result.plan.feasible:
             typer.echo("error: no placement meets the constraints; nothing was written", err=True)
         raise typer.Exit(EXIT_ERRORS)
     assert result.plan is not None

@@ -271,6 +271,12 @@ of it is built, naming the link or the app that is too large. A link between dev
 counts joins every instance of one to every instance of the other; give both ends the same count
 (one link per site) where that is what is meant, or plan the fleet in parts.
 """),
+    "E0903": _e("no plan found in the time given", """
+The solver's time limit (`--time-limit`, 30 s by default) ran out before it found any plan, and
+none of the quick plans it starts from (the baselines, the symmetric plan) meets every
+constraint. That is not a proof that no plan exists: give it more time, or make the app smaller.
+`plan` reports status `unknown`; `compile` and `check --plan` write nothing.
+"""),
     # ---------------------------------------------------------------- split
     "E0801": _e("invalid cut", """
 `edgeflow split --cut T1,T2` names tensors that do not form a valid cut: a tensor that is not an
@@ -285,14 +291,15 @@ A file given to `--edge-profile` or `--cloud-profile` is not a profile written b
     # ---------------------------------------------------------------- output
     "E1001": _e("cannot write the output", """
 edgeflow could not write a file or folder it was asked to produce (`compile -o`, `split --emit`,
-`profile -o`): the path is a file where a folder is needed, a folder cannot be created, or
+`profile -o`, `init`): the path is a file where a folder is needed, a folder cannot be created, or
 permission was denied. Nothing was written; the message names the path and the system's reason.
 """),
     "E1002": _e("output would replace files edgeflow did not write", """
 The output path holds files that edgeflow did not generate: a folder given to `compile -o` with
-other files in it, or an existing `head.onnx`, `tail.onnx` or profile that another tool wrote.
-edgeflow never replaces or deletes them: choose another output path, or pass `--force` to write
-beside them (`compile` keeps foreign files; `split --emit` and `profile` replace the named file).
+other files in it, an existing `head.onnx`, `tail.onnx` or profile that another tool wrote, or
+any existing file `edgeflow init` would create. edgeflow never replaces or deletes them: choose
+another output path, or pass `--force` to write beside them (`compile` keeps foreign files;
+`split --emit`, `profile` and `init` replace the named files).
 """),
     "E1003": _e("two things would get one generated name", """
 Every name edgeflow generates (Kubernetes object, file, broker, MQTT identity, bridge) is the

@@ -30,7 +30,8 @@ class _Frozen(BaseModel):
 class Status(str, Enum):
     OPTIMAL = "optimal"          # proven optimal (every objective stage, within the MIP gap)
     FEASIBLE = "feasible"        # a plan meeting every constraint; not proven optimal
-    INFEASIBLE = "infeasible"    # no plan exists, or none was found in the time limit
+    INFEASIBLE = "infeasible"    # proven: no plan exists (the explanation says why)
+    UNKNOWN = "unknown"          # the time limit ran out before any plan was found
 
 
 class Part(str, Enum):
@@ -137,7 +138,7 @@ class Plan(_Frozen):
 
     @property
     def feasible(self) -> bool:
-        return self.status is not Status.INFEASIBLE
+        return self.status in (Status.OPTIMAL, Status.FEASIBLE)
 
     def worst_pipelines(self) -> list[PipelineLatency]:
         """Each pipeline's slowest replica (the first of equals), in plan order."""

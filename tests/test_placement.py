@@ -256,3 +256,26 @@ def test_explanations_name_each_cause_once_and_what_rules_devices_out() -> None:
                                    "`bystanders` (allowed on edge)")
     assert result.program is not None
     assert [lb.span for lb in reason.labels] == [result.program.privacy["bystanders"].span]
+
+
+def test_a_time_out_without_a_plan_is_unknown_not_infeasible(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import edgeflow.placement as placement
+    from edgeflow.diagnostics import render_summary, render_text
+    from edgeflow.placement.milp import Solution
+
+    monkeypatch.setattr(placement, "solve", lambda problem, limit: Solution("unknown", None))
+    monkeypatch.chdir(ROOT)
+    result = api.check_file("examples/ar_assist.ef")
+    assert result.program is not None
+    planned = api.plan(result.program, time_limit=0.5)
+    assert planned.plan is not None and planned.plan.status == "unknown"
+    assert planned.plan.to_dict()["status"] == "unknown" and not planned.plan.feasible
+    (diag,) = planned.diagnostics
+    assert diag.code == "E0903" and "0.5 s" in diag.message
+    rendered = render_text(diag, result.sources) + "\n" + \
+        f"{result.file}: {render_summary(planned.diagnostics)}\n"
+    assert_golden(FIXTURES / "plans" / "E0903_time_out.out", rendered)
+    compiled = api.compile("examples/ar_assist.ef", output=tmp_path / "out", time_limit=0.5)
+    assert not compiled.ok and not (tmp_path / "out").exists()
+    assert [d.code for d in compiled.diagnostics] == ["E0903"]

@@ -101,7 +101,12 @@ def _span_labels(program: ir.Program) -> dict[Span, str]:
 
 def explanation_diagnostics(plan: Plan, program: ir.Program) -> list[Diagnostic]:
     """An infeasible plan's explanation as E0901 diagnostics, each pointing at the first
-    declaration involved (the app when none is) with the others as secondary labels."""
+    declaration involved (the app when none is) with the others as secondary labels; E0903 when
+    the time ran out before any plan was found."""
+    if plan.status is Status.UNKNOWN:
+        return [Diagnostic("E0903", reason.message, program.app.span, "this app",
+                           help="give the solver more time with --time-limit")
+                for reason in plan.explanation]
     known = _span_labels(program)
     out = []
     for reason in plan.explanation:
@@ -169,7 +174,11 @@ def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,
     solution = solve(problem, time_limit)
     violations = [] if solution.assignment is None else \
         evaluate(problem, solution.assignment).violations
-    if solution.assignment is None:
+    if solution.assignment is None and solution.status == "unknown":
+        plan = Plan(app=program.app.name, status=Status.UNKNOWN, explanation=(Reason(
+            message=f"no plan was found within the time limit of {time_limit:g} s, and none "
+                    "is proven impossible"),))
+    elif solution.assignment is None:
         reasons = explain(problem, max(1.0, time_limit / 3))
         plan = Plan(app=program.app.name, status=Status.INFEASIBLE, explanation=tuple(reasons))
     elif violations:  # the solver's tolerances let through a plan the cost model rejects

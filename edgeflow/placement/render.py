@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from edgeflow.objectives import TERMS, objective_text
 from edgeflow.placement import Baseline
-from edgeflow.plan import Compute, Plan
+from edgeflow.plan import Compute, Plan, Status
 
 
 def _devices_text(devices: list[str]) -> str:
@@ -23,6 +23,9 @@ def _devices_text(devices: list[str]) -> str:
 def render(plan: Plan, explain: bool = False) -> str:
     lines = [f"app {plan.app}: {plan.status.value}"
              + (f" (gap {plan.gap:.2%})" if plan.gap else "")]
+    if plan.status is Status.UNKNOWN:
+        lines.append("no plan was found within the time limit (error E0903 on stderr)")
+        return "\n".join(lines) + "\n"
     if not plan.feasible:
         count = len(plan.explanation)
         lines.append(f"no placement meets every constraint: {count} reason"
