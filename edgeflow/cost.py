@@ -106,6 +106,11 @@ def read_model(model: ir.Model) -> ModelSource:
     return ModelSource(path, data, {loc: (path.parent / loc).read_bytes() for loc in locations})
 
 
+def content_digest(model: ir.Model) -> str:
+    """sha256 of the model file and its external data: what identifies its version."""
+    return _read(model)[0]
+
+
 def _read(model: ir.Model) -> tuple[str, ModelSource]:
     """The model's content digest (file and external data) and its content."""
     source = read_model(model)

@@ -238,3 +238,134 @@ def test_a_model_with_an_empty_output_is_reported_not_a_crash(tmp_path: Path) ->
             'model m { source = "zero.onnx", inputs = { x = float32[1, 4] } }\n'
             "store s { on = d }\npipeline p { flow = c -> m -> s }\n")
     assert "E0604" in {d.code for d in check_text(text, str(tmp_path / "a.ef")).diagnostics}
+
+
+def _external(folder: Path, location: str = "w.bin", **fields: str) -> Path:
+    """models/net.onnx in `folder` with its weights in `location`, fields patched after."""
+    (folder / "models").mkdir(parents=True, exist_ok=True)
+    path = folder / "models" / "net.onnx"
+    onnx.save_model(_model(), str(path), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+            elif entry.key in fields:
+                entry.value = fields[entry.key]
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(("location", "fields", "fragment"), [
+    ("link.bin", {}, "symbolic link"),
+    ("model.onnx", {}, "bundles use"),
+    ("w.bin", {"offset": "100000"}, "too short"),
+    ("w.bin", {"length": "4"}, "the tensor holds"),
+    ("w.bin", {"offset": "abc"}, "unreadable offset"),
+])
+def test_external_data_that_is_not_what_it_claims_is_refused(
+        tmp_path: Path, location: str, fields: dict[str, str], fragment: str) -> None:
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"TOP SECRET" * 4000)
+    _external(tmp_path, location, **fields)
+    models = tmp_path / "models"
+    (models / "link.bin").symlink_to(secret)
+    if location == "model.onnx":
+        (models / "model.onnx").write_bytes((models / "w.bin").read_bytes())
+    (diag,) = check_text(_app("models/net.onnx"), str(tmp_path / "app.ef")).diagnostics
+    assert diag.code == "E0602" and fragment in diag.label, diag.label
+
+
+def test_unnormalised_external_locations_recompile_into_the_same_folder(tmp_path: Path) -> None:
+    _external(tmp_path, "./w.bin")
+    app = _write(tmp_path / "app.ef", _app("models/net.onnx"))
+    for _ in range(2):
+        result = api.compile(app, "compose", tmp_path / "out")
+        assert result.ok, result.diagnostics
+
+
+def test_split_emits_self_contained_halves_of_an_external_data_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _external(tmp_path / "app")
+    monkeypatch.chdir(tmp_path)
+    proc = run("split", str(model), "--input", "x=float32[1,64]", "--edge-compute",
+               "0.001GFLOPS", "--cloud-compute", "1TFLOPS", "--bandwidth", "100Mbps",
+               "--cut", "r", "--emit", str(tmp_path / "halves"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for half in ("head.onnx", "tail.onnx"):
+        loaded = onnx.load(str(tmp_path / "halves" / half), load_external_data=False)
+        assert all(t.data_location != TensorProto.EXTERNAL for t in loaded.graph.initializer)
+
+
+def test_unreadable_model_sources_are_errors_not_crashes(tmp_path: Path) -> None:
+    (diag,) = check_text(_app("m" * 300 + ".onnx"), str(tmp_path / "app.ef")).diagnostics
+    assert diag.code == "E0601" and "cannot read" in diag.message
+
+
+def test_force_merges_all_or_nothing_and_reads_every_folder(tmp_path: Path) -> None:
+    from edgeflow.emit import MARKER, BundleError, write_bundle
+
+    def bundle(files: dict[str, bytes]) -> dict[str, bytes]:
+        return {**files, MARKER: json.dumps({"files": sorted([*files, MARKER])}).encode()}
+
+    out = tmp_path / "out"
+    write_bundle(out, bundle({"a.txt": b"1", "b.txt": b"1"}), force=False)
+    (out / "notes.txt").write_text("mine")
+    (out / "b.txt").unlink()
+    (out / "b.txt").mkdir()  # the second file cannot be written
+    with pytest.raises(BundleError):
+        write_bundle(out, bundle({"a.txt": b"2", "b.txt": b"2"}), force=True)
+    assert (out / "a.txt").read_bytes() == b"1"  # nothing was replaced
+    shutil_rmtree(out / "b.txt")
+    (out / "empty").mkdir()  # an empty folder is the user's: it is not silently dropped
+    with pytest.raises(BundleError) as refused:
+        write_bundle(out, bundle({"a.txt": b"3"}), force=False)
+    assert "empty" in refused.value.diagnostic.message or "notes" in \
+        refused.value.diagnostic.message
+    (out / "notes.txt").unlink()
+    with pytest.raises(BundleError) as still:
+        write_bundle(out, bundle({"a.txt": b"3"}), force=False)
+    assert "empty" in still.value.diagnostic.message
+    (out / MARKER).write_text("[" * 200_000)  # a hostile marker is just not ours
+    with pytest.raises(BundleError):
+        write_bundle(out, bundle({"a.txt": b"3"}), force=False)
+
+
+def shutil_rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+
+
+def test_an_output_that_is_a_link_is_written_where_it_points(tmp_path: Path) -> None:
+    from edgeflow.emit import write_bundle
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    write_bundle(tmp_path / "link", {"a.txt": b"1", ".edgeflow-bundle": b'{"files": []}'},
+                 force=False)
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "a.txt").is_file()
+
+
+def test_tiny_values_give_a_plan_not_a_false_infeasible(tmp_path: Path) -> None:
+    text = ("app a {}\ndevice cam { tier = edge, compute = 0.001 FLOPS, memory = 1 GiB }\n"
+            "device dc { tier = cloud, compute = 1 TFLOPS, memory = 8 GiB }\n"
+            "link cam <-> dc { bandwidth = 100 Mbps, latency = 10 ms }\n"
+            "sensor s { on = cam, rate = 1 Hz, emits = float32[1, 4] }\n"
+            "operator op { work = 1 TFLOP, emits = float32[1, 4] }\n"
+            "store out { on = dc }\npipeline p { flow = s -> op -> out }\n")
+    planned = api.plan(check_text(text, str(tmp_path / "a.ef")).program)  # type: ignore[arg-type]
+    assert planned.plan is not None and planned.plan.feasible, planned.diagnostics
+    assert planned.plan.units[0].device == "dc"
+
+
+def test_the_size_limit_counts_every_link(tmp_path: Path) -> None:
+    devices = "".join(f"device d{i} {{ tier = edge, compute = 1 TFLOPS, memory = 1 GiB, "
+                      f"count = {1000 - i} }}\n" for i in range(3))
+    links = "link d0 <-> d1 { bandwidth = 1 Gbps, latency = 1 ms }\n" \
+            "link d1 <-> d2 { bandwidth = 1 Gbps, latency = 1 ms }\n"
+    text = ("app a {}\n" + devices + links + "sensor s { on = d0, rate = 1 Hz, emits = "
+            "float32[1, 4] }\nstore out { on = d0 }\npipeline p { flow = s -> out }\n")
+    planned = api.plan(check_text(text, str(tmp_path / "a.ef")).program)  # type: ignore[arg-type]
+    assert planned.plan is None and [d.code for d in planned.diagnostics] == ["E0902"]

@@ -23,7 +23,7 @@ from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.report import render_report
 from edgeflow.emit.targets import TARGETS, Rendering
 from edgeflow.execution import ExecutionGraph
-from edgeflow.files import reason, write_atomic
+from edgeflow.files import reason, write_all
 from edgeflow.plan import Plan
 from edgeflow.span import file_span
 
@@ -75,6 +75,8 @@ def write_bundle(out: Path, files: dict[str, bytes], force: bool) -> str | None:
     files are kept and only edgeflow's are replaced, never through a symbolic link, and nothing
     outside `out` is touched. Returns a warning when the previous bundle could not be removed."""
     out = Path(os.path.abspath(out))
+    if out.is_symlink():  # -o names a link: the bundle goes where it points, the link stays
+        out = out.resolve()
     if out.parent == out:
         raise _refuse("E1001", f"cannot write a bundle into `{out}`, the root folder", out,
                       help="name a folder for the bundle with -o")
@@ -92,11 +94,18 @@ def _safe(rel: str) -> bool:
         str(path) == rel and rel != "."
 
 
+def _raise(error: OSError) -> None:
+    raise error
+
+
 def _walk(out: Path) -> tuple[set[str], set[str]]:
-    """Files and symbolic links under `out`, as relative paths, without following links."""
+    """Files, and symbolic links and empty folders (never edgeflow's), under `out` as relative
+    paths, without following links; a folder that cannot be read is an error, not empty."""
     files: set[str] = set()
     links: set[str] = set()
-    for root, dirs, names in os.walk(out):
+    for root, dirs, names in os.walk(out, onerror=_raise):
+        if not dirs and not names and Path(root) != out:
+            links.add(str(Path(root).relative_to(out)) + "/")
         for name in [*dirs, *names]:
             path = Path(root, name)
             if path.is_symlink():
@@ -149,7 +158,7 @@ def _write_bundle(out: Path, files: dict[str, bytes], force: bool) -> str | None
             try:
                 previous = {f for f in json.loads(marker.read_text())["files"]
                             if isinstance(f, str) and _safe(f)}
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 previous = set()
         present, links = _walk(out)
         foreign = sorted((present - previous - {MARKER}) | links)
@@ -198,9 +207,8 @@ def _merge(out: Path, files: dict[str, bytes], previous: set[str], links: set[st
         raise _refuse("E1001", f"cannot write `{out / through[0]}`: it is a symbolic link, and "
                       "edgeflow writes only inside the output folder", out,
                       help="remove the link, or choose another folder with -o")
-    for rel, data in files.items():
-        if (problem := write_atomic(out / rel, data, force=True)) is not None:
-            raise BundleError(problem)
+    if problems := write_all({out / rel: data for rel, data in files.items()}, force=True):
+        raise BundleError(problems[0])
     for rel in sorted(previous - set(files)):  # edgeflow's own files from an older bundle
         path = out / rel
         if not any(rel == link or rel.startswith(link + "/") for link in links) and \

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from edgeflow import ir
-from edgeflow.cost import analysed, read_model
+from edgeflow.cost import analysed, content_digest, read_model
 from edgeflow.models.extract import split_model
 from edgeflow.plan import Part, Plan
 
@@ -66,13 +66,13 @@ def external_files(program: ir.Program, plan: Plan) -> dict[str, bytes]:
     """The external data files of the models run whole, beside their model.onnx (halves carry
     their weights inside)."""
     whole = {u.step for u in plan.units if u.part is Part.WHOLE}
-    return {f"models/{name}/{location}": data for name, model in program.models.items()
-            if name in whole for location, data in read_model(model).external.items()}
+    return {f"models/{name}/{posixpath.normpath(location)}": data
+            for name, model in program.models.items() if name in whole
+            for location, data in read_model(model).external.items()}
 
 
 def manifest(program: ir.Program, artefacts: dict[tuple[str, Part, int], Artefact]) -> bytes:
-    versions = {name: hashlib.sha256(Path(m.source).read_bytes()).hexdigest()[:12]
-                for name, m in program.models.items()}
+    versions = {name: content_digest(m)[:12] for name, m in program.models.items()}
     rows: dict[str, dict[str, Any]] = {}
     for (model, _, r), art in sorted(artefacts.items()):
         row = rows.setdefault(art.path, {"model": model, "version": versions[model],

@@ -8,9 +8,11 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from math import prod
+from pathlib import Path, PurePosixPath
 
 import onnx
-from onnx import TensorProto, shape_inference
+from onnx import TensorProto, helper, shape_inference
 
 ONNX_DTYPES: dict[int, str] = {
     TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.INT8: "int8",
@@ -98,12 +100,48 @@ def load(path: str) -> onnx.ModelProto:
     files (beside it) are looked for on every call, since they may change on their own."""
     st = os.stat(path)
     model = _load_cached(path, st.st_mtime_ns, st.st_size)
-    folder = os.path.dirname(path)
-    for location in external_data(model):
-        if not os.path.isfile(os.path.join(folder, location)):
-            raise ModelLoadError(f"its external data file `{location}` is missing",
-                                 help="keep the data files beside the model, as it was saved")
+    _check_external(model, Path(path).parent)
     return model
+
+
+RESERVED = ("model.onnx", "cut-")  # names a bundle's model folder uses itself
+
+
+def _check_external(model: onnx.ModelProto, folder: Path) -> None:
+    """Every external tensor's data lies in a regular file inside the model's folder (no link,
+    no `..`), at an offset and length that fit the file and the tensor."""
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        rel = PurePosixPath(os.path.normpath(location)) if location else PurePosixPath()
+        where = f"the external data `{location}` of tensor `{tensor.name}`"
+        if not location or rel.is_absolute() or ".." in rel.parts:
+            raise ModelLoadError(f"{where} is not a file beside the model")
+        if str(rel) == RESERVED[0] or rel.parts[0].startswith(RESERVED[1]):
+            raise ModelLoadError(f"{where} has a name bundles use for their own files",
+                                 help="save the weights under another name, e.g. weights.bin")
+        step = folder
+        for part in rel.parts:
+            step = step / part
+            if step.is_symlink():
+                raise ModelLoadError(f"{where} is reached through a symbolic link")
+        if not step.is_file():
+            raise ModelLoadError(f"{where} is missing",
+                                 help="keep the data files beside the model, as it was saved")
+        try:
+            offset = int(info.get("offset", "0"))
+            length = int(info["length"]) if "length" in info else None
+            need = prod(tensor.dims) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except (ValueError, TypeError, KeyError):
+            raise ModelLoadError(f"{where} has an unreadable offset, length or type") from None
+        if offset < 0 or (length is not None and length != need):
+            raise ModelLoadError(f"{where} gives offset {offset} and length {length}; the tensor "
+                                 f"holds {need} bytes")
+        if offset + need > step.stat().st_size:
+            raise ModelLoadError(f"{where} is {step.stat().st_size} bytes, too short for the "
+                                 f"tensor's {need} bytes at offset {offset}")
 
 
 def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -129,6 +167,11 @@ def external_data(model: onnx.ModelProto) -> list[str]:
 def graph_inputs(model: onnx.ModelProto) -> list[TensorSig]:
     initializers = {init.name for init in model.graph.initializer}
     return [_tensor_sig(v) for v in model.graph.input if v.name not in initializers]
+
+
+def graph_outputs(model: onnx.ModelProto) -> list[TensorSig]:
+    """The outputs as the model declares them (no inference)."""
+    return [_tensor_sig(v) for v in model.graph.output]
 
 
 def bind_inputs(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> None:

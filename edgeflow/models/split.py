@@ -13,10 +13,17 @@ from itertools import pairwise
 from pathlib import Path
 
 import onnx
+from onnx.external_data_helper import load_external_data_for_model
 
 from edgeflow.models.analysis import Analysis, ModelError, analyse
 from edgeflow.models.cuts import Cut, CutProblem
-from edgeflow.models.signature import BoundInputs, ModelLoadError, inputs_text, load
+from edgeflow.models.signature import (
+    BoundInputs,
+    ModelLoadError,
+    external_data,
+    inputs_text,
+    load,
+)
 
 
 @dataclass(frozen=True)
@@ -52,9 +59,15 @@ def load_model(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise SplitError("E0601", f"model file `{path}` not found")
     try:
-        return load(str(path))
+        model = load(str(path))
     except ModelLoadError as exc:
         raise SplitError("E0602", f"`{path.name}` is not a valid ONNX model: {exc}") from None
+    if not external_data(model):
+        return model
+    full = onnx.ModelProto()  # with its weights in it, so halves and profiles need no files
+    full.CopyFrom(model)
+    load_external_data_for_model(full, str(path.parent))
+    return full
 
 
 def analyse_model(model: onnx.ModelProto, inputs: BoundInputs) -> Analysis:

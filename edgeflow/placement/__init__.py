@@ -127,13 +127,15 @@ def size_diagnostics(program: ir.Program) -> list[Diagnostic]:
     """E0902 when the app is larger than placement can hold in memory, found from counts
     alone (nothing is expanded)."""
     out = []
-    for link in program.links:
-        pairs = instance_pairs(program.devices[link.a], program.devices[link.b])
-        if pairs > MAX_INSTANCE_LINKS:
-            out.append(Diagnostic(
-                "E0902", f"this link stands for {pairs:,} instance links; placement handles "
-                f"at most {MAX_INSTANCE_LINKS:,}", link.span, "every instance meets every other",
-                help="give both ends the same count (one link per site), or fewer instances"))
+    pairs = {link: instance_pairs(program.devices[link.a], program.devices[link.b])
+             for link in program.links}
+    if sum(pairs.values()) > MAX_INSTANCE_LINKS:
+        largest = max(program.links, key=pairs.__getitem__)
+        out.append(Diagnostic(
+            "E0902", f"the links stand for {sum(pairs.values()):,} instance links, this one for "
+            f"{pairs[largest]:,}; placement handles at most {MAX_INSTANCE_LINKS:,}",
+            largest.span, "the largest", help="give both ends of a link the same count (one link "
+                                              "per site), or fewer instances"))
     df = build(program)
     singles = sum(d.count == 1 for d in program.devices.values())
     options = 0
@@ -165,6 +167,18 @@ class Baseline:
                 "objective": None if self.objective is None else plan_objective(self.objective)}
 
 
+def _best_baseline(problem: Problem) -> dict[Step, Placement] | None:
+    order = problem.program.app.objective
+    best: tuple[tuple[float, ...], dict[Step, Placement]] | None = None
+    for baseline in BASELINES.values():
+        if (assignment := baseline(problem)) is None:
+            continue
+        ev = evaluate(problem, assignment)
+        if ev.feasible and (best is None or ev.terms(order) < best[0]):
+            best = (ev.terms(order), assignment)
+    return None if best is None else best[1]
+
+
 def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,
               compare: bool = False) -> tuple[Plan, list[Baseline]]:
     """The plan of a checked program's execution graph, and with `compare` the baselines'
@@ -181,11 +195,15 @@ def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,
     elif solution.assignment is None:
         reasons = explain(problem, max(1.0, time_limit / 3))
         plan = Plan(app=program.app.name, status=Status.INFEASIBLE, explanation=tuple(reasons))
-    elif violations:  # the solver's tolerances let through a plan the cost model rejects
-        plan = Plan(app=program.app.name, status=Status.INFEASIBLE, explanation=tuple(
-            Reason(message=f"the solver returned a plan that breaks a constraint ({v}); its "
-                           "figures are too far apart for exact placement")
-            for v in violations[:3]))
+    elif violations and (fallback := _best_baseline(problem)) is not None:
+        # the solver's tolerances let through a plan the cost model rejects: a feasible
+        # baseline is a plan, with no bound proven (gap 100 %)
+        plan = _plan(problem, Status.FEASIBLE, fallback, 1.0)
+    elif violations:
+        plan = Plan(app=program.app.name, status=Status.UNKNOWN, explanation=tuple(
+            Reason(message=f"the solver's plan breaks a constraint ({v}): the app's figures are "
+                           "too far apart for exact placement, and no simple plan fits")
+            for v in violations[:1]))
     else:
         plan = _plan(problem, Status(solution.status), solution.assignment, solution.gap)
     baselines = []

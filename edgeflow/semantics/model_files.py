@@ -34,6 +34,16 @@ def locate(source: str, base_dir: Path, span: Span, sink: DiagnosticSink) -> Pat
                    help='name the ONNX file, e.g. `source = "models/detector.onnx"`')
         return None
     path = base_dir / source
+    try:
+        return _located(source, path, base_dir, span, sink)
+    except OSError as exc:  # unreadable folder, name too long, ...
+        sink.error("E0601", f"cannot read model file `{source}`: {exc.strerror or exc}", span,
+                   "cannot be read")
+        return None
+
+
+def _located(source: str, path: Path, base_dir: Path, span: Span,
+             sink: DiagnosticSink) -> Path | None:
     if path.is_dir():
         sink.error("E0601", f"`{source}` is a folder, not a model file", span, "a folder",
                    help='name the ONNX file, e.g. `source = "models/detector.onnx"`')
