@@ -260,7 +260,7 @@ def test_explanations_name_each_cause_once_and_what_rules_devices_out() -> None:
 
 def test_a_time_out_without_a_plan_is_unknown_not_infeasible(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import edgeflow.placement as placement
+    from edgeflow import placement
     from edgeflow.diagnostics import render_summary, render_text
     from edgeflow.placement.milp import Solution
 

@@ -131,9 +131,12 @@ def size_diagnostics(program: ir.Program) -> list[Diagnostic]:
              for link in program.links}
     if sum(pairs.values()) > MAX_INSTANCE_LINKS:
         largest = max(program.links, key=pairs.__getitem__)
+        total = sum(pairs.values())
         out.append(Diagnostic(
-            "E0902", f"the links stand for {sum(pairs.values()):,} instance links, this one for "
-            f"{pairs[largest]:,}; placement handles at most {MAX_INSTANCE_LINKS:,}",
+            "E0902", (f"this link stands for {total:,} instance links" if total == pairs[largest]
+                      else f"the links stand for {total:,} instance links, this one for "
+                           f"{pairs[largest]:,}") +
+            f"; placement handles at most {MAX_INSTANCE_LINKS:,}",
             largest.span, "the largest", help="give both ends of a link the same count (one link "
                                               "per site), or fewer instances"))
     df = build(program)
