@@ -316,3 +316,88 @@ def profile(model_path: str | Path, inputs: BoundInputs, output: Path, runs: int
     data = {"model": model_file.name, **measure(model, inputs, runs=runs, warmup=warmup)}
     problems = files.write_all({output: (json.dumps(data, indent=2) + "\n").encode()}, force)
     return ProfileResult(output, problems, None if problems else data)
+
+
+# ---- init and models inspect
+
+
+class UnknownExample(ValueError):
+    """`init` was asked for an example that does not exist; `names` are those that do."""
+
+    def __init__(self, example: str, names: list[str]) -> None:
+        super().__init__(f"unknown example `{example}`; the examples are: {', '.join(names)}")
+        self.names = names
+
+
+@dataclass
+class InitResult:
+    """The files written (none when there are errors) and the diagnostics (E1001, E1002)."""
+
+    folder: Path
+    example: str | None
+    diagnostics: list[Diagnostic]
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not has_errors(self.diagnostics)
+
+    def to_json(self) -> dict[str, object] | None:
+        """The `result` of `edgeflow init --format json`."""
+        return None if not self.files else {"folder": str(self.folder), "example": self.example,
+                                            "files": [str(f) for f in self.files]}
+
+
+def example_names() -> list[str]:
+    """The examples `init` can start from."""
+    from edgeflow.scaffold import example_names as names
+
+    return names()
+
+
+def init(folder: str | Path, example: str | None = None, force: bool = False) -> InitResult:
+    """Scaffold an app in `folder`: `app.ef` (a starter app, or the example named, reading its
+    models from `folder/models/`), the ONNX models it uses and a README. An existing file is
+    never replaced (E1002) unless `force`; all files are written or none. Raises
+    `UnknownExample` for an example that does not exist."""
+    from edgeflow import scaffold
+
+    if example is not None and example not in (names := example_names()):
+        raise UnknownExample(example, names)
+    outputs = scaffold.app_files(Path(folder), example)
+    problems = [] if force else [files.refusal(p, "init does not replace it") for p in outputs
+                                 if p.exists()]
+    problems = problems or files.write_all(outputs, force=True)
+    return InitResult(Path(folder), example, problems, [] if problems else list(outputs))
+
+
+@dataclass
+class InspectResult:
+    """`data` is the inspection of docs/cli.md (None when the model cannot be read); its
+    `analysis` is None unless every input is bound."""
+
+    diagnostics: list[Diagnostic]
+    data: dict[str, object] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not has_errors(self.diagnostics)
+
+    def render_text(self) -> str:
+        from edgeflow.models.inspect import render_text
+
+        return "" if self.data is None else render_text(self.data)
+
+
+def inspect_model(model_path: str | Path, inputs: BoundInputs | None = None) -> InspectResult:
+    """A model's inputs (dynamic dimensions named), outputs, operator sets and node count, and
+    its work, weights and output types when every input is static or bound by `inputs`. User
+    errors (no file, not ONNX, a wrong binding) come back as the diagnostics `split` gives."""
+    from edgeflow.models.inspect import report
+
+    model = Path(model_path)
+    try:
+        data, problem = report(split_mod.load_model(model), str(model), inputs or {})
+    except SplitError as exc:
+        return InspectResult([_diagnostic(exc, model)])
+    return InspectResult([] if problem is None else [_diagnostic(problem, model)], data)

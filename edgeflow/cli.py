@@ -7,6 +7,7 @@ the traceback).
 
 from __future__ import annotations
 
+import difflib
 import sys
 from enum import Enum
 from pathlib import Path
@@ -15,8 +16,15 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from edgeflow import __version__, api
-from edgeflow.dataflow import build, to_dot, to_mermaid
-from edgeflow.diagnostics import Diagnostic, has_errors, render_json, render_summary, render_text
+from edgeflow.dataflow import build, to_dot, to_json, to_mermaid
+from edgeflow.diagnostics import (
+    CODES,
+    Diagnostic,
+    has_errors,
+    render_json,
+    render_summary,
+    render_text,
+)
 from edgeflow.diagnostics import explain as explain_code
 from edgeflow.emit.targets import TARGETS
 from edgeflow.envelope import envelope
@@ -35,7 +43,7 @@ from edgeflow.syntax.units import (
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="edgeflow: a declarative language and compiler for edge-cloud AI apps.")
 _state = {"debug": False}
 
@@ -57,6 +65,7 @@ def _as_json(out_format: OutputFormat, json_out: bool) -> bool:
 class GraphFormat(str, Enum):
     dot = "dot"
     mermaid = "mermaid"
+    json = "json"
 
 
 def _version(value: bool) -> None:
@@ -119,6 +128,7 @@ def check(
                                               "or JSON (stdout).")] = OutputFormat.text,
     with_plan: Annotated[bool, typer.Option("--plan", help="Also solve the placement and report "
                                             "infeasibility (E0901).")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Check .ef files and report located diagnostics. Exits 1 if any file has errors."""
     _existing(files)
@@ -127,30 +137,42 @@ def check(
         for result in results:
             if result.program is not None:
                 result.diagnostics += api.plan(result.program).diagnostics
-    _report(results, fmt)
+    _report(results, OutputFormat.json if json_out else fmt)
     raise typer.Exit(EXIT_OK if all(r.ok for r in results) else EXIT_ERRORS)
 
 
 @app.command()
-def explain(code: Annotated[str, typer.Argument(help="A diagnostic code, e.g. E0101.")]) -> None:
+def explain(code: Annotated[str, typer.Argument(help="A diagnostic code, e.g. E0101.")],
+            out_format: FormatOption = OutputFormat.text, json_out: JsonOption = False) -> None:
     """Print the long explanation of a diagnostic code."""
     text = explain_code(code)
     if text is None:
         typer.echo(f"error: unknown diagnostic code `{code}`", err=True)
         raise typer.Exit(EXIT_USAGE)
+    if _as_json(out_format, json_out):
+        entry = CODES[code.upper()]
+        sys.stdout.write(envelope("explain", {
+            "code": code.upper(), "severity": entry.severity.value, "title": entry.title,
+            "explanation": entry.explanation}))
+        return
     typer.echo(text, nl=False)
 
 
 @app.command()
 def graph(
     file: Annotated[Path, typer.Argument(help="The .ef file.")],
-    fmt: Annotated[GraphFormat, typer.Option("--format", help="Graphviz dot or Mermaid.")]
-    = GraphFormat.dot,
+    fmt: Annotated[GraphFormat, typer.Option("--format", help="Graphviz dot, Mermaid, or the "
+                                             "JSON envelope (docs/cli.md).")] = GraphFormat.dot,
+    json_out: JsonOption = False,
 ) -> None:
     """Print the application's dataflow graph."""
-    program = _checked(file).program
-    assert program is not None
-    df = build(program)
+    as_json = json_out or fmt is GraphFormat.json
+    checked = _checked(file, as_json, "graph")
+    assert checked.program is not None
+    df = build(checked.program)
+    if as_json:  # with the warnings, which text output leaves to `check`
+        sys.stdout.write(envelope("graph", to_json(df), checked.diagnostics))
+        return
     sys.stdout.write(to_dot(df) if fmt is GraphFormat.dot else to_mermaid(df))
 
 
@@ -194,33 +216,65 @@ def plan(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_ERRORS)
 
 
+def _unified_diff(path: Path, before: str, after: str) -> str:
+    """What formatting changes in `path`, as `diff -u` (git's `a/`, `b/` names) prints it."""
+    lines = difflib.unified_diff(before.splitlines(keepends=True),
+                                 after.splitlines(keepends=True), f"a/{path}", f"b/{path}")
+    return "".join(line if line.endswith("\n") else f"{line}\n\\ No newline at end of file\n"
+                   for line in lines)
+
+
 @app.command()
 def fmt(
     files: Annotated[list[Path], typer.Argument(help="The .ef files to format in place.")],
     check: Annotated[bool, typer.Option("--check", help="Change nothing; exit 1 if a file is "
                                         "not formatted.")] = False,
+    diff: Annotated[bool, typer.Option("--diff", help="Change nothing; print a unified diff of "
+                                       "what formatting would change.")] = False,
+    out_format: FormatOption = OutputFormat.text,
+    json_out: JsonOption = False,
 ) -> None:
     """Format .ef files canonically (in place, atomically), keeping every comment."""
     _existing(files)
-    unformatted, failed = [], False
+    as_json = _as_json(out_format, json_out)
+    outcomes: list[dict[str, object]] = []
+    diagnostics: list[Diagnostic] = []
+
+    def say(message: str) -> None:
+        if not as_json:
+            typer.echo(message, err=True)
+
+    def problem(result: api.CheckResult) -> None:
+        diagnostics.extend(result.diagnostics)
+        if not as_json:
+            _report([result], OutputFormat.text)
+
     for path in files:
-        formatted, problem = api.format_file(path)
+        outcome: dict[str, object] = {"file": str(path), "reformatted": None}
+        outcomes.append(outcome)
+        formatted, unparsed = api.format_file(path)
         if formatted is None:
-            assert problem is not None
-            _report([problem], OutputFormat.text)
-            failed = True
+            assert unparsed is not None
+            problem(unparsed)
             continue
-        if formatted == path.read_text(encoding="utf-8"):
+        before = path.read_text(encoding="utf-8")
+        outcome["reformatted"] = formatted != before
+        if formatted == before:
             continue
-        unformatted.append(path)
-        if check:
-            typer.echo(f"would reformat {path}", err=True)
+        if diff:
+            outcome["diff"] = patch = _unified_diff(path, before, formatted)
+            if not as_json:
+                sys.stdout.write(patch)
+        if check or diff:
+            say(f"would reformat {path}")
         elif (unwritten := write_atomic(path, formatted.encode(), force=True)) is not None:
-            _report([api.CheckResult(str(path), "", [unwritten])], OutputFormat.text)
-            failed = True
+            outcome["reformatted"] = False
+            problem(api.CheckResult(str(path), "", [unwritten]))
         else:
-            typer.echo(f"reformatted {path}", err=True)
-    if failed or (check and unformatted):
+            say(f"reformatted {path}")
+    if as_json:
+        sys.stdout.write(envelope("fmt", {"files": outcomes}, diagnostics))
+    if diagnostics or (check and any(o["reformatted"] for o in outcomes)):
         raise typer.Exit(EXIT_ERRORS)
 
 
@@ -415,9 +469,51 @@ def profile_cmd(
             result.diagnostics)
 
 
+@app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="The folder of the new app.")],
+    example: Annotated[str | None, typer.Option(
+        help="Start from this example app (e.g. smart_city_traffic) instead of the starter.",
+        autocompletion=api.example_names)] = None,
+    force: Annotated[bool, typer.Option(help="Replace files that exist.")] = False,
+    out_format: FormatOption = OutputFormat.text,
+    json_out: JsonOption = False,
+) -> None:
+    """Create an app: FOLDER/app.ef, the ONNX models it uses in FOLDER/models/, a README."""
+    try:
+        result = api.init(folder, example, force)
+    except api.UnknownExample as exc:
+        raise _usage(str(exc)) from None
+    if result.files:
+        typer.echo(f"wrote {', '.join(map(str, result.files))}\nnext: edgeflow check "
+                   f"{folder / 'app.ef'} && edgeflow plan {folder / 'app.ef'}", err=True)
+    _finish("init", folder, _as_json(out_format, json_out), result.to_json(),
+            result.diagnostics)
+
+
+models_app = typer.Typer(no_args_is_help=True, help="Look into ONNX models.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("inspect")
+def models_inspect(
+    model: Annotated[Path, typer.Argument(help="The ONNX model.")],
+    inputs: Annotated[list[str] | None, typer.Option(
+        "--input", help="Bind an input: NAME=TYPE, e.g. images=float32[1,3,320,320]. Repeat "
+        "per input; with every input bound, the work, weights and output types are shown.")]
+    = None,
+    out_format: FormatOption = OutputFormat.text,
+    json_out: JsonOption = False,
+) -> None:
+    """Inputs, outputs, opset and node count of a model; work and weights once inputs are bound."""
+    result = api.inspect_model(model, _parse_inputs(inputs or []))
+    _finish("models inspect", model, _as_json(out_format, json_out), result.data,
+            result.diagnostics, result.render_text())
+
+
 def main() -> None:
     try:
-        app(standalone_mode=True)
+        app(prog_name="edgeflow", standalone_mode=True)  # also under `python -m edgeflow`
     except SystemExit:
         raise
     except BaseException as exc:  # a bug: never show a traceback unless asked to

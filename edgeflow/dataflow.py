@@ -175,3 +175,17 @@ def to_mermaid(df: Dataflow) -> str:
     for u, v, data in df.graph.edges(data=True):
         lines.append(f"  {u} -->|{', '.join(data['pipelines'])}| {v}")
     return "\n".join(lines) + "\n"
+
+
+def to_json(df: Dataflow) -> dict[str, object]:
+    """The dataflow as data (`edgeflow graph --format json`): nodes with their kind, privacy
+    labels and component; edges with the pipelines they come from; the components."""
+    return {
+        "app": df.program.app.name,
+        "nodes": [{"name": name, "kind": node["kind"], "labels": sorted(node["labels"]),
+                   "component": node["component"]} for name, node in df.graph.nodes(data=True)],
+        "edges": [{"from": u, "to": v, "pipelines": list(data["pipelines"])}
+                  for u, v, data in df.graph.edges(data=True)],
+        "components": [{"index": c.index, "nodes": list(c.nodes), "sensors": list(c.sensors),
+                        "replicas": c.replicas} for c in df.components],
+    }

@@ -1,5 +1,6 @@
-"""The one machine-readable output of the commands that produce something (`plan`, `compile`,
-`split`, `profile`): with `--format json` (alias `--json`) they print one JSON object on stdout,
+"""The one machine-readable output of every command that reports something (`plan`, `compile`,
+`split`, `profile`, `graph`, `explain`, `fmt`, `init`, `models inspect`): with `--format json`
+(alias `--json`) they print one JSON object on stdout,
 
     {"command": "plan", "ok": true, "result": {...} | null, "diagnostics": [...]}
 

@@ -1,4 +1,4 @@
-"""Writing the files edgeflow produces (`fmt`, `split --emit`, `profile -o`): each file atomically
+"""Writing the files edgeflow produces (`fmt`, `split --emit`, `profile -o`, `init`): each file
 (a temporary file beside it, then `os.replace`), never replacing a file that edgeflow did not
 write unless forced. Failures are diagnostics on the output path: E1001 when the system refuses
 the write, E1002 when it would replace a file another tool wrote.
@@ -32,12 +32,17 @@ def written_by_edgeflow(path: Path) -> bool:
         return False
 
 
+def refusal(path: Path, why: str = "was not written by edgeflow") -> Diagnostic:
+    """E1002: `path` exists and is not replaced (`why`)."""
+    return Diagnostic("E1002", f"`{path}` exists and {why}",
+                      file_span(str(path)),
+                      help="choose another output path, or pass `--force` to replace it")
+
+
 def _foreign(path: Path) -> Diagnostic | None:
     if not path.is_file() or written_by_edgeflow(path):
         return None
-    return Diagnostic("E1002", f"`{path}` exists and was not written by edgeflow",
-                      file_span(str(path)),
-                      help="choose another output path, or pass `--force` to replace it")
+    return refusal(path)
 
 
 def reason(path: Path, exc: OSError) -> str:

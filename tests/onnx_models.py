@@ -11,7 +11,6 @@ subgraph, and an `If` node whose branches read an outer-scope tensor.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,14 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-_spec = importlib.util.spec_from_file_location(
-    "edgeflow_example_models", Path(__file__).resolve().parents[1] / "examples" / "models" /
-    "make_models.py")
-assert _spec and _spec.loader
-_examples = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_examples)
-Builder = _examples.Builder
-rename_output = _examples.rename_output
+from edgeflow.models.samples import Builder, rename_output
 
 Inputs = dict[str, tuple[int, ...]]
 F = TensorProto.FLOAT

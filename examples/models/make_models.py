@@ -1,19 +1,9 @@
-"""Build the small, real-shaped ONNX models the examples use, with `onnx.helper` only.
+"""Write the small, real-shaped ONNX models the examples use (built with `onnx.helper` only, by
+`edgeflow.models.samples`, which describes each of them).
 
     python examples/models/make_models.py [OUT_DIR]
 
 Deterministic: weights come from a fixed seed, so running it again gives byte-identical files.
-The models are small (well under 1 MB each) but shaped like the networks they stand for:
-- detector.onnx       single-shot CNN detector; input `images` float32[batch, 3, height, width]
-                      (all three dynamic, as exporters write them); stride-2 conv stages with
-                      BatchNorm, a residual block, and a 1x1 head: 3 anchors x (4 box + 1 obj +
-                      2 classes) channels at stride 32
-- vitals.onnx         vital-sign classifier: 1-D conv over a window of 6 channels x 250 samples,
-                      global pooling, two Gemm layers and a Softmax over 4 risk classes
-- pose.onnx           keypoint network for AR: conv stages down to stride 4, a depthwise-separable
-                      block, 17 keypoint heatmaps
-- lidar_encoder.onnx  PointNet-style point-cloud encoder: shared per-point MatMul layers and a max
-                      pool over points; weights stored as `Constant` nodes, as some exporters do
 """
 
 from __future__ import annotations
@@ -21,154 +11,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
-
-OPSET = 17
-
-
-class Builder:
-    """Accumulates nodes and weights of one graph with deterministic names and values."""
-
-    def __init__(self, seed: int, constant_weights: bool = False) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.constant_weights = constant_weights
-        self.count = 0
-
-    def fresh(self, prefix: str) -> str:
-        self.count += 1
-        return f"{prefix}_{self.count}"
-
-    def weight(self, name: str, array: np.ndarray, dtype: type = np.float32) -> str:
-        tensor = numpy_helper.from_array(array.astype(dtype), name)
-        if self.constant_weights:
-            self.nodes.append(helper.make_node("Constant", [], [name], value=tensor,
-                                               name=f"{name}_const"))
-        else:
-            self.inits.append(tensor)
-        return name
-
-    def node(self, op: str, inputs: list[str], prefix: str, **attrs: object) -> str:
-        out = self.fresh(prefix)
-        self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
-        return out
-
-    def conv(self, x: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1,
-             bn: bool = True, act: bool = True) -> str:
-        fan_in = cin // group * k * k
-        w = self.weight(self.fresh("w"), self.rng.normal(0, (2 / fan_in) ** 0.5,
-                                                          (cout, cin // group, k, k)))
-        b = self.weight(self.fresh("b"), np.zeros(cout))
-        y = self.node("Conv", [x, w, b], "conv", kernel_shape=[k, k], strides=[stride, stride],
-                      pads=[k // 2] * 4, group=group)
-        if bn:
-            scale = self.weight(self.fresh("bn_scale"), 1 + 0.1 * self.rng.standard_normal(cout))
-            bias = self.weight(self.fresh("bn_bias"), 0.1 * self.rng.standard_normal(cout))
-            mean = self.weight(self.fresh("bn_mean"), 0.1 * self.rng.standard_normal(cout))
-            var = self.weight(self.fresh("bn_var"), 1 + 0.1 * self.rng.random(cout))
-            y = self.node("BatchNormalization", [y, scale, bias, mean, var], "bn")
-        return self.node("Relu", [y], "relu") if act else y
-
-    def model(self, name: str, inputs: list[onnx.ValueInfoProto],
-              outputs: list[onnx.ValueInfoProto], doc: str) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, name, inputs, outputs, initializer=self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  producer_name="edgeflow-examples", doc_string=doc)
-        model.ir_version = 8
-        onnx.checker.check_model(model, full_check=True)
-        return model
-
-
-def rename_output(b: Builder, tensor: str, name: str) -> None:
-    for node in b.nodes:
-        node.output[:] = [name if o == tensor else o for o in node.output]
-        node.input[:] = [name if i == tensor else i for i in node.input]
-
-
-def detector() -> onnx.ModelProto:
-    b = Builder(seed=1)
-    x = b.conv("images", 3, 16, 3, stride=2)          # /2
-    x = b.conv(x, 16, 32, 3, stride=2)                # /4
-    x = b.conv(x, 32, 48, 3, stride=2)                # /8
-    skip = x
-    y = b.conv(x, 48, 48, 3)
-    y = b.conv(y, 48, 48, 3, act=False)
-    x = b.node("Relu", [b.node("Add", [skip, y], "add")], "relu")
-    x = b.conv(x, 48, 64, 3, stride=2)                # /16
-    x = b.conv(x, 64, 96, 3, stride=2)                # /32
-    head = b.conv(x, 96, 21, 1, bn=False, act=False)  # 3 anchors x (4 + 1 + 2)
-    rename_output(b, head, "detections")
-    images = helper.make_tensor_value_info("images", TensorProto.FLOAT,
-                                           ["batch", 3, "height", "width"])
-    out = helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["batch", 21, None, None])
-    return b.model("detector", [images], [out], "single-shot CNN detector, stride 32")
-
-
-def vitals() -> onnx.ModelProto:
-    b = Builder(seed=2)
-    fan = 6 * 7
-    w1 = b.weight("conv1_w", b.rng.normal(0, (2 / fan) ** 0.5, (32, 6, 7)))
-    x = b.node("Conv", ["window", w1], "conv", kernel_shape=[7], strides=[2], pads=[3, 3])
-    x = b.node("Relu", [x], "relu")
-    w2 = b.weight("conv2_w", b.rng.normal(0, (2 / (32 * 5)) ** 0.5, (64, 32, 5)))
-    x = b.node("Relu", [b.node("Conv", [x, w2], "conv", kernel_shape=[5], strides=[2],
-                               pads=[2, 2])], "relu")
-    x = b.node("GlobalAveragePool", [x], "gap")
-    x = b.node("Flatten", [x], "flatten", axis=1)
-    g1w = b.weight("fc1_w", b.rng.normal(0, 0.125, (64, 32)))
-    g1b = b.weight("fc1_b", np.zeros(32))
-    x = b.node("Relu", [b.node("Gemm", [x, g1w, g1b], "gemm")], "relu")
-    g2w = b.weight("fc2_w", b.rng.normal(0, 0.17, (32, 4)))
-    g2b = b.weight("fc2_b", np.zeros(4))
-    x = b.node("Softmax", [b.node("Gemm", [x, g2w, g2b], "gemm")], "softmax", axis=1)
-    rename_output(b, x, "risk")
-    window = helper.make_tensor_value_info("window", TensorProto.FLOAT, [1, 6, 250])
-    risk = helper.make_tensor_value_info("risk", TensorProto.FLOAT, [1, 4])
-    return b.model("vitals", [window], [risk], "vital-sign risk classifier")
-
-
-def pose() -> onnx.ModelProto:
-    b = Builder(seed=3)
-    x = b.conv("frame", 3, 16, 3, stride=2)                 # /2
-    x = b.conv(x, 16, 32, 3, stride=2)                      # /4
-    x = b.conv(x, 32, 32, 3, group=32)                      # depthwise
-    x = b.conv(x, 32, 64, 1)                                # pointwise
-    x = b.conv(x, 64, 64, 3, group=64)
-    x = b.conv(x, 64, 64, 1)
-    heat = b.conv(x, 64, 17, 1, bn=False, act=False)
-    heat = b.node("Sigmoid", [heat], "sigmoid")
-    rename_output(b, heat, "heatmaps")
-    frame = helper.make_tensor_value_info("frame", TensorProto.FLOAT, [1, 3, 192, 192])
-    out = helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, [1, 17, 48, 48])
-    return b.model("pose", [frame], [out], "17-keypoint heatmap network, stride 4")
-
-
-def lidar_encoder() -> onnx.ModelProto:
-    b = Builder(seed=4, constant_weights=True)
-    x = "points"
-    for i, (cin, cout) in enumerate([(4, 32), (32, 64), (64, 128)]):
-        w = b.weight(f"mlp{i}_w", b.rng.normal(0, (2 / cin) ** 0.5, (cin, cout)))
-        bias = b.weight(f"mlp{i}_b", np.zeros(cout))
-        x = b.node("Relu", [b.node("Add", [b.node("MatMul", [x, w], "matmul"), bias], "add")],
-                   "relu")
-    x = b.node("ReduceMax", [x], "reducemax", axes=[1], keepdims=0)
-    rename_output(b, x, "features")
-    points = helper.make_tensor_value_info("points", TensorProto.FLOAT, [1, "num_points", 4])
-    out = helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 128])
-    return b.model("lidar_encoder", [points], [out], "PointNet-style point-cloud encoder")
-
-
-MODELS = {"detector": detector, "vitals": vitals, "pose": pose, "lidar_encoder": lidar_encoder}
+from edgeflow.models.samples import MODELS, model_bytes
 
 
 def main(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, build in MODELS.items():
+    for name in MODELS:
         path = out_dir / f"{name}.onnx"
-        path.write_bytes(build().SerializeToString(deterministic=True))
+        path.write_bytes(model_bytes(name))
         print(f"{path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
