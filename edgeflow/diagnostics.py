@@ -74,15 +74,22 @@ CODES: dict[str, Code] = {
     # ---------------------------------------------------------------- syntax
     "E0001": _e("syntax error", """
 The parser met a token that cannot appear where it stands, for example a missing `=` between a key
-and its value or a declaration keyword misspelt. The message lists what was expected. The parser
-resumes at the next declaration, so one run reports an error in each broken declaration.
+and its value or a declaration keyword misspelt. The message lists everything that was expected
+(groups by name: a declaration keyword, a comparison). Syntax from other languages is named with
+its edgeflow equivalent: a flow joins its steps with `->` (not `=>`), a link its devices with
+`<->`. The parser resumes at the next declaration, so one run reports an error in each broken
+declaration.
 
     device gw { tier edge }        # error: expected `=`
     device gw { tier = edge }      # fixed
+    flow = camera => detector      # error: expected `->`, found `=>`
 """),
     "E0002": _e("invalid character", """
 A character that no token of the language starts with, such as `@` or a non-ASCII letter outside a
-string. Names are `[a-z_][a-z0-9_]*`; anything else belongs in a double-quoted string.
+string. Names are `[a-z_][a-z0-9_]*`; anything else belongs in a double-quoted string. Comments
+start with `#` and run to the end of the line (`//` and `/* */` are not comments); entries are
+`key = value` (not `key: value`), separated by commas or new lines (not `;`); strings are in double
+quotes; arrows are ASCII (`->`, `<->`, not `→`).
 """),
     "E0003": _e("unexpected end of declaration", """
 The file or a declaration ends before it is complete, most often because a `{` or `[` is not
@@ -123,10 +130,12 @@ Kubernetes object names and MQTT topic levels.
 """),
     # ---------------------------------------------------------------- keys
     "E0201": _e("unknown key", """
-A key that the block does not take. The help suggests the closest valid key; `edgeflow explain`
-and docs/language.md list every key of every block.
+A key that the block does not take. The help suggests the closest valid key that the block does
+not already have, keeping the value as written (and the key it suggests is not also reported
+missing); `edgeflow explain` and docs/language.md list every key of every block.
 
-    device gw { tier = edge, compute = 1 TFLOPS, memroy = 4 GiB }   # did you mean `memory`?
+    device gw { tier = edge, compute = 1 TFLOPS, memroy = 4 GiB }
+    # did you mean `memory`? write `memory = 4 GiB`
 """),
     "E0202": _e("missing required key", """
 A block lacks a key it requires, e.g. a device without `compute`. The label is on the declaration's
@@ -143,13 +152,19 @@ A key was given a value of the wrong shape, e.g. a list where a quantity is expe
     # ---------------------------------------------------------------- values
     "E0301": _e("unknown unit", """
 A number carries a unit the language does not know. Units are case-sensitive (`ms`, `Mbps`, `GiB`,
-`TFLOPS`); the help suggests the closest one of the right dimension.
+`TFLOPS`). A suggestion never changes the value: another spelling of the same unit is suggested as
+it is; a unit the language lacks (a prefix it has no unit for, bytes per second, minutes) is
+converted, number and all; a unit that can be read more than one way (`mbps`: megabits or
+megabytes?) gets the list of units instead of a guess.
 
-    latency = 5 msec      # did you mean `ms`?
+    latency = 5 msec          # did you mean `ms`?
+    bandwidth = 0.25 MB/s     # bytes per second: write `2 Mbps`
+    work = 50 KFLOP           # kilo is not a unit prefix of work here: write `0.05 MFLOP`
 """),
     "E0302": _e("wrong unit dimension", """
 A quantity has a unit of the wrong dimension for its key, or lacks a unit where one is needed, e.g.
-`latency = 5 GiB` or `rate = 30`. The message names the dimension the key expects and its units.
+`latency = 5 GiB` or `rate = 30`. The message names the dimension the key expects and the help its
+units; a bare number gets no guessed unit (`latency < 10` could be 10 ms or 10 s).
 """),
     "E0303": _e("invalid value", """
 A value is out of range: a negative or zero rate, compute, memory or bandwidth; a `count` below 1

@@ -5,13 +5,15 @@ unused declarations and privacy labels.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import networkx as nx
 
 from edgeflow import ir
 from edgeflow.dataflow import flow_graph, instance_components
 from edgeflow.diagnostics import DiagnosticSink, Label
 from edgeflow.semantics.lowered import Lowered
-from edgeflow.semantics.values import DECL_KIND_TEXT, did_you_mean
+from edgeflow.semantics.values import DECL_KIND_TEXT, closest, did_you_mean
 from edgeflow.span import Span
 from edgeflow.syntax import ast
 
@@ -32,6 +34,9 @@ def _check_steps(p: ir.Pipeline, out: Lowered, sink: DiagnosticSink) -> bool:
     last = len(p.flow) - 1
     for i, (name, span) in enumerate(zip(p.flow, p.step_spans)):
         decl = decls.get(name)
+        if decl is None and name in out.symbols.renamed:  # E0105 asks to rename to this name
+            ok = False
+            continue
         if decl is None:
             sink.error("E0101", f"no sensor, operator, model or sink named `{name}`", span,
                        "unknown name", help=did_you_mean(name, out.symbols.of_kind(
@@ -113,13 +118,48 @@ def _check_cycles(graph: nx.DiGraph, spans: dict[tuple[str, str], Span],
     return acyclic
 
 
-def _check_routes(valid: list[ir.Pipeline], out: Lowered, sink: DiagnosticSink) -> None:
-    links = [lk for lk in out.links if lk.a in out.devices and lk.b in out.devices]
-    reach = instance_components(out.devices, links)
+@dataclass
+class Network:
+    """The devices and links declared with a broken value (the valid ones are in `Lowered`):
+    routes are checked over the network the user wrote, so a bad bandwidth is not also reported
+    as a missing link. `complete` is False when a link does not join two different devices
+    (E0401, E0402) or repeats one: the route it was meant to make is unknown, so no route is
+    reported missing."""
+
+    counts: dict[str, int | None] = field(default_factory=dict)  # device -> count, None: unknown
+    links: list[tuple[str, str, Span]] = field(default_factory=list)
+    complete: bool = True
+
+
+def _route_graph(out: Lowered, network: Network | None,
+                 ) -> tuple[dict[str, ir.Device], list[ir.Link], set[str]]:
+    """Devices and links to find routes over, and the devices whose count is unknown. A device
+    of unknown count is taken as one instance linked to every instance of its peers: that joins
+    at least what the real count would, so no route is reported missing because of it."""
+    if network is None or not (network.counts or network.links):
+        return out.devices, [lk for lk in out.links
+                             if lk.a in out.devices and lk.b in out.devices], set()
+    devices = dict(out.devices)
+    for name, count in network.counts.items():
+        devices.setdefault(name, ir.Device.model_construct(
+            name=name, span=out.symbols.decls[name].span, tier=ir.Tier.EDGE, compute_flops=1.0,
+            memory_bytes=1.0, count=count or 1))
+    links = [lk for lk in out.links if lk.a in devices and lk.b in devices]
+    links += [ir.Link.model_construct(a=a, b=b, bandwidth_bps=1.0, latency_s=0.0, span=span)
+              for a, b, span in network.links if a in devices and b in devices]
+    unknown = {name for name, count in network.counts.items() if count is None}
+    return devices, links, unknown
+
+
+def _check_routes(valid: list[ir.Pipeline], out: Lowered, sink: DiagnosticSink,
+                  network: Network | None = None) -> None:
+    devices, links, unknown = _route_graph(out, network)
+    reach = instance_components(devices, links)
+    routes_known = network is None or network.complete
     for p in valid:
         sensor, target = out.sensors[p.flow[0]], out.sinks[p.flow[-1]]
-        src_dev, dst_dev = out.devices.get(sensor.device), out.devices.get(target.device)
-        if src_dev is None or dst_dev is None:
+        src_dev, dst_dev = devices.get(sensor.device), devices.get(target.device)
+        if src_dev is None or dst_dev is None or {src_dev.name, dst_dev.name} & unknown:
             continue
         if dst_dev.count not in (1, src_dev.count):
             sink.error("E0508", f"`{target.name}` is on `{dst_dev.name}` (count "
@@ -129,7 +169,7 @@ def _check_routes(valid: list[ir.Pipeline], out: Lowered, sink: DiagnosticSink) 
                                      f"(count {src_dev.count})"),),
                        help=f"put `{target.name}` on a device of count 1 or {src_dev.count}")
             continue
-        for r in range(src_dev.count):
+        for r in range(src_dev.count if routes_known else 0):
             a, b = src_dev.instance(r), dst_dev.instance(r)
             if reach[a] != reach[b]:
                 sink.error("E0506", f"no route from `{a}` to `{b}` for pipeline `{p.name}`",
@@ -176,6 +216,10 @@ def _check_unused(out: Lowered, used: set[str], sink: DiagnosticSink) -> None:
                    if entry.key.value in ("privacy", "removes")
                    and isinstance(entry.value, ast.ListValue)
                    for item in entry.value.items if isinstance(item, ast.Word)}
+    # a misspelt label (E0701 suggests the declaration) is a use of what it was meant to be
+    labels = out.symbols.of_kind("privacy")
+    labels_used |= {meant for name in labels_used - out.symbols.decls.keys()
+                    if (meant := closest(name, labels)) is not None}
     for decl in decls:
         if decl.kind in ("sensor", "actuator", "store", "operator", "model") and \
                 decl.name.value not in used:
@@ -188,10 +232,25 @@ def _check_unused(out: Lowered, used: set[str], sink: DiagnosticSink) -> None:
                       help="add it to a sensor's `privacy`, or remove the declaration")
 
 
-def check(out: Lowered, sink: DiagnosticSink) -> None:
-    used = {step.value for decl in out.symbols.decls.values() if decl.kind == "pipeline"
-            for entry in decl.entries if isinstance(entry.value, ast.Flow)
-            for step in entry.value.steps}
+def _flow_names(value: ast.Value) -> list[str]:
+    """The names a pipeline's flow uses, also when it is malformed (`flow = camera`,
+    `flow = [camera, archive]`)."""
+    if isinstance(value, ast.Flow):
+        return [step.value for step in value.steps]
+    if isinstance(value, ast.ListValue):
+        return [item.name for item in value.items if isinstance(item, ast.Word)]
+    return [value.name] if isinstance(value, ast.Word) else []
+
+
+def check(out: Lowered, sink: DiagnosticSink, network: Network | None = None) -> None:
+    used = {name for decl in out.symbols.decls.values() if decl.kind == "pipeline"
+            for entry in decl.entries if entry.key.value == "flow"
+            for name in _flow_names(entry.value)}
+    # a misspelt step (E0101 suggests the declaration) is a use of what it was meant to be
+    decls = out.symbols.decls
+    steps = out.symbols.of_kind("sensor", "operator", "model", "actuator", "store")
+    used |= {meant for name in used - decls.keys()
+             if (meant := out.symbols.renamed.get(name) or closest(name, steps)) is not None}
     valid = [p for p in out.pipelines.values() if _check_steps(p, out, sink)]
     graph = flow_graph((p.name, p.flow) for p in valid)
     spans: dict[tuple[str, str], Span] = {}
@@ -200,6 +259,6 @@ def check(out: Lowered, sink: DiagnosticSink) -> None:
             spans.setdefault((u, v), span)
     _check_cycles(graph, spans, sink)
     _check_types(graph, spans, out, sink)
-    _check_routes(valid, out, sink)
+    _check_routes(valid, out, sink, network)
     _check_replicas(graph, out, sink)
     _check_unused(out, used, sink)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from edgeflow.semantics.values import (
 )
 from edgeflow.span import Span
 from edgeflow.syntax import ast
+from edgeflow.syntax.fmt import value_text
 from edgeflow.syntax.units import (
     BANDWIDTH,
     COMPUTE,
@@ -189,6 +191,7 @@ def _slo(r: Reader) -> Callable[[str, ast.Value], Any]:
 
 def _collect(module: ast.Module, sink: DiagnosticSink) -> Symbols:
     decls: dict[str, ast.Decl] = {}
+    renamed: dict[str, str] = {}
     apps = []
     for decl in module.decls:
         if decl.kind == "app":
@@ -197,8 +200,10 @@ def _collect(module: ast.Module, sink: DiagnosticSink) -> Symbols:
             continue
         name = decl.name
         if not _NAME.fullmatch(name.value):
+            fixed = _fix_name(name.value)
             sink.error("E0105", f"`{name.value}` is not a valid name", name.span,
-                       "names are lowercase", help=f"write `{_fix_name(name.value)}`")
+                       "names are lowercase", help=f"write `{fixed}`")
+            renamed.setdefault(fixed, name.value)
         first = decls.get(name.value)
         if first is not None:
             sink.error("E0102", f"the name `{name.value}` is declared twice", name.span,
@@ -217,7 +222,7 @@ def _collect(module: ast.Module, sink: DiagnosticSink) -> Symbols:
         sink.error("E0104", "more than one `app` declaration", extra.kind_span, "another `app`",
                    labels=(Label(apps[0].kind_span, "the first `app` is here"),),
                    help="a file describes one application; merge the blocks")
-    return Symbols(decls)
+    return Symbols(decls, {k: v for k, v in renamed.items() if k not in decls})
 
 
 def _fix_name(name: str) -> str:
@@ -229,23 +234,42 @@ def _read_block(decl: ast.Decl, schema: dict[str, Key], reader: Reader,
                 ) -> dict[str, Any]:
     sink = reader.sink
     out: dict[str, Any] = {}
-    for entry in reader.unique_entries(decl.entries):
+    entries = reader.unique_entries(decl.entries)
+    given = {e.key.value for e in entries}
+    renamed: set[str] = set()  # missing keys an unknown key is a misspelling of
+    for entry in entries:
         key = schema.get(entry.key.value)
         if key is None:
-            best = closest(entry.key.value, list(schema))
+            # only keys not given already: the rename must not make a duplicate
+            best = closest(entry.key.value, [k for k in schema if k not in given | renamed])
+            if best is not None:
+                renamed.add(best)
+            owners = [kind for kind, keys in block_keys().items() if entry.key.value in keys]
+            kinds = ", ".join(owners[:-1]) + " and " + owners[-1] if len(owners) > 1 else \
+                "".join(owners)
+            elsewhere = f"`{entry.key.value}` is a key of {kinds} blocks; " if owners else ""
             sink.error("E0201", f"{decl.kind} `{decl.name.value}` has no key `{entry.key.value}`",
                        entry.key.span, "unknown key",
-                       help=f"did you mean `{best}`?" if best else
-                       f"{decl.kind} keys are: {', '.join(schema)}")
+                       help=_rename_help(best, entry.value) if best else
+                       f"{elsewhere}{decl.kind} keys are: {', '.join(schema)}")
             continue
         out[entry.key.value] = key.read(entry.key.value, entry.value)
     for name, key in schema.items():
         if key.required and name not in out:
-            where = decl.name.span if decl.kind != "link" else decl.kind_span
-            sink.error("E0202", f"{decl.kind} `{_decl_title(decl)}` lacks required key `{name}`",
-                       where, f"`{name}` missing", help=f"add `{key.example}`")
+            if name not in renamed:  # reported with the misspelt key
+                where = decl.name.span if decl.kind != "link" else decl.kind_span
+                sink.error("E0202", f"{decl.kind} `{_decl_title(decl)}` lacks required key "
+                           f"`{name}`", where, f"`{name}` missing", help=f"add `{key.example}`")
             out[name] = BAD
     return out
+
+
+def _rename_help(key: str, value: ast.Value) -> str:
+    """Rename a misspelt key and keep the user's value."""
+    text = value_text(value)
+    if len(text) > 40 or "\n" in text:
+        return f"did you mean `{key}`? keep the value as it is"
+    return f"did you mean `{key}`? write `{key} = {text}`"
 
 
 def _decl_title(decl: ast.Decl) -> str:
@@ -268,9 +292,11 @@ def lower(module: ast.Module) -> tuple[ir.Program | None, Lowered, list[Diagnost
     base_dir = Path(module.file).resolve().parent
     link_ends = reader.reference(("device",), "device", code="E0401")
     seen_links: dict[frozenset[str], ast.Decl] = {}
+    network = flows.Network()
     for decl in module.decls:
         errors_before = len(sink.items)
         fields = _read_block(decl, schemas[decl.kind], reader)
+        joins: tuple[str, str] | None = None  # the devices a link joins, if it is a valid pair
         if decl.kind == "link":
             assert decl.peer is not None
             a, b = link_ends("link", decl.name), link_ends("link", decl.peer)
@@ -279,13 +305,18 @@ def lower(module: ast.Module) -> tuple[ir.Program | None, Lowered, list[Diagnost
                 if a == b:
                     sink.error("E0402", f"link from `{a}` to itself", decl.peer.span,
                                "same device at both ends")
+                    network.complete = False  # which devices it was meant to join is unknown
                 elif pair in seen_links:
+                    network.complete = False
                     sink.error("E0402", f"`{a}` and `{b}` are linked twice", decl.kind_span,
                                "second link", labels=(Label(seen_links[pair].kind_span,
                                                             "first link"),),
                                help="merge the two links")
                 else:
                     seen_links[pair] = decl
+                    joins = (a, b)
+            else:
+                network.complete = False
             fields["a"], fields["b"] = a, b
         if decl.kind == "model" and BAD not in (fields["source"], fields["inputs"]):
             inputs, input_entries = fields["inputs"]
@@ -296,12 +327,18 @@ def lower(module: ast.Module) -> tuple[ir.Program | None, Lowered, list[Diagnost
             fields["inputs"], fields["source"] = inputs, str(path)
             fields["outputs"] = outputs if outputs is not None else BAD
         clean = len(sink.items) == errors_before and BAD not in fields.values()
+        # a broken device or link still takes part in routes, as declared
+        if not clean and joins is not None:
+            network.links.append((*joins, decl.span))
+        elif not clean and decl.kind == "device" and symbols.decls.get(decl.name.value) is decl:
+            count = fields.get("count", 1)
+            network.counts[decl.name.value] = None if count is BAD else count
         if decl.kind != "link" and (not clean or symbols.decls.get(decl.name.value) is not decl):
             out.broken.add(decl.name.value)
             continue
         if clean:
             _add_entity(out, decl, fields)
-    flows.check(out, sink)
+    flows.check(out, sink, network)
     diagnostics = sorted(sink.items, key=Diagnostic.sort_key)
     if has_errors(diagnostics) or out.app is None:
         return None, out, diagnostics
@@ -350,6 +387,7 @@ def _add_entity(out: Lowered, decl: ast.Decl, f: dict[str, Any]) -> None:
         out.privacy[name] = ir.PrivacyRule(name=name, span=span, allow=f["allow"])
 
 
+@lru_cache(maxsize=1)
 def block_keys() -> dict[str, dict[str, tuple[bool, str]]]:
     """Every block kind's keys: whether each is required, and an example entry (for editors)."""
     schemas = _schemas(Reader(DiagnosticSink(), Symbols({})))

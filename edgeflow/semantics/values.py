@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgeflow.diagnostics import DiagnosticSink, Label
 from edgeflow.ir import DTYPE_BYTES, TensorType, Tier
 from edgeflow.syntax import ast
 from edgeflow.syntax.units import (
+    BANDWIDTH,
+    COMPUTE,
     MAX_COUNT,
     MAX_DIMENSION,
     MAX_TENSOR_BYTES,
+    SIZE,
     UNITS,
+    WORK,
     Dimension,
     bound_error,
-    suggest_unit,
+    unit_advice,
+    unit_list,
     units_of,
 )
 
@@ -31,6 +36,14 @@ class _Bad:
 
 
 BAD: Any = _Bad()
+
+# Said before the units of the right dimension when a unit of a related one is given.
+_DIMENSION_HINTS: dict[tuple[Dimension, Dimension], str] = {
+    (WORK, COMPUTE): "compute is work per second: ",
+    (COMPUTE, WORK): "work is FLOP per message, not per second: ",
+    (SIZE, BANDWIDTH): "a bandwidth is per second: ",
+    (BANDWIDTH, SIZE): "a data size is not per second: ",
+}
 
 TIERS = tuple(t.value for t in Tier)
 
@@ -61,6 +74,9 @@ class Symbols:
     """Every declared name with its declaration (first one wins on duplicates)."""
 
     decls: dict[str, ast.Decl]
+    # a valid name -> the invalid declared name E0105 asks to rename to it: a reference that
+    # already uses the valid name is not reported again
+    renamed: dict[str, str] = field(default_factory=dict)
 
     def of_kind(self, *kinds: str) -> list[str]:
         return [n for n, d in self.decls.items() if d.kind in kinds]
@@ -78,23 +94,30 @@ class Reader:
         return BAD
 
     def _unit_dims(self, q: ast.Quantity, dim: Dimension, key: str) -> float | Any:
-        allowed = ", ".join(f"`{u}`" for u in units_of(dim))
+        """The SI value of a quantity of `dim`; every help given is safe: it lists units, or
+        rewrites the value without changing its dimension or magnitude."""
         if q.unit is None:
             self.sink.error("E0302", f"`{key}` needs a {dim.name} unit", q.span,
                             f"a bare number, expected {dim.name}",
-                            help=f"add one of {allowed}, e.g. `{q.number_text} {units_of(dim)[0]}`")
+                            help=f"units are required: write one of {unit_list(dim)} after the "
+                                 "number")
             return BAD
         if q.unit not in UNITS:
-            guess = suggest_unit(q.unit, dim)
-            self.sink.error("E0301", f"unknown unit `{q.unit}`", q.unit_span or q.span,
-                            "not a unit", help=f"did you mean `{guess}`?" if guess
-                            else f"`{key}` takes one of {allowed}")
+            advice = unit_advice(q.number_text, q.unit, dim, key)
+            if advice.rewrite is not None:  # a new number too: the whole quantity is replaced
+                self.sink.error("E0301", f"unknown unit `{q.unit}`", q.span,
+                                f"`{q.unit}` is not a unit", help=advice.help)
+            else:
+                self.sink.error("E0301", f"unknown unit `{q.unit}`", q.unit_span or q.span,
+                                "not a unit", help=advice.help)
             return BAD
         unit_dim, factor = UNITS[q.unit]
         if unit_dim is not dim:
+            allowed = ", ".join(f"`{u}`" for u in units_of(dim))
+            hint = _DIMENSION_HINTS.get((unit_dim, dim), "")
             self.sink.error("E0302", f"`{key}` expects {dim.name}, found {unit_dim.name}",
                             q.unit_span or q.span, f"`{q.unit}` is a unit of {unit_dim.name}",
-                            help=f"use one of {allowed}")
+                            help=f"{hint}use one of {allowed}")
             return BAD
         return q.number * factor
 
@@ -122,9 +145,8 @@ class Reader:
         if not isinstance(value, ast.Quantity):
             return self.shape_error(value, "a whole number", f"{key} = 2")
         if value.unit is not None:
-            self.sink.error("E0302", f"`{key}` is a plain number, found a unit", value.unit_span
-                            or value.span, "unexpected unit", help=f"write `{key} = "
-                            f"{value.number_text}`")
+            self.sink.error("E0302", f"`{key}` is a plain number, found a unit", value.span,
+                            "a number with a unit", help=f"write `{value.number_text}`")
             return BAD
         if not value.is_integer or value.number < 1:
             self.sink.error("E0303", f"`{key}` must be a whole number of at least 1", value.span,
@@ -167,6 +189,8 @@ class Reader:
             else:
                 return self.shape_error(value, what, f"{key} = name")
             decl = self.symbols.decls.get(name)
+            if decl is None and name in self.symbols.renamed:
+                return BAD  # E0105 on the declaration says to rename it to this name
             if decl is None:
                 self.sink.error(code, f"no {what} named `{name}`", span, f"unknown {what}",
                                 help=did_you_mean(name, self.symbols.of_kind(*kinds)))

@@ -60,10 +60,27 @@ def strict_lark_parser() -> Lark:
                 maybe_placeholders=True)
 
 
+_DECL_TYPES = frozenset(kw.upper() for kw in DECL_KEYWORDS)
+_COMPARISONS = ("LT", "LE", "GT", "GE")
+
+
 def _describe_expected(expected: set[str]) -> str:
-    names = sorted({_TERMINAL_TEXT.get(t, f"`{t.lower()}`") for t in expected if t != "WS"})
-    if len(names) > 6:
-        names = names[:6] + ["..."]
+    """What the parser would have accepted, in full: groups of tokens are named as a category
+    with all their members (a declaration keyword, a comparison), never cut short."""
+    expected = expected - {"WS", "COMMENT"}
+    groups: list[str] = []
+    if len(expected & _DECL_TYPES) >= 3:
+        groups.append("a declaration keyword (" + ", ".join(
+            f"`{kw}`" for kw in DECL_KEYWORDS if kw.upper() in expected) + ")")
+        expected = expected - _DECL_TYPES
+    if all(t in expected for t in _COMPARISONS):
+        groups.append("a comparison (`<`, `<=`, `>`, `>=`)")
+        expected = expected - set(_COMPARISONS)
+    names = sorted({_TERMINAL_TEXT.get(t, f"`{t.lower()}`") for t in expected})
+    names = [n for n in names if n != "end of file"] + groups + \
+        (["end of file"] if "$END" in expected else [])
+    if not names:
+        return "nothing more"
     if len(names) == 1:
         return names[0]
     return ", ".join(names[:-1]) + " or " + names[-1]
@@ -287,21 +304,102 @@ def _expected(err: UnexpectedInput) -> set[str]:
 
 def _unexpected_word(found: str, span: Span, expected: set[str]) -> Diagnostic:
     keywords = sorted(t.lower() for t in expected if t.lower() in DECL_KEYWORDS)
-    close = difflib.get_close_matches(found, keywords, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(found, keywords, n=1, cutoff=0.6) or \
+        difflib.get_close_matches(found.lower(), keywords, n=1, cutoff=0.6)
     what = "a declaration" if len(keywords) >= 3 else _describe_expected(expected)
     help_ = (f"did you mean `{close[0]}`?" if close else
              "a declaration starts with one of: " + ", ".join(keywords) if keywords else
              "write entries as `key = value`" if expected == {"EQUAL"} else
-             "separate entries with a comma or a new line"
-             if "RBRACE" in expected and "NAME" in expected else None)
+             "a link joins two devices with `<->`: write `<->`"
+             if expected == {"BIARROW"} and found in ("->", "=") else None)
     return Diagnostic("E0001", f"expected {what}, found `{found}`", span, "unexpected here",
                       help=help_)
+
+
+# Arrows from other notations (and what edgeflow writes instead).
+_FOREIGN_ARROWS = {"→": "->", "⟶": "->", "➔": "->", "➜": "->", "⇒": "->", "↦": "->",
+                   "↔": "<->", "⟷": "<->", "⇔": "<->"}
+
+
+def _foreign_syntax(piece: str, offset: int, expected: set[str]) -> Diagnostic | None:
+    """A diagnostic naming the edgeflow equivalent of syntax from other languages where the
+    parser stopped: `//` and `/* */` comments, `=>` and `→` in a flow, `:` for `=`, `;` as a
+    separator, single-quoted strings."""
+    two, char = piece[offset:offset + 2], piece[offset]
+    if two == "//":
+        return Diagnostic("E0002", "`//` does not start a comment", _at(piece, offset, 2),
+                          "comments start with `#`",
+                          help="a comment runs from `#` to the end of the line: write `#`")
+    if two == "/*":
+        return Diagnostic("E0002", "`/*` does not start a comment", _at(piece, offset, 2),
+                          "comments start with `#`",
+                          help="a comment runs from `#` to the end of the line: start every "
+                               "line of it with `#` and drop the `*/`")
+    in_flow = "ARROW" in expected
+    if two == "=>" or (char == ">" and offset > 0 and piece[offset - 1] == "="):
+        start = offset if two == "=>" else offset - 1
+        if in_flow:
+            return Diagnostic("E0001", "expected `->`, found `=>`", _at(piece, start, 2),
+                              "not an arrow of edgeflow",
+                              help="the steps of a flow are joined with `->`: write `->`")
+        if two != "=>":  # `key => value`: the `=` was taken as the entry's
+            return Diagnostic("E0001", "expected a value, found `=>`", _at(piece, start, 2),
+                              "not an operator of edgeflow",
+                              help="entries are written `key = value`: write `=`")
+    if two == "==" and all(t in expected for t in _COMPARISONS):
+        return Diagnostic("E0001", "expected a comparison, found `==`", _at(piece, offset, 2),
+                          "not a comparison of edgeflow",
+                          help="a service level is bounded with `<`, `<=`, `>` or `>=`, e.g. "
+                               "`latency < 50 ms`")
+    if char in _FOREIGN_ARROWS:
+        arrow = _FOREIGN_ARROWS[char]
+        what = ("the steps of a flow are joined with `->`" if arrow == "->" else
+                "a link joins two devices with `<->`")
+        return Diagnostic("E0002", f"invalid character `{char}`", _at(piece, offset, 1),
+                          f"not an arrow of edgeflow, which writes `{arrow}`",
+                          help=f"{what}: write `{arrow}`")
+    if char == ":":
+        if "EQUAL" in expected:
+            return Diagnostic("E0002", "invalid character `:`", _at(piece, offset, 1),
+                              "expected `=`", help="entries are written `key = value`: write `=`")
+        return Diagnostic("E0002", "invalid character `:`", _at(piece, offset, 1),
+                          f"expected {_describe_expected(expected)}",
+                          help="a declaration is a keyword, a name and a block of `key = value` "
+                               "entries: `device gw { tier = edge }`")
+    if char == ";":
+        if "COMMA" in expected or "RBRACE" in expected:
+            return Diagnostic("E0002", "invalid character `;`", _at(piece, offset, 1),
+                              "not a separator of edgeflow",
+                              help="entries are separated by commas or new lines: write `,`")
+        if expected & _DECL_TYPES:
+            return Diagnostic("E0002", "invalid character `;`", _at(piece, offset, 1),
+                              "nothing ends a declaration but its `}`",
+                              help="declarations need no `;` after them: remove it")
+    if char == "-" and 0 < offset < len(piece) - 1 and (piece[offset - 1].isalnum() or
+                                                        piece[offset - 1] == "_") \
+            and (piece[offset + 1].isalpha() or piece[offset + 1] == "_"):
+        return Diagnostic("E0002", "invalid character `-`", _at(piece, offset, 1),
+                          "not part of a name",
+                          help="names are `[a-z_][a-z0-9_]*`, with `_` between words: write `_`")
+    if char == "'":
+        close = piece.find("'", offset + 1)
+        newline = piece.find("\n", offset)
+        if close != -1 and (newline == -1 or close < newline) and '"' not in \
+                piece[offset:close]:
+            inner = piece[offset + 1:close].replace("\\", "\\\\")
+            return Diagnostic("E0002", "strings are written in double quotes",
+                              _at(piece, offset, close + 1 - offset), "single quotes",
+                              help=f'write `"{inner}"`')
+    return None
 
 
 def _syntax_diagnostic(err: UnexpectedInput, piece: str, last: bool) -> Diagnostic:
     expected = _expected(err)
     if isinstance(err, UnexpectedCharacters):
         offset = _set(err.pos_in_stream)
+        foreign = _foreign_syntax(piece, offset, expected)
+        if foreign is not None:
+            return foreign
         word = re.match(r"[A-Za-z_][A-Za-z0-9_]*", piece[offset:])
         if word:
             return _unexpected_word(word.group(0), _at(piece, offset, len(word.group(0))), expected)
@@ -313,6 +411,10 @@ def _syntax_diagnostic(err: UnexpectedInput, piece: str, last: bool) -> Diagnost
                                " string" if char.isalpha() or char == '"' else None)
     if isinstance(err, UnexpectedToken) and err.token.type != "$END":
         tok = err.token
+        offset = _set(tok.start_pos) - _PIECE.get().base_offset
+        foreign = _foreign_syntax(piece, offset, expected)
+        if foreign is not None:
+            return foreign
         return _unexpected_word(str(tok.value), _token_span(tok), expected)
     # the piece ended too early
     end = len(piece.rstrip())
