@@ -5,10 +5,10 @@ starter app or a copy of an example), the ONNX models it uses in `models/` (buil
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 from edgeflow.models.samples import model_bytes
+from edgeflow.resources import data_path
 from edgeflow.syntax import ast
 from edgeflow.syntax.parser import parse
 
@@ -60,12 +60,8 @@ privacy raw_vitals { allow = [edge] }
 
 
 def examples_dir() -> Path:
-    """The example apps: packaged beside the code in a wheel, at the repository's top in a
-    checkout."""
-    packaged = resources.files("edgeflow") / "_data" / "examples"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parents[1] / "examples"
+    """The example apps."""
+    return data_path("examples")
 
 
 def example_names() -> list[str]:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from edgeflow.resources import data_path
+
 
 def _templates_dir() -> Path:
-    packaged = resources.files("edgeflow") / "_data" / "templates"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parents[2] / "templates"
+    return data_path("templates")
 
 
 @lru_cache(maxsize=1)

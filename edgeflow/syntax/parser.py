@@ -13,8 +13,6 @@ from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from lark import Lark, Token, Transformer
@@ -22,6 +20,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lark.lexer import Lexer, LexerState
 
 from edgeflow.diagnostics import Diagnostic, DiagnosticSink, Label
+from edgeflow.resources import data_path
 from edgeflow.span import Span
 from edgeflow.syntax import ast
 
@@ -39,11 +38,8 @@ _TERMINAL_TEXT = {
 
 
 def grammar_text() -> str:
-    """The grammar: packaged beside the code in a wheel, at the repository's top in a checkout."""
-    packaged = resources.files("edgeflow") / "_data" / "grammar" / "edgeflow.lark"
-    if packaged.is_file():
-        return packaged.read_text(encoding="utf-8")
-    return (Path(__file__).resolve().parents[2] / "grammar" / "edgeflow.lark").read_text("utf-8")
+    """The grammar, `grammar/edgeflow.lark`."""
+    return (data_path("grammar") / "edgeflow.lark").read_text(encoding="utf-8")
 
 
 @lru_cache(maxsize=1)
