@@ -279,3 +279,18 @@ def test_a_time_out_without_a_plan_is_unknown_not_infeasible(
     compiled = api.compile("examples/ar_assist.ef", output=tmp_path / "out", time_limit=0.5)
     assert not compiled.ok and not (tmp_path / "out").exists()
     assert [d.code for d in compiled.diagnostics] == ["E0903"]
+
+
+def test_a_device_ruled_out_by_a_narrow_link_is_named_with_the_link(tmp_path: Path) -> None:
+    text = ("app a {}\ndevice cam { tier = edge, compute = 1 GFLOPS, memory = 1 GiB }\n"
+            "device fog { tier = fog, compute = 1 TFLOPS, memory = 8 GiB }\n"
+            "link cam <-> fog { bandwidth = 1 Mbps, latency = 1 ms }\n"
+            "sensor s { on = cam, rate = 10 Hz, emits = float32[1, 100000] }\n"
+            "operator op { work = 200 MFLOP, emits = float32[1, 4] }\n"
+            "store out { on = cam }\npipeline p { flow = s -> op -> out }\n")
+    result = check_text(text, str(tmp_path / "a.ef"))
+    (reason,) = api.plan(result.program).diagnostics
+    assert reason.message.endswith("`fog` is reached over the `cam` -> `fog` link (1 Mbps), too "
+                                   "narrow for the 32.0 Mbps `op` receives")
+    assert result.program is not None
+    assert [lb.span for lb in reason.labels] == [result.program.links[0].span]

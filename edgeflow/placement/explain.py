@@ -15,9 +15,10 @@ import itertools
 
 import numpy as np
 
-from edgeflow.placement.evaluate import Split
+from edgeflow.cost import stream_bps
+from edgeflow.placement.evaluate import Placement, Split, out_instance
 from edgeflow.placement.milp import assignment_from, formulate
-from edgeflow.placement.problem import Problem, Step
+from edgeflow.placement.problem import Problem, Step, StepInfo, out_labels
 from edgeflow.plan import Part, Reason, unit_name
 from edgeflow.span import Span
 
@@ -141,7 +142,8 @@ def _elastic(problem: Problem, time_limit: float) -> list[Reason]:
     values = np.array(h.getSolution().col_value)
     # what the elastic plan puts on each instance, by its share of the compute and memory load
     load: dict[tuple[str, str], dict[str, float]] = {}
-    for step, place in assignment_from(f, values).items():
+    assignment = assignment_from(f, values)
+    for step, place in assignment.items():
         info = problem.steps[step]
         if not info.is_unit:
             continue
@@ -171,11 +173,12 @@ def _elastic(problem: Problem, time_limit: float) -> list[Reason]:
         else:
             key, subject = (kind, label[1], limit), str(label[2])
         groups.setdefault(key, []).append((subject, 1 + float(excess), limit))
-    return [_group_reason(problem, key, found, load) for key, found in groups.items()]
+    return [_group_reason(problem, key, found, load, assignment) for key, found in groups.items()]
 
 
 def _group_reason(problem: Problem, key: tuple[object, ...], found: list[tuple[str, float, float]],
-                  load: dict[tuple[str, str], dict[str, float]]) -> Reason:
+                  load: dict[tuple[str, str], dict[str, float]],
+                  assignment: dict[Step, Placement]) -> Reason:
     kind = key[0]
     subjects = [s for s, _, _ in found]
     ratio = max(r for _, r, _ in found)
@@ -197,7 +200,7 @@ def _group_reason(problem: Problem, key: tuple[object, ...], found: list[tuple[s
         inst = subjects[0].strip("`")
         units = load.get((str(kind), inst), {})
         who = f"{listed} would each" if many else f"{listed} would"
-        why, spans = _ruled_out(problem, inst, str(kind), set(units))
+        why, spans = _ruled_out(problem, inst, str(kind), set(units), assignment)
         if kind == "compute":
             text = (f"{who} have to run at {up_to}{ratio:.0%} of {'their' if many else 'its'} "
                     f"compute to host {_names(units)}, and no other allowed device can take them")
@@ -214,13 +217,15 @@ def _group_reason(problem: Problem, key: tuple[object, ...], found: list[tuple[s
 
 
 def _ruled_out(problem: Problem, inst: str, kind: str, units: set[str],
-               ) -> tuple[str, list[Span]]:
+               assignment: dict[Step, Placement]) -> tuple[str, list[Span]]:
     """Why the units on `inst` cannot move to the other devices they might run on: a privacy
-    label that rules a device out, or a device that alone lacks the compute or memory for
-    them. Returns a clause to append and the spans of the rules it names."""
+    label that rules a device out, a device that alone lacks the compute or memory for them, or
+    a link on the way to it too narrow for what they receive. Returns a clause to append and
+    the spans of the rules and links it names."""
     steps = [i for i in problem.steps.values() if i.name in units and inst in i.candidates]
     privacy: dict[str, list[str]] = {}  # label -> devices it rules out
     short: list[str] = []
+    link_spans: list[Span] = []
     here = problem.device(inst).name
     for device in dict.fromkeys(problem.device(c).name for i in steps for c in i.candidates):
         if device == here:
@@ -240,10 +245,37 @@ def _ruled_out(problem: Problem, inst: str, kind: str, units: set[str],
                         sum(i.memory for i in mine) / problem.device(at).memory_bytes)
         if share > 1:
             short.append(f"`{device}` alone would need {share:.0%} of its {kind}")
+        elif (narrow := _narrow_link(problem, steps, device, assignment)) is not None:
+            short.append(narrow[0])
+            link_spans.append(narrow[1])
     clauses = [f"{', '.join(f'`{d}`' for d in devices)} "
                f"{'is' if len(devices) == 1 else 'are'} ruled out by privacy label `{lb}` "
                f"(allowed on {', '.join(t.value for t in problem.program.privacy[lb].allow)})"
                for lb, devices in sorted(privacy.items())]
     clauses += short
-    spans = [problem.program.privacy[lb].span for lb in sorted(privacy)]
+    spans = [problem.program.privacy[lb].span for lb in sorted(privacy)] + link_spans
     return ("" if not clauses else ": " + "; ".join(clauses)), spans
+
+
+def _narrow_link(problem: Problem, steps: list[StepInfo], device: str,
+                 assignment: dict[Step, Placement]) -> tuple[str, Span] | None:
+    """A link too narrow for what the units receive, on the way from where their input comes
+    from to `device` (checked for the first replica's units)."""
+    first = min({i.step[1] or 0 for i in steps})
+    mine = {i.step for i in steps if (i.step[1] or 0) == first}
+    at = problem.program.devices[device].instance(first)
+    for u, v in problem.edges:
+        if v not in mine or u in mine:
+            continue
+        source = out_instance(assignment[u])
+        sender = problem.steps[u]
+        bps = stream_bps(sender.rate, sender.out_bytes)
+        route = problem.route(source, at, sender.out_bytes, out_labels(problem, u))
+        for a, b in route.links if route is not None else ():
+            link = problem.link_of(a, b)
+            if link.bandwidth_bps < bps:
+                why = (f"`{device}` is reached over the `{a}` -> `{b}` link "
+                       f"({link.bandwidth_bps / 1e6:g} Mbps), too narrow for the "
+                       f"{bps / 1e6:.1f} Mbps `{v[0]}` receives")
+                return why, link.span
+    return None
