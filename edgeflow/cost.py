@@ -74,10 +74,10 @@ def _inputs(model: ir.Model) -> Inputs:
 _ANALYSES: OrderedDict[tuple[str, Inputs], tuple[Analysis, CutProblem]] = OrderedDict()
 
 
-def _analysed(digest: str, source: ModelSource, inputs: Inputs) -> tuple[Analysis, CutProblem]:
+def _analysed(source: ModelSource, inputs: Inputs) -> tuple[Analysis, CutProblem]:
     """Analyses by (content digest, inputs), the 16 most recent kept: equal digests mean equal
     bytes, so a hit never needs the bytes again and the cache does not hold them."""
-    key = (digest, inputs)
+    key = (source.digest, inputs)
     if key in _ANALYSES:
         _ANALYSES.move_to_end(key)
     else:
@@ -92,39 +92,34 @@ def _analysed(digest: str, source: ModelSource, inputs: Inputs) -> tuple[Analysi
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A model file's bytes and the external data files beside it (by relative location)."""
+    """A model file's bytes, the external data files beside it (by relative location), and
+    the sha256 of both: what identifies the model's version and keys the caches."""
 
     path: Path
     data: bytes
     external: dict[str, bytes]
+    digest: str
 
 
 def read_model(model: ir.Model) -> ModelSource:
+    """The model's file and external data, read once, with their digest."""
     path = Path(model.source)
     data = path.read_bytes()
     locations = external_data(onnx.load_from_string(data))  # tensors not loaded: only names
-    return ModelSource(path, data, {loc: (path.parent / loc).read_bytes() for loc in locations})
+    external = {loc: (path.parent / loc).read_bytes() for loc in locations}
+    digest = hashlib.sha256(data)
+    for location, blob in sorted(external.items()):
+        digest.update(f"\0{location}\0{len(blob)}\0".encode())
+        digest.update(blob)
+    return ModelSource(path, data, external, digest.hexdigest())
 
 
-def content_digest(model: ir.Model) -> str:
-    """sha256 of the model file and its external data: what identifies its version."""
-    return _read(model)[0]
-
-
-def _read(model: ir.Model) -> tuple[str, ModelSource]:
-    """The model's content digest (file and external data) and its content."""
-    source = read_model(model)
-    digest = hashlib.sha256(source.data)
-    for location, data in sorted(source.external.items()):
-        digest.update(f"\0{location}\0{len(data)}\0".encode())
-        digest.update(data)
-    return digest.hexdigest(), source
-
-
-def analysed(model: ir.Model) -> tuple[Analysis, CutProblem]:
+def analysed(model: ir.Model, source: ModelSource | None = None,
+             ) -> tuple[Analysis, CutProblem]:
     """The ONNX analysis of a model and its cut problem, cached on the file's content (its
-    sha256) and the bound inputs: a changed file is analysed again, an unchanged one once."""
-    return _analysed(*_read(model), _inputs(model))
+    sha256) and the bound inputs: a changed file is analysed again, an unchanged one once.
+    `source` is the model's content when the caller has read it already."""
+    return _analysed(source or read_model(model), _inputs(model))
 
 
 _COSTS: dict[tuple[str, Inputs, bool], ModelCost] = {}  # small values: kept for the process
@@ -133,10 +128,10 @@ _COSTS: dict[tuple[str, Inputs, bool], ModelCost] = {}  # small values: kept for
 def model_cost(model: ir.Model) -> ModelCost:
     """Work, weights, output size and (for `split = auto`) the Pareto cuts of a model, cached
     on the file's content."""
-    digest, source = _read(model)
-    key = (digest, _inputs(model), model.split == "auto")
+    source = read_model(model)
+    key = (source.digest, _inputs(model), model.split == "auto")
     if key not in _COSTS:
-        analysis, problem = _analysed(digest, source, key[1])
+        analysis, problem = _analysed(source, key[1])
         out_bytes = sum(analysis.tensors[o].nbytes for o in analysis.outputs)
         weights = weight_bytes_of(analysis, analysis.dynamic_nodes())
         cuts: list[CutOption] = []

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from edgeflow import __version__
 from edgeflow.diagnostics import Diagnostic
-from edgeflow.emit.artefacts import build_artefacts, external_files, manifest
+from edgeflow.emit.artefacts import build_artefacts, external_files, manifest, read_models
 from edgeflow.emit.bundle import build_bundle
 from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.report import render_report
@@ -48,14 +48,15 @@ def bundle_files(execution: ExecutionGraph, plan: Plan, target: str,
     report.md, models/, mqtt/) and the target's own files."""
     program = execution.program
     bundle = build_bundle(execution, plan)
-    artefacts = build_artefacts(program, plan)
+    sources = read_models(program, plan)
+    artefacts = build_artefacts(program, plan, sources)
     files: dict[str, bytes] = {"plan.json": plan.to_json().encode()}
     files["report.md"] = render_report(bundle, target, source).encode()
     for art in artefacts.values():
         files[art.path] = art.data
-    files.update(external_files(program, plan))
+    files.update(external_files(plan, sources))
     if artefacts:
-        files["models/manifest.json"] = manifest(program, artefacts)
+        files["models/manifest.json"] = manifest(sources, artefacts)
     for b in bundle.brokers.values():
         files[f"mqtt/{b.name}/mosquitto.conf"] = render_conf(bundle, b).encode()
         files[f"mqtt/{b.name}/edgeflow.acl"] = render_acl(b).encode()

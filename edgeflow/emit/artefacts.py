@@ -7,11 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from edgeflow import ir
-from edgeflow.cost import analysed, content_digest, read_model
+from edgeflow.cost import ModelSource, analysed, read_model
 from edgeflow.models.extract import split_model
 from edgeflow.plan import Part, Plan
 
@@ -35,22 +36,29 @@ class Artefact:
         return f"{MODELS_MOUNT}/{self.path.removeprefix('models/')}"
 
 
-def build_artefacts(program: ir.Program, plan: Plan) -> dict[tuple[str, Part, int], Artefact]:
+def read_models(program: ir.Program, plan: Plan) -> dict[str, ModelSource]:
+    """The content of every model the plan runs, read once for the whole bundle."""
+    used = {u.step for u in plan.units if u.part is not Part.OPERATOR}
+    return {name: read_model(m) for name, m in program.models.items() if name in used}
+
+
+def build_artefacts(program: ir.Program, plan: Plan, sources: Mapping[str, ModelSource],
+                    ) -> dict[tuple[str, Part, int], Artefact]:
     """(model, part, replica) -> the file that replica's unit runs."""
     out: dict[tuple[str, Part, int], Artefact] = {}
     cuts_of: dict[str, dict[tuple[str, ...], list[int]]] = {}
     for s in plan.splits:
         cuts_of.setdefault(s.model, {}).setdefault(s.cut, []).append(s.replica)
     whole = sorted((u.step, u.replica) for u in plan.units if u.part is Part.WHOLE)
-    for name, model in program.models.items():
-        source = read_model(model).data
+    for name, source in sources.items():
         for unit, r in whole:
             if unit == name:
                 out[(name, Part.WHOLE, r)] = Artefact(name, Part.WHOLE, (),
-                                                      f"models/{name}/model.onnx", source)
+                                                      f"models/{name}/model.onnx", source.data)
         if name not in cuts_of:
             continue
-        analysis, problem = analysed(model)  # the analysis placement made, not a new one
+        # the analysis placement made (cached on the content), not a new one
+        analysis, problem = analysed(program.models[name], source)
         for cut, replicas in sorted(cuts_of[name].items()):
             head, tail = split_model(analysis, problem.from_tensors(list(cut)))
             tag = hashlib.sha256("\n".join(cut).encode()).hexdigest()[:10]
@@ -62,17 +70,18 @@ def build_artefacts(program: ir.Program, plan: Plan) -> dict[tuple[str, Part, in
     return out
 
 
-def external_files(program: ir.Program, plan: Plan) -> dict[str, bytes]:
+def external_files(plan: Plan, sources: Mapping[str, ModelSource]) -> dict[str, bytes]:
     """The external data files of the models run whole, beside their model.onnx (halves carry
     their weights inside)."""
     whole = {u.step for u in plan.units if u.part is Part.WHOLE}
     return {f"models/{name}/{posixpath.normpath(location)}": data
-            for name, model in program.models.items() if name in whole
-            for location, data in read_model(model).external.items()}
+            for name, source in sources.items() if name in whole
+            for location, data in source.external.items()}
 
 
-def manifest(program: ir.Program, artefacts: dict[tuple[str, Part, int], Artefact]) -> bytes:
-    versions = {name: content_digest(m)[:12] for name, m in program.models.items()}
+def manifest(sources: Mapping[str, ModelSource],
+             artefacts: dict[tuple[str, Part, int], Artefact]) -> bytes:
+    versions = {name: source.digest[:12] for name, source in sources.items()}
     rows: dict[str, dict[str, Any]] = {}
     for (model, _, r), art in sorted(artefacts.items()):
         row = rows.setdefault(art.path, {"model": model, "version": versions[model],
