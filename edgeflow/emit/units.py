@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from edgeflow import __version__
 from edgeflow.emit.bundle import MQTT_PORT, Client
+from edgeflow.emit.mqtt import BUNDLE_TLS_DIR
 from edgeflow.emit.targets.base import Rendering, Target
 from edgeflow.plan import Part
 from edgeflow.unit_config import BrokerSpec, ModelSpec, OperatorSpec, TlsSpec, UnitConfig
 
 WORKER_IMAGE = f"edgeflow-worker:{__version__}"
 BROKER_IMAGE = "eclipse-mosquitto:2.0.18"
-TLS_DIR = "/etc/edgeflow/tls"
 
 
 def unit_config(r: Rendering, target: Target, c: Client) -> str:
@@ -31,6 +31,7 @@ def unit_config(r: Rendering, target: Target, c: Client) -> str:
         device=c.device,
         broker=BrokerSpec(host=target.broker_host(bundle, c), port=MQTT_PORT,
                           client_id=c.identity,
-                          tls=TlsSpec(ca=f"{TLS_DIR}/ca.crt", cert=f"{TLS_DIR}/tls.crt",
-                                      key=f"{TLS_DIR}/tls.key")),
+                          tls=TlsSpec(ca=f"{BUNDLE_TLS_DIR}/ca.crt",
+                                      cert=f"{BUNDLE_TLS_DIR}/tls.crt",
+                                      key=f"{BUNDLE_TLS_DIR}/tls.key")),
         subscribe=c.reads, publish=c.writes, operator=operator, model=model).to_json()
