@@ -32,6 +32,7 @@ from edgeflow.files import write_atomic
 from edgeflow.models.signature import ONNX_DTYPES
 from edgeflow.models.split import MIN_GAIN, Setting
 from edgeflow.plan import Status
+from edgeflow.span import file_span
 from edgeflow.syntax.units import (
     BANDWIDTH,
     COMPUTE,
@@ -214,6 +215,83 @@ def plan(
         sys.stdout.write(render_comparison(result.plan, result.baselines,
                                            checked.program.app.objective))
     raise typer.Exit(EXIT_OK if result.ok else EXIT_ERRORS)
+
+
+@app.command("run")
+def run_cmd(
+    file: Annotated[Path, typer.Argument(help="The .ef file.")],
+    duration: Annotated[str, typer.Option(help="How long the sensors send, e.g. 10s, 500ms, "
+                                          "2min.")] = "10s",
+    broker: Annotated[str, typer.Option(help="embedded (amqtt, nothing to install) or "
+                                        "mosquitto (Debian's, the bundle's own configs).")]
+    = "embedded",
+    replay: Annotated[list[str] | None, typer.Option(
+        help="SENSOR=DIR: send the .npy files of DIR (in name order, looped) instead of "
+             "synthetic frames. Repeatable.")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output folder "
+                                                "(default run/APP).")] = None,
+    time_limit: Annotated[float, typer.Option(min=0.1, help="Seconds the placement solver "
+                                              "may take.")] = 30.0,
+    out_format: FormatOption = OutputFormat.text,
+    json_out: JsonOption = False,
+) -> None:
+    """Compile the app and run it on this machine: every broker and unit on 127.0.0.1, links
+    and device speeds emulated; prints measured latency beside the plan's and writes
+    run.json."""
+    from edgeflow import local_run
+
+    as_json = _as_json(out_format, json_out)
+    if broker not in local_run.ENGINES:
+        raise _usage(f"--broker is one of {', '.join(local_run.ENGINES)}, not `{broker}`")
+    seconds = _quantity("--duration", duration, TIME)
+    replays: dict[str, Path] = {}
+    for spec in replay or []:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not Path(folder).is_dir():
+            raise _usage(f"--replay takes SENSOR=DIR with an existing folder DIR; got `{spec}`")
+        replays[name.strip()] = Path(folder)
+    checked = _checked(file, as_json, "run")
+    assert checked.program is not None
+    if unknown := sorted(set(replays) - set(checked.program.sensors)):
+        raise _usage(f"--replay names no sensor of the app: {', '.join(unknown)}")
+    missing = [d for d in checked.diagnostics if d.code == "W0608"]
+    if missing:
+        _report_more(checked, missing)
+        typer.echo("error: `edgeflow run` needs every operator's `impl` module", err=True)
+        raise typer.Exit(EXIT_ERRORS)
+    result = api.plan(checked.program, time_limit)
+    if result.plan is None or not result.plan.feasible or result.execution is None:
+        if as_json:
+            sys.stdout.write(envelope("run", None, result.diagnostics))
+        else:
+            _report_more(checked, result.diagnostics)
+            typer.echo("error: no placement meets the constraints; nothing was run", err=True)
+        raise typer.Exit(EXIT_ERRORS)
+    out = output or Path("run") / checked.program.app.name
+    options = local_run.Options(seconds, broker, replays, out, progress=not as_json)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    try:
+        with console.status("starting", spinner="dots") as shown:
+            report = local_run.execute(result.execution, result.plan, file, options,
+                                       lambda text: shown.update(text))
+    except local_run.RunError as e:
+        failed = [Diagnostic("E1101", str(e), file_span(str(out)), help=e.help)]
+        if as_json:
+            sys.stdout.write(envelope("run", None, failed))
+        else:
+            _report_more(checked, failed)
+        raise typer.Exit(EXIT_ERRORS) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: every process the run started was stopped", err=True)
+        raise typer.Exit(130) from None
+    if as_json:
+        sys.stdout.write(envelope("run", report, result.diagnostics))
+    else:
+        sys.stdout.write(local_run.render(report))
+        typer.echo(f"wrote {out / 'run.json'}", err=True)
+    raise typer.Exit(EXIT_OK)  # a measurement: a missed SLO is reported, not a failed run
 
 
 def _unified_diff(path: Path, before: str, after: str) -> str:

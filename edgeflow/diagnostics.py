@@ -262,6 +262,12 @@ could otherwise ship any file the user can read. Keep models in the app's folder
 
     model detector { source = "../../shared/detector.onnx", ... }   # error
 """),
+    "W0608": _w("operator implementation not found", """
+An operator's `impl = "package.module:function"` names a module that is neither beside the `.ef`
+file nor on this Python's path. `check` only looks for the module's file, it never imports it (an
+app opened in an editor may be hostile); `edgeflow run` refuses to start without it, and a deployed
+worker needs it installed in its image (docs/runtime.md).
+"""),
     # ---------------------------------------------------------------- privacy
     "E0701": _e("undeclared privacy label", """
 A sensor's `privacy` or an operator's `removes` names a label with no `privacy LABEL { allow = ... }`
@@ -322,6 +328,13 @@ declared name made readable (`_` becomes `-`, instance `cam[1]` becomes `cam-1`)
 back to exactly one thing, and otherwise the name's start and end with 8 hex digits of a sha256 of
 what it names (`cam_1` becomes `cam-1--4dbbb8c3`). Two hashed names can only be equal if those
 digits coincide; edgeflow then refuses the bundle and names both declarations. Rename one.
+"""),
+    # ---------------------------------------------------------------- edgeflow run
+    "E1101": _e("the run could not start", """
+`edgeflow run` stopped before measuring anything: the output folder holds files it did not write,
+a broker, the link emulation or a worker could not start (the message quotes the last line of its
+log under `logs/` in the output folder), or `--broker mosquitto` was asked for where the
+`mosquitto` command is not installed. Every process the run had started is stopped.
 """),
 }
 

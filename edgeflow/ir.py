@@ -103,6 +103,7 @@ class Operator(Declared):
     emits: TensorType
     memory_bytes: float = Field(ge=0, default=0.0)
     removes: tuple[str, ...] = ()
+    impl: str | None = None  # `package.module:function`, run by the worker (never by `check`)
 
 
 class Slo(_Node):

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     JsonValue,
+    StringConstraints,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -27,6 +28,9 @@ from pydantic.json_schema import SkipJsonSchema
 
 UnitKind = Literal["operator", "model", "head", "tail"]
 ModelPart = Literal["whole", "head", "tail"]
+
+METRICS_PORT = 9400
+"""Port of the first unit's Prometheus metrics on a device; the others' follow it."""
 
 PART_OF_KIND: dict[str, ModelPart] = {"model": "whole", "head": "head", "tail": "tail"}
 """The model part a unit of each model kind runs."""
@@ -80,6 +84,13 @@ class OperatorSpec(_Spec):
     work_flop: float = Field(ge=0, allow_inf_nan=False,
                              description="Work per message, in FLOP (as declared).")
     emits: str = Field(description="Tensor type of each output message, e.g. `float32[1, 8]`.")
+    impl: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | \
+        SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_no_default,
+        description="The Python callable that runs the operator, `package.module:function` "
+                    "(numpy arrays in, one numpy array of type `emits` out). Absent: a built-in "
+                    "stand-in spends `work_flop` on the device's declared compute and emits "
+                    "zeros of type `emits`.")
 
 
 class ModelSpec(_Spec):
@@ -118,6 +129,24 @@ class UnitConfig(_Spec):
     subscribe: list[str] = Field(description="MQTT topics the unit reads, one message of each "
                                              "per run.")
     publish: list[str] = Field(description="MQTT topics the unit writes its outputs to.")
+    device_compute_flops: float = Field(
+        gt=0, allow_inf_nan=False,
+        description="Declared compute of the unit's device, FLOP/s (a stand-in operator spends "
+                    "`work_flop` / this).")
+    threads: int = Field(ge=1, description="Threads the unit may use (onnxruntime intra-op).")
+    queue: int = Field(ge=1, description="Messages (or joined frames) waiting at most; when "
+                                         "full the oldest is dropped and counted (`overload`).")
+    join_timeout_s: float = Field(
+        gt=0, allow_inf_nan=False,
+        description="A unit with several inputs runs once per frame id when all its inputs for "
+                    "that frame are there; a frame still incomplete after this many seconds is "
+                    "dropped and counted (`join_expired`).")
+    metrics_port: int = Field(ge=1, le=65535,
+                              description="Port of the Prometheus metrics endpoint (`/metrics`).")
+    emulate_compute_s: float | SkipJsonSchema[None] = Field(
+        default=None, ge=0, allow_inf_nan=False, json_schema_extra=_no_default,
+        description="`edgeflow run` only: each run is padded to this many seconds, the time "
+                    "the plan predicts on the declared device (absent in deployed bundles).")
     operator: OperatorSpec | SkipJsonSchema[None] = Field(
         default=None, json_schema_extra=_no_default,
         description="Present exactly for kind `operator`.")
@@ -126,7 +155,7 @@ class UnitConfig(_Spec):
         description="Present exactly for kinds `model`, `head` and `tail`, whose `part` is "
                     "`whole`, `head` and `tail` respectively.")
 
-    @field_validator("operator", "model", mode="before")
+    @field_validator("operator", "model", "emulate_compute_s", mode="before")
     @classmethod
     def _absent_not_null(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None and info.mode == "json":

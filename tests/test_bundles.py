@@ -196,7 +196,7 @@ def test_compile_cli_writes_atomically_and_never_over_user_files(tmp_path: Path)
     forced = run("compile", "examples/smart_city_traffic.ef", "-o", str(mine), "--force")
     assert forced.returncode == 0 and (mine / "notes.txt").read_text() == "mine"
     assert (mine / "plan.json").is_file()
-    failed = run("compile", "examples/reference.ef", "-o", str(tmp_path / "ref"))
+    failed = run("compile", "examples/factory_infeasible.ef", "-o", str(tmp_path / "ref"))
     assert failed.returncode == 1 and "nothing was written" in failed.stderr
     assert not (tmp_path / "ref").exists()
 
@@ -261,7 +261,7 @@ def test_compile_errors_are_coded_diagnostics_and_json_envelopes(tmp_path: Path)
     result = json.loads(written.stdout)["result"]
     assert result["target"] == "k8s" and "plan.json" in result["files"]
     assert result["plan"] == json.loads((tmp_path / "b" / "plan.json").read_text())
-    infeasible = run("compile", "examples/reference.ef", "--format", "json", "-o",
+    infeasible = run("compile", "examples/factory_infeasible.ef", "--format", "json", "-o",
                      str(tmp_path / "ref"))
     out = json.loads(infeasible.stdout)
     assert infeasible.returncode == 1 and out["result"] is None
@@ -273,7 +273,7 @@ def test_compile_errors_are_coded_diagnostics_and_json_envelopes(tmp_path: Path)
 
 
 def test_api_compile_returns_diagnostics_and_writes_nothing_on_error(tmp_path: Path) -> None:
-    result = api.compile(ROOT / "examples" / "reference.ef", output=tmp_path / "ref")
+    result = api.compile(ROOT / "examples" / "factory_infeasible.ef", output=tmp_path / "ref")
     assert not result.ok and result.plan is not None and not result.plan.feasible
     assert {d.code for d in result.diagnostics} == {"E0901"} and not (tmp_path / "ref").exists()
     result = api.compile(ROOT / "examples" / "ar_assist.ef", "compose", tmp_path / "ok")

@@ -102,14 +102,14 @@ def test_plan_json_and_exit_codes() -> None:
         "sensor", "cloud", "neurosurgeon", "edgeward"]
     assert all(b["objective"] is None or set(b["objective"]) == set(plan["objective"])
                for b in compared["result"]["comparison"])
-    infeasible_json = json.loads(run("plan", "examples/reference.ef", "--json").stdout)
+    infeasible_json = json.loads(run("plan", "examples/factory_infeasible.ef", "--json").stdout)
     assert infeasible_json["ok"] is False and infeasible_json["result"]["status"] == "infeasible"
     assert {d["code"] for d in infeasible_json["diagnostics"]} == {"E0901"}
-    infeasible = run("plan", "examples/reference.ef")
+    infeasible = run("plan", "examples/factory_infeasible.ef")
     assert infeasible.returncode == 1
     assert "app factory_inspection: infeasible" in infeasible.stdout
-    assert_golden(FIXTURES / "plans" / "E0901_reference.out", infeasible.stderr)
-    checked = run("check", "--plan", "examples/reference.ef", "examples/ar_assist.ef")
+    assert_golden(FIXTURES / "plans" / "E0901_factory_infeasible.out", infeasible.stderr)
+    checked = run("check", "--plan", "examples/factory_infeasible.ef", "examples/ar_assist.ef")
     assert checked.returncode == 1 and checked.stderr == infeasible.stderr + \
         "examples/ar_assist.ef: no problems\n"
 

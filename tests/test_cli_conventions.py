@@ -215,7 +215,7 @@ def test_init_makes_an_app_that_checks_and_plans(tmp_path: Path, example: str | 
     checked = run("check", str(app), cwd=elsewhere)
     assert checked.returncode == 0 and "no problems" in checked.stderr, checked.stderr
     planned = run("plan", str(app), cwd=elsewhere)
-    if example == "reference":  # infeasible on purpose (README, docs/placement.md)
+    if example == "factory_infeasible":  # infeasible on purpose (README, docs/placement.md)
         assert planned.returncode == 1 and "E0901" in planned.stderr
     else:
         assert planned.returncode == 0, planned.stderr

@@ -26,7 +26,7 @@ def test_values_are_si(program) -> None:  # type: ignore[no-untyped-def]
     assert program.devices["gpu_pool"].cost_usd_per_s == pytest.approx(3.20 / 3600)
     uplink = program.links[1]
     assert (uplink.a, uplink.b) == ("plant_server", "gpu_pool")
-    assert uplink.bandwidth_bps == 200e6 and uplink.latency_s == pytest.approx(0.018)
+    assert uplink.bandwidth_bps == 1e9 and uplink.latency_s == pytest.approx(0.018)
     assert uplink.cost_usd_per_byte == pytest.approx(0.08e-9)
     camera = program.sensors["camera"]
     assert camera.rate_hz == 30 and camera.privacy == ("pii",)

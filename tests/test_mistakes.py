@@ -221,7 +221,7 @@ MUTATIONS: list[tuple[str, str, str, str, str, str | None]] = [
     (REF, "emits = float32[1, 3, 320, 320]", "emits = float32[1, 3, 224, 224]", "E0505",
      "`normalize` emits float32[1, 3, 224, 224], but model `detector` takes",
      "insert an operator that converts the tensor"),
-    (REF, ("link plant_server <-> gpu_pool { bandwidth = 200 Mbps, latency = 18 ms, cost = 0.08 "
+    (REF, ("link plant_server <-> gpu_pool { bandwidth = 1 Gbps,   latency = 18 ms, cost = 0.08 "
            "USD/GB }\n"), "", "E0506", "no route from `line_gw[0]` to `gpu_pool`",
      "declare a link path between `line_gw` and `gpu_pool`"),
     (HC, "link bedside_hub <-> ward_server", "link bedside_hub <-> ward_servr", "E0401",
@@ -394,8 +394,9 @@ def test_a_broken_link_value_is_not_also_a_missing_route() -> None:
 
 def test_routes_are_checked_over_the_links_as_declared() -> None:
     # the link is broken, but the route it makes is there; the missing one is still reported
-    text = REFERENCE.replace("bandwidth = 1 Gbps", "bandwidth = 1 gbit").replace(
-        "link plant_server <-> gpu_pool { bandwidth = 200 Mbps, latency = 18 ms, cost = 0.08 "
+    text = REFERENCE.replace("bandwidth = 1 Gbps,   latency = 0.5 ms",
+                             "bandwidth = 1 gbit,   latency = 0.5 ms").replace(
+        "link plant_server <-> gpu_pool { bandwidth = 1 Gbps,   latency = 18 ms, cost = 0.08 "
         "USD/GB }\n", "")
     codes = [d.code for d in check_text(text, str(EXAMPLES / "mistake.ef")).diagnostics]
     assert codes == ["E0301", "E0506"]

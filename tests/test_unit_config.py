@@ -223,11 +223,20 @@ def unit_dicts(draw: st.DrawFn) -> dict[str, Any]:
                    "tls": {"ca": draw(_text), "cert": draw(_text), "key": draw(_text)}},
         "subscribe": draw(st.lists(_text, max_size=3)),
         "publish": draw(st.lists(_text, max_size=3)),
+        "device_compute_flops": draw(st.floats(min_value=1, max_value=1e18)),
+        "threads": draw(st.integers(1, 64)), "queue": draw(st.integers(1, 10**6)),
+        "join_timeout_s": draw(st.floats(min_value=1e-3, max_value=1e3)),
+        "metrics_port": draw(st.integers(1, 65535)),
     }
+    if draw(st.booleans()):
+        config["emulate_compute_s"] = draw(st.floats(min_value=0, max_value=1e3))
     if kind == "operator":
         config["operator"] = {
             "work_flop": draw(st.floats(min_value=0, allow_nan=False, allow_infinity=False)),
             "emits": draw(_text)}
+        if draw(st.booleans()):
+            config["operator"]["impl"] = draw(st.from_regex(
+                r"[A-Za-z_][A-Za-z0-9_.]{0,10}:[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True))
     else:
         part = PART_OF_KIND[kind]
         config["model"] = {

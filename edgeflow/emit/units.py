@@ -4,24 +4,46 @@ contract with the worker: docs/bundles.md)."""
 from __future__ import annotations
 
 from edgeflow import __version__
-from edgeflow.emit.bundle import MQTT_PORT, Client
+from edgeflow.emit.bundle import MQTT_PORT, Bundle, Client
 from edgeflow.emit.mqtt import BUNDLE_TLS_DIR
 from edgeflow.emit.targets.base import Rendering, Target
 from edgeflow.plan import Part
-from edgeflow.unit_config import BrokerSpec, ModelSpec, OperatorSpec, TlsSpec, UnitConfig
+from edgeflow.unit_config import (
+    METRICS_PORT,
+    BrokerSpec,
+    ModelSpec,
+    OperatorSpec,
+    TlsSpec,
+    UnitConfig,
+)
 
 WORKER_IMAGE = f"edgeflow-worker:{__version__}"
 BROKER_IMAGE = "eclipse-mosquitto:2.0.18"
 
 
+QUEUE = 16
+JOIN_TIMEOUT_S = 1.0
+
+
+def metrics_port(bundle: Bundle, c: Client) -> int:
+    """METRICS_PORT for the first unit on a device (in bundle order), the next port for the
+    next: workers beside one broker never share a port."""
+    on_device = [u for u in bundle.units() if u.device == c.device]
+    return METRICS_PORT + on_device.index(c)
+
+
 def unit_config(r: Rendering, target: Target, c: Client) -> str:
     """The unit.json of a unit client, as `target` deploys it."""
+    return unit_spec(r, c, target.broker_host(r.bundle, c)).to_json()
+
+
+def unit_spec(r: Rendering, c: Client, broker_host: str) -> UnitConfig:
     bundle = r.bundle
     unit = bundle.placed(c)
     operator, model = None, None
     if unit.part is Part.OPERATOR:
         op = bundle.program.operators[unit.step]
-        operator = OperatorSpec(work_flop=op.work_flop, emits=str(op.emits))
+        operator = OperatorSpec(work_flop=op.work_flop, emits=str(op.emits), impl=op.impl)
     else:
         art = r.artefacts[(unit.step, unit.part, unit.replica)]
         model = ModelSpec(file=art.mount_path, sha256=art.sha256, part=unit.part.value,
@@ -29,9 +51,16 @@ def unit_config(r: Rendering, target: Target, c: Client) -> str:
     return UnitConfig(
         app=bundle.app, unit=c.step, replica=unit.replica, kind=unit.part.unit_kind,
         device=c.device,
-        broker=BrokerSpec(host=target.broker_host(bundle, c), port=MQTT_PORT,
+        device_compute_flops=bundle.program.devices[_base(c.device)].compute_flops,
+        threads=1, queue=QUEUE, join_timeout_s=JOIN_TIMEOUT_S,
+        metrics_port=metrics_port(bundle, c),
+        broker=BrokerSpec(host=broker_host, port=MQTT_PORT,
                           client_id=c.identity,
                           tls=TlsSpec(ca=f"{BUNDLE_TLS_DIR}/ca.crt",
                                       cert=f"{BUNDLE_TLS_DIR}/tls.crt",
                                       key=f"{BUNDLE_TLS_DIR}/tls.key")),
-        subscribe=c.reads, publish=c.writes, operator=operator, model=model).to_json()
+        subscribe=c.reads, publish=c.writes, operator=operator, model=model)
+
+
+def _base(instance: str) -> str:
+    return instance.split("[")[0]

@@ -16,6 +16,7 @@ from edgeflow import ir
 from edgeflow.diagnostics import Diagnostic, DiagnosticSink, Label, has_errors
 from edgeflow.objectives import TERMS
 from edgeflow.semantics import flows
+from edgeflow.semantics.impl import REFERENCE, module_file, search_path
 from edgeflow.semantics.lowered import Lowered
 from edgeflow.semantics.model_files import check_model, locate
 from edgeflow.semantics.values import (
@@ -92,6 +93,7 @@ def _schemas(r: Reader) -> dict[str, dict[str, Key]]:
             "emits": Key(r.tensor, True, "emits = float32[1, 3, 224, 224]"),
             "memory": Key(r.quantity(SIZE, positive=False), False, "memory = 100 MiB"),
             "removes": Key(labels, False, "removes = [pii]"),
+            "impl": Key(_impl(r), False, 'impl = "my_ops:resize"'),
         },
         "pipeline": {
             "flow": Key(_flow(r), True, "flow = sensor -> step -> sink"),
@@ -101,6 +103,19 @@ def _schemas(r: Reader) -> dict[str, dict[str, Key]]:
             "allow": Key(r.tiers, True, "allow = [edge, fog]"),
         },
     }
+
+
+def _impl(r: Reader) -> Callable[[str, ast.Value], Any]:
+    def read(key: str, value: ast.Value) -> Any:
+        text = r.string(key, value)
+        if text is BAD or REFERENCE.fullmatch(text):
+            return text
+        r.sink.error("E0303", f"`{key}` must name a Python callable as `module:function`",
+                     value.span, "not `module:function`",
+                     help='e.g. `impl = "my_ops:resize"` for `def resize(...)` in my_ops.py '
+                          "beside the .ef file")
+        return BAD
+    return read
 
 
 def _objective(r: Reader) -> Callable[[str, ast.Value], Any]:
@@ -327,6 +342,15 @@ def lower(module: ast.Module) -> tuple[ir.Program | None, Lowered, list[Diagnost
             fields["inputs"], fields["source"] = inputs, str(path)
             fields["outputs"] = outputs if outputs is not None else BAD
         clean = len(sink.items) == errors_before and BAD not in fields.values()
+        if decl.kind == "operator" and fields.get("impl", BAD) is not BAD:
+            impl_module = fields["impl"].partition(":")[0]
+            if module_file(impl_module, search_path(base_dir)) is None:
+                sink.warn("W0608", f"module `{impl_module}` of operator `{decl.name.value}` not "
+                             "found", entry_span(decl, "impl") or decl.name.span,
+                             "no such module here",
+                             help="`edgeflow run` looks beside the .ef file, then on this "
+                                  "Python's path; a deployed worker needs it installed in its "
+                                  "image")
         # a broken device or link still takes part in routes, as declared
         if not clean and joins is not None:
             network.links.append((*joins, decl.span))
@@ -376,7 +400,8 @@ def _add_entity(out: Lowered, decl: ast.Decl, f: dict[str, Any]) -> None:
     elif decl.kind == "operator":
         out.operators[name] = ir.Operator(
             name=name, span=span, work_flop=f["work"], emits=f["emits"],
-            memory_bytes=f.get("memory", 0.0), removes=f.get("removes", ()))
+            memory_bytes=f.get("memory", 0.0), removes=f.get("removes", ()),
+            impl=f.get("impl"))
     elif decl.kind == "pipeline":
         slo, constraints = f.get("slo", (ir.Slo(), {}))
         out.pipelines[name] = ir.Pipeline(

@@ -1,0 +1,330 @@
+"""The worker: one process per placed unit replica, `python -m edgeflow.runtime --config
+unit.json` (docs/runtime.md). It subscribes to its inputs, joins them by frame id, runs its part
+(an ONNX model or half on onnxruntime, an operator's Python callable, or the built-in stand-in)
+and publishes its output, with a bounded queue that drops the oldest frame under overload.
+
+Startup failures (invalid unit.json, a model whose sha256 differs, a callable that cannot be
+imported, a metrics port in use) print one line and exit with status 2; a message that cannot be
+decoded, a run that raises or returns the wrong type are counted drops (reasons: `bad_payload`,
+`error`, `overload`, `join_expired`, `join_overflow`, `shutdown`), logged once per kind of error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import re
+import sys
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from pydantic import ValidationError
+
+from edgeflow.runtime import wire
+from edgeflow.runtime.client import Connection, Metrics, StartError, on_stop
+from edgeflow.unit_config import ModelSpec, OperatorSpec, UnitConfig
+
+Tensors = dict[str, np.ndarray[Any, Any]]
+Inputs = list[tuple[str, np.ndarray[Any, Any]]]
+
+_TYPE = re.compile(r"(\w+)\[([0-9, ]*)\]")
+_ONNX_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
+                "tensor(double)": "float64", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+                "tensor(int16)": "int16", "tensor(uint16)": "uint16", "tensor(int32)": "int32",
+                "tensor(uint32)": "uint32", "tensor(int64)": "int64", "tensor(uint64)": "uint64",
+                "tensor(bool)": "bool"}
+
+
+OVERRUN_TOLERANCE_S = 0.001
+"""A run counts as slower than the declared device only beyond this (a Python call's own cost)."""
+
+
+class RunError(Exception):
+    """A run of the unit failed (counted as a drop, reason `error`)."""
+
+
+def tensor_type(text: str) -> tuple[np.dtype[Any], tuple[int, ...]]:
+    """`float32[1, 8]` -> (dtype, shape)."""
+    m = _TYPE.fullmatch(text.strip())
+    if m is None or m[1] not in wire.DTYPES:
+        raise StartError(f"`{text}` is not a tensor type such as float32[1, 8]")
+    return np.dtype(m[1]), tuple(int(d) for d in m[2].split(",") if d.strip())
+
+
+def fit(array: np.ndarray[Any, Any], dtype: np.dtype[Any], shape: tuple[int, ...],
+        what: str) -> np.ndarray[Any, Any]:
+    """`array` as `dtype[shape]`: the same elements in C order, cast (a camera's uint8 frame
+    into a float32 input); RunError when the element counts differ."""
+    if array.size != int(np.prod(shape, dtype=np.int64)):
+        raise RunError(f"{what} expects {dtype.name}{list(shape)}, got "
+                       f"{array.dtype.name}{list(array.shape)}")
+    return np.ascontiguousarray(array.reshape(shape), dtype=dtype)
+
+
+class OnnxPart:
+    """A whole model or a split half on onnxruntime. Inputs are matched by name, then in order;
+    every output of the file is sent."""
+
+    def __init__(self, spec: ModelSpec, threads: int) -> None:
+        try:
+            with open(spec.file, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise StartError(f"cannot read model {spec.file}: {e.strerror or e}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != spec.sha256:
+            raise StartError(f"model {spec.file} has sha256 {digest[:16]}..., unit.json expects "
+                             f"{spec.sha256[:16]}...: refusing to run a file that is not the "
+                             "compiled one (recompile, or restore the file)")
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise StartError(f"onnxruntime cannot load {spec.file}: {e}") from None
+        self.inputs = [(i.name, np.dtype(_ONNX_DTYPES.get(i.type, "float32")),
+                        tuple(d if isinstance(d, int) else -1 for d in i.shape))
+                       for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, inputs: Inputs) -> Tensors:
+        by_name = dict(inputs)
+        rest = [a for n, a in inputs if n not in {i[0] for i in self.inputs}]
+        feed: Tensors = {}
+        for name, dtype, shape in self.inputs:
+            if name in by_name:
+                array = by_name[name]
+            elif rest:
+                array = rest.pop(0)
+            else:
+                raise RunError(f"no tensor for model input `{name}`")
+            if -1 in shape:
+                feed[name] = np.ascontiguousarray(array, dtype=dtype)
+            else:
+                feed[name] = fit(array, dtype, shape, f"model input `{name}`")
+        try:
+            results = self.session.run(self.outputs, feed)
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types
+            raise RunError(f"onnxruntime: {e}") from None
+        return dict(zip(self.outputs, results, strict=True))
+
+
+class PythonOperator:
+    """An operator's Python callable: arrays in (in subscription order), one array out, which
+    must be of the declared type."""
+
+    def __init__(self, name: str, spec: OperatorSpec) -> None:
+        assert spec.impl is not None
+        module, _, function = spec.impl.partition(":")
+        try:
+            self.function: Callable[..., Any] = getattr(importlib.import_module(module), function)
+        except Exception as e:  # noqa: BLE001 - the user's module may raise anything
+            raise StartError(f"cannot load operator `{name}`'s impl `{spec.impl}`: "
+                             f"{type(e).__name__}: {e}") from None
+        if not callable(self.function):
+            raise StartError(f"`{spec.impl}` is not callable")
+        self.name = name
+        self.dtype, self.shape = tensor_type(spec.emits)
+        self.emits = spec.emits
+
+    def __call__(self, inputs: Inputs) -> Tensors:
+        try:
+            out = self.function(*(a for _, a in inputs))
+        except Exception as e:  # noqa: BLE001 - the user's code may raise anything
+            raise RunError(f"`{self.name}` raised {type(e).__name__}: {e}") from None
+        if not isinstance(out, np.ndarray) or out.dtype != self.dtype or \
+                tuple(out.shape) != self.shape:
+            got = (f"{out.dtype.name}{list(out.shape)}" if isinstance(out, np.ndarray)
+                   else type(out).__name__)
+            raise RunError(f"`{self.name}` returned {got}, but its `emits` is {self.emits}")
+        return {self.name: out}
+
+
+class StandIn:
+    """An operator without `impl`: spends its declared work on the device's declared compute
+    (unless `edgeflow run` pads the run anyway) and emits zeros of its declared type."""
+
+    def __init__(self, name: str, spec: OperatorSpec, compute_flops: float,
+                 emulated: bool) -> None:
+        dtype, shape = tensor_type(spec.emits)
+        self.name, self.zeros = name, np.zeros(shape, dtype)
+        self.seconds = 0.0 if emulated else spec.work_flop / compute_flops
+
+    def __call__(self, inputs: Inputs) -> Tensors:
+        if self.seconds:
+            time.sleep(self.seconds)
+        return {self.name: self.zeros}
+
+
+def runner(config: UnitConfig) -> Callable[[Inputs], Tensors]:
+    if config.model is not None:
+        return OnnxPart(config.model, config.threads)
+    assert config.operator is not None
+    if config.operator.impl is not None:
+        return PythonOperator(config.unit, config.operator)
+    return StandIn(config.unit, config.operator, config.device_compute_flops,
+                   config.emulate_compute_s is not None)
+
+
+@dataclass
+class Job:
+    frame: int
+    messages: list[wire.Message]
+    received: float
+
+
+class Worker:
+    def __init__(self, config: UnitConfig, metrics_host: str = "0.0.0.0") -> None:
+        self.config = config
+        self.run = runner(config)
+        self.metrics = Metrics.create(config.app, config.unit, config.replica, config.device)
+        self.metrics.serve(config.metrics_port, metrics_host)
+        self.topics = list(config.subscribe)
+        self.queue: deque[Job] = deque()
+        self.joins: OrderedDict[int, tuple[float, dict[str, tuple[wire.Message, float]]]] = \
+            OrderedDict()
+        self.lock = threading.Condition()
+        self.stop = threading.Event()
+        self.seq = 0
+        self.errors_seen: set[str] = set()
+        self.conn = Connection(config.broker, self.topics, self.metrics, self.on_message)
+
+    # -- input side (paho's network thread) ---------------------------------------------------
+    def on_message(self, topic: str, payload: bytes, received: float) -> None:
+        try:
+            message = wire.decode(payload)
+        except wire.WireError as e:
+            self.metrics.drop("bad_payload")
+            self.log(f"dropped a message on {topic} that is not an edgeflow message: {e}")
+            return
+        with self.lock:
+            if self.stop.is_set():
+                self.metrics.drop("shutdown")
+                return
+            if len(self.topics) == 1:
+                self._enqueue(Job(message.frame, [message], received))
+                return
+            _started, parts = self.joins.setdefault(message.frame, (received, {}))
+            parts[topic] = (message, received)
+            if len(parts) == len(self.topics):
+                del self.joins[message.frame]
+                self._enqueue(Job(message.frame, [parts[t][0] for t in self.topics],
+                                  max(r for _, r in parts.values())))
+            while len(self.joins) > 4 * self.config.queue:
+                self.joins.popitem(last=False)
+                self.metrics.drop("join_overflow")
+
+    def _enqueue(self, job: Job) -> None:
+        if len(self.queue) >= self.config.queue:
+            self.queue.popleft()
+            self.metrics.drop("overload")
+        self.queue.append(job)
+        self.lock.notify()
+
+    def _expire(self, now: float) -> None:
+        while self.joins:
+            frame, (first, _) = next(iter(self.joins.items()))
+            if now - first < self.config.join_timeout_s:
+                break
+            del self.joins[frame]
+            self.metrics.drop("join_expired")
+
+    # -- processing (the main thread) -----------------------------------------------------------
+    def serve(self) -> int:
+        on_stop(self.stop)  # the loop below waits at most 50 ms before it looks again
+        self.conn.start()
+        pending: deque[mqtt.MQTTMessageInfo] = deque(maxlen=64)
+        while True:
+            with self.lock:
+                self._expire(time.time())
+                if self.stop.is_set():
+                    self.metrics.drop("shutdown", len(self.queue))
+                    self.queue.clear()
+                    break
+                if not self.queue:
+                    self.lock.wait(0.05)
+                    continue
+                job = self.queue.popleft()
+            pending.extend(self.process(job))
+        self.conn.close(list(pending))
+        return 0
+
+    def process(self, job: Job) -> list[mqtt.MQTTMessageInfo]:
+        started = time.time()
+        self.metrics.queue_wait.observe(max(0.0, started - job.received))
+        inputs: Inputs = [(n, a) for m in job.messages for n, a in m.tensors.items()]
+        try:
+            outputs = self.run(inputs)
+        except RunError as e:
+            self.metrics.drop("error")
+            self.log(str(e))
+            return []
+        ran = time.time() - started
+        self.metrics.inference.observe(ran)
+        if (emulate := self.config.emulate_compute_s) is not None:
+            if ran > emulate + OVERRUN_TOLERANCE_S:
+                self.metrics.overruns.inc()
+            if ran < emulate:
+                time.sleep(emulate - ran)
+        captured = min(m.captured for m in job.messages)
+        trace = tuple(dict.fromkeys(h for m in job.messages for h in m.trace))
+        published = time.time()
+        self.seq += 1
+        message = wire.Message(self.config.app, self.config.unit, self.config.replica, job.frame,
+                               captured, self.seq, outputs,
+                               (*trace, (self.config.unit, job.received, started, published)))
+        try:
+            payload = wire.encode(message)
+        except wire.WireError as e:
+            self.metrics.drop("error")
+            self.log(f"cannot send the output of `{self.config.unit}`: {e}")
+            return []
+        infos = [self.conn.publish(t, payload) for t in self.config.publish]
+        self.metrics.frames_out.inc()
+        self.metrics.end_to_end.observe(max(0.0, published - captured))
+        return infos
+
+    def log(self, line: str) -> None:
+        kind = line.split(":")[0]
+        if kind not in self.errors_seen:  # once per kind of error: the counters say how often
+            self.errors_seen.add(kind)
+            print(f"{self.config.unit} r{self.config.replica}: {line}", file=sys.stderr,
+                  flush=True)
+
+
+def load(path: str) -> UnitConfig:
+    try:
+        return UnitConfig.load(path)
+    except OSError as e:
+        raise StartError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise StartError(f"{path} is not a valid unit.json: {where}: {first['msg']} "
+                         f"({e.error_count()} problem(s); docs/bundles.md has the schema)") \
+            from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edgeflow.runtime",
+                                     description="Run one compiled unit (docs/runtime.md).")
+    parser.add_argument("--config", required=True, help="the unit's unit.json")
+    parser.add_argument("--metrics-host", default="0.0.0.0",
+                        help="address the metrics endpoint listens on (default 0.0.0.0)")
+    args = parser.parse_args(argv)
+    try:
+        worker = Worker(load(args.config), args.metrics_host)
+    except StartError as e:
+        print(f"edgeflow worker: {e}", file=sys.stderr, flush=True)
+        return 2
+    return worker.serve()

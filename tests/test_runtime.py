@@ -1,0 +1,263 @@
+"""The runtime end to end: `edgeflow run` on the embedded broker and on mosquitto, a split model
+and an operator with a real `impl`, faults (a killed worker, SIGTERM, a tampered model), and the
+local broker configs against the bundle's."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import psutil
+import pytest
+
+from edgeflow import api, local_run
+from edgeflow.emit.mqtt import render_conf
+from edgeflow.plan import Part
+from edgeflow.runtime import wire
+from edgeflow.runtime.drivers import DriverConfig, frames
+from tests.conftest import ROOT
+
+FIXTURE = ROOT / "tests" / "fixtures" / "runtime"
+ENGINES = ["embedded", pytest.param("mosquitto", marks=pytest.mark.skipif(
+    shutil.which("mosquitto") is None and not os.environ.get("CI"),
+    reason="mosquitto is not installed (.ci/run installs it)"))]
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    # mosquitto drops root privileges: pytest's private tmp folders are out of its reach
+    path = Path(tempfile.mkdtemp(prefix="edgeflow-run-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _split_app(folder: Path) -> Path:
+    app = folder / "app"
+    (app / "models").mkdir(parents=True)
+    shutil.copy(FIXTURE / "split_app.ef", app / "app.ef")
+    shutil.copy(FIXTURE / "ops.py", app / "ops.py")
+    shutil.copy(ROOT / "examples" / "models" / "vitals.onnx", app / "models" / "vitals.onnx")
+    for p in (app, app / "models"):
+        p.chmod(0o755)
+    return app / "app.ef"
+
+
+def _run(ef: Path, out: Path, engine: str, seconds: float,
+         during: Any = None) -> dict[str, Any]:
+    checked = api.check_file(ef)
+    assert checked.program is not None, checked.diagnostics
+    planned = api.plan(checked.program)
+    assert planned.plan is not None and planned.execution is not None and planned.plan.feasible
+    if during is not None:
+        threading.Thread(target=during, daemon=True).start()
+    report = local_run.execute(planned.execution, planned.plan, ef,
+                               local_run.Options(seconds, engine, {}, out))
+    assert json.loads((out / "run.json").read_text()) == report
+    report["_plan"] = planned.plan
+    return report
+
+
+def _rows(db: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as c:
+        return list(c.execute("SELECT replica, frame, payload FROM messages ORDER BY rowid"))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_split_model_and_a_python_operator_run_and_compute_what_the_model_computes(
+        folder: Path, engine: str) -> None:
+    ef = _split_app(folder)
+    report = _run(ef, folder / "out", engine, 3.0)
+    plan = report.pop("_plan")
+    halves = {u.part: u.device for u in plan.units if u.step == "risk" and u.replica == 0}
+    assert halves[Part.HEAD] != halves[Part.TAIL], "the plan must split the model"
+    rows = _rows(folder / "out" / "sinks" / "records.sqlite")
+    for replica in (0, 1):
+        assert sum(1 for r in rows if r[0] == replica) >= 10, "every replica reaches the store"
+    # the same frames through the operator and the whole model, in-process
+    sys.path.insert(0, str(ef.parent))
+    try:
+        import ops  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(ef.parent))
+    session = ort.InferenceSession(str(ef.parent / "models" / "vitals.onnx"))
+    outputs = []
+    for replica, frame, payload in rows:
+        config = DriverConfig.model_validate({
+            "app": "split_check", "name": "vitals", "replica": replica, "kind": "sensor",
+            "device": "x", "metrics_port": 1, "rate_hz": 5, "topics": [], "emits": "float32[1, 6, 250]",
+            "broker": {"host": "h", "port": 1, "client_id": "c",
+                       "tls": {"ca": "a", "cert": "b", "key": "c"}}})
+        source = frames(config)
+        for _ in range(frame):
+            next(source)
+        expected = session.run(None, {"window": ops.bandpass(next(source))})
+        got = list(wire.decode(payload).tensors.values())
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+        outputs.append(got[0].tobytes())
+    assert len(set(outputs)) > len(outputs) // 2, "outputs differ from frame to frame"
+    alert = next(p for p in report["pipelines"] if p["name"] == "alert")
+    for key in ("p50_ms", "p95_ms", "p99_ms", "predicted_ms", "hops", "slo", "frames",
+                "lost_frames", "throughput_hz_per_replica", "replicas"):
+        assert key in alert
+    assert [h["step"] for h in alert["hops"]] == ["vitals", "bandpass", "risk.head",
+                                                  "risk.tail", "records"]
+    assert all(u["frames_out"] > 0 and not u["drops"] for u in report["units"].values())
+
+
+def test_the_reference_example_runs_and_reports_every_field(folder: Path) -> None:
+    report = _run(ROOT / "examples" / "reference.ef", folder / "out", "embedded", 2.0)
+    report.pop("_plan")
+    assert {p["name"] for p in report["pipelines"]} == {"inspect", "audit"}
+    for p in report["pipelines"]:
+        assert p["predicted_ms"] is not None and "latency_ms" in p["slo"]
+    assert set(report) >= {"app", "broker", "duration_s", "pipelines", "units", "drivers",
+                           "emulation"}
+    assert len(report["units"]) == 4 * 3  # normalize, detector, blur_faces per line
+    assert sum(u["frames_out"] for u in report["units"].values()) > 0
+
+
+def test_a_killed_worker_is_restarted_and_the_gap_reported(folder: Path) -> None:
+    ef = _split_app(folder)
+
+    def kill() -> None:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            for proc in psutil.process_iter(["cmdline"]):
+                cmd = " ".join(proc.info["cmdline"] or [])
+                if "edgeflow.runtime " in cmd + " " and "bandpass-r0.json" in cmd:
+                    time.sleep(1.5)  # mid-run
+                    proc.send_signal(signal.SIGKILL)
+                    return
+            time.sleep(0.2)
+
+    report = _run(ef, folder / "out", "embedded", 4.0, during=kill)
+    report.pop("_plan")
+    restarts = report["units"]["bandpass-r0"]["restarts"]
+    assert len(restarts) == 1 and restarts[0]["exit_status"] == -signal.SIGKILL
+    assert restarts[0]["downtime_s"] > 0
+    rows = _rows(folder / "out" / "sinks" / "records.sqlite")
+    assert max(frame for replica, frame, _ in rows if replica == 0) >= 15, \
+        "replica 0 delivers again after the restart"
+    assert not any(_children())
+
+
+def _children() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True)
+            if "edgeflow" in " ".join(p.cmdline())]
+
+
+def _unit_json(folder: Path) -> Path:
+    """A unit.json of the split app as `edgeflow run` writes it, without running anything."""
+    ef = _split_app(folder)
+    checked = api.check_file(ef)
+    assert checked.program is not None
+    planned = api.plan(checked.program)
+    assert planned.plan is not None and planned.execution is not None
+    out = folder / "out"
+    local_run.prepare_output(out)
+    dep = local_run.Deployment(planned.execution, planned.plan, out, "embedded", {}, ef.parent)
+    dep.write_pki()
+    return dep.unit_configs(dep.write_models())["risk-head-r0"]
+
+
+def test_sigterm_ends_a_worker_within_5_s_with_status_0(folder: Path) -> None:
+    config = _unit_json(folder)  # its broker is not running: the worker keeps retrying
+    worker = subprocess.Popen([sys.executable, "-m", "edgeflow.runtime", "--config",
+                               str(config), "--metrics-host", "127.0.0.1"],
+                              stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    assert worker.poll() is None
+    start = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(5) == 0 and time.monotonic() - start < 5
+    assert "Traceback" not in (worker.stderr.read() if worker.stderr else "")
+
+
+@pytest.mark.parametrize("damage", ["tampered model", "broken unit.json", "missing impl"])
+def test_a_worker_that_cannot_start_says_why_and_exits_2(folder: Path, damage: str) -> None:
+    config = _unit_json(folder)
+    data = json.loads(config.read_text())
+    if damage == "tampered model":
+        model = Path(data["model"]["file"])
+        model.write_bytes(model.read_bytes() + b"\0")
+        expect = "sha256"
+    elif damage == "broken unit.json":
+        config.write_text('{"app": 1}')
+        expect = "not a valid unit.json"
+    else:
+        config = config.with_name("bandpass-r0.json")
+        data = json.loads(config.read_text())
+        data["operator"]["impl"] = "no_such_module:f"
+        config.write_text(json.dumps(data))
+        expect = "No module named"
+    proc = subprocess.run([sys.executable, "-m", "edgeflow.runtime", "--config", str(config)], check=False,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and expect in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_local_mosquitto_configs_differ_from_the_bundles_only_in_ports_paths_and_hosts(
+        folder: Path) -> None:
+    checked = api.check_file(ROOT / "examples" / "reference.ef")
+    assert checked.program is not None
+    planned = api.plan(checked.program)
+    assert planned.plan is not None and planned.execution is not None
+    dep = local_run.Deployment(planned.execution, planned.plan, folder, "mosquitto", {}, folder)
+    dep.broker_procs()
+    substituted = {"listener", "cafile", "certfile", "keyfile", "acl_file",
+                   "persistence_location", "address", "bridge_cafile", "bridge_certfile",
+                   "bridge_keyfile"}
+    for broker in dep.bundle.brokers.values():
+        bundled = render_conf(dep.bundle, broker).splitlines()
+        local = dep.mosquitto_conf(broker).splitlines()
+        assert len(bundled) == len(local)
+        for a, b in zip(bundled, local, strict=True):
+            if a != b:
+                assert a.split()[0] == b.split()[0] and a.split()[0] in substituted, (a, b)
+
+
+def test_check_finds_an_operators_module_without_importing_it(tmp_path: Path) -> None:
+    pkg = tmp_path / "evil"
+    pkg.mkdir()
+    marker = tmp_path / "imported"
+    (pkg / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (pkg / "ops.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    text = (FIXTURE / "split_app.ef").read_text().replace('"ops:bandpass"', '"evil.ops:f"')
+    (tmp_path / "models").mkdir()
+    shutil.copy(ROOT / "examples" / "models" / "vitals.onnx", tmp_path / "models")
+    (tmp_path / "app.ef").write_text(text)
+    result = api.check_file(tmp_path / "app.ef")
+    assert result.program is not None and "W0608" not in {d.code for d in result.diagnostics}
+    missing = api.check_text(text.replace("evil.ops", "evil.nothing"), str(tmp_path / "a.ef"))
+    assert "W0608" in {d.code for d in missing.diagnostics}
+    assert not marker.exists()
+
+
+def test_run_refuses_a_folder_it_did_not_write(folder: Path) -> None:
+    out = folder / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    proc = subprocess.run([sys.executable, "-m", "edgeflow", "run", "examples/reference.ef",  # noqa: PLW1510
+                           "-o", str(out)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 1 and "error[E1101]" in proc.stderr
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    from tests.conftest import assert_golden
+    assert_golden(ROOT / "tests" / "fixtures" / "plans" / "E1101_run_refused.out",
+                  proc.stderr.replace(str(out), "OUT"))
