@@ -27,13 +27,23 @@ def compute_s(work_flop: float, device: ir.Device) -> float:
 
 
 def hop_s(nbytes: int, link: ir.Link) -> float:
-    """Seconds a message of `nbytes` takes over one link: serialisation plus latency."""
-    return 8 * nbytes / link.bandwidth_bps + link.latency_s
+    """Seconds a message of `nbytes` tensor bytes (and its header) takes over one link:
+    serialisation plus latency."""
+    return 8 * (nbytes + ir.MESSAGE_HEADER_BYTES) / link.bandwidth_bps + link.latency_s
+
+
+def message_s(nbytes: int, device: ir.Device) -> float:
+    """Seconds a message of `nbytes` tensor bytes takes through the broker of `device`: from the
+    sender's publish to the receiver's hands, header included. Every message passes one broker
+    on a device, two between devices (its sender's and its receiver's, which a bridge joins)."""
+    return device.message_latency_s + 8 * (nbytes + ir.MESSAGE_HEADER_BYTES) / \
+        device.message_bandwidth_bps
 
 
 def stream_bps(rate_hz: float, nbytes: int) -> float:
-    """Bits per second a stream of `nbytes` messages at `rate_hz` puts on every link it uses."""
-    return rate_hz * 8 * nbytes
+    """Bits per second a stream of `nbytes` messages (and their headers) at `rate_hz` puts on
+    every link it uses."""
+    return rate_hz * 8 * (nbytes + ir.MESSAGE_HEADER_BYTES)
 
 
 def traffic_usd_per_h(bps: float, usd_per_byte: float) -> float:

@@ -20,6 +20,18 @@ DTYPE_BYTES: dict[str, int] = {
 }
 
 
+MESSAGE_LATENCY_S = 0.7e-3
+MESSAGE_BANDWIDTH_BPS = 1.5e9
+"""What one message through a device's broker costs by default (publish, broker, receive,
+encode and decode): 0.7 ms plus its bytes at 1.5 Gbit/s, measured with the worker and mosquitto
+on a 2-core machine by benchmarks/runtime_overhead.py. A device may declare its own
+(`message_latency`, `message_bandwidth`)."""
+
+MESSAGE_HEADER_BYTES = 512
+"""The bytes a message carries besides its tensors (its header, the MQTT and TLS framing), on
+every link and in every broker."""
+
+
 class Tier(str, Enum):
     EDGE = "edge"
     FOG = "fog"
@@ -60,6 +72,8 @@ class Device(Declared):
     power_w: float = Field(ge=0, default=0.0)
     cost_usd_per_s: float = Field(ge=0, default=0.0)
     labels: dict[str, str] = {}
+    message_latency_s: float = Field(ge=0, default=MESSAGE_LATENCY_S)
+    message_bandwidth_bps: float = Field(gt=0, default=MESSAGE_BANDWIDTH_BPS)
 
     def instance(self, index: int) -> str:
         """The name of instance `index`: `NAME` for a single device (whatever the index, so a

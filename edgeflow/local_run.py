@@ -328,6 +328,7 @@ class Deployment:
             if c.kind == "sensor":
                 sensor = self.program.sensors[c.step]
                 config |= {"rate_hz": sensor.rate_hz, "emits": str(sensor.emits), "seed": 0,
+                           "stats": str(self.out / "logs" / f"{c.name}.sent.json"),
                            "replay": str(self.replay[c.step]) if c.step in self.replay
                            else None}
             else:
@@ -386,8 +387,9 @@ class Deployment:
         return render_conf(self.bundle, b, tls_dir=str(self.out / "tls" / b.name),
                            port=self.ports[b.device], acl_path=str(folder / "edgeflow.acl"),
                            persistence_dir=str(folder / "data"), bind="127.0.0.1",
-                           addresses={peer: f"127.0.0.1:{port}"
-                                      for (_, peer), port in self.proxy_ports.items()})
+                           addresses={peer: f"127.0.0.1:{port}"  # this broker's own proxies
+                                      for (initiator, peer), port in self.proxy_ports.items()
+                                      if initiator == b.device})
 
     def links_config(self) -> dict[str, Any]:
         links: dict[str, dict[str, Any]] = {}
@@ -470,16 +472,22 @@ def sink_rows(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def delivered_hz(captured: list[float]) -> float:
+    """The rate frames were delivered at: (n - 1) frames over the span of their capture times."""
+    if len(captured) < 2 or max(captured) <= min(captured):
+        return 0.0
+    return (len(captured) - 1) / (max(captured) - min(captured))
+
+
 def pipeline_report(program: ir.Program, plan: Plan, rows: list[dict[str, Any]],
-                    sink_of: dict[str, str], sent: dict[str, float],
-                    window: tuple[float, float]) -> list[dict[str, Any]]:
-    """Per pipeline: what arrived, end-to-end latency percentiles beside the plan's prediction,
-    throughput, the per-hop breakdown (compute, queue, transfer) and whether each SLO held."""
+                    sink_of: dict[str, str], sent: dict[str, float]) -> list[dict[str, Any]]:
+    """Per pipeline: what arrived against what its sensor sent, end-to-end latency percentiles
+    beside the plan's prediction, throughput, the per-hop breakdown (compute, queue, transfer)
+    and whether each SLO held."""
     out = []
     for p in program.pipelines.values():
         sink, last = p.flow[-1], p.flow[-2]
-        mine = [r for r in rows if sink_of[r["sink"]] == sink and r["unit"].split(".")[0] == last
-                and window[0] <= r["captured"] <= window[1]]
+        mine = [r for r in rows if sink_of[r["sink"]] == sink and r["unit"].split(".")[0] == last]
         latencies = [r["received"] - r["captured"] for r in mine]
         hops: dict[str, dict[str, list[float]]] = {}
         for r in mine:
@@ -500,8 +508,9 @@ def pipeline_report(program: ir.Program, plan: Plan, rows: list[dict[str, Any]],
             lat = [r["received"] - r["captured"] for r in mine if r["replica"] == replica]
             replicas.append({"replica": replica, "frames": len(lat), **percentiles(lat),
                              "predicted_ms": round(predicted[replica] * 1000, 3)})
-        span = window[1] - window[0]
-        throughput = len(mine) / span / max(1, len(predicted)) if span > 0 else 0.0
+        rates = [delivered_hz([r["captured"] for r in mine if r["replica"] == replica])
+                 for replica in sorted(predicted)]
+        throughput = float(np.mean(rates)) if rates else 0.0
         stats = percentiles(latencies)
         slo: dict[str, Any] = {}
         if p.slo.latency_s is not None:
@@ -512,18 +521,17 @@ def pipeline_report(program: ir.Program, plan: Plan, rows: list[dict[str, Any]],
             slo["throughput_hz"] = {"limit": p.slo.throughput_hz,
                                     "measured": round(throughput, 3),
                                     "held": throughput >= 0.97 * p.slo.throughput_hz}
-        source_rate = program.sensors[p.flow[0]].rate_hz
-        expected = source_rate * span * max(1, len(predicted))
+        sent_frames = int(sent.get(p.flow[0], 0))
         out.append({
-            "name": p.name, "flow": list(p.flow), "frames": len(mine),
-            "expected_frames": round(expected), "lost_frames": max(0, round(expected) - len(mine)),
+            "name": p.name, "flow": list(p.flow), "frames": len(mine), "sent_frames": sent_frames,
+            "lost_frames": max(0, sent_frames - len(mine)),
             "throughput_hz_per_replica": round(throughput, 3), **stats,
             "predicted_ms": round(max(predicted.values()) * 1000, 3) if predicted else None,
             "replicas": replicas,
             "hops": [{"step": unit, **{f"{k}_ms": (round(float(np.median(v)) * 1000, 3)
                                                    if v else None) for k, v in h.items()}}
                      for unit, h in hops.items()],
-            "slo": slo, "sensors_sent": sent.get(p.flow[0], 0),
+            "slo": slo,
         })
     return out
 
@@ -667,12 +675,18 @@ def execute(execution: ExecutionGraph, plan: Plan, app_file: Path, options: Opti
     for p in started:
         if p.role == "sensor":
             step = clients[p.name].step
-            sent[step] = sent.get(step, 0) + _counters(p).get("edgeflow_frames_out_total", 0)
+            try:  # its own count at exit: exact, where a scrape can miss the last frames
+                final = float(json.loads((logs / f"{p.name}.sent.json").read_text())
+                              ["frames_out"])
+                count = p.carried.get("edgeflow_frames_out_total", 0.0) + final
+            except (OSError, ValueError, KeyError):
+                count = _counters(p).get("edgeflow_frames_out_total", 0.0)
+            sent[step] = sent.get(step, 0) + count
     sink_of = {c.name: c.step for c in dep.bundle.clients if not c.is_unit}
     report: dict[str, Any] = {
         "app": dep.bundle.app, "broker": options.engine, "duration_s": round(t1 - t0, 3),
         "plan_status": plan.status.value,
-        "pipelines": pipeline_report(dep.program, plan, sink_rows(out), sink_of, sent, (t0, t1)),
+        "pipelines": pipeline_report(dep.program, plan, sink_rows(out), sink_of, sent),
         "units": {p.name: {"unit": clients[p.name].step, "replica": clients[p.name].replica,
                            "device": clients[p.name].device, **unit_report(p)}
                   for p in started if p.role == "unit"},

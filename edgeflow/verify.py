@@ -23,6 +23,7 @@ from edgeflow.models.cuts import CutProblem
 from edgeflow.plan import Plan
 
 REL = 1e-6  # relative tolerance on recomputed figures
+HEADER = ir.MESSAGE_HEADER_BYTES  # what the cost model adds to every message (a declared constant)
 
 
 def _close(a: float, b: float) -> bool:
@@ -75,19 +76,25 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
     def allowed(inst: str, labels: frozenset[str]) -> bool:
         return all(tiers[inst] in {t.value for t in program.privacy[lb].allow} for lb in labels)
 
+    def broker(at: str, nbytes: int) -> float:
+        """One message through the broker of `at` (docs/placement.md, "Messages")."""
+        dev = device_of[at]
+        return dev.message_latency_s + (nbytes + HEADER) * 8 / dev.message_bandwidth_bps
+
     def route(a: str, b: str, nbytes: int, labels: frozenset[str]) -> tuple[float, list[str]]:
         if a == b:
-            return 0.0, [a]
+            return broker(a, nbytes), [a]
         sub = graph.subgraph([n for n in graph if allowed(n, labels)])
+        wire = nbytes + HEADER
         try:
-            hops = nx.shortest_path(sub, a, b, weight=lambda u, v, d: 8 * nbytes /
+            hops = nx.shortest_path(sub, a, b, weight=lambda u, v, d: 8 * wire /
                                     d["link"].bandwidth_bps + d["link"].latency_s)
         except (nx.NetworkXNoPath, nx.NodeNotFound):
             problems.append(f"no allowed route from {a} to {b} for labels {sorted(labels)}")
             return float("inf"), [a, b]
-        seconds = sum(8 * nbytes / graph[u][v]["link"].bandwidth_bps + graph[u][v]["link"]
+        seconds = sum(8 * wire / graph[u][v]["link"].bandwidth_bps + graph[u][v]["link"]
                       .latency_s for u, v in itertools.pairwise(hops))
-        return seconds, hops
+        return seconds + broker(a, nbytes) + broker(b, nbytes), hops
 
     util: dict[str, float] = defaultdict(float)
     memory: dict[str, float] = defaultdict(float)
@@ -139,7 +146,7 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
                     seconds, hops = route(head, tail, nbytes, in_labels(name))
                     inner[(name, r)] = (seconds, hops, nbytes)
                     for u, v in itertools.pairwise(hops):
-                        load[(u, v)] += rates[name] * 8 * nbytes
+                        load[(u, v)] += rates[name] * 8 * (nbytes + HEADER)
                 else:
                     at = where.get((name, r))
                     if at is None:
@@ -182,7 +189,7 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
                 sent.add((u, r, b))
                 _, hops = route(a, b, nbytes, df.graph.nodes[u]["labels"])
                 for x, y in itertools.pairwise(hops):
-                    load[(x, y)] += rates[u] * 8 * nbytes
+                    load[(x, y)] += rates[u] * 8 * (nbytes + HEADER)
     # pipelines
     reported = {(p["name"], p["replica"]): p for p in plan["pipelines"]}
     worst: dict[str, float] = defaultdict(float)

@@ -27,7 +27,8 @@ from tests.conftest import FIXTURES, ROOT, assert_golden
 from tests.test_cli import run
 from tests.test_placement import SPLIT_APP, random_app
 
-FEASIBLE = ["ar_assist", "autonomous_vehicle", "healthcare_vitals", "smart_city_traffic"]
+FEASIBLE = ["ar_assist", "autonomous_vehicle", "healthcare_vitals", "reference",
+            "smart_city_traffic"]
 K8S_VERSIONS = ["1.30.0", "1.37.0"]
 
 
@@ -44,7 +45,8 @@ def bundles() -> dict[tuple[str, str], dict[str, bytes]]:
             out[(name, target)] = compile_program(program, target, f"examples/{name}.ef")
     split = check_text(SPLIT_APP, str(ROOT / "examples" / "split_demo.ef"))
     assert split.program is not None
-    out[("split_demo", "k8s")] = compile_program(split.program, "k8s", "split_demo.ef")
+    for target in ("k8s", "compose"):
+        out[("split_demo", target)] = compile_program(split.program, target, "split_demo.ef")
     return out
 
 
@@ -152,7 +154,8 @@ def test_bundles_are_deterministic(bundles) -> None:  # type: ignore[no-untyped-
 
 
 @pytest.mark.parametrize("target", ["k8s", "compose"])
-@pytest.mark.parametrize("app", ["smart_city_traffic", "healthcare_vitals"])  # the latter splits
+# the reference app (every construct), a fleet, and an app whose plan splits a model
+@pytest.mark.parametrize("app", ["reference", "smart_city_traffic", "split_demo"])
 def test_golden_bundle(bundles, app: str, target: str) -> None:  # type: ignore[no-untyped-def]
     files = bundles[(app, target)]
     parts = []
@@ -167,7 +170,7 @@ def test_golden_bundle(bundles, app: str, target: str) -> None:  # type: ignore[
 def test_compose_files_parse_and_reference_secrets_as_files(bundles) -> None:  # type: ignore[no-untyped-def]
     files = bundles[("ar_assist", "compose")]
     composes = [p for p in files if p.endswith("compose.yaml")]
-    assert len(composes) == 6  # four headsets, the edge GPU, the render farm
+    assert len(composes) == 5  # four headsets and the render farm (edge_gpu hosts no unit)
     for path in composes:
         doc = yaml.safe_load(files[path])
         for service in doc["services"].values():

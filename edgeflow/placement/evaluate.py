@@ -133,7 +133,7 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
         for i, step in enumerate(path):
             if i > 0:
                 route = edge_route.get((path[i - 1], step))
-                if route is not None and len(route.hops) > 1:
+                if route is not None:
                     nbytes = problem.steps[path[i - 1]].out_bytes
                     rows.append(_transfer_row(route, nbytes))
                     total += route.seconds

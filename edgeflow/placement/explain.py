@@ -62,7 +62,7 @@ def _fastest(problem: Problem, path: tuple[Step, ...]) -> tuple[float, list[tupl
                 route = problem.route(a, i, nbytes, labels)
                 if route is None:
                     continue
-                hop = [(route.seconds, _route_text(problem, route.hops))] if a != i else []
+                hop = [(route.seconds, _route_text(problem, route.hops))]
                 total = base + route.seconds + seconds
                 if j not in nxt or total < nxt[j][0]:
                     nxt[j] = (total, terms + hop + own)
@@ -73,6 +73,8 @@ def _fastest(problem: Problem, path: tuple[Step, ...]) -> tuple[float, list[tupl
 
 
 def _route_text(problem: Problem, hops: tuple[str, ...]) -> str:
+    if len(hops) == 1:
+        return f"a message through `{hops[0]}`'s broker"
     if len(hops) == 2:
         return f"the `{hops[0]}` -> `{hops[1]}` link"
     return "the route " + " -> ".join(f"`{h}`" for h in hops)

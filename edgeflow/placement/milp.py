@@ -331,9 +331,10 @@ def _messages(f: Formulation) -> dict[tuple[Step, Step], Expr]:
                 f.conflict(f"no route for `{u[0]}` -> `{v[0]}` from `{i}` to `{j}`"
                            + (f" through tiers allowed for {', '.join(sorted(labels))}"
                               if labels else ""), labels)
-            elif i != j:
+            else:
                 time_const = route.seconds
-                sends[(u, i, j)].append(None)
+                if i != j:
+                    sends[(u, i, j)].append(None)
             edge_time[(u, v)] = ({}, time_const)
             continue
         # y[e,i,j] couples where the message leaves and where it arrives: each side's sum is
@@ -348,8 +349,8 @@ def _messages(f: Formulation) -> dict[tuple[Step, Step], Expr]:
                     continue
                 y = lp.var(integer=False)
                 leaving[i][y] = arriving[j][y] = 1.0
+                time_terms[y] = route.seconds
                 if i != j:
-                    time_terms[y] = route.seconds
                     sends[(u, i, j)].append(y)
         for end, sums in ((outs, leaving), (ins, arriving)):
             for k, expr in end.items():

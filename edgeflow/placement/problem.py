@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from edgeflow import ir
-from edgeflow.cost import CutOption, compute_s, hop_s, model_cost
+from edgeflow.cost import CutOption, compute_s, hop_s, message_s, model_cost
 from edgeflow.dataflow import Dataflow
 from edgeflow.execution import ExecutionGraph, StepKey
 from edgeflow.execution import Step as ExecStep
@@ -120,12 +120,16 @@ class Problem:
 
     def route(self, a: str, b: str, nbytes: int, labels: frozenset[str]) -> Route | None:
         """The fastest route for a message of `nbytes` from `a` to `b` through instances whose
-        tier every label allows; None if there is none. Zero-time for a == b."""
+        tier every label allows; None if there is none. Its seconds count the brokers too: one
+        for a == b, the sender's and the receiver's otherwise (`cost.message_s`)."""
         if a == b:
-            return Route(0.0, (a,))
+            return Route(message_s(nbytes, self.device(a)), (a,))
         key = (a, b, nbytes, labels)
         if key not in self._routes:
-            self._routes[key] = self._dijkstra(a, b, nbytes, labels)
+            found = self._dijkstra(a, b, nbytes, labels)
+            self._routes[key] = found if found is None else Route(
+                found.seconds + message_s(nbytes, self.device(a))
+                + message_s(nbytes, self.device(b)), found.hops)
         return self._routes[key]
 
     def _dijkstra(self, a: str, b: str, nbytes: int, labels: frozenset[str]) -> Route | None:

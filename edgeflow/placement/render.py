@@ -52,6 +52,9 @@ def render(plan: Plan, explain: bool = False) -> str:
         for b in p.breakdown if explain else ():
             if isinstance(b, Compute):
                 lines.append(f"      compute  {b.unit} on {b.device}: {b.seconds * 1e3:.3f} ms")
+            elif len(b.route) == 1:  # through the device's own broker
+                lines.append(f"      message  on {b.route[0]}: {b.bytes} B, "
+                             f"{b.seconds * 1e3:.3f} ms")
             else:
                 lines.append(f"      transfer {' -> '.join(b.route)}: {b.bytes} B, "
                              f"{b.seconds * 1e3:.3f} ms")

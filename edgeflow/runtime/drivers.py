@@ -47,6 +47,8 @@ class DriverConfig(BaseModel):
     seed: int = Field(default=0, description="Sensors: seed of the synthetic frames.")
     replay: str | None = Field(default=None, description="Sensors: a folder of .npy frames.")
     database: str | None = Field(default=None, description="Sinks: the SQLite file.")
+    stats: str | None = Field(default=None, description="Sensors: where the count of frames "
+                                                       "sent is written on exit.")
 
 
 def frames(config: DriverConfig) -> Any:
@@ -81,7 +83,8 @@ def frames(config: DriverConfig) -> Any:
             yield rng.standard_normal(shape).astype(dtype)
 
 
-def run_sensor(config: DriverConfig, metrics: Metrics, stop: threading.Event) -> None:
+def run_sensor(config: DriverConfig, metrics: Metrics, stop: threading.Event) -> int:
+    """Send frames until `stop`; the number sent."""
     assert config.rate_hz is not None
     source = frames(config)
     conn = Connection(config.broker, [], metrics, lambda *_: None)
@@ -89,8 +92,8 @@ def run_sensor(config: DriverConfig, metrics: Metrics, stop: threading.Event) ->
     while not conn.ready.wait(0.1):
         if stop.is_set():
             conn.close([])
-            return
-    period, start, n = 1.0 / config.rate_hz, time.time(), 0
+            return 0
+    period, start, n, sent = 1.0 / config.rate_hz, time.time(), 0, 0
     pending = []
     while not stop.is_set():
         due = start + n * period
@@ -110,7 +113,9 @@ def run_sensor(config: DriverConfig, metrics: Metrics, stop: threading.Event) ->
         pending = [conn.publish(t, wire.encode(message)) for t in config.topics]
         metrics.frames_out.inc()
         n += 1
+        sent += 1
     conn.close(pending)
+    return sent
 
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS messages (
@@ -178,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         on_stop(stop)
         if config.kind == "sensor":
             next(frames(config))  # a bad replay folder fails now, not mid-run
-            run_sensor(config, metrics, stop)
+            sent = run_sensor(config, metrics, stop)
+            if config.stats is not None:
+                Path(config.stats).write_text(json.dumps({"frames_out": sent}) + "\n")
         else:
             run_sink(config, metrics, stop)
     except StartError as e:

@@ -69,6 +69,10 @@ def _schemas(r: Reader) -> dict[str, dict[str, Key]]:
             "power": Key(r.quantity(POWER, positive=False), False, "power = 10 W"),
             "cost": Key(r.quantity(COST_RATE, positive=False), False, "cost = 1.5 USD/h"),
             "labels": Key(r.string_map, False, 'labels = { zone = "a" }'),
+            "message_latency": Key(r.quantity(TIME, positive=False), False,
+                                   "message_latency = 0.7 ms"),
+            "message_bandwidth": Key(r.quantity(BANDWIDTH, positive=True), False,
+                                     "message_bandwidth = 1.5 Gbps"),
         },
         "link": {
             "bandwidth": Key(r.quantity(BANDWIDTH, positive=True), True, "bandwidth = 100 Mbps"),
@@ -382,7 +386,9 @@ def _add_entity(out: Lowered, decl: ast.Decl, f: dict[str, Any]) -> None:
         out.devices[name] = ir.Device(
             name=name, span=span, tier=f["tier"], compute_flops=f["compute"],
             memory_bytes=f["memory"], count=f.get("count", 1), power_w=f.get("power", 0.0),
-            cost_usd_per_s=f.get("cost", 0.0), labels=f.get("labels", {}))
+            cost_usd_per_s=f.get("cost", 0.0), labels=f.get("labels", {}),
+            message_latency_s=f.get("message_latency", ir.MESSAGE_LATENCY_S),
+            message_bandwidth_bps=f.get("message_bandwidth", ir.MESSAGE_BANDWIDTH_BPS))
     elif decl.kind == "link":
         out.links.append(ir.Link(a=f["a"], b=f["b"], bandwidth_bps=f["bandwidth"],
                                  latency_s=f["latency"], cost_usd_per_byte=f.get("cost", 0.0),
