@@ -81,6 +81,7 @@ class Proc:
     restarts: list[dict[str, Any]] = field(default_factory=list)
     carried: dict[str, float] = field(default_factory=dict)   # counters of earlier lives
     last: dict[str, float] = field(default_factory=dict)      # last scrape of this life
+    ready: Callable[[], bool] | None = None                  # serving again (after a restart)
 
 
 class Processes:
@@ -623,16 +624,23 @@ def execute(execution: ExecutionGraph, plan: Plan, app_file: Path, options: Opti
                 str(out / "brokers" / "links.json"), "--stats", str(out / "logs" / "links.json")],
                 logs / "links.log", "links"))
             procs.wait_ready(p, printed_ready(p.log))
+            ports = [proxy["listen"][1] for proxy in links["proxies"]]
+            p.ready = lambda: all(listening(port)() for port in ports)
+            infrastructure.append(p)
 
+        infrastructure: list[Proc] = []
         if options.engine == "mosquitto":  # the proxies listen before any bridge dials them
             start_links()
         status("starting brokers")
         for p in brokers:
             procs.start(p)
-            ready = printed_ready(p.log) if options.engine == "embedded" else \
-                listening(dep.ports[next(b.device for b in dep.bundle.brokers.values()
-                                         if b.name == p.name)])
-            procs.wait_ready(p, ready)
+            ports = list(dep.ports.values()) if options.engine == "embedded" else \
+                [dep.ports[next(b.device for b in dep.bundle.brokers.values()
+                                if b.name == p.name)]]
+            p.ready = lambda ports=ports: all(
+                listening(port)() for port in ports)
+            procs.wait_ready(p, p.ready)
+            infrastructure.append(p)
         if options.engine == "embedded":  # the relays connect to running brokers
             start_links()
         status("starting sinks and units")
@@ -658,7 +666,7 @@ def execute(execution: ExecutionGraph, plan: Plan, app_file: Path, options: Opti
                     name, [python, "-m", "edgeflow.runtime.drivers", "--config", str(path)],
                     logs / f"{name}.log", "sensor", _port(path))))
         t0 = time.time()
-        _supervise(procs, started, t0, options, status)
+        _supervise(procs, started + infrastructure, t0, options, status)
         t1 = time.time()
         for p in started:
             if p.role == "sensor":
@@ -692,6 +700,7 @@ def execute(execution: ExecutionGraph, plan: Plan, app_file: Path, options: Opti
                   for p in started if p.role == "unit"},
         "drivers": {p.name: {"kind": clients[p.name].kind, **unit_report(p)}
                     for p in started if p.role != "unit"},
+        "brokers_and_links": {p.name: {"restarts": p.restarts} for p in infrastructure},
     }
     slower = sorted(n for n, u in report["units"].items() if u["emulation_overruns"])
     report["emulation"] = {
@@ -729,8 +738,9 @@ def _supervise(procs: Processes, watched: list[Proc], t0: float, options: Option
                 procs.start(p)
         if now >= next_scrape:
             for p in watched:
-                if _scrape_into(p) and p.name in down and \
-                        p.last.get("edgeflow_connected", 1) == 1:
+                back = p.ready() if p.ready is not None else \
+                    _scrape_into(p) and p.last.get("edgeflow_connected", 1) == 1
+                if back and p.name in down:
                     p.restarts[-1]["downtime_s"] = round(time.time() - down.pop(p.name), 3)
             delivered = sum(int(_counters(p).get("edgeflow_frames_in_total", 0))
                             for p in watched if p.role == "sink")
@@ -760,7 +770,8 @@ def render(report: dict[str, Any]) -> str:
                      f"{ms(p['p50_ms']):>9} {ms(p['p95_ms']):>9} {ms(p['p99_ms']):>9} "
                      f"{ms(p['predicted_ms']):>10}  {slo}")
     drops = {k: v for u in report["units"].values() for k, v in u["drops"].items()}
-    restarts = [(n, r) for n, u in report["units"].items() for r in u["restarts"]]
+    restarts = [(n, r) for group in ("units", "drivers", "brokers_and_links")
+                for n, u in report[group].items() for r in u["restarts"]]
     lines.append("")
     lines.append("  drops: " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items()))
                                 or "none"))

@@ -261,3 +261,72 @@ def test_run_refuses_a_folder_it_did_not_write(folder: Path) -> None:
     from tests.conftest import assert_golden
     assert_golden(ROOT / "tests" / "fixtures" / "plans" / "E1101_run_refused.out",
                   proc.stderr.replace(str(out), "OUT"))
+
+
+def _kill_when_running(pattern: str, after_s: float) -> Any:
+    """A function that SIGKILLs the first process whose command line holds `pattern`, `after_s`
+    seconds after it appears."""
+    def kill() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            for proc in psutil.process_iter(["cmdline"]):
+                if pattern in " ".join(proc.info["cmdline"] or []):
+                    time.sleep(after_s)
+                    proc.send_signal(signal.SIGKILL)
+                    return
+            time.sleep(0.1)
+    return kill
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_broker_that_dies_mid_run_is_restarted_and_reconnected_to(
+        folder: Path, engine: str) -> None:
+    ef = _split_app(folder)
+    pattern = "broker-ward-server/mosquitto.conf" if engine == "mosquitto" else \
+        "edgeflow.runtime.embedded"
+    # mosquitto's bridges dial again 5 s after they lose their peer (restart_timeout 5 60)
+    seconds = 14.0 if engine == "mosquitto" else 8.0
+    report = _run(ef, folder / "out", engine, seconds, during=_kill_when_running(pattern, 3.0))
+    report.pop("_plan")
+    restarts = [r for b in report["brokers_and_links"].values() for r in b["restarts"]]
+    assert len(restarts) == 1 and restarts[0]["downtime_s"] > 0
+    back = restarts[0]["at_s"] + restarts[0]["downtime_s"]
+    rows = _rows(folder / "out" / "sinks" / "records.sqlite")
+    for replica in (0, 1):  # frames sent (5 Hz) well after the broker came back arrive
+        latest = max(frame for r, frame, _ in rows if r == replica)
+        assert latest >= 5 * (back + 1), (replica, latest, back)
+
+
+def test_overload_is_counted_drops_and_flat_memory(folder: Path) -> None:
+    app = folder / "slow"
+    app.mkdir()
+    app.chmod(0o755)
+    (app / "slow_ops.py").write_text(
+        "import time\n\n\ndef slow(x):\n    time.sleep(0.05)\n    return x\n")
+    (app / "app.ef").write_text(
+        'app overload { objective = minimize(latency) }\n'
+        "device box { tier = edge, compute = 1 TFLOPS, memory = 4 GiB }\n"
+        "sensor cam { on = box, rate = 100 Hz, emits = float32[1, 3, 128, 128] }\n"
+        'operator slow { work = 1 MFLOP, emits = float32[1, 3, 128, 128], impl = "slow_ops:slow" }\n'
+        "store out { on = box }\n"
+        "pipeline p { flow = cam -> slow -> out }\n")
+    rss: list[float] = []
+
+    def sample() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            for proc in psutil.process_iter(["cmdline"]):
+                if "slow-r0.json" in " ".join(proc.info["cmdline"] or []):
+                    time.sleep(2.0)  # past start-up
+                    for _ in range(8):
+                        rss.append(proc.memory_info().rss / 2**20)
+                        time.sleep(0.5)
+                    return
+            time.sleep(0.1)
+
+    report = _run(app / "app.ef", folder / "out", "embedded", 7.0, during=sample)
+    report.pop("_plan")
+    unit = report["units"]["slow-r0"]
+    assert unit["drops"].get("overload", 0) > 100, unit  # ~100 Hz offered, ~20 Hz served
+    assert unit["frames_out"] < unit["frames_in"]
+    assert len(rss) == 8 and max(rss) - rss[0] < 16, rss  # 16 queued frames are 3 MiB
