@@ -30,6 +30,7 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
+import psutil
 
 from edgeflow import ir, pki
 from edgeflow.cost import compute_s, model_cost
@@ -42,6 +43,7 @@ from edgeflow.execution import ExecutionGraph
 from edgeflow.plan import Part, Plan, Transfer
 
 MARKER = ".edgeflow-run"
+BUSY_PERCENT = 85.0  # above this mean CPU use, the summary says the measurement is the machine's
 STOP_GRACE_S = 5.0
 ENGINES = ("embedded", "mosquitto")
 
@@ -666,7 +668,7 @@ def execute(execution: ExecutionGraph, plan: Plan, app_file: Path, options: Opti
                     name, [python, "-m", "edgeflow.runtime.drivers", "--config", str(path)],
                     logs / f"{name}.log", "sensor", _port(path))))
         t0 = time.time()
-        _supervise(procs, started + infrastructure, t0, options, status)
+        cpu = _supervise(procs, started + infrastructure, t0, options, status)
         t1 = time.time()
         for p in started:
             if p.role == "sensor":
@@ -701,6 +703,9 @@ def execute(execution: ExecutionGraph, plan: Plan, app_file: Path, options: Opti
         "drivers": {p.name: {"kind": clients[p.name].kind, **unit_report(p)}
                     for p in started if p.role != "unit"},
         "brokers_and_links": {p.name: {"restarts": p.restarts} for p in infrastructure},
+        "machine": {"cpus": psutil.cpu_count(), "processes": len(procs.procs),
+                    "cpu_percent_mean": round(float(np.mean(cpu)), 1) if cpu else None,
+                    "cpu_percent_max": round(max(cpu), 1) if cpu else None},
     }
     slower = sorted(n for n, u in report["units"].items() if u["emulation_overruns"])
     report["emulation"] = {
@@ -717,11 +722,13 @@ def _port(config: Path) -> int:
 
 
 def _supervise(procs: Processes, watched: list[Proc], t0: float, options: Options,
-               status: Callable[[str], None]) -> None:
+               status: Callable[[str], None]) -> list[float]:
     """Until the duration is over: restart what dies (and record the gap), scrape metrics,
-    show progress."""
+    show progress. Returns this machine's CPU use (percent of all cores) once a second."""
     down: dict[str, float] = {}
     next_scrape = 0.0
+    cpu: list[float] = []
+    psutil.cpu_percent(None)
     while (now := time.time()) - t0 < options.duration_s:
         for p in watched:
             assert p.popen is not None
@@ -747,10 +754,14 @@ def _supervise(procs: Processes, watched: list[Proc], t0: float, options: Option
             drops = sum(int(v) for p in watched for k, v in _counters(p).items()
                         if k.startswith("edgeflow_drops_total"))
             restarts = sum(len(p.restarts) for p in watched)
+            if next_scrape:
+                cpu.append(psutil.cpu_percent(None))
             status(f"running {now - t0:4.1f}/{options.duration_s:g} s · {delivered} messages at "
-                   f"sinks · {drops} dropped · {restarts} restarts")
+                   f"sinks · {drops} dropped · {restarts} restarts · CPU "
+                   f"{cpu[-1] if cpu else 0:.0f} %")
             next_scrape = now + 1.0
         time.sleep(0.1)
+    return cpu
 
 
 def render(report: dict[str, Any]) -> str:
@@ -778,6 +789,11 @@ def render(report: dict[str, Any]) -> str:
     for name, r in restarts:
         lines.append(f"  restarted {name} at {r['at_s']} s (exit {r['exit_status']}, down "
                      f"{r.get('downtime_s', '?')} s)")
+    machine = report["machine"]
+    if (machine["cpu_percent_mean"] or 0) >= BUSY_PERCENT:
+        lines.append(f"  this machine was busy (CPU {machine['cpu_percent_mean']:g} % of "
+                     f"{machine['cpus']} cores on average, {machine['processes']} processes): "
+                     "latencies include waiting for it")
     if slower := report["emulation"]["slower_than_declared_device"]:
         lines.append("  this machine is slower than the declared device for: "
                      + ", ".join(slower) + " (their measured latency is not the device's)")

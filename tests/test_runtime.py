@@ -330,3 +330,37 @@ def test_overload_is_counted_drops_and_flat_memory(folder: Path) -> None:
     assert unit["drops"].get("overload", 0) > 100, unit  # ~100 Hz offered, ~20 Hz served
     assert unit["frames_out"] < unit["frames_in"]
     assert len(rss) == 8 and max(rss) - rss[0] < 16, rss  # 16 queued frames are 3 MiB
+
+
+def test_run_replays_recorded_frames_through_the_cli(folder: Path) -> None:
+    ef = _split_app(folder)
+    frames_dir = folder / "frames"
+    frames_dir.mkdir()
+    recorded = [np.random.default_rng(i).standard_normal((1, 6, 250)).astype(np.float32)
+                for i in range(3)]
+    for i, frame in enumerate(recorded):
+        np.save(frames_dir / f"{i:03d}.npy", frame)
+    proc = subprocess.run(  # noqa: PLW1510
+        [sys.executable, "-m", "edgeflow", "run", str(ef), "--duration", "2s", "--replay",
+         f"vitals={frames_dir}", "-o", str(folder / "out"), "--json"],
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    envelope = json.loads(proc.stdout)
+    assert envelope["command"] == "run" and envelope["ok"]
+    assert envelope["result"] == json.loads((folder / "out" / "run.json").read_text())
+    sys.path.insert(0, str(ef.parent))
+    try:
+        import ops
+    finally:
+        sys.path.remove(str(ef.parent))
+    session = ort.InferenceSession(str(ef.parent / "models" / "vitals.onnx"))
+    expected = [session.run(None, {"window": ops.bandpass(f)})[0] for f in recorded]
+    rows = _rows(folder / "out" / "sinks" / "records.sqlite")
+    assert len(rows) >= 6
+    for _, frame, payload in rows:  # frame n is file n mod 3, looped
+        got = next(iter(wire.decode(payload).tensors.values()))
+        np.testing.assert_allclose(got, expected[frame % 3], rtol=1e-4, atol=1e-4)
+    bad = subprocess.run(  # noqa: PLW1510
+        [sys.executable, "-m", "edgeflow", "run", str(ef), "--replay", "nosuch=" + str(frames_dir)],
+        capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "names no sensor" in bad.stderr

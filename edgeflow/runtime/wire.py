@@ -56,25 +56,31 @@ class Message:
     trace: tuple[Hop, ...] = field(default=())
 
 
+_NAME_OF = {d: name for name, dtype in DTYPES.items()
+            for d in (dtype, dtype.newbyteorder(">"), dtype.newbyteorder("="))}
+
+
 def _dtype_name(array: np.ndarray[Any, Any]) -> str:
-    name = str(array.dtype.name)
-    if name not in DTYPES:
-        raise WireError(f"element type {name} cannot be sent (one of {', '.join(DTYPES)})")
+    name = _NAME_OF.get(array.dtype)  # a dict lookup: dtype.name is computed in Python each time
+    if name is None:
+        raise WireError(f"element type {array.dtype} cannot be sent (one of {', '.join(DTYPES)})")
     return name
 
 
 def encode(message: Message) -> bytes:
-    """The payload of `message` (tensors converted to little-endian C order)."""
+    """The payload of `message` (tensors converted to little-endian C order). The tensors'
+    bytes are copied once, into the payload."""
     entries: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
+    chunks: list[memoryview] = []
     offset = 0
     for name, array in message.tensors.items():
         dtype = _dtype_name(array)
-        data = np.ascontiguousarray(array, dtype=DTYPES[dtype]).tobytes()
+        flat: Any = np.ascontiguousarray(array, dtype=DTYPES[dtype]).reshape(-1).view(np.uint8)
+        data = memoryview(flat)
         entries.append({"name": name, "dtype": dtype, "shape": list(array.shape),
-                        "offset": offset, "length": len(data)})
+                        "offset": offset, "length": data.nbytes})
         chunks.append(data)
-        offset += len(data)
+        offset += data.nbytes
     header = json.dumps({
         "app": message.app, "unit": message.unit, "replica": message.replica,
         "frame": message.frame, "captured": message.captured, "seq": message.seq,
