@@ -376,7 +376,8 @@ def compile_cmd(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Output folder "
                                                 "(default build/APP).")] = None,
     force: Annotated[bool, typer.Option(help="Write into a folder that holds files edgeflow "
-                                       "did not generate (they are kept).")] = False,
+                                       "did not generate (they are kept), or replace a bundle "
+                                       "of another target there.")] = False,
     time_limit: Annotated[float, typer.Option(min=0.1, help="Seconds the placement solver "
                                               "may take.")] = 30.0,
     out_format: FormatOption = OutputFormat.text,

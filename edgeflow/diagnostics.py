@@ -276,6 +276,13 @@ declaration, so the compiler cannot know where such data may go.
     "W0702": _w("privacy label declared but never used", """
 A `privacy` declaration that no sensor carries and no operator removes has no effect.
 """),
+    "E0703": _e("data pinned where its privacy rule forbids it", """
+A sensor, or a sink a pipeline delivers to, sits on a device whose tier a privacy label of the data
+it handles does not allow: no placement can change that, so `check` reports it. The labels a sink
+receives are its sensor's minus those an operator on the way `removes`. Move the sensor or sink to
+a device on an allowed tier, add the tier to the rule's `allow`, or insert an operator that removes
+the label before the data reaches the sink.
+"""),
     # ---------------------------------------------------------------- placement
     "E0901": _e("no feasible placement", """
 No assignment of units to devices meets every constraint at once: an SLO, a device's compute or

@@ -11,10 +11,10 @@ bundle's model files), `tls/` (a throw-away CA and every identity's certificate,
 from __future__ import annotations
 
 import ctypes
-import itertools
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
 import numpy as np
 import psutil
 
@@ -40,7 +39,7 @@ from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.targets.base import Rendering
 from edgeflow.emit.units import unit_spec
 from edgeflow.execution import ExecutionGraph
-from edgeflow.plan import Part, Plan, Transfer
+from edgeflow.plan import Part, Plan
 
 MARKER = ".edgeflow-run"
 BUSY_PERCENT = 85.0  # above this mean CPU use, the summary says the measurement is the machine's
@@ -57,8 +56,34 @@ class RunError(Exception):
         self.help = help
 
 
+_TAKEN: set[int] = set()
+_RNG = random.Random(os.getpid())
+
+
+def _ephemeral() -> range:
+    """The ports the kernel hands out to outgoing connections (Linux; a common default)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low, high = map(int, text.split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port nothing listens on, outside the ephemeral range: a port the kernel picked
+    (bind to 0) could be handed to some client's connection before our process binds it."""
+    ephemeral = _ephemeral()
+    candidates = [p for p in range(20000, 32768) if p not in ephemeral and p not in _TAKEN]
+    for port in _RNG.sample(candidates, min(len(candidates), 2000)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _TAKEN.add(port)
+        return port
+    with socket.socket() as s:  # no free port outside the ephemeral range: take the kernel's
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -165,22 +190,6 @@ def _link_id(a: str, b: str) -> tuple[str, str]:
     return f"{x}<->{y}", "ab" if (a, b) == (x, y) else "ba"
 
 
-def routes(plan: Plan, execution: ExecutionGraph) -> Callable[[str, str], list[str]]:
-    """The route (instances) a message takes from one device instance to another: the plan's,
-    where a pipeline's transfer names it, else the fastest by latency."""
-    known = {(t.route[0], t.route[-1]): list(t.route) for p in plan.pipelines
-             for t in p.breakdown if isinstance(t, Transfer) and len(t.route) > 1}
-    graph = execution.network
-
-    def route(a: str, b: str) -> list[str]:
-        if (a, b) in known:
-            return known[(a, b)]
-        if (b, a) in known:
-            return list(reversed(known[(b, a)]))
-        return list(nx.shortest_path(graph, a, b, weight=lambda u, v, d: d["link"].latency_s))
-    return route
-
-
 def emulated_seconds(program: ir.Program, plan: Plan, c: Client) -> float:
     """What one run of `c` takes on its declared device, as the plan's cost model says."""
     unit = c.placed
@@ -233,7 +242,6 @@ class Deployment:
         self.bundle: Bundle = build_bundle(execution, plan)
         self.replay, self.app_dir = replay, app_dir
         self.ports = {d: free_port() for d in self.bundle.brokers}
-        self.route = routes(plan, execution)
         self.mosquitto_user = self._mosquitto_user()
 
     @staticmethod
@@ -398,15 +406,12 @@ class Deployment:
         links: dict[str, dict[str, Any]] = {}
 
         def hops(a: str, b: str) -> list[list[str]]:
-            route = self.route(a, b)
-            out = []
-            for x, y in itertools.pairwise(route):
-                link_id, direction = _link_id(x, y)
-                link = self.execution.network[x][y]["link"]
-                links[link_id] = {"id": link_id, "latency_s": link.latency_s,
-                                  "bandwidth_bps": link.bandwidth_bps}
-                out.append([link_id, direction])
-            return out
+            """The link a bridge crosses: bridges join linked devices (emit/bundle.py)."""
+            link_id, direction = _link_id(a, b)
+            link = self.execution.network[a][b]["link"]
+            links[link_id] = {"id": link_id, "latency_s": link.latency_s,
+                              "bandwidth_bps": link.bandwidth_bps}
+            return [[link_id, direction]]
 
         proxies, relays = [], []
         tls = self.out / "tls"

@@ -170,7 +170,7 @@ def test_golden_bundle(bundles, app: str, target: str) -> None:  # type: ignore[
 def test_compose_files_parse_and_reference_secrets_as_files(bundles) -> None:  # type: ignore[no-untyped-def]
     files = bundles[("ar_assist", "compose")]
     composes = [p for p in files if p.endswith("compose.yaml")]
-    assert len(composes) == 5  # four headsets and the render farm (edge_gpu hosts no unit)
+    assert len(composes) == 6  # four headsets, edge_gpu (its broker forwards), the render farm
     for path in composes:
         doc = yaml.safe_load(files[path])
         for service in doc["services"].values():
@@ -185,9 +185,11 @@ def test_compile_cli_writes_atomically_and_never_over_user_files(tmp_path: Path)
     marker = json.loads((out / MARKER).read_text())
     assert set(marker["files"]) | {MARKER} == {str(p.relative_to(out)) for p in out.rglob("*")
                                     if p.is_file()}
+    same = run("compile", "examples/smart_city_traffic.ef", "--target", "k8s", "-o", str(out))
+    assert same.returncode == 0 and "replaced" not in same.stderr  # its own bundle, again
     again = run("compile", "examples/smart_city_traffic.ef", "--target", "compose", "-o",
-                str(out))
-    assert again.returncode == 0  # its own bundle is replaced whole
+                str(out), "--force")  # another target's bundle is replaced only when asked
+    assert again.returncode == 0 and "replaced the `k8s` bundle" in again.stderr
     assert not (out / "k8s").exists() and (out / "compose").is_dir()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
     mine = tmp_path / "mine"
@@ -391,3 +393,19 @@ def test_the_root_folder_is_refused() -> None:
         write_bundle(Path("/"), {"a.txt": b"1"}, force=True)
     assert refused.value.diagnostic.code == "E1001" and "root folder" in \
         refused.value.diagnostic.message
+
+
+def test_a_bundle_of_another_target_is_not_silently_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    assert run("compile", "examples/ar_assist.ef", "-o", str(out)).returncode == 0
+    k8s = sorted(p.relative_to(out) for p in out.rglob("*"))
+    refused = run("compile", "examples/ar_assist.ef", "--target", "compose", "-o", str(out))
+    assert refused.returncode == 1 and "error[E1002]" in refused.stderr
+    assert "holds a `k8s` bundle" in refused.stderr and "--force" in refused.stderr
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == k8s  # untouched
+    forced = run("compile", "examples/ar_assist.ef", "--target", "compose", "-o", str(out),
+                 "--force")
+    assert forced.returncode == 0 and "replaced the `k8s` bundle" in forced.stderr
+    assert (out / "compose").is_dir() and not (out / "k8s").exists()
+    again = run("compile", "examples/ar_assist.ef", "--target", "compose", "-o", str(out))
+    assert again.returncode == 0 and "replaced" not in again.stderr

@@ -19,13 +19,16 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from hypothesis import assume, given, settings
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeflow import api, load
-from edgeflow.emit.bundle import Broker, Bundle, build_bundle
+from edgeflow.emit.bundle import Broker, Bundle, _topic_labels, build_bundle
 from edgeflow.emit.mqtt import render_acl, render_conf
+from edgeflow.execution import build_execution
 from tests.conftest import ROOT
 from tests.mqtt_certs import make_ca, make_cert
+from tests.test_placement import random_app
 
 # CI installs mosquitto (.ci/run); only a developer machine without it may skip
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None and not os.environ.get("CI"),
@@ -192,15 +195,95 @@ def test_each_broker_enforces_its_acl(bundle: Bundle, root: Path) -> None:
             running.stop()
 
 
-def test_a_broker_bridging_to_several_peers_starts(bundle: Bundle, root: Path) -> None:
-    """mosquitto exits on two bridges of one `connection` name ("Duplicate bridge name")."""
-    several = [b for b in bundle.brokers.values() if len(b.bridges) > 1]
-    if bundle.app == "ward_monitoring":
-        assert several  # bedside hubs bridge to the ward server and to the research cloud
-    for broker in several[:1]:
-        assert len({br.name for br in broker.bridges}) == len(broker.bridges)
-        assert len({br.local_clientid for br in broker.bridges}) == len(broker.bridges)
-        Running(bundle, broker, root / broker.name).stop()  # raises if mosquitto exits
+WEARABLE = """
+app ward { objective = minimize(latency) }
+device patch   { tier = edge, compute = 10 GFLOPS, memory = 1 GiB }
+device gateway { tier = fog, compute = 1 TFLOPS, memory = 8 GiB }
+device server  { tier = cloud, compute = 10 TFLOPS, memory = 64 GiB }
+link patch <-> gateway { bandwidth = 10 Mbps, latency = 2 ms }
+link patch <-> server  { bandwidth = 10 Mbps, latency = 5 ms }
+link gateway <-> server { bandwidth = 100 Mbps, latency = 20 ms }
+sensor ecg { on = patch, rate = 10 Hz, emits = float32[1, 250] }
+actuator pager { on = gateway }
+store records { on = server }
+pipeline alert { flow = ecg -> pager }
+pipeline archive { flow = ecg -> records }
+"""
+
+
+def _bundle_of(text: str, name: str = "app.ef") -> Bundle:
+    checked = api.check_text(text, str(ROOT / "examples" / name))
+    assert checked.program is not None, checked.diagnostics
+    result = api.plan(checked.program)
+    assert result.plan is not None and result.execution is not None
+    return build_bundle(result.execution, result.plan)
+
+
+def test_a_broker_bridging_to_several_peers_starts(root: Path) -> None:
+    """A device linked to two others bridges to both (its links are the routes): mosquitto
+    exits on two bridges of one `connection` name ("Duplicate bridge name")."""
+    bundle = _bundle_of(WEARABLE)
+    broker = bundle.brokers["patch"]
+    assert sorted(br.peer for br in broker.bridges) == ["gateway", "server"]
+    assert len({br.name for br in broker.bridges}) == len(broker.bridges)
+    assert len({br.local_clientid for br in broker.bridges}) == len(broker.bridges)
+    Running(bundle, broker, root / broker.name).stop()  # raises if mosquitto exits
+
+
+def test_bridges_join_linked_devices_and_carry_only_what_their_tiers_may_hold(
+        bundle: Bundle) -> None:
+    program = bundle.program
+    execution = build_execution(program)
+    linked = {frozenset(edge) for edge in execution.network.edges}
+    labels = _topic_labels(execution, bundle.clients)
+    for broker in bundle.brokers.values():
+        tier = broker.tier
+        held = {t for rules in broker.acl.values() for ts in rules.values() for t in ts}
+        for t in held:
+            assert all(tier in {x.value for x in program.privacy[lb].allow}
+                       for lb in labels.get(t, ())), (broker.device, t)
+        for bridge in broker.bridges:
+            assert frozenset((bridge.initiator, bridge.peer)) in linked, bridge
+
+
+def test_a_message_crosses_a_two_hop_route(root: Path) -> None:
+    """ar_assist's session recording goes headset -> edge_gpu -> render_farm: the headset has
+    no link to the render farm, so its message crosses two bridges, through edge_gpu's broker."""
+    bundle = _bundle_of((ROOT / "examples" / "ar_assist.ef").read_text(), "ar_assist.ef")
+    headset, middle, farm = (bundle.brokers[d] for d in ("headset[0]", "edge_gpu", "render_farm"))
+    assert [b.peer for b in headset.bridges] == ["edge_gpu"]
+    assert [b.peer for b in middle.bridges] == ["render_farm"]
+    t = headset.bridges[0].out_topics[0]
+    assert t in middle.bridges[0].out_topics  # forwarded, hop by hop
+    writer = next(u for u, r in headset.acl.items() if t in r["write"])
+    reader = next(u for u, r in farm.acl.items() if t in r["read"])
+    last = Running(bundle, farm, root / "farm")
+    try:
+        hop = Running(bundle, middle, root / "middle", ca=last.folder / "tls",
+                      peers={"render_farm": last.port})
+        try:
+            first = Running(bundle, headset, root / "headset", ca=last.folder / "tls",
+                            peers={"edge_gpu": hop.port})
+            try:
+                sub = last.client(reader, client_id=reader)
+                inbox = _received(sub)
+                assert _connect(sub, last.port) and _subscribe(sub, t)
+                pub = first.client(writer, client_id=writer)
+                assert _connect(pub, first.port)
+                deadline = time.monotonic() + 20  # both bridges (re)connect within seconds
+                while not inbox and time.monotonic() < deadline:
+                    pub.publish(t, b"frame", qos=1).wait_for_publish(5)
+                    time.sleep(0.3)
+                assert inbox and inbox[0] == t, f"{t} did not cross headset -> edge_gpu -> farm"
+                for c in (pub, sub):
+                    c.disconnect()
+                    c.loop_stop()
+            finally:
+                first.stop()
+        finally:
+            hop.stop()
+    finally:
+        last.stop()
 
 
 def _watch(c: mqtt.Client) -> threading.Event:
@@ -347,3 +430,23 @@ def test_a_bridge_carries_its_topics_and_keeps_its_session(bundle: Bundle, root:
             running.stop()
     finally:
         peer.stop()
+
+
+@settings(max_examples=8, deadline=None)
+@given(random_app())
+def test_every_broker_config_of_random_apps_starts_and_bridges_follow_links(text: str) -> None:
+    checked = api.check_text(text, str(ROOT / "examples" / "rnd.ef"))
+    assume(checked.program is not None)
+    assert checked.program is not None
+    result = api.plan(checked.program)
+    assume(result.plan is not None and result.plan.feasible)
+    assert result.plan is not None and result.execution is not None
+    bundle = build_bundle(result.execution, result.plan)
+    test_bridges_join_linked_devices_and_carry_only_what_their_tiers_may_hold(bundle)
+    folder = Path(tempfile.mkdtemp(prefix="edgeflow-mqtt-"))
+    folder.chmod(0o755)
+    try:
+        for broker in bundle.brokers.values():
+            Running(bundle, broker, folder / broker.name).stop()  # raises if mosquitto exits
+    finally:
+        shutil.rmtree(folder)

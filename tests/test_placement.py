@@ -74,8 +74,13 @@ def random_app(draw: st.DrawFn) -> str:
     slo = draw(st.sampled_from(["", ", slo = latency < 30 ms", ", slo = latency < 200 ms"]))
     lines.append(f"pipeline p {{ flow = {' -> '.join(['cam', *steps, 'out'])}{slo} }}")
     if private:
-        allow = draw(st.lists(st.sampled_from(["edge", "fog", "cloud"]), min_size=1,
-                              max_size=3, unique=True))
+        # the camera (edge) and, unless an operator removes pii, the sink sit where they are
+        # declared: a rule forbidding them is a check error (E0703), not a placement problem
+        allow = ["edge", *draw(st.lists(st.sampled_from(["fog", "cloud"]), max_size=2,
+                                        unique=True))]
+        sink_tier = "edge" if sink_on == "gw" else tiers[int(sink_on[1:])]
+        if sink_tier not in allow and "removes" not in "".join(lines):
+            allow.append(sink_tier)
         lines.append(f"privacy pii {{ allow = [{', '.join(allow)}] }}")
     return "\n".join(lines) + "\n"
 
@@ -150,7 +155,6 @@ def test_example_plans(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 INFEASIBLE = {
     "control": [],
     "slo": [("slo  = latency < 50 ms", "slo  = latency < 0.1 ms")],
-    "privacy": [("allow = [edge, fog]", "allow = [cloud]")],
     "memory": [("memory  = 4 GiB", "memory  = 1 MiB"), ("memory  = 64 GiB", "memory  = 100 MiB")],
     "compute": [("work    = 2 GFLOP", "work    = 800 GFLOP")],
 }
@@ -174,6 +178,17 @@ def test_infeasibility_explanations(case: str, monkeypatch: pytest.MonkeyPatch) 
         assert verify(plan, result.program) == []
     else:
         assert plan.status == "infeasible" and plan.explanation
+
+
+def test_a_privacy_violation_no_placement_can_fix_is_a_check_error() -> None:
+    """pii allowed only on the cloud while the cameras and the reject arms sit on edge gateways:
+    `check` says so (E0703), once per sensor or sink, instead of `plan` finding no placement."""
+    text = (ROOT / "examples" / "reference.ef").read_text().replace(
+        "allow = [edge, fog]", "allow = [cloud]")
+    result = check_text(text, "examples/reference.ef")
+    assert result.program is None
+    assert [(d.code, d.message.split(" handles")[0]) for d in result.diagnostics] == [
+        ("E0703", "`camera` on `line_gw` (edge)"), ("E0703", "`reject_arm` on `line_gw` (edge)")]
 
 
 SPLIT_APP = f"""

@@ -148,19 +148,39 @@ def _temporary(out: Path, kind: str) -> Path:
     return folder
 
 
+def _target_of(files: dict[str, bytes]) -> str | None:
+    """The target named in the marker of a bundle about to be written."""
+    try:
+        target = json.loads(files[MARKER])["target"]
+    except (KeyError, ValueError, TypeError):
+        return None
+    return target if isinstance(target, str) else None
+
+
 def _write_bundle(out: Path, files: dict[str, bytes], force: bool) -> str | None:
     previous: set[str] = set()
+    replaced: str | None = None
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise _refuse("E1001", f"cannot write `{out}`: it exists and is not a folder", out,
                           help="choose another folder with -o")
         marker = out / MARKER
+        before: object = None
         if marker.is_file() and not marker.is_symlink():
             try:
-                previous = {f for f in json.loads(marker.read_text())["files"]
-                            if isinstance(f, str) and _safe(f)}
-            except (ValueError, KeyError, TypeError, RecursionError):
+                recorded = json.loads(marker.read_text())
+                previous = {f for f in recorded["files"] if isinstance(f, str) and _safe(f)}
+                before = recorded.get("target")
+            except (ValueError, KeyError, TypeError, RecursionError, AttributeError):
                 previous = set()
+        target = _target_of(files)
+        if isinstance(before, str) and target is not None and before != target:
+            if not force:
+                raise _refuse("E1002", f"`{out}` holds a `{before}` bundle; writing the "
+                              f"`{target}` bundle there would delete it", out,
+                              help="choose another folder with -o, or pass --force to replace "
+                                   f"the `{before}` bundle")
+            replaced = f"replaced the `{before}` bundle in `{out}`"
         present, links = _walk(out)
         foreign = sorted((present - previous - {MARKER}) | links)
         if foreign and not force:
@@ -171,7 +191,7 @@ def _write_bundle(out: Path, files: dict[str, bytes], force: bool) -> str | None
                                     "beside them (they are kept)")
         if foreign:
             _merge(out, files, previous, links)
-            return None
+            return replaced
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(out)
     tmp = _temporary(out, "tmp")
@@ -197,7 +217,7 @@ def _write_bundle(out: Path, files: dict[str, bytes], force: bool) -> str | None
         if old.exists():
             return (f"the new bundle is in place, but the previous one could not be removed: "
                     f"it is kept at `{old}`")
-    return None
+    return replaced
 
 
 def _merge(out: Path, files: dict[str, bytes], previous: set[str], links: set[str]) -> None:

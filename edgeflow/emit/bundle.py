@@ -12,14 +12,18 @@ Every generated name is unique by construction (see "names" below).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgeflow import ir
 from edgeflow.execution import ExecutionGraph, StepKey
 from edgeflow.plan import Part, PlacedUnit, Plan, unit_name
+from edgeflow.routing import fastest_route
 from edgeflow.span import Span
 
 TIER_ORDER = {t.value: i for i, t in enumerate(ir.Tier)}  # edge < fog < cloud
@@ -348,13 +352,20 @@ def build_bundle(execution: ExecutionGraph, plan: Plan) -> Bundle:
         max_bytes = max(max_bytes, nbytes)
     ordered = sorted(clients.values(), key=lambda c: (c.replica if c.replica is not None else -1,
                                                       c.step))
-    brokers = _brokers(execution, ordered)
+    sizes = {t: nbytes for t, _, nbytes in leave.values()}
+    for sp in plan.splits:  # a head's topic carries the cut
+        sizes[topic(app, sp.replica, unit_name(sp.model, Part.HEAD))] = sp.transfer_bytes
+    brokers = _brokers(execution, ordered, sizes)
     bundle = Bundle(app, program, plan, ordered, brokers, max_bytes)
     check_names(bundle)
     return bundle
 
 
-def _brokers(execution: ExecutionGraph, clients: list[Client]) -> dict[str, Broker]:
+def _brokers(execution: ExecutionGraph, clients: list[Client],
+             sizes: dict[str, int]) -> dict[str, Broker]:
+    """A broker on every device instance that hosts a client or forwards a message, with its
+    ACL; and the bridges, which follow each message's route link by link (the route placement
+    priced, `routing.fastest_route`), so a bridge only ever joins two linked devices."""
     program = execution.program
     brokers: dict[str, Broker] = {}
     for c in clients:
@@ -366,30 +377,51 @@ def _brokers(execution: ExecutionGraph, clients: list[Client]) -> dict[str, Brok
     writer_at = {t: c.device for c in clients for t in c.writes}
     labels = _topic_labels(execution, clients)
     bridges: dict[tuple[str, str], Bridge] = {}
+    direction: dict[tuple[str, str, str], str] = {}  # (pair, topic) -> the way it flows
+
+    def allowed(inst: str, topic: str) -> bool:
+        tier = execution.device(inst).tier
+        return all(tier in program.privacy[lb].allow for lb in labels.get(topic, ()))
+
     for c in clients:
         for t in c.reads:
             src, dst = writer_at[t], c.device
             if src == dst:
                 continue
-            for inst in (src, dst):  # defence in depth: the plan's routes already respect this
-                allowed = all(brokers[inst].tier in {x.value for x in program.privacy[lb].allow}
-                              for lb in labels.get(t, ()))
-                if not allowed:  # a bug in placement, not a user error: never emit it
-                    raise RuntimeError(f"refusing to bridge topic {t} to {inst}: a privacy "
-                                       "rule forbids it, yet the plan placed it so")
-            # the lower tier initiates (edge brokers then need not accept connections)
-            initiator, peer = (src, dst) if TIER_ORDER[brokers[src].tier] <= \
-                TIER_ORDER[brokers[dst].tier] else (dst, src)
-            bridge = bridges.setdefault((initiator, peer), Bridge(
-                initiator, peer, bridge_identity(program.app.name, initiator)))
-            topics = bridge.out_topics if initiator == src else bridge.in_topics
-            if t not in topics:
-                topics.append(t)
-                brokers[peer].allow(bridge.identity, "write" if initiator == src else "read", t)
-            brokers[peer].external = True
+            found = fastest_route(execution.network, src, dst, sizes[t],
+                                  functools.partial(_allowed_for, allowed, t))
+            if found is None:  # a bug in placement, not a user error: never emit it
+                raise RuntimeError(f"no allowed route for topic {t} from {src} to {dst}, yet "
+                                   "the plan placed it so")
+            for x, y in itertools.pairwise(found[1]):
+                for inst in (x, y):  # defence in depth: the route only visits allowed tiers
+                    if not allowed(inst, t):
+                        raise RuntimeError(f"refusing to bridge topic {t} to {inst}: a privacy "
+                                           "rule forbids it")
+                    brokers.setdefault(inst, Broker(inst, execution.device(inst).tier.value))
+                pair = tuple(sorted((x, y)))
+                if direction.setdefault((pair[0], pair[1], t), x) != x:
+                    raise RuntimeError(f"topic {t} would be bridged both ways between {x} "
+                                       f"and {y}")
+                # the lower tier initiates (edge brokers then need not accept connections)
+                initiator, peer = (x, y) if TIER_ORDER[brokers[x].tier] <= \
+                    TIER_ORDER[brokers[y].tier] else (y, x)
+                bridge = bridges.setdefault((initiator, peer), Bridge(
+                    initiator, peer, bridge_identity(program.app.name, initiator)))
+                topics = bridge.out_topics if initiator == x else bridge.in_topics
+                if t not in topics:
+                    topics.append(t)
+                    # the peer's ACL lets the bridge write what it brings and read what it takes;
+                    # a forwarding broker holds the topic only on its way through
+                    brokers[peer].allow(bridge.identity, "write" if initiator == x else "read", t)
+                brokers[peer].external = True
     for (initiator, _), bridge in sorted(bridges.items()):
         brokers[initiator].bridges.append(bridge)
     return dict(sorted(brokers.items()))
+
+
+def _allowed_for(allowed: Callable[[str, str], bool], topic: str, inst: str) -> bool:
+    return allowed(inst, topic)
 
 
 def _topic_labels(execution: ExecutionGraph, clients: list[Client]) -> dict[str, frozenset[str]]:

@@ -6,16 +6,16 @@ the evaluator, the explanations, the baselines and the brute force of the tests 
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 
 import networkx as nx
 
 from edgeflow import ir
-from edgeflow.cost import CutOption, compute_s, hop_s, message_s, model_cost
+from edgeflow.cost import CutOption, compute_s, message_s, model_cost
 from edgeflow.dataflow import Dataflow
 from edgeflow.execution import ExecutionGraph, StepKey
 from edgeflow.execution import Step as ExecStep
+from edgeflow.routing import fastest_route
 
 Step = StepKey  # (declared name, replica); None for a sink shared by all replicas
 
@@ -133,28 +133,9 @@ class Problem:
         return self._routes[key]
 
     def _dijkstra(self, a: str, b: str, nbytes: int, labels: frozenset[str]) -> Route | None:
-        if not (self.tier_allows(a, labels) and self.tier_allows(b, labels)):
-            return None
-        best = {a: 0.0}
-        prev: dict[str, str] = {}
-        heap = [(0.0, a)]
-        while heap:
-            dist, node = heapq.heappop(heap)
-            if node == b:
-                hops = [b]
-                while hops[-1] != a:
-                    hops.append(prev[hops[-1]])
-                return Route(dist, tuple(reversed(hops)))
-            if dist > best[node]:
-                continue
-            for nxt, data in self.graph[node].items():
-                if not self.tier_allows(nxt, labels):
-                    continue
-                cand = dist + hop_s(nbytes, data["link"])
-                if cand < best.get(nxt, float("inf")) - 1e-15:
-                    best[nxt], prev[nxt] = cand, node
-                    heapq.heappush(heap, (cand, nxt))
-        return None
+        found = fastest_route(self.graph, a, b, nbytes,
+                              lambda inst: self.tier_allows(inst, labels))
+        return None if found is None else Route(*found)
 
     def capacity(self, key: object) -> float:
         return self.share.get(key, 1.0)

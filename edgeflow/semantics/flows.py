@@ -188,6 +188,41 @@ def _check_routes(valid: list[ir.Pipeline], out: Lowered, sink: DiagnosticSink,
                        help="lower the throughput objective or raise the sensor's rate")
 
 
+def _check_privacy(valid: list[ir.Pipeline], out: Lowered, sink: DiagnosticSink) -> None:
+    """Data on a device its labels forbid, whatever the placement: a sensor carrying a label its
+    device's tier may not hold, or a sink receiving (after the flow's `removes`) such a label.
+    A flow's own labels are a lower bound of what reaches its sink, so this never reports a
+    flow the placement could still satisfy."""
+    reported: set[tuple[str, str]] = set()
+    for p in valid:
+        sensor, target = out.sensors[p.flow[0]], out.sinks[p.flow[-1]]
+        labels = [lb for lb in sensor.privacy if lb in out.privacy]
+        ends = [(sensor.name, sensor.device, p.step_spans[0], tuple(labels))]
+        for step in p.flow[1:-1]:
+            if step in out.operators:
+                labels = [lb for lb in labels if lb not in out.operators[step].removes]
+        ends.append((target.name, target.device, p.step_spans[-1], tuple(labels)))
+        for name, device, span, carried in ends:
+            dev = out.devices.get(device)
+            if dev is None:
+                continue
+            for lb in carried:
+                rule = out.privacy[lb]
+                if dev.tier in rule.allow or (name, lb) in reported:
+                    continue
+                reported.add((name, lb))
+                allowed = ", ".join(t.value for t in rule.allow)
+                sink.error("E0703", f"`{name}` on `{device}` ({dev.tier.value}) handles data "
+                           f"labelled `{lb}`, which may only be on {allowed}", span,
+                           f"`{name}` is on a {dev.tier.value} device",
+                           labels=(Label(_entry_value_span(out.symbols.decls[lb], "allow"),
+                                         f"`{lb}` allows {allowed}"),),
+                           help=f"move `{name}` to a device on {allowed}, or insert an operator "
+                                f"that `removes = [{lb}]` before it" if name == target.name
+                           else f"move `{name}` to a device on {allowed}, or allow "
+                                f"{dev.tier.value} in `{lb}`")
+
+
 def _check_replicas(graph: nx.DiGraph, out: Lowered, sink: DiagnosticSink) -> None:
     for part in nx.weakly_connected_components(graph):
         many: dict[int, str] = {}
@@ -261,4 +296,5 @@ def check(out: Lowered, sink: DiagnosticSink, network: Network | None = None) ->
     _check_types(graph, spans, out, sink)
     _check_routes(valid, out, sink, network)
     _check_replicas(graph, out, sink)
+    _check_privacy(valid, out, sink)
     _check_unused(out, used, sink)
