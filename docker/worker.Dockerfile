@@ -30,7 +30,7 @@ RUN set -eu; \
 RUN set -eu; \
     groupadd --gid 10001 edgeflow; \
     useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin edgeflow; \
-    mkdir -p /etc/edgeflow/unit /etc/edgeflow/tls /var/lib/edgeflow/models
+    mkdir -p /etc/edgeflow/unit /etc/edgeflow/tls /var/lib/edgeflow/models /var/lib/edgeflow/data
 
 USER 10001:10001
 

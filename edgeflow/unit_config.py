@@ -68,9 +68,9 @@ class TlsSpec(_Spec):
 class BrokerSpec(_Spec):
     """The MQTT broker the unit connects to: its own device's broker."""
 
-    host: str = Field(description="Host name or address of the broker: `127.0.0.1` on the unit's "
-                                  "own machine, else the broker's Service name (cloud units on "
-                                  "Kubernetes).")
+    host: str = Field(description="Host name or address of the broker: `127.0.0.1` beside its "
+                                  "device's broker (the machine with compose, the device's pod "
+                                  "on Kubernetes).")
     port: int = Field(ge=1, le=65535, description="TLS port of the broker (8883).")
     client_id: str = Field(description="MQTT client id and identity, `<app>.<unit>.r<replica>`: "
                                        "the CN of the client certificate and the MQTT user name "
@@ -190,6 +190,35 @@ class UnitConfig(_Spec):
         """Read and validate the `unit.json` at `path`."""
         with open(path, "rb") as f:
             return cls.from_json(f.read())
+
+
+class DriverConfig(_Spec):
+    """The config of a sensor driver or a sink (`python -m edgeflow.runtime.drivers --config
+    FILE`): in a device's pod of a k8s bundle, and in `edgeflow run`."""
+
+    model_config = ConfigDict(strict=False)
+
+    app: str
+    name: str = Field(description="The sensor or sink as declared.")
+    replica: int | None = Field(description="The replica a sensor instance feeds; None for a "
+                                            "sink shared by all replicas.")
+    kind: Literal["sensor", "actuator", "store"]
+    device: str
+    broker: BrokerSpec
+    topics: list[str] = Field(description="A sensor's output topic; a sink's input topics.")
+    metrics_port: int = Field(ge=1, le=65535)
+    rate_hz: float | None = Field(default=None, gt=0, description="Sensors: frames per second.")
+    emits: str | None = Field(default=None, description="Sensors: the declared tensor type.")
+    seed: int = Field(default=0, description="Sensors: seed of the synthetic frames.")
+    replay: str | None = Field(default=None, description="Sensors: a folder of .npy frames.")
+    database: str | None = Field(default=None, description="Sinks: the SQLite file.")
+    stats: str | None = Field(default=None, description="Sensors: where the count of frames "
+                                                       "sent is written on exit.")
+
+    def to_json(self) -> str:
+        """The config's text: sorted keys, indent 2, trailing newline, no null keys."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def schema_json() -> str:

@@ -23,6 +23,9 @@ from hypothesis import HealthCheck, given, settings
 
 from edgeflow import api, check_text, load
 from edgeflow.emit import MARKER, PARTIAL, BundleError, write_bundle
+from edgeflow.emit.bundle import build_bundle, device_label
+from edgeflow.execution import build_execution
+from tests import pss
 from tests.conftest import FIXTURES, ROOT, assert_golden
 from tests.test_cli import run
 from tests.test_placement import SPLIT_APP, random_app
@@ -53,7 +56,8 @@ def bundles() -> dict[tuple[str, str], dict[str, bytes]]:
 def _objects(files: dict[str, bytes]) -> list[dict[str, Any]]:
     docs = []
     for path, data in files.items():
-        if path.startswith("k8s/") and path != "k8s/kustomization.yaml":
+        if path.startswith("k8s/") and path.endswith(".yaml") and \
+                path != "k8s/kustomization.yaml":
             docs.extend(d for d in yaml.safe_load_all(data) if d)
     return docs
 
@@ -92,6 +96,13 @@ def test_conventions_and_security(bundles) -> None:  # type: ignore[no-untyped-d
         kinds = {o["kind"] for o in _objects(files)}
         assert "Secret" not in kinds  # referenced, never inlined
         assert {"Deployment", "ConfigMap", "NetworkPolicy", "Namespace"} <= kinds
+        namespace = next(o for o in _objects(files) if o["kind"] == "Namespace")
+        assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == \
+            "restricted"
+        # every pod is admitted under the standard the namespace enforces (tests/pss.py is
+        # written from the published Pod Security Standards, sharing nothing with the emitter)
+        assert {n: v for n, v in pss.check_objects(_objects(files), "restricted").items()
+                if v} == {}, name
         for obj in _objects(files):
             if obj["kind"] != "Deployment":
                 continue
@@ -113,9 +124,7 @@ def test_conventions_and_security(bundles) -> None:  # type: ignore[no-untyped-d
                     "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
                 exprs = {e["key"]: e for e in terms[0]["matchExpressions"]}
                 assert exprs["node-role.kubernetes.io/edge"]["operator"] == "DoesNotExist"
-                assert "hostNetwork" not in spec
             else:
-                assert spec["hostNetwork"] is True
                 assert spec["nodeSelector"]["node-role.kubernetes.io/edge"] == ""
                 assert spec["nodeSelector"]["edgeflow.io/device"] == device_label
                 assert spec["tolerations"][0]["key"] == "node-role.kubernetes.io/edge"
@@ -237,10 +246,64 @@ def test_every_feasible_random_app_compiles_to_valid_bundles(text: str) -> None:
         if target == "k8s":
             for obj in _objects(files):
                 kubernetes_validate.validate(obj, K8S_VERSIONS[0], strict=True)
+            assert {n: v for n, v in pss.check_objects(_objects(files)).items() if v} == {}
+            assert admitted(_objects(files)) == planned(result.program, plan)
         else:
             for path, data in files.items():
                 if path.endswith("compose.yaml"):
                     assert yaml.safe_load(data)["services"]["broker"]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _rule_admits(rule: dict[str, Any], peer_key: str, peer: dict[str, str], port: int) -> bool:
+    """A NetworkPolicy ingress/egress rule: no peers listed means every peer; no ports, every
+    port (the NetworkPolicy API's semantics, pod selectors only)."""
+    peers = rule.get(peer_key)
+    peer_ok = peers is None or any("podSelector" in p and _selects(p["podSelector"], peer)
+                                   for p in peers)
+    ports = rule.get("ports")
+    port_ok = ports is None or any(p.get("protocol", "TCP") == "TCP" and p.get("port") == port
+                                   for p in ports)
+    return peer_ok and port_ok
+
+
+def admitted(objects: list[dict[str, Any]], port: int = 8883) -> set[tuple[str, str]]:
+    """Which pod may open a TCP connection to which on `port`, by the bundle's NetworkPolicies:
+    the source's egress and the destination's ingress must both allow it (a pod no policy of a
+    direction selects is open in that direction; the bundle's default-deny selects all)."""
+    pods = {o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"]
+            for o in objects if o["kind"] == "Deployment"}
+    policies = [o["spec"] for o in objects if o["kind"] == "NetworkPolicy"]
+
+    def allows(direction: str, own: dict[str, str], peer: dict[str, str]) -> bool:
+        mine = [p for p in policies if _selects(p["podSelector"], own)
+                and direction in p.get("policyTypes", [])]
+        key = "to" if direction == "Egress" else "from"
+        return not mine or any(_rule_admits(rule, key, peer, port)
+                               for p in mine for rule in p.get(direction.lower(), []))
+
+    return {(a, b) for a, la in pods.items() for b, lb in pods.items()
+            if a != b and allows("Egress", la, lb) and allows("Ingress", lb, la)}
+
+
+def planned(program: Any, plan: Any) -> set[tuple[str, str]]:
+    """The connections the plan needs between device pods: each bridge, initiator to peer."""
+    bundle = build_bundle(build_execution(program), plan)
+    return {(device_label(b.device), device_label(bridge.peer))
+            for b in bundle.brokers.values() for bridge in b.bridges}
+
+
+def test_network_policies_admit_exactly_the_planned_connections(bundles) -> None:  # type: ignore[no-untyped-def]
+    for name in [*FEASIBLE, "split_demo"]:
+        program = load(ROOT / "examples" / f"{name}.ef") if name != "split_demo" else \
+            check_text(SPLIT_APP, str(ROOT / "examples" / "split_demo.ef")).program
+        plan = api.plan(program).plan
+        wanted = planned(program, plan)
+        assert wanted, name  # every example has bridges
+        assert admitted(_objects(bundles[(name, "k8s")])) == wanted, name
 
 
 def test_compile_errors_are_coded_diagnostics_and_json_envelopes(tmp_path: Path) -> None:
@@ -409,3 +472,18 @@ def test_a_bundle_of_another_target_is_not_silently_replaced(tmp_path: Path) -> 
     assert (out / "compose").is_dir() and not (out / "k8s").exists()
     again = run("compile", "examples/ar_assist.ef", "--target", "compose", "-o", str(out))
     assert again.returncode == 0 and "replaced" not in again.stderr
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl_kustomize_renders_every_example_bundle(tmp_path: Path) -> None:
+    for name in FEASIBLE:
+        out = tmp_path / name
+        assert run("compile", f"examples/{name}.ef", "-o", str(out)).returncode == 0
+        rendered = subprocess.run(["kubectl", "kustomize", str(out / "k8s")],
+                                  capture_output=True, text=True, timeout=120, check=False)
+        assert rendered.returncode == 0, rendered.stderr
+        objects = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+        (namespace,) = [o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"]
+        assert {o["metadata"]["namespace"] for o in objects if o["kind"] != "Namespace"} == \
+            {namespace}
+        assert {n: v for n, v in pss.check_objects(objects).items() if v} == {}

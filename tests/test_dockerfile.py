@@ -160,7 +160,8 @@ def bundles() -> dict[str, dict[str, bytes]]:
 
 
 def workers(files: dict[str, bytes]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(Deployment, its `worker` container) of every unit of a k8s bundle."""
+    """(Deployment, the container) of every unit's worker in a k8s bundle (one pod per device
+    holds its units' workers, named after the units)."""
     out = []
     for path, data in sorted(files.items()):
         if not path.startswith("k8s/") or not path.endswith(".yaml"):
@@ -169,9 +170,12 @@ def workers(files: dict[str, bytes]) -> list[tuple[dict[str, Any], dict[str, Any
             if not doc or doc.get("kind") != "Deployment":
                 continue
             for container in doc["spec"]["template"]["spec"]["containers"]:
-                if container["name"] == "worker":
+                if container.get("command") == ["python", "-m", "edgeflow.runtime"]:
                     out.append((doc, container))
     return out
+
+
+UNIT_KINDS = ("operator", "model", "head", "tail")
 
 
 def unit_configs(files: dict[str, bytes]) -> list[dict[str, Any]]:
@@ -182,8 +186,10 @@ def unit_configs(files: dict[str, bytes]) -> list[dict[str, Any]]:
             out.append(json.loads(data))
         elif path.startswith("k8s/") and path.endswith(".yaml"):
             for doc in yaml.safe_load_all(data):
-                if doc and doc.get("kind") == "ConfigMap" and "unit.json" in doc.get("data", {}):
-                    out.append(json.loads(doc["data"]["unit.json"]))
+                if doc and doc.get("kind") == "ConfigMap":
+                    out.extend(config for key, text in doc.get("data", {}).items()
+                               if key.endswith(".json")
+                               and (config := json.loads(text))["kind"] in UNIT_KINDS)
     return out
 
 
@@ -232,10 +238,11 @@ def test_image_tag_is_the_compiler_version(dockerfile: Dockerfile, bundles) -> N
 def test_user_matches_run_as(dockerfile: Dockerfile, bundles) -> None:  # type: ignore[no-untyped-def]
     uid, gid = dockerfile.user()
     for deployment, container in workers(bundles["k8s"]):
-        pod = deployment["spec"]["template"]["spec"]["securityContext"]
-        assert (pod["runAsUser"], pod["runAsGroup"]) == (uid, gid)
-        assert container["securityContext"].get("runAsUser", uid) == uid
-        assert pod["runAsNonRoot"] and uid != 0
+        pod = deployment["spec"]["template"]["spec"]["securityContext"]  # the device's pod
+        own = container["securityContext"]  # its broker runs as another user
+        assert (own["runAsUser"], own["runAsGroup"]) == (uid, gid)
+        assert pod["fsGroup"] == gid  # the group that owns its secrets and empty dirs
+        assert pod["runAsNonRoot"] and own["runAsNonRoot"] and uid != 0
     for service in compose_workers(bundles["compose"]):
         assert service["user"] == f"{uid}:{gid}"
     useradd = [c for c in dockerfile.run_commands() if c[0] == "useradd"]

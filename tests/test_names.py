@@ -220,18 +220,19 @@ def _check_bundle(bundle: Bundle, files: dict[str, dict[str, bytes]]) -> None:
             acl = target_files[f"mqtt/{bundle.brokers[c.device].name}/edgeflow.acl"].decode()
             assert f"\nuser {c.identity}\n" in acl
             assert f"mqtt/{bundle.brokers[c.device].name}/mosquitto.conf" in target_files
-    # a bridge identity may write on a peer only the topics its own device's clients write
+    # a bridge identity may write on a peer only the topics that reach its own broker: written
+    # by its device's clients, or forwarded to it on their route
     for b in brokers:
-        own = {t for c in bundle.clients if c.device == b.device for t in c.writes}
+        own = {t for rules in b.acl.values() for t in rules["write"]}
         for bridge in b.bridges:
             peer = bundle.brokers[bridge.peer]
             assert set(peer.acl[bridge.identity]["write"]) <= own
-    # every unit has its own manifest, listed once
+    # every device has its own manifest (its pod holds its broker and units), listed once
     k8s = files["k8s"]
     resources = yaml.safe_load(k8s["k8s/kustomization.yaml"])["resources"]
-    assert len(resources) == len(set(resources)) == 1 + len(brokers) + len(units)
+    assert len(resources) == len(set(resources)) == 1 + len(brokers)
     assert {f"k8s/{r}" for r in resources} == {p for p in k8s if p.startswith("k8s/")} - \
-        {"k8s/kustomization.yaml"}
+        {"k8s/kustomization.yaml", "k8s/models.Dockerfile"}
     compose = files["compose"]
     folders = {p.split("/")[1] for p in compose if p.startswith("compose/")}
     assert folders == {b.label for b in brokers} and len(folders) == len(brokers)

@@ -27,7 +27,8 @@ from edgeflow import api, local_run
 from edgeflow.emit.mqtt import render_conf
 from edgeflow.plan import Part
 from edgeflow.runtime import wire
-from edgeflow.runtime.drivers import DriverConfig, frames
+from edgeflow.runtime.drivers import frames
+from edgeflow.unit_config import DriverConfig
 from tests.conftest import ROOT
 
 FIXTURE = ROOT / "tests" / "fixtures" / "runtime"

@@ -40,8 +40,8 @@ def _bundle_files(target: str) -> dict[str, str]:
 
 
 def _golden_unit_configs() -> dict[str, str]:
-    """Every unit.json of both golden bundles: compose/DEVICE/UNIT.json files, and the `unit.json`
-    of each unit's ConfigMap in k8s/UNIT.yaml."""
+    """Every unit.json of both golden bundles: compose/DEVICE/UNIT.json files, and the
+    `UNIT.json` entries of each device's ConfigMap in k8s/DEVICE.yaml."""
     out: dict[str, str] = {}
     for path, text in _bundle_files("compose").items():
         if path.startswith("compose/") and path.endswith(".json"):
@@ -49,8 +49,11 @@ def _golden_unit_configs() -> dict[str, str]:
     for path, text in _bundle_files("k8s").items():
         if path.startswith("k8s/") and path.endswith(".yaml"):
             for doc in yaml.safe_load_all(text):
-                if doc and doc["kind"] == "ConfigMap" and "unit.json" in doc["data"]:
-                    out[f"{path}#{doc['metadata']['name']}"] = doc["data"]["unit.json"]
+                if doc and doc["kind"] == "ConfigMap":
+                    for key, config in doc["data"].items():
+                        if key.endswith(".json") and json.loads(config)["kind"] in \
+                                ("operator", "model", "head", "tail"):
+                            out[f"{path}#{key}"] = config
     return out
 
 

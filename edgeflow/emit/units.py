@@ -11,6 +11,7 @@ from edgeflow.plan import Part
 from edgeflow.unit_config import (
     METRICS_PORT,
     BrokerSpec,
+    DriverConfig,
     ModelSpec,
     OperatorSpec,
     TlsSpec,
@@ -25,11 +26,36 @@ QUEUE = 16
 JOIN_TIMEOUT_S = 1.0
 
 
+STORE_DATA = "/var/lib/edgeflow/data"
+
+
 def metrics_port(bundle: Bundle, c: Client) -> int:
-    """METRICS_PORT for the first unit on a device (in bundle order), the next port for the
-    next: workers beside one broker never share a port."""
-    on_device = [u for u in bundle.units() if u.device == c.device]
+    """METRICS_PORT for the first client on a device (units, then sensors and sinks, in bundle
+    order), the next port for the next: processes beside one broker never share a port."""
+    on_device = [u for u in bundle.units() if u.device == c.device] + \
+        [d for d in bundle.clients if not d.is_unit and d.device == c.device]
     return METRICS_PORT + on_device.index(c)
+
+
+def driver_spec(bundle: Bundle, c: Client, broker_host: str) -> DriverConfig:
+    """The config of a sensor's or sink's driver (`python -m edgeflow.runtime.drivers`), as a
+    bundle deploys it beside its device's broker: a sensor sends synthetic frames of its
+    declared type at its rate (a stand-in for the real driver), a sink records what it gets."""
+    spec: dict[str, object] = {
+        "app": bundle.app, "name": c.step, "replica": c.replica, "kind": c.kind,
+        "device": c.device, "metrics_port": metrics_port(bundle, c),
+        "broker": BrokerSpec(host=broker_host, port=MQTT_PORT, client_id=c.identity,
+                             tls=TlsSpec(ca=f"{BUNDLE_TLS_DIR}/ca.crt",
+                                         cert=f"{BUNDLE_TLS_DIR}/tls.crt",
+                                         key=f"{BUNDLE_TLS_DIR}/tls.key")),
+        "topics": c.writes if c.kind == "sensor" else c.reads,
+    }
+    if c.kind == "sensor":
+        sensor = bundle.program.sensors[c.step]
+        spec |= {"rate_hz": sensor.rate_hz, "emits": str(sensor.emits)}
+    else:
+        spec["database"] = f"{STORE_DATA}/{c.name}.sqlite"
+    return DriverConfig.model_validate(spec)
 
 
 def unit_config(r: Rendering, target: Target, c: Client) -> str:

@@ -19,36 +19,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from edgeflow.runtime import wire
 from edgeflow.runtime.client import Connection, Metrics, StartError, on_stop
 from edgeflow.runtime.worker import tensor_type
-from edgeflow.unit_config import BrokerSpec
-
-
-class DriverConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    app: str
-    name: str = Field(description="The sensor or sink as declared.")
-    replica: int | None = Field(description="The replica a sensor instance feeds; None for a "
-                                            "sink shared by all replicas.")
-    kind: Literal["sensor", "actuator", "store"]
-    device: str
-    broker: BrokerSpec
-    topics: list[str] = Field(description="A sensor's output topic; a sink's input topics.")
-    metrics_port: int = Field(ge=1, le=65535)
-    rate_hz: float | None = Field(default=None, gt=0, description="Sensors: frames per second.")
-    emits: str | None = Field(default=None, description="Sensors: the declared tensor type.")
-    seed: int = Field(default=0, description="Sensors: seed of the synthetic frames.")
-    replay: str | None = Field(default=None, description="Sensors: a folder of .npy frames.")
-    database: str | None = Field(default=None, description="Sinks: the SQLite file.")
-    stats: str | None = Field(default=None, description="Sensors: where the count of frames "
-                                                       "sent is written on exit.")
+from edgeflow.unit_config import DriverConfig
 
 
 def frames(config: DriverConfig) -> Any:

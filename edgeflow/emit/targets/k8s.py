@@ -1,28 +1,59 @@
-"""Kubernetes with KubeEdge conventions: a namespace with the restricted Pod Security level, one
-Deployment + ConfigMap (+ Service for brokers that accept bridges) per broker and per unit
-replica, edge/fog pods pinned to their device's node, requests from the Plan, and a
-kustomization listing them."""
+"""Kubernetes with KubeEdge conventions, under the restricted Pod Security Standard: a namespace
+that enforces it, and per device instance one pod (a Deployment) holding that device's broker,
+its units' workers and its sensors' and sinks' drivers as containers sharing localhost, so no
+host network, host port or host path is needed; models reach the pod through an init container
+of a per-bundle model image; a Service for a broker other devices' bridges dial; and a
+NetworkPolicy admitting exactly the planned connections (docs/bundles.md)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
-from edgeflow.emit.bundle import Bundle, Client, device_label, k8s_name
+from edgeflow.emit.bundle import Broker, Bundle, Client, device_label, k8s_name
 from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.targets.base import Rendering, Target
 from edgeflow.emit.templating import render
-from edgeflow.emit.units import BROKER_IMAGE, WORKER_IMAGE, unit_config
+from edgeflow.emit.units import (
+    BROKER_IMAGE,
+    WORKER_IMAGE,
+    driver_spec,
+    metrics_port,
+    unit_config,
+)
+from edgeflow.plan import Part
+
+WORKER_COMMAND = ["python", "-m", "edgeflow.runtime"]
+DRIVER_COMMAND = ["python", "-m", "edgeflow.runtime.drivers"]
+MODELS_BASE_IMAGE = "busybox:1.36.1"
+UIDS = {"worker": 10001, "broker": 1883}
+
+
+def _security(uid: int) -> dict[str, Any]:
+    """A container's securityContext under the restricted Pod Security Standard."""
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def _placement(tier: str, device: str) -> dict[str, Any]:
     return {"edge": tier != "cloud", "device_label": device_label(device)}
 
 
-def _labels(bundle: Bundle, name: str, role: str, device: str) -> dict[str, str]:
+def _labels(bundle: Bundle, name: str, device: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": k8s_name(bundle.app),
-            "app.kubernetes.io/managed-by": "edgeflow", "edgeflow.io/role": role,
+            "app.kubernetes.io/managed-by": "edgeflow", "edgeflow.io/role": "device",
             "edgeflow.io/device": device_label(device)}
+
+
+def models_image(r: Rendering) -> str | None:
+    """The per-bundle model image: its tag is the digest of the model files it holds."""
+    if not r.artefacts:
+        return None
+    digest = hashlib.sha256("\n".join(sorted(f"{a.path} {a.sha256}" for a in
+                                             r.artefacts.values())).encode()).hexdigest()
+    return f"edgeflow-models-{k8s_name(r.bundle.app) or 'app'}:{digest[:12]}"
 
 
 class Kubernetes(Target):
@@ -30,47 +61,70 @@ class Kubernetes(Target):
     description = "Kubernetes/KubeEdge manifests with a kustomization"
 
     def broker_host(self, bundle: Bundle, client: Client) -> str:
-        # edge and fog pods share their node's network; cloud pods reach the broker's Service
-        return "127.0.0.1" if client.tier != "cloud" else bundle.brokers[client.device].name
+        return "127.0.0.1"  # every client runs in its device's pod, beside the broker
 
     def render(self, r: Rendering) -> dict[str, bytes]:
         bundle = r.bundle
         namespace = k8s_name("edgeflow", bundle.app)
+        image = models_image(r)
         files: dict[str, bytes] = {}
         resources = ["common.yaml"]
         files["k8s/common.yaml"] = render("k8s/common.yaml.j2", app=bundle.app,
                                           namespace=namespace).encode()
+        dials: dict[str, list[str]] = {d: [] for d in bundle.brokers}
+        dialled_by: dict[str, list[str]] = {d: [] for d in bundle.brokers}
         for b in bundle.brokers.values():
-            memory_mi = max(256, math.ceil(4 * bundle.max_message_bytes / 2**20) + 128)
-            view = {
-                "name": b.name, "device": b.device, "tier": b.tier, "external": b.external,
-                "labels": _labels(bundle, b.name, "broker", b.device),
-                "conf": render_conf(bundle, b), "acl": render_acl(b),
-                "placement": _placement(b.tier, b.device),
-                "memory_limit": f"{memory_mi}Mi",
-                "data_host_path": f"/var/lib/edgeflow/{k8s_name(bundle.app)}/{b.name}",
-            }
-            files[f"k8s/{b.name}.yaml"] = render("k8s/broker.yaml.j2", b=view,
-                                                 namespace=namespace,
-                                                 broker_image=BROKER_IMAGE).encode()
-            resources.append(f"{b.name}.yaml")
-        for c in bundle.units():
-            unit = bundle.placed(c)
-            mem_mi = math.ceil(unit.memory_bytes / 2**20) + 128  # the worker and onnxruntime
-            view = {
-                "name": c.name, "step": c.step, "replica": c.replica, "device": c.device,
-                "tier": c.tier, "labels": _labels(bundle, c.name, "unit", c.device),
-                "config_json": unit_config(r, self, c),
-                "cpu": f"{max(10, math.ceil(unit.compute_share * 1000))}m",
-                "memory": f"{mem_mi}Mi", "memory_limit": f"{2 * mem_mi}Mi",
-                "secret": f"{c.name}-tls",
-            }
-            files[f"k8s/{c.name}.yaml"] = render(
-                "k8s/unit.yaml.j2", u=view, p=_placement(c.tier, c.device), namespace=namespace,
-                worker_image=WORKER_IMAGE,
-                models_host_path=f"/var/lib/edgeflow/{k8s_name(bundle.app)}/models").encode()
-            resources.append(f"{c.name}.yaml")
+            for bridge in b.bridges:
+                dials[b.device].append(device_label(bridge.peer))
+                dialled_by[bridge.peer].append(device_label(b.device))
+        for b in bundle.brokers.values():
+            view = self._device(r, b, image)
+            view["dials"], view["dialled_by"] = sorted(dials[b.device]), \
+                sorted(dialled_by[b.device])
+            files[f"k8s/{view['name']}.yaml"] = render(
+                "k8s/device.yaml.j2", d=view, p=_placement(b.tier, b.device),
+                namespace=namespace, broker_image=BROKER_IMAGE, worker_image=WORKER_IMAGE,
+                security={uid: _security(uid) for uid in UIDS.values()}).encode()
+            resources.append(f"{view['name']}.yaml")
+        if image is not None:
+            files["k8s/models.Dockerfile"] = render(
+                "k8s/models.Dockerfile.j2", image=image, base=MODELS_BASE_IMAGE,
+                uid=UIDS["worker"]).encode()
         files["k8s/kustomization.yaml"] = render("k8s/kustomization.yaml.j2", app=bundle.app,
                                                  namespace=namespace,
                                                  resources=resources).encode()
         return files
+
+    def _device(self, r: Rendering, b: Broker, image: str | None) -> dict[str, Any]:
+        bundle = r.bundle
+        name = device_label(b.device)
+        config: dict[str, str] = {"mosquitto.conf": render_conf(bundle, b),
+                                  "edgeflow.acl": render_acl(b)}
+        clients: list[dict[str, Any]] = []
+        for c in [u for u in bundle.units() if u.device == b.device]:
+            unit = bundle.placed(c)
+            mem_mi = math.ceil(unit.memory_bytes / 2**20) + 128  # the worker and onnxruntime
+            config[f"{c.name}.json"] = unit_config(r, self, c)
+            clients.append({"name": c.name, "command": WORKER_COMMAND,
+                            "metrics_port": metrics_port(bundle, c),
+                            "cpu": f"{max(10, math.ceil(unit.compute_share * 1000))}m",
+                            "memory": f"{mem_mi}Mi", "memory_limit": f"{2 * mem_mi}Mi",
+                            "secret": f"{c.name}-tls", "models": unit.part is not Part.OPERATOR,
+                            "store": False})
+        for c in [d for d in bundle.clients if not d.is_unit and d.device == b.device]:
+            config[f"{c.name}.json"] = driver_spec(bundle, c, "127.0.0.1").to_json()
+            clients.append({"name": c.name, "command": DRIVER_COMMAND,
+                            "metrics_port": metrics_port(bundle, c), "cpu": "10m",
+                            "memory": "64Mi", "memory_limit": "128Mi",
+                            "secret": f"{c.name}-tls", "models": False,
+                            "store": c.kind != "sensor"})
+        broker_mi = max(256, math.ceil(4 * bundle.max_message_bytes / 2**20) + 128)
+        needs_models = any(c["models"] for c in clients)
+        return {
+            "name": name, "device": b.device, "tier": b.tier, "external": b.external,
+            "labels": _labels(bundle, name, b.device), "config": config, "clients": clients,
+            "models_image": image if needs_models else None,
+            "has_store": any(c["store"] for c in clients),
+            "broker": {"name": b.name, "secret": f"{b.name}-tls", "cpu": "50m",
+                       "memory": "64Mi", "memory_limit": f"{broker_mi}Mi"},
+        }
