@@ -20,6 +20,7 @@ from edgeflow.dataflow import build, to_dot, to_json, to_mermaid
 from edgeflow.diagnostics import (
     CODES,
     Diagnostic,
+    SourceCache,
     has_errors,
     render_json,
     render_summary,
@@ -215,6 +216,44 @@ def plan(
         sys.stdout.write(render_comparison(result.plan, result.baselines,
                                            checked.program.app.objective))
     raise typer.Exit(EXIT_OK if result.ok else EXIT_ERRORS)
+
+
+@app.command("certs")
+def certs_cmd(
+    bundle_dir: Annotated[Path, typer.Argument(help="A folder `edgeflow compile` wrote.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write them "
+                                                "(default: BUNDLE-secrets beside the bundle, "
+                                                "never inside it).")] = None,
+    ca_cert: Annotated[Path | None, typer.Option(help="Sign with this CA certificate (PEM) "
+                                                 "instead of a new one.")] = None,
+    ca_key: Annotated[Path | None, typer.Option(help="The CA's private key (PEM).")] = None,
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Validity of each certificate.")]
+    = 365,
+    force: Annotated[bool, typer.Option(help="Write into a folder that holds other files.")]
+    = False,
+    out_format: FormatOption = OutputFormat.text,
+    json_out: JsonOption = False,
+) -> None:
+    """Make every certificate a bundle needs (one CA; keys 0600), with a kustomization that
+    creates them as the k8s bundle's secrets."""
+    from edgeflow import certs
+
+    as_json = _as_json(out_format, json_out)
+    _existing([bundle_dir])
+    result = certs.make(bundle_dir, output, ca_cert=ca_cert, ca_key=ca_key, days=days,
+                        force=force)
+    if as_json:
+        summary = None if not result.ok else {
+            "output": str(result.output), "ca": result.ca, "secrets": result.secrets}
+        sys.stdout.write(envelope("certs", summary, result.diagnostics))
+        raise typer.Exit(EXIT_OK if result.ok else EXIT_ERRORS)
+    if not result.ok:
+        for diag in result.diagnostics:
+            sys.stderr.write(render_text(diag, SourceCache()) + "\n")
+        raise typer.Exit(EXIT_ERRORS)
+    typer.echo(f"wrote {len(result.secrets)} certificates to {result.output} (CA: {result.ca}); "
+               f"k8s: kubectl apply -k {result.output}; compose: EDGEFLOW_SECRETS="
+               f"{result.output}", err=True)
 
 
 @app.command("run")

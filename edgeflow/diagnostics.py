@@ -336,6 +336,12 @@ back to exactly one thing, and otherwise the name's start and end with 8 hex dig
 what it names (`cam_1` becomes `cam-1--4dbbb8c3`). Two hashed names can only be equal if those
 digits coincide; edgeflow then refuses the bundle and names both declarations. Rename one.
 """),
+    # ---------------------------------------------------------------- edgeflow certs
+    "E1201": _e("not a bundle, or a CA that cannot sign", """
+`edgeflow certs` reads the `secrets.json` of a folder `edgeflow compile` wrote; the folder named has
+none, or it is not one edgeflow wrote. With `--ca-cert` and `--ca-key` (given together) the CA must
+be a CA certificate with its EC private key.
+"""),
     # ---------------------------------------------------------------- edgeflow run
     "E1101": _e("the run could not start", """
 `edgeflow run` stopped before measuring anything: the output folder holds files it did not write,

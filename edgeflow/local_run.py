@@ -35,6 +35,13 @@ from edgeflow import ir, pki
 from edgeflow.cost import compute_s, model_cost
 from edgeflow.emit.artefacts import build_artefacts, read_models
 from edgeflow.emit.bundle import TIER_ORDER, Broker, Bundle, Client, build_bundle
+from edgeflow.emit.identities import (
+    bridge_secret,
+    broker_secret,
+    client_secret,
+    identities,
+    write_identities,
+)
 from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.targets.base import Rendering
 from edgeflow.emit.units import unit_spec
@@ -259,35 +266,28 @@ class Deployment:
 
     # -- files ---------------------------------------------------------------------------------
     def write_pki(self) -> None:
+        """A throw-away CA and every certificate of the bundle, as `edgeflow certs` makes them
+        (one folder per secret: ca.crt, tls.crt, tls.key)."""
         tls = self.out / "tls"
         ca = pki.new_ca(f"edgeflow run {self.bundle.app}", days=2)
         pki.write_ca(tls, ca)
-        for b in self.bundle.brokers.values():
-            folder = tls / b.name
-            pki.write_ca(folder, ca)
-            (folder / "ca.key").unlink()
-            pki.write_identity(folder, "broker", pki.issue(
-                ca, b.name, dns=[b.name, "localhost"], ips=["127.0.0.1"], server=True,
-                client=False, days=2))
-            pki.write_identity(folder, "bridge", pki.issue(ca, self._bridge_identity(b),
-                                                            days=2))
-            if self.mosquitto_user is not None and self.engine == "mosquitto":
-                for f in folder.iterdir():
-                    os.chown(f, *self.mosquitto_user)
-                folder.chmod(0o755)
-        for c in self.bundle.clients:
-            pki.write_identity(tls / "clients", c.name, pki.issue(ca, c.identity, days=2))
+        write_identities(tls, ca, identities(self.bundle), days=2)
+        if self.mosquitto_user is not None and self.engine == "mosquitto":
+            for b in self.bundle.brokers.values():  # mosquitto drops root privileges
+                for secret in (broker_secret(b.name), bridge_secret(b.name)):
+                    folder = tls / secret
+                    if folder.is_dir():
+                        for f in folder.iterdir():
+                            os.chown(f, *self.mosquitto_user)
+                        folder.chmod(0o755)
 
-    def _bridge_identity(self, b: Broker) -> str:
-        if b.bridges:
-            return b.bridges[0].identity
-        from edgeflow.emit.bundle import bridge_identity
-        return bridge_identity(self.bundle.app, b.device)
+    def secret_dir(self, secret: str) -> Path:
+        return self.out / "tls" / secret
 
     def tls_of(self, c: Client) -> dict[str, str]:
-        tls = self.out / "tls"
-        return {"ca": str(tls / "ca.crt"), "cert": str(tls / "clients" / f"{c.name}.crt"),
-                "key": str(tls / "clients" / f"{c.name}.key")}
+        folder = self.secret_dir(client_secret(c.name))
+        return {"ca": str(folder / "ca.crt"), "cert": str(folder / "tls.crt"),
+                "key": str(folder / "tls.key")}
 
     def write_models(self) -> dict[tuple[str, Part, int], Path]:
         sources = read_models(self.program, self.plan)
@@ -358,7 +358,7 @@ class Deployment:
         if self.engine == "embedded":
             specs = []
             for b in self.bundle.brokers.values():
-                tls = self.out / "tls" / b.name
+                tls = self.secret_dir(broker_secret(b.name))
                 acl = {user: {k: list(v) for k, v in rules.items()}
                        for user, rules in b.acl.items()}
                 for bridge in b.bridges:  # the relay plays the bridge's local end
@@ -366,8 +366,8 @@ class Deployment:
                     rules["read"] += bridge.out_topics
                     rules["write"] += bridge.in_topics
                 specs.append({"name": b.name, "host": "127.0.0.1", "port": self.ports[b.device],
-                              "ca": str(tls / "ca.crt"), "cert": str(tls / "broker.crt"),
-                              "key": str(tls / "broker.key"), "acl": acl})
+                              "ca": str(tls / "ca.crt"), "cert": str(tls / "tls.crt"),
+                              "key": str(tls / "tls.key"), "acl": acl})
             config = folder / "embedded.json"
             config.write_text(json.dumps(specs, indent=2, sort_keys=True) + "\n")
             return [Proc("embedded broker", [sys.executable, "-m", "edgeflow.runtime.embedded",
@@ -395,7 +395,8 @@ class Deployment:
         """The bundle's template with only ports, bind address, file paths and addresses
         substituted (tests/test_runtime.py diffs the two)."""
         folder = self.out / "brokers" / b.name
-        return render_conf(self.bundle, b, tls_dir=str(self.out / "tls" / b.name),
+        return render_conf(self.bundle, b, tls_dir=str(self.secret_dir(broker_secret(b.name))),
+                           bridge_tls_dir=str(self.secret_dir(bridge_secret(b.name))),
                            port=self.ports[b.device], acl_path=str(folder / "edgeflow.acl"),
                            persistence_dir=str(folder / "data"), bind="127.0.0.1",
                            addresses={peer: f"127.0.0.1:{port}"  # this broker's own proxies
@@ -414,7 +415,6 @@ class Deployment:
             return [[link_id, direction]]
 
         proxies, relays = [], []
-        tls = self.out / "tls"
         for b in self.bundle.brokers.values():
             for bridge in b.bridges:
                 forward, backward = hops(b.device, bridge.peer), hops(bridge.peer, b.device)
@@ -424,9 +424,10 @@ class Deployment:
                         "target": ["127.0.0.1", self.ports[bridge.peer]],
                         "forward": forward, "backward": backward})
                     continue
-                end = {"client_id": bridge.identity, "ca": str(tls / b.name / "ca.crt"),
-                       "cert": str(tls / b.name / "bridge.crt"),
-                       "key": str(tls / b.name / "bridge.key"), "host": "127.0.0.1"}
+                own = self.secret_dir(bridge_secret(b.name))
+                end = {"client_id": bridge.identity, "ca": str(own / "ca.crt"),
+                       "cert": str(own / "tls.crt"), "key": str(own / "tls.key"),
+                       "host": "127.0.0.1"}
                 relays.append({"a": end | {"port": self.ports[b.device]},
                                "b": end | {"port": self.ports[bridge.peer]},
                                "out_topics": bridge.out_topics, "in_topics": bridge.in_topics,

@@ -172,6 +172,13 @@ def write_identity(folder: Path, stem: str, identity: Identity, *,
     return cert, key
 
 
+def write_certificate(path: Path, cert_pem: bytes) -> Path:
+    """A certificate alone (mode 0644), atomically, never through a symbolic link."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write(path, cert_pem, 0o644)
+    return path
+
+
 def write_ca(folder: Path, ca: CA, *, key_mode: int = 0o600) -> tuple[Path, Path]:
     """`folder`/ca.crt (mode 0644) and `folder`/ca.key (`key_mode`); returns both."""
     name = ca.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value

@@ -178,6 +178,12 @@ def workers(files: dict[str, bytes]) -> list[tuple[dict[str, Any], dict[str, Any
 UNIT_KINDS = ("operator", "model", "head", "tail")
 
 
+def _target(volume: str) -> str:
+    """The container path of a compose short-syntax volume, `${VAR:?message}` interpolated
+    away first (compose interpolates before it splits on `:`)."""
+    return re.sub(r"\$\{[^}]*\}", "/from-environment", volume).split(":")[1]
+
+
 def unit_configs(files: dict[str, bytes]) -> list[dict[str, Any]]:
     """Every unit.json: the ConfigMaps of k8s, the files beside compose.yaml."""
     out = []
@@ -263,7 +269,7 @@ def test_command_matches_entrypoint(dockerfile: Dockerfile, bundles) -> None:  #
     assert services
     for service in services:
         assert service["command"] == entrypoint + cmd
-        assert any(v.split(":")[1] == cmd[1] for v in service["volumes"])
+        assert any(_target(v) == cmd[1] for v in service["volumes"])
 
 
 def test_every_mount_point_exists(dockerfile: Dockerfile, bundles) -> None:  # type: ignore[no-untyped-def]
@@ -275,7 +281,7 @@ def test_every_mount_point_exists(dockerfile: Dockerfile, bundles) -> None:  # t
             assert path == "/tmp" or path in created, f"{path} is not created in the image"
     for service in compose_workers(bundles["compose"]):
         for volume in service["volumes"]:
-            target = volume.split(":")[1]
+            target = _target(volume)
             assert provided_by_image(target, dockerfile), target
         for tmpfs in service.get("tmpfs", []):
             assert provided_by_image(tmpfs.split(":")[0], dockerfile), tmpfs

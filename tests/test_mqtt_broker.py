@@ -69,7 +69,16 @@ class Running:
         (folder / "acl").write_text(render_acl(broker))
         (folder / "acl").chmod(0o644)
         # bridges to a peer that is not running: the broker must still serve its clients
-        conf = render_conf(bundle, broker, tls_dir=str(tls), port=self.port,
+        # one certificate per secret folder, as the bundle mounts them: ca.crt, tls.crt, tls.key
+        for secret, stem in (("server", "broker"), ("bridge-secret", "bridge")):
+            (folder / secret).mkdir()
+            (folder / secret).chmod(0o755)
+            for src, dst in (("ca.crt", "ca.crt"), (f"{stem}.crt", "tls.crt"),
+                             (f"{stem}.key", "tls.key")):
+                shutil.copy(tls / src, folder / secret / dst)
+                (folder / secret / dst).chmod(0o644)
+        conf = render_conf(bundle, broker, tls_dir=str(folder / "server"),
+                           bridge_tls_dir=str(folder / "bridge-secret"), port=self.port,
                            acl_path=str(folder / "acl"), persistence_dir=str(data),
                            addresses={d: f"127.0.0.1:{(peers or {}).get(d) or _free_port()}"
                                       for d in bundle.brokers},

@@ -19,6 +19,7 @@ from edgeflow import __version__
 from edgeflow.diagnostics import Diagnostic
 from edgeflow.emit.artefacts import build_artefacts, external_files, manifest, read_models
 from edgeflow.emit.bundle import build_bundle
+from edgeflow.emit.identities import secrets_json
 from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.report import render_report
 from edgeflow.emit.targets import TARGETS, Rendering
@@ -57,6 +58,7 @@ def bundle_files(execution: ExecutionGraph, plan: Plan, target: str,
     files.update(external_files(plan, sources))
     if artefacts:
         files["models/manifest.json"] = manifest(sources, artefacts)
+    files["secrets.json"] = secrets_json(bundle)
     for b in bundle.brokers.values():
         files[f"mqtt/{b.name}/mosquitto.conf"] = render_conf(bundle, b).encode()
         files[f"mqtt/{b.name}/edgeflow.acl"] = render_acl(b).encode()

@@ -4,7 +4,11 @@ workers placed there, on the host network), with each unit's config beside it.""
 from __future__ import annotations
 
 from edgeflow.emit.bundle import Bundle, Client, k8s_name
+from edgeflow.emit.identities import bridge_secret, broker_secret, client_secret
 from edgeflow.emit.targets.base import Rendering, Target
+
+SECRETS = "${EDGEFLOW_SECRETS:?set EDGEFLOW_SECRETS to the folder edgeflow certs wrote}"
+"""Where compose finds the certificates: outside the bundle, named when starting it."""
 from edgeflow.emit.templating import render
 from edgeflow.emit.units import BROKER_IMAGE, WORKER_IMAGE, unit_config
 
@@ -27,7 +31,9 @@ class Compose(Target):
             files[f"{folder}/compose.yaml"] = render(
                 "compose/compose.yaml.j2", app=bundle.app, device=b.device, tier=b.tier,
                 project=f"{k8s_name(bundle.app) or 'edgeflow'}-{b.label}",
-                units=[{"name": c.name, "secret": c.name} for c in units],
-                mqtt_dir=f"../../mqtt/{b.name}", broker_secret=b.name,
+                units=[{"name": c.name, "secret": client_secret(c.name)} for c in units],
+                mqtt_dir=f"../../mqtt/{b.name}", broker_secret=broker_secret(b.name),
+                bridge_secret=bridge_secret(b.name) if b.bridges else None,
+                secrets=SECRETS,
                 broker_image=BROKER_IMAGE, worker_image=WORKER_IMAGE).encode()
         return files

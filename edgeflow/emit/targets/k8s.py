@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from edgeflow.emit.bundle import Broker, Bundle, Client, device_label, k8s_name
+from edgeflow.emit.identities import bridge_secret, broker_secret, client_secret, identities
 from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.targets.base import Rendering, Target
 from edgeflow.emit.templating import render
@@ -93,6 +94,12 @@ class Kubernetes(Target):
         files["k8s/kustomization.yaml"] = render("k8s/kustomization.yaml.j2", app=bundle.app,
                                                  namespace=namespace,
                                                  resources=resources).encode()
+        files["k8s/cert-manager/certificates.yaml"] = render(
+            "k8s/certificates.yaml.j2", app=bundle.app, namespace=namespace,
+            identities=identities(bundle)).encode()
+        files["k8s/cert-manager/kustomization.yaml"] = render(
+            "k8s/kustomization.yaml.j2", app=bundle.app, namespace=namespace,
+            resources=["certificates.yaml"]).encode()
         return files
 
     def _device(self, r: Rendering, b: Broker, image: str | None) -> dict[str, Any]:
@@ -109,14 +116,15 @@ class Kubernetes(Target):
                             "metrics_port": metrics_port(bundle, c),
                             "cpu": f"{max(10, math.ceil(unit.compute_share * 1000))}m",
                             "memory": f"{mem_mi}Mi", "memory_limit": f"{2 * mem_mi}Mi",
-                            "secret": f"{c.name}-tls", "models": unit.part is not Part.OPERATOR,
+                            "secret": client_secret(c.name),
+                            "models": unit.part is not Part.OPERATOR,
                             "store": False})
         for c in [d for d in bundle.clients if not d.is_unit and d.device == b.device]:
             config[f"{c.name}.json"] = driver_spec(bundle, c, "127.0.0.1").to_json()
             clients.append({"name": c.name, "command": DRIVER_COMMAND,
                             "metrics_port": metrics_port(bundle, c), "cpu": "10m",
                             "memory": "64Mi", "memory_limit": "128Mi",
-                            "secret": f"{c.name}-tls", "models": False,
+                            "secret": client_secret(c.name), "models": False,
                             "store": c.kind != "sensor"})
         broker_mi = max(256, math.ceil(4 * bundle.max_message_bytes / 2**20) + 128)
         needs_models = any(c["models"] for c in clients)
@@ -125,6 +133,8 @@ class Kubernetes(Target):
             "labels": _labels(bundle, name, b.device), "config": config, "clients": clients,
             "models_image": image if needs_models else None,
             "has_store": any(c["store"] for c in clients),
-            "broker": {"name": b.name, "secret": f"{b.name}-tls", "cpu": "50m",
+            "broker": {"name": b.name, "secret": broker_secret(b.name),
+                       "bridge_secret": bridge_secret(b.name) if b.bridges else None,
+                       "cpu": "50m",
                        "memory": "64Mi", "memory_limit": f"{broker_mi}Mi"},
         }
