@@ -489,3 +489,23 @@ def test_kubectl_kustomize_renders_every_example_bundle(tmp_path: Path) -> None:
         assert {o["metadata"]["namespace"] for o in objects if o["kind"] != "Namespace"} == \
             {namespace}
         assert {n: v for n, v in pss.check_objects(objects).items() if v} == {}
+
+
+def test_the_report_groups_replicas_and_keeps_its_diagram_within_mermaids_limits() -> None:
+    """At count = 120 the report stays as long as at 12: identical replicas share a row, the
+    diagram collapses them (Mermaid stops at 500 edges or 50,000 characters), instance names
+    sort naturally."""
+    text = (ROOT / "examples" / "smart_city_traffic.ef").read_text()
+    reports = {}
+    for count in (12, 120):
+        result = check_text(text.replace("count   = 12", f"count   = {count}"),
+                            str(ROOT / "examples" / "smart_city_traffic.ef"))
+        assert result.program is not None
+        files = compile_program(result.program, "k8s", "smart_city_traffic.ef")
+        reports[count] = files["report.md"].decode()
+    small, large = reports[12], reports[120]
+    diagram = large.split("```mermaid\n")[1].split("```")[0]
+    assert len(diagram) < 50_000 and diagram.count("-->") < 500
+    assert diagram == small.split("```mermaid\n")[1].split("```")[0].replace("×12", "×120")
+    assert len(large.splitlines()) == len(small.splitlines())
+    assert "`street_cabinet[0–119]`" in large and "street_cabinet[r]" in large
