@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,3 +24,13 @@ def assert_golden(path: Path, actual: str) -> None:
         pytest.fail(f"missing golden file {path}; run with EDGEFLOW_UPDATE_GOLDENS=1")
     expected = path.read_text(encoding="utf-8")
     assert actual == expected, f"output differs from golden {path.name}"
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    """A scratch folder every user can read: mosquitto started as root drops its privileges,
+    and pytest's private tmp folders are then out of its reach."""
+    path = Path(tempfile.mkdtemp(prefix="edgeflow-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

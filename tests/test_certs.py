@@ -7,15 +7,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import paho.mqtt.client as mqtt
-import pytest
 import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -28,15 +25,6 @@ from tests.conftest import FIXTURES, ROOT, assert_golden
 from tests.test_cli import run
 
 SCHEMAS = FIXTURES / "schemas"
-
-
-@pytest.fixture
-def folder() -> Iterator[Path]:
-    # mosquitto drops root privileges: pytest's private tmp folders are out of its reach
-    path = Path(tempfile.mkdtemp(prefix="edgeflow-certs-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _cn(cert_file: Path) -> str:

@@ -16,10 +16,8 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -260,15 +258,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def folder() -> Iterator[Path]:
-    # mosquitto drops root privileges: pytest's private tmp folders are out of its reach
-    path = Path(tempfile.mkdtemp(prefix="edgeflow-links-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _start(config: dict[str, object], folder: Path) -> subprocess.Popen[str]:

@@ -11,10 +11,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +33,6 @@ FIXTURE = ROOT / "tests" / "fixtures" / "runtime"
 ENGINES = ["embedded", pytest.param("mosquitto", marks=pytest.mark.skipif(
     shutil.which("mosquitto") is None and not os.environ.get("CI"),
     reason="mosquitto is not installed (.ci/run installs it)"))]
-
-
-@pytest.fixture
-def folder() -> Iterator[Path]:
-    # mosquitto drops root privileges: pytest's private tmp folders are out of its reach
-    path = Path(tempfile.mkdtemp(prefix="edgeflow-run-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _split_app(folder: Path) -> Path:
