@@ -72,6 +72,7 @@ class Device(Declared):
     power_w: float = Field(ge=0, default=0.0)
     cost_usd_per_s: float = Field(ge=0, default=0.0)
     labels: dict[str, str] = {}
+    gpu: str | None = None  # the extended resource its units request, e.g. nvidia.com/gpu
     message_latency_s: float = Field(ge=0, default=MESSAGE_LATENCY_S)
     message_bandwidth_bps: float = Field(gt=0, default=MESSAGE_BANDWIDTH_BPS)
 

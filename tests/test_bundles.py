@@ -509,3 +509,35 @@ def test_the_report_groups_replicas_and_keeps_its_diagram_within_mermaids_limits
     assert diagram == small.split("```mermaid\n")[1].split("```")[0].replace("×12", "×120")
     assert len(large.splitlines()) == len(small.splitlines())
     assert "`street_cabinet[0–119]`" in large and "street_cabinet[r]" in large
+
+
+def test_device_labels_select_nodes_and_a_gpu_device_gives_its_models_a_gpu() -> None:
+    text = SPLIT_APP.replace(
+        "device cloud   {{ tier = cloud,".replace("{{", "{"),
+        'device cloud   { tier = cloud, gpu = "nvidia.com/gpu", labels = { pool = "a100" },')
+    assert 'gpu = "nvidia.com/gpu"' in text
+    result = check_text(text.replace(
+        "device cam_box { tier = edge,", 'device cam_box { tier = edge, labels = '
+        '{ accelerator = "jetson-nano" },'), str(ROOT / "examples" / "split_demo.ef"))
+    assert result.program is not None, result.diagnostics
+    files = compile_program(result.program, "k8s", "split_demo.ef")
+    pods = {o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in _objects(files)
+            if o["kind"] == "Deployment"}
+    edge = pods["cam-box-0"]
+    assert edge["nodeSelector"]["edgeflow.io/accelerator"] == "jetson-nano"
+    cloud = pods["cloud"]
+    terms = cloud["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    exprs = {e["key"]: e["values"] for e in terms["nodeSelectorTerms"][0]["matchExpressions"]
+             if "values" in e}
+    assert exprs["edgeflow.io/pool"] == ["a100"]
+    tails = [c for c in cloud["containers"] if c["name"].startswith("detector-tail")]
+    assert tails and all(c["resources"]["requests"]["nvidia.com/gpu"] == 1 ==
+                         c["resources"]["limits"]["nvidia.com/gpu"] for c in tails)
+    assert all("nvidia.com/gpu" not in c["resources"]["requests"]
+               for c in cloud["containers"] if not c["name"].startswith("detector-tail"))
+    for obj in _objects(files):
+        kubernetes_validate.validate(obj, K8S_VERSIONS[0], strict=True)
+    bad = check_text(text.replace('gpu = "nvidia.com/gpu"', 'gpu = "a gpu"'), "x.ef")
+    assert "E0303" in {d.code for d in bad.diagnostics}
+    worse = check_text(text.replace('pool = "a100"', 'pool = "two words"'), "x.ef")
+    assert "E0303" in {d.code for d in worse.diagnostics}

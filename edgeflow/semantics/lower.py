@@ -68,7 +68,8 @@ def _schemas(r: Reader) -> dict[str, dict[str, Key]]:
             "count": Key(r.count, False, "count = 2"),
             "power": Key(r.quantity(POWER, positive=False), False, "power = 10 W"),
             "cost": Key(r.quantity(COST_RATE, positive=False), False, "cost = 1.5 USD/h"),
-            "labels": Key(r.string_map, False, 'labels = { zone = "a" }'),
+            "labels": Key(_node_labels(r), False, 'labels = { zone = "a" }'),
+            "gpu": Key(_gpu(r), False, 'gpu = "nvidia.com/gpu"'),
             "message_latency": Key(r.quantity(TIME, positive=False), False,
                                    "message_latency = 0.7 ms"),
             "message_bandwidth": Key(r.quantity(BANDWIDTH, positive=True), False,
@@ -107,6 +108,40 @@ def _schemas(r: Reader) -> dict[str, dict[str, Key]]:
             "allow": Key(r.tiers, True, "allow = [edge, fog]"),
         },
     }
+
+
+_LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+_RESOURCE = re.compile(r"[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?/[a-z0-9](?:[-a-z0-9_.]*[a-z0-9])?")
+
+
+def _node_labels(r: Reader) -> Callable[[str, ast.Value], Any]:
+    """A device's labels, which become the node selectors `edgeflow.io/KEY: VALUE` of its
+    pods: keys and values must be Kubernetes label names and values."""
+    def read(key: str, value: ast.Value) -> Any:
+        labels = r.string_map(key, value)
+        if labels is BAD or not isinstance(value, ast.MapValue):
+            return labels
+        for entry in value.entries:
+            name, text = entry.key.value, labels.get(entry.key.value, "")
+            if len(name) > 63 - len("edgeflow.io/") or not _LABEL_VALUE.fullmatch(text):
+                r.sink.error("E0303", f"label `{name} = \"{text}\"` cannot be a node label",
+                             entry.value.span, "not a Kubernetes label value",
+                             help="labels become node selectors: at most 63 letters, digits, "
+                                  "`-`, `_` and `.`, starting and ending with a letter or digit")
+                return BAD
+        return labels
+    return read
+
+
+def _gpu(r: Reader) -> Callable[[str, ast.Value], Any]:
+    def read(key: str, value: ast.Value) -> Any:
+        text = r.string(key, value)
+        if text is BAD or _RESOURCE.fullmatch(text):
+            return text
+        r.sink.error("E0303", f"`{key}` must name a Kubernetes extended resource", value.span,
+                     "not `vendor/resource`", help='e.g. `gpu = "nvidia.com/gpu"`')
+        return BAD
+    return read
 
 
 def _impl(r: Reader) -> Callable[[str, ast.Value], Any]:
@@ -386,7 +421,7 @@ def _add_entity(out: Lowered, decl: ast.Decl, f: dict[str, Any]) -> None:
         out.devices[name] = ir.Device(
             name=name, span=span, tier=f["tier"], compute_flops=f["compute"],
             memory_bytes=f["memory"], count=f.get("count", 1), power_w=f.get("power", 0.0),
-            cost_usd_per_s=f.get("cost", 0.0), labels=f.get("labels", {}),
+            cost_usd_per_s=f.get("cost", 0.0), labels=f.get("labels", {}), gpu=f.get("gpu"),
             message_latency_s=f.get("message_latency", ir.MESSAGE_LATENCY_S),
             message_bandwidth_bps=f.get("message_bandwidth", ir.MESSAGE_BANDWIDTH_BPS))
     elif decl.kind == "link":

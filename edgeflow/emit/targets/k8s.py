@@ -38,8 +38,13 @@ def _security(uid: int) -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def _placement(tier: str, device: str) -> dict[str, Any]:
-    return {"edge": tier != "cloud", "device_label": device_label(device)}
+def _placement(bundle: Bundle, tier: str, device: str) -> dict[str, Any]:
+    """Where a device's pod may run: its node (`edgeflow.io/device`), on the edge or not, and
+    the device's declared labels as node selectors (`accelerator = "jetson-nano"` ->
+    `edgeflow.io/accelerator: jetson-nano`)."""
+    declared = bundle.program.devices[device.split("[")[0]].labels
+    return {"edge": tier != "cloud", "device_label": device_label(device),
+            "selectors": {f"edgeflow.io/{k}": v for k, v in sorted(declared.items())}}
 
 
 def _labels(bundle: Bundle, name: str, device: str) -> dict[str, str]:
@@ -83,7 +88,7 @@ class Kubernetes(Target):
             view["dials"], view["dialled_by"] = sorted(dials[b.device]), \
                 sorted(dialled_by[b.device])
             files[f"k8s/{view['name']}.yaml"] = render(
-                "k8s/device.yaml.j2", d=view, p=_placement(b.tier, b.device),
+                "k8s/device.yaml.j2", d=view, p=_placement(bundle, b.tier, b.device),
                 namespace=namespace, broker_image=BROKER_IMAGE, worker_image=WORKER_IMAGE,
                 security={uid: _security(uid) for uid in UIDS.values()}).encode()
             resources.append(f"{view['name']}.yaml")
@@ -108,6 +113,7 @@ class Kubernetes(Target):
         config: dict[str, str] = {"mosquitto.conf": render_conf(bundle, b),
                                   "edgeflow.acl": render_acl(b)}
         clients: list[dict[str, Any]] = []
+        gpu = bundle.program.devices[b.device.split("[")[0]].gpu
         for c in [u for u in bundle.units() if u.device == b.device]:
             unit = bundle.placed(c)
             mem_mi = math.ceil(unit.memory_bytes / 2**20) + 128  # the worker and onnxruntime
@@ -118,6 +124,8 @@ class Kubernetes(Target):
                             "memory": f"{mem_mi}Mi", "memory_limit": f"{2 * mem_mi}Mi",
                             "secret": client_secret(c.name),
                             "models": unit.part is not Part.OPERATOR,
+                            # a model on a device that declares a GPU gets one
+                            "gpu": gpu if unit.part is not Part.OPERATOR else None,
                             "store": False})
         for c in [d for d in bundle.clients if not d.is_unit and d.device == b.device]:
             config[f"{c.name}.json"] = driver_spec(bundle, c, "127.0.0.1").to_json()
@@ -125,7 +133,7 @@ class Kubernetes(Target):
                             "metrics_port": metrics_port(bundle, c), "cpu": "10m",
                             "memory": "64Mi", "memory_limit": "128Mi",
                             "secret": client_secret(c.name), "models": False,
-                            "store": c.kind != "sensor"})
+                            "gpu": None, "store": c.kind != "sensor"})
         broker_mi = max(256, math.ceil(4 * bundle.max_message_bytes / 2**20) + 128)
         needs_models = any(c["models"] for c in clients)
         return {
