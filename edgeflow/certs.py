@@ -66,12 +66,17 @@ def make(bundle_dir: Path, output: Path | None = None, *, ca_cert: Path | None =
                      help="choose another folder with -o, or pass --force to write beside them")
     if (ca_cert is None) != (ca_key is None):
         return _fail("E1201", "--ca-cert and --ca-key go together", bundle_dir)
+    for given_file in (ca_cert, ca_key):
+        if given_file is not None and not given_file.is_file():
+            return _fail("E1201", f"cannot read the CA file `{given_file}`", given_file)
     result = CertsResult(out)
     try:
+        given = None if ca_cert is None or ca_key is None else \
+            pki.load_ca(ca_cert.read_bytes(), ca_key.read_bytes())  # before writing anything
         out.mkdir(parents=True, exist_ok=True)
         out.chmod(0o700)
-        if ca_cert is not None and ca_key is not None:
-            ca = pki.load_ca(ca_cert.read_bytes(), ca_key.read_bytes())
+        if given is not None:
+            ca = given
             pki.write_certificate(out / "ca.crt", ca.cert_pem())
             result.ca = "given"
         elif (out / "ca.crt").is_file() and (out / "ca.key").is_file():

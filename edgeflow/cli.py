@@ -259,8 +259,8 @@ def certs_cmd(
 @app.command("run")
 def run_cmd(
     file: Annotated[Path, typer.Argument(help="The .ef file.")],
-    duration: Annotated[str, typer.Option(help="How long the sensors send, e.g. 10s, 500ms, "
-                                          "2min.")] = "10s",
+    duration: Annotated[str, typer.Option(help="How long the sensors send, e.g. 10s or "
+                                          "500ms.")] = "10s",
     broker: Annotated[str, typer.Option(help="embedded (amqtt, nothing to install) or "
                                         "mosquitto (Debian's, the bundle's own configs).")]
     = "embedded",

@@ -44,7 +44,7 @@ from edgeflow.emit.identities import (
 )
 from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.targets.base import Rendering
-from edgeflow.emit.units import unit_spec
+from edgeflow.emit.units import driver_spec, unit_spec
 from edgeflow.execution import ExecutionGraph
 from edgeflow.plan import Part, Plan
 
@@ -325,28 +325,28 @@ class Deployment:
         return out
 
     def driver_configs(self) -> dict[str, Path]:
+        """Each sensor's and sink's config as the bundle deploys it (`units.driver_spec`), with
+        this machine's ports and paths, the replay folders and the sensors' exit counts."""
         out: dict[str, Path] = {}
         for c in self.bundle.clients:
             if c.is_unit:
                 continue
-            config: dict[str, Any] = {
-                "app": self.bundle.app, "name": c.step, "replica": c.replica, "kind": c.kind,
-                "device": c.device, "metrics_port": free_port(),
-                "broker": {"host": "127.0.0.1", "port": self.ports[c.device],
-                           "client_id": c.identity, "tls": self.tls_of(c)},
-                "topics": c.writes if c.kind == "sensor" else c.reads,
+            spec = driver_spec(self.bundle, c, "127.0.0.1")
+            update: dict[str, Any] = {
+                "metrics_port": free_port(),
+                "broker": spec.broker.model_copy(update={
+                    "port": self.ports[c.device],
+                    "tls": spec.broker.tls.model_copy(update=self.tls_of(c))}),
             }
             if c.kind == "sensor":
-                sensor = self.program.sensors[c.step]
-                config |= {"rate_hz": sensor.rate_hz, "emits": str(sensor.emits), "seed": 0,
-                           "stats": str(self.out / "logs" / f"{c.name}.sent.json"),
-                           "replay": str(self.replay[c.step]) if c.step in self.replay
-                           else None}
+                update["stats"] = str(self.out / "logs" / f"{c.name}.sent.json")
+                if c.step in self.replay:
+                    update["replay"] = str(self.replay[c.step])
             else:
-                config["database"] = str(self.out / "sinks" / f"{c.name}.sqlite")
+                update["database"] = str(self.out / "sinks" / f"{c.name}.sqlite")
             path = self.out / "config" / f"{c.name}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            path.write_text(spec.model_copy(update=update).to_json())
             out[c.name] = path
         (self.out / "sinks").mkdir(exist_ok=True)
         return out

@@ -200,8 +200,8 @@ class DriverConfig(_Spec):
 
     app: str
     name: str = Field(description="The sensor or sink as declared.")
-    replica: int | None = Field(description="The replica a sensor instance feeds; None for a "
-                                            "sink shared by all replicas.")
+    replica: int | None = Field(default=None, description="The replica a sensor instance "
+                                "feeds; absent for a sink shared by all replicas.")
     kind: Literal["sensor", "actuator", "store"]
     device: str
     broker: BrokerSpec

@@ -541,3 +541,21 @@ def test_device_labels_select_nodes_and_a_gpu_device_gives_its_models_a_gpu() ->
     assert "E0303" in {d.code for d in bad.diagnostics}
     worse = check_text(text.replace('pool = "a100"', 'pool = "two words"'), "x.ef")
     assert "E0303" in {d.code for d in worse.diagnostics}
+
+
+def test_every_driver_config_in_a_bundle_is_one_the_driver_reads(bundles) -> None:  # type: ignore[no-untyped-def]
+    from edgeflow.unit_config import DriverConfig
+    seen = 0
+    for (name, target), files in bundles.items():
+        if target != "k8s":
+            continue
+        for obj in _objects(files):
+            if obj["kind"] != "ConfigMap":
+                continue
+            for key, text in obj["data"].items():
+                if key.endswith(".json") and json.loads(text)["kind"] in ("sensor", "actuator",
+                                                                          "store"):
+                    config = DriverConfig.model_validate_json(text)  # as the driver loads it
+                    assert config.to_json() == text
+                    seen += 1
+    assert seen

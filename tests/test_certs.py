@@ -212,3 +212,23 @@ def test_cert_manager_resources_validate_against_its_crds_and_cover_every_identi
                for d in yaml.safe_load_all(f.read_text()) if d and d["kind"] == "Deployment"
                for v in d["spec"]["template"]["spec"]["volumes"] if "secret" in v}
     assert mounted <= set(made)
+
+
+def test_certs_with_a_given_ca_signs_with_it_and_a_bad_ca_writes_nothing(folder: Path) -> None:
+    from edgeflow import pki
+    bundle = folder / "bundle"
+    assert run("compile", "examples/reference.ef", "-o", str(bundle)).returncode == 0
+    ca = pki.new_ca("my company CA")
+    pki.write_ca(folder / "myca", ca)
+    made = certs.make(bundle, folder / "out", ca_cert=folder / "myca/ca.crt",
+                      ca_key=folder / "myca/ca.key")
+    assert made.ok and made.ca == "given" and not (folder / "out" / "ca.key").exists()
+    leaf = x509.load_pem_x509_certificate((folder / "out/archive-tls/tls.crt").read_bytes())
+    leaf.verify_directly_issued_by(ca.cert)
+    (folder / "junk.pem").write_text("not a certificate")
+    bad = certs.make(bundle, folder / "none", ca_cert=folder / "junk.pem",
+                     ca_key=folder / "junk.pem")
+    assert [d.code for d in bad.diagnostics] == ["E1201"] and not (folder / "none").exists()
+    missing = certs.make(bundle, folder / "none", ca_cert=folder / "nope.pem",
+                         ca_key=folder / "junk.pem")
+    assert [d.code for d in missing.diagnostics] == ["E1201"] and not (folder / "none").exists()
