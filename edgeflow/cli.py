@@ -307,7 +307,7 @@ def run_cmd(
             typer.echo("error: no placement meets the constraints; nothing was run", err=True)
         raise typer.Exit(EXIT_ERRORS)
     out = output or Path("run") / checked.program.app.name
-    options = local_run.Options(seconds, broker, replays, out, progress=not as_json)
+    options = local_run.Options(seconds, broker, replays, out)
     from rich.console import Console
 
     console = Console(stderr=True)

@@ -212,14 +212,6 @@ def emulated_seconds(program: ir.Program, plan: Plan, c: Client) -> float:
     return compute_s(work, device)
 
 
-@dataclass
-class Layout:
-    out: Path
-
-    def __getattr__(self, name: str) -> Path:
-        return self.out / name
-
-
 def prepare_output(out: Path) -> None:
     """`out` is made for the run, or was made by an earlier run (its marker says so): anything
     else is refused. Only the run's own folders are replaced."""
@@ -575,7 +567,6 @@ class Options:
     engine: str = "embedded"
     replay: dict[str, Path] = field(default_factory=dict)
     out: Path = Path("run")
-    progress: bool = True
 
 
 def _alive(p: Proc) -> bool:

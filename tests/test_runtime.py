@@ -125,17 +125,7 @@ def test_the_reference_example_runs_and_reports_every_field(folder: Path) -> Non
 def test_a_killed_worker_is_restarted_and_the_gap_reported(folder: Path) -> None:
     ef = _split_app(folder)
 
-    def kill() -> None:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            for proc in psutil.process_iter(["cmdline"]):
-                cmd = " ".join(proc.info["cmdline"] or [])
-                if "edgeflow.runtime " in cmd + " " and "bandpass-r0.json" in cmd:
-                    time.sleep(1.5)  # mid-run
-                    proc.send_signal(signal.SIGKILL)
-                    return
-            time.sleep(0.2)
-
+    kill = _kill_when_running("config/bandpass-r0.json", 1.5)  # its worker, mid-run
     report = _run(ef, folder / "out", "embedded", 4.0, during=kill)
     report.pop("_plan")
     restarts = report["units"]["bandpass-r0"]["restarts"]

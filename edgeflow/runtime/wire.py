@@ -156,12 +156,3 @@ def decode(payload: bytes) -> Message:
         replica=_field(header, "replica", int), frame=_field(header, "frame", int),
         captured=_number(header.get("captured"), "`captured`"), seq=_field(header, "seq", int),
         tensors=tensors, trace=_trace(header.get("trace")))
-
-
-def header_of(payload: bytes) -> dict[str, Any]:
-    """The header of a valid payload without its tensors (what sinks record)."""
-    message = decode(payload)
-    return {"app": message.app, "unit": message.unit, "replica": message.replica,
-            "frame": message.frame, "captured": message.captured, "seq": message.seq,
-            "tensors": {n: [a.dtype.name, list(a.shape)] for n, a in message.tensors.items()},
-            "trace": [list(h) for h in message.trace]}
