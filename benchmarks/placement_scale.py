@@ -31,12 +31,12 @@ def generate(units: int, devices: int, seed: int = 0) -> str:
     per_site = max(1, units // sites)
     lines = ['app scale { objective = minimize(latency, cost) }']
     lines.append(f"device gw {{ tier = edge, count = {sites}, compute = 0.5 TFLOPS, "
-                 "memory = 4 GiB, power = 10 W }")
+                 "memory = 4 GiB, cpus = 4, power = 10 W }")
     lines.append(f"device fog {{ tier = fog, count = {sites}, compute = 4 TFLOPS, "
-                 "memory = 16 GiB, power = 120 W, cost = 0.2 USD/h }")
+                 "memory = 16 GiB, cpus = 8, power = 120 W, cost = 0.2 USD/h }")
     for c in range(clouds):
         lines.append(f"device cloud{c} {{ tier = cloud, compute = {100 * (c + 1)} TFLOPS, "
-                     f"memory = 512 GiB, cost = {2.0 + c} USD/h }}")
+                     f"memory = 512 GiB, cpus = 64, cost = {2.0 + c} USD/h }}")
     lines.append("link gw <-> fog { bandwidth = 1 Gbps, latency = 1 ms }")
     for c in range(clouds):
         lines.append(f"link fog <-> cloud{c} {{ bandwidth = {200 + 100 * c} Mbps, "

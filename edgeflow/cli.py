@@ -8,6 +8,7 @@ the traceback).
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -629,11 +630,28 @@ def models_inspect(
             result.diagnostics, result.render_text())
 
 
+SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+try:  # what Typer raises when it cannot guess the shell for --show-completion
+    from shellingham import ShellDetectionFailure
+except ImportError:  # pragma: no cover - Typer then never guesses
+    class ShellDetectionFailure(Exception):  # type: ignore[no-redef]
+        pass
+
+
 def main() -> None:
+    # `--show-completion bash` names its shell: Typer would otherwise guess it from the parent
+    # process and fail (exit 3) when that is not a shell, e.g. under a script or a service
+    for flag in ("--show-completion", "--install-completion"):
+        if flag in sys.argv[1:-1] and sys.argv[sys.argv.index(flag) + 1] in SHELLS:
+            os.environ["_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION"] = "1"
     try:
         app(prog_name="edgeflow", standalone_mode=True)  # also under `python -m edgeflow`
     except SystemExit:
         raise
+    except ShellDetectionFailure:
+        sys.stderr.write("error: could not tell which shell this is; name it, e.g. "
+                         "`edgeflow --show-completion bash`\n")
+        sys.exit(EXIT_USAGE)
     except BaseException as exc:  # a bug: never show a traceback unless asked to
         if _state["debug"] or "--debug" in sys.argv:
             raise

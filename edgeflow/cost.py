@@ -8,6 +8,7 @@ Plan carries their results to the emitters. `edgeflow.verify` recomputes everyth
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,39 @@ def message_s(nbytes: int, device: ir.Device) -> float:
     on a device, two between devices (its sender's and its receiver's, which a bridge joins)."""
     return device.message_latency_s + 8 * (nbytes + ir.MESSAGE_HEADER_BYTES) / \
         device.message_bandwidth_bps
+
+
+def unit_memory_bytes(model_bytes: float, device: ir.Device) -> int:
+    """Memory a unit takes on `device`: its model's weights (or an operator's declared memory)
+    rounded up to whole KiB, and its worker process. The k8s bundle requests exactly this."""
+    return reserved_bytes(model_bytes) + device.worker_memory_bytes
+
+
+def reserved_bytes(nbytes: float) -> int:
+    """Bytes as reserved: rounded up to whole KiB (requests read `NKi`)."""
+    return 1024 * math.ceil(nbytes / 1024)
+
+
+def unit_cpu(compute_share: float, device: ir.Device) -> float:
+    """The share of its device's CPUs a unit reserves: the compute its work takes and the
+    worker's floor."""
+    return compute_share + ir.WORKER_CPU / device.cpus
+
+
+def runtime_memory_bytes(device: ir.Device, broker: bool, drivers: int) -> int:
+    """Memory of a device's broker (if it hosts one) and its sensors' and sinks' drivers."""
+    return broker * device.broker_memory_bytes + drivers * device.driver_memory_bytes
+
+
+def runtime_cpu(device: ir.Device, broker: bool, drivers: int) -> float:
+    """The share of its CPUs the broker (if any) and the drivers of a device reserve."""
+    return (broker * ir.BROKER_CPU + drivers * ir.DRIVER_CPU) / device.cpus
+
+
+def millicores(cpu_share: float, device: ir.Device) -> int:
+    """A share of a device's CPUs as the k8s request: whole millicores, rounded down (so
+    requests that fit the plan's shares fit the device's CPUs), at least 1m."""
+    return max(1, math.floor(cpu_share * device.cpus * 1000 + 1e-9))
 
 
 def stream_bps(rate_hz: float, nbytes: int) -> float:

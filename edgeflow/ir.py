@@ -31,6 +31,22 @@ MESSAGE_HEADER_BYTES = 512
 """The bytes a message carries besides its tensors (its header, the MQTT and TLS framing), on
 every link and in every broker."""
 
+WORKER_MEMORY_BYTES = 128 * 2**20
+BROKER_MEMORY_BYTES = 64 * 2**20
+DRIVER_MEMORY_BYTES = 64 * 2**20
+"""What the deployment's processes need on a device besides the models' weights, by default: a
+unit's worker (Python, onnxruntime, the MQTT client: 57-97 MiB resident with a small model
+measured on this machine), a broker (mosquitto with its queues), a sensor's or sink's driver
+(55 MiB resident). A device may declare its own (`worker_memory`, `broker_memory`,
+`driver_memory`). Placement counts them and the k8s bundle requests exactly them."""
+
+WORKER_CPU = 0.01
+BROKER_CPU = 0.05
+DRIVER_CPU = 0.01
+"""The CPUs each process reserves besides the compute its work takes (a unit's worker reserves
+its compute share of the device plus this): 10m, 50m and 10m in the k8s bundle's requests. A
+device's whole compute is its `cpus` CPUs (1 by default)."""
+
 
 class Tier(str, Enum):
     EDGE = "edge"
@@ -75,6 +91,10 @@ class Device(Declared):
     gpu: str | None = None  # the extended resource its units request, e.g. nvidia.com/gpu
     message_latency_s: float = Field(ge=0, default=MESSAGE_LATENCY_S)
     message_bandwidth_bps: float = Field(gt=0, default=MESSAGE_BANDWIDTH_BPS)
+    cpus: int = Field(ge=1, default=1)  # the CPUs its compute is spread over (k8s requests)
+    worker_memory_bytes: int = Field(ge=0, default=WORKER_MEMORY_BYTES)
+    broker_memory_bytes: int = Field(ge=0, default=BROKER_MEMORY_BYTES)
+    driver_memory_bytes: int = Field(ge=0, default=DRIVER_MEMORY_BYTES)
 
     def instance(self, index: int) -> str:
         """The name of instance `index`: `NAME` for a single device (whatever the index, so a

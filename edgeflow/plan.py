@@ -107,8 +107,9 @@ class PipelineLatency(_Frozen):
 class DeviceUse(_Frozen):
     device: str
     tier: Tier
-    utilization: float
-    memory_bytes: float
+    utilization: float           # of its compute, by its units' work
+    cpu: float                   # of its CPU reserved: the work and the runtime's processes
+    memory_bytes: float          # weights and the runtime's processes: what the bundle requests
 
 
 class LinkUse(_Frozen):
@@ -177,7 +178,8 @@ class Plan(_Frozen):
                              "met": p.met, "breakdown": [_row(b) for b in p.breakdown]}
                             for p in self.pipelines]
         out["devices"] = [{"device": d.device, "tier": d.tier.value,
-                           "utilization": d.utilization, "memory_bytes": d.memory_bytes}
+                           "utilization": d.utilization, "cpu": d.cpu,
+                           "memory_bytes": d.memory_bytes}
                           for d in self.devices]
         out["links"] = [{"from": lk.source, "to": lk.target, "utilization": lk.utilization}
                         for lk in self.links]

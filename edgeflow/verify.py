@@ -98,6 +98,9 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
 
     util: dict[str, float] = defaultdict(float)
     memory: dict[str, float] = defaultdict(float)
+    workers: dict[str, int] = defaultdict(int)  # unit processes per instance
+    drivers: set[tuple[str, str]] = set()       # (sensor or sink, instance)
+    brokers: set[str] = set()                   # where a client sits or a route passes
     load: dict[tuple[str, str], float] = defaultdict(float)
     hosts: set[str] = set()
     rates: dict[str, float] = {}
@@ -119,12 +122,12 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
     for comp in df.components:
         for r in range(comp.replicas):
             for name in comp.nodes:
-                if name in program.sensors:
-                    dev = program.devices[program.sensors[name].device]
-                    loc[(name, r)] = (dev.instance(r), dev.instance(r))
-                elif name in program.sinks:
-                    dev = program.devices[program.sinks[name].device]
-                    loc[(name, r)] = (dev.instance(r), dev.instance(r))
+                if name in program.sensors or name in program.sinks:
+                    decl = program.sensors.get(name) or program.sinks[name]
+                    pinned = program.devices[decl.device].instance(r)
+                    loc[(name, r)] = (pinned, pinned)
+                    drivers.add((name, pinned))
+                    brokers.add(pinned)
                 elif (name, r) in splits:
                     s = splits[(name, r)]
                     head = where.get((f"{name}.head", r))
@@ -139,12 +142,13 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
                             problems.append(f"{name} replica {r}: {key} {s[key]} != {mine}")
                     loc[(name, r)] = (head, tail)
                     comp_ms[(name, r)] = [(f"{name}.head", head, hw), (f"{name}.tail", tail, tw)]
-                    memory[head] += hm
-                    memory[tail] += tm
+                    memory[head] += -(-hm // 1024) * 1024
+                    memory[tail] += -(-tm // 1024) * 1024
                     needs[(f"{name}.head", r)] = (hw, hm, tuple(s["cut"]))
                     needs[(f"{name}.tail", r)] = (tw, tm, tuple(s["cut"]))
                     seconds, hops = route(head, tail, nbytes, in_labels(name))
                     inner[(name, r)] = (seconds, hops, nbytes)
+                    brokers.update(hops)
                     for u, v in itertools.pairwise(hops):
                         load[(u, v)] += rates[name] * 8 * (nbytes + HEADER)
                 else:
@@ -159,11 +163,13 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
                         work, mem = models.whole(name)
                     loc[(name, r)] = (at, at)
                     comp_ms[(name, r)] = [(name, at, work)]
-                    memory[at] += mem
+                    memory[at] += -(-mem // 1024) * 1024  # whole KiB, as requested
                     needs[(name, r)] = (work, mem, ())
                 for unit, at, work in comp_ms.get((name, r), []):
                     util[at] += rates[name] * work / device_of[at].compute_flops
                     hosts.add(at)
+                    workers[at] += 1
+                    brokers.add(at)
                 if name not in program.sensors and (name, r) in loc:
                     for at in set(loc[(name, r)]):
                         if not allowed(at, in_labels(name)):
@@ -188,6 +194,7 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
                     continue
                 sent.add((u, r, b))
                 _, hops = route(a, b, nbytes, df.graph.nodes[u]["labels"])
+                brokers.update(hops)
                 for x, y in itertools.pairwise(hops):
                     load[(x, y)] += rates[u] * 8 * (nbytes + HEADER)
     # pipelines
@@ -224,9 +231,19 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
                     problems.append(f"pipeline {p.name} replica {r} misses its SLO")
                 if got["met"] != (slo is None or total <= slo * (1 + REL)):
                     problems.append(f"pipeline {p.name} replica {r}: `met` misreported")
-    for inst, load_share in util.items():
-        if load_share > 1 + REL:
-            problems.append(f"{inst} over its compute: {load_share:.3f}")
+    # the runtime's processes (docs/placement.md, "Runtime"): a worker per unit, a broker, a
+    # driver per sensor and sink
+    cpu: dict[str, float] = defaultdict(float)
+    for inst in brokers:
+        dev = device_of[inst]
+        mine = sum(at == inst for _, at in drivers)
+        memory[inst] += workers[inst] * dev.worker_memory_bytes + dev.broker_memory_bytes + \
+            mine * dev.driver_memory_bytes
+        cpu[inst] = util[inst] + (workers[inst] * ir.WORKER_CPU + ir.BROKER_CPU +
+                                  mine * ir.DRIVER_CPU) / dev.cpus
+    for inst, share in cpu.items():
+        if share > 1 + REL:
+            problems.append(f"{inst} over its CPU: {share:.3f}")
     for inst, m in memory.items():
         if m > device_of[inst].memory_bytes * (1 + REL):
             problems.append(f"{inst} over its memory: {m}")
@@ -235,8 +252,9 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
             problems.append(f"link {a} -> {b} over its bandwidth: {bps}")
     for d in plan["devices"]:
         if not _close(d["utilization"], util.get(d["device"], 0.0)) or not _close(
-                d["memory_bytes"], memory.get(d["device"], 0.0)):
-            problems.append(f"device {d['device']}: utilisation or memory misreported")
+                d["memory_bytes"], memory.get(d["device"], 0.0)) or not _close(
+                d["cpu"], cpu.get(d["device"], 0.0)):
+            problems.append(f"device {d['device']}: utilisation, CPU or memory misreported")
     for lk in plan["links"]:
         bw = graph[lk["from"]][lk["to"]]["link"].bandwidth_bps
         if not _close(lk["utilization"], load.get((lk["from"], lk["to"]), 0.0) / bw):

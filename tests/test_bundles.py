@@ -250,6 +250,7 @@ def test_every_feasible_random_app_compiles_to_valid_bundles(text: str) -> None:
                 kubernetes_validate.validate(obj, K8S_VERSIONS[0], strict=True)
             assert {n: v for n, v in pss.check_objects(_objects(files)).items() if v} == {}
             assert admitted(_objects(files)) == planned(result.program, plan)
+            assert_requests_are_the_plan(result.program, plan, files)
         else:
             for path, data in files.items():
                 if path.endswith("compose.yaml"):
@@ -559,3 +560,70 @@ def test_every_driver_config_in_a_bundle_is_one_the_driver_reads(bundles) -> Non
                     assert config.to_json() == text
                     seen += 1
     assert seen
+
+
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (the binary suffixes and plain bytes) in bytes."""
+    for suffix, factor in _BINARY.items():
+        if quantity.endswith(suffix):
+            return int(quantity[: -len(suffix)]) * factor
+    return int(quantity)
+
+
+def _millicores(quantity: str) -> int:
+    return int(quantity[:-1]) if quantity.endswith("m") else int(float(quantity) * 1000)
+
+
+def assert_requests_are_the_plan(program: Any, plan: Any, files: dict[str, bytes]) -> None:
+    """Every device pod requests exactly the memory the plan reserved on its device and the CPU
+    share of the device's CPUs, in whole millicores (rounded down, each container by less than
+    1m); what it requests fits the device; and pods run exactly where the plan uses a device."""
+    use = {device_label(d.device): d for d in plan.used_devices()}
+    pods = {o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in _objects(files)
+            if o["kind"] == "Deployment"}
+    assert set(pods) == set(use)
+    devices = {device_label(i): d for d in program.devices.values() for i in d.instances()}
+    for name, spec in pods.items():
+        requests = [c["resources"]["requests"] for c in spec["containers"]]
+        memory = sum(_bytes(r["memory"]) for r in requests)
+        cpu = sum(_millicores(r["cpu"]) for r in requests)
+        assert memory == use[name].memory_bytes, name
+        cpus = devices[name].cpus * 1000
+        assert use[name].cpu * cpus - len(requests) < cpu <= use[name].cpu * cpus + 1e-6, name
+        assert memory <= devices[name].memory_bytes and cpu <= cpus, name
+
+
+def test_pods_request_exactly_what_the_plan_reserved(bundles) -> None:  # type: ignore[no-untyped-def]
+    for name in [*FEASIBLE, "split_demo"]:
+        program = load(ROOT / "examples" / f"{name}.ef") if name != "split_demo" else \
+            check_text(SPLIT_APP, str(ROOT / "examples" / "split_demo.ef")).program
+        assert_requests_are_the_plan(program, api.plan(program).plan, bundles[(name, "k8s")])
+
+
+def test_a_device_too_small_for_its_runtime_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """A wearable whose memory cannot hold its broker and its sensor's driver: E0901 names the
+    device and the processes, and declaring smaller processes (measured on the device) fits."""
+    text = SPLIT_APP.replace("device cam_box { tier = edge, count = 2, compute = 5 GFLOPS, "
+                             "memory = 1 GiB }", "device cam_box { tier = edge, count = 2, "
+                             "compute = 5 GFLOPS, memory = 64 MiB }")
+    assert "memory = 64 MiB" in text
+    result = check_text(text, str(ROOT / "examples" / "split_demo.ef"))
+    assert result.program is not None
+    planned = api.plan(result.program)
+    assert planned.plan is not None and planned.plan.status == "infeasible"
+    assert [(d.code, d.message) for d in planned.diagnostics] == [(
+        "E0901", ("`cam_box` has 64.0 MiB of memory, but its broker and the drivers of `camera` "
+                 "alone need 128.0 MiB (`broker_memory`, `driver_memory`)"))]
+    assert planned.diagnostics[0].span.line == 3
+    lean = check_text(text.replace("memory = 64 MiB }", "memory = 64 MiB, broker_memory = 8 MiB, "
+                                   "driver_memory = 40 MiB }"), str(ROOT / "examples" / "s.ef"))
+    assert lean.program is not None
+    plan = api.plan(lean.program).plan
+    assert plan.feasible and all(u.device == "cloud" for u in plan.units)
+    files = compile_program(lean.program, "k8s", "s.ef")
+    assert_requests_are_the_plan(lean.program, plan, files)
+    edge = next(d for d in plan.devices if d.device == "cam_box[0]")
+    assert edge.memory_bytes == 48 * 2**20

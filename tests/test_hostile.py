@@ -119,10 +119,11 @@ def test_split_halves_of_a_model_with_external_data_run(tmp_path: Path) -> None:
     (app / "models").mkdir(parents=True)
     onnx.save_model(_bottleneck_model(), str(app / "models" / "net.onnx"),
                     save_as_external_data=True, location="w.bin", size_threshold=0)
-    # the camera cannot hold both weights (8 KiB) and its link cannot carry the 1 KiB input or
+    # the camera cannot hold both weights (8 KiB) besides its runtime (a broker, the camera's
+    # driver and the head's worker: 256 MiB) and its link cannot carry the 1 KiB input or
     # output (with their headers) once a second: only the split at the 16 B cut is feasible
     text = APP.replace("@SOURCE@", "models/net.onnx").replace(
-        "memory = 1 GiB", "memory = 6 KiB").replace(
+        "memory = 1 GiB", "memory = 262150 KiB").replace(
         "bandwidth = 100 Mbps", "bandwidth = 10 Kbps").replace(
         "float32[1, 64]", "float32[1, 256]")
     result = check_text(text, str(app / "app.ef"))
@@ -211,8 +212,8 @@ def test_split_options_at_the_edges_are_usage_errors(args: list[str]) -> None:
 
 def test_a_plan_the_cost_model_rejects_is_never_called_feasible(tmp_path: Path) -> None:
     # a pinned stream that overloads its link: nothing to decide, and still infeasible
-    text = ("app a {}\ndevice gw { tier = edge, compute = 1 GFLOPS, memory = 1 MiB }\n"
-            "device d0 { tier = edge, compute = 1 GFLOPS, memory = 2 MiB }\n"
+    text = ("app a {}\ndevice gw { tier = edge, compute = 1 GFLOPS, memory = 1 GiB }\n"
+            "device d0 { tier = edge, compute = 1 GFLOPS, memory = 2 GiB }\n"
             "link gw <-> d0 { bandwidth = 1 Mbps, latency = 1 ms }\n"
             "sensor cam { on = gw, rate = 30 Hz, emits = float32[1, 6, 250] }\n"
             "store out { on = d0 }\npipeline p { flow = cam -> out }\n")
@@ -371,7 +372,7 @@ def test_tiny_values_give_a_plan_not_a_false_infeasible(tmp_path: Path) -> None:
             "device dc { tier = cloud, compute = 1 TFLOPS, memory = 8 GiB }\n"
             "link cam <-> dc { bandwidth = 100 Mbps, latency = 10 ms }\n"
             "sensor s { on = cam, rate = 1 Hz, emits = float32[1, 4] }\n"
-            "operator op { work = 1 TFLOP, emits = float32[1, 4] }\n"
+            "operator op { work = 0.5 TFLOP, emits = float32[1, 4] }\n"
             "store out { on = dc }\npipeline p { flow = s -> op -> out }\n")
     planned = api.plan(check_text(text, str(tmp_path / "a.ef")).program)  # type: ignore[arg-type]
     assert planned.plan is not None and planned.plan.feasible, planned.diagnostics

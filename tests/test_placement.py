@@ -37,17 +37,21 @@ def random_app(draw: st.DrawFn) -> str:
     term_order = draw(st.permutations(["latency", "cost", "energy"]))
     terms = term_order[: draw(st.integers(1, 3))]
     lines.append(f"app rnd {{ objective = minimize({', '.join(terms)}) }}")
+    # memories around what the runtime needs (a broker and the camera's driver take 128 MiB,
+    # a worker 128 MiB or the declared `worker_memory`), so that it decides where units fit
+    worker = draw(st.sampled_from(["", ", worker_memory = 40 MiB"]))
     lines.append(f"device gw {{ tier = edge, count = {count}, "
                  f"compute = {draw(st.sampled_from([0.5, 2, 10]))} GFLOPS, "
-                 f"memory = {draw(st.sampled_from([1, 64]))} MiB, power = 5 W }}")
+                 f"memory = {draw(st.sampled_from([200, 300, 1024]))} MiB, power = 5 W{worker} }}")
     names = ["gw"]
     for k, tier in enumerate(tiers):
         name = f"d{k}"
         lines.append(f"device {name} {{ tier = {tier}, compute = "
                      f"{draw(st.sampled_from([1, 20, 200]))} GFLOPS, memory = "
-                     f"{draw(st.sampled_from([2, 512]))} MiB, power = "
+                     f"{draw(st.sampled_from([150, 300, 600]))} MiB, power = "
                      f"{draw(st.sampled_from([0, 50]))} W, cost = "
-                     f"{draw(st.sampled_from([0, 1.5]))} USD/h }}")
+                     f"{draw(st.sampled_from([0, 1.5]))} USD/h"
+                     f"{draw(st.sampled_from(['', ', cpus = 4']))} }}")
         peer = draw(st.sampled_from(names))
         lines.append(f"link {peer} <-> {name} {{ bandwidth = "
                      f"{draw(st.sampled_from([1, 10, 100]))} Mbps, latency = "
@@ -62,7 +66,7 @@ def random_app(draw: st.DrawFn) -> str:
         removes = ", removes = [pii]" if private and draw(st.booleans()) else ""
         lines.append(f"operator op{k} {{ work = {draw(st.sampled_from([1, 50, 400]))} MFLOP, "
                      f"emits = float32[1, 6, 250], memory = "
-                     f"{draw(st.sampled_from([0, 8]))} MiB{removes} }}")
+                     f"{draw(st.sampled_from([0, 8, 100]))} MiB{removes} }}")
         steps.append(f"op{k}")
     if draw(st.booleans()):
         split = draw(st.sampled_from(["auto", "none"]))
@@ -155,7 +159,10 @@ def test_example_plans(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 INFEASIBLE = {
     "control": [],
     "slo": [("slo  = latency < 50 ms", "slo  = latency < 0.1 ms")],
-    "memory": [("memory  = 4 GiB", "memory  = 1 MiB"), ("memory  = 64 GiB", "memory  = 100 MiB")],
+    # each gateway holds its broker and drivers (192 MiB) and no worker; the server too few
+    "memory": [("memory  = 4 GiB", "memory  = 200 MiB"),
+               ("memory  = 64 GiB", "memory  = 300 MiB")],
+    "runtime": [("memory  = 4 GiB", "memory  = 1 MiB")],  # not even its broker and drivers
     "compute": [("work    = 2 GFLOP", "work    = 800 GFLOP")],
 }
 

@@ -110,9 +110,11 @@ def render_report(bundle: Bundle, target: str, source: str) -> str:
     return render("report/report.md.j2", app=bundle.app, version=__version__, source=source,
                   target=target, plan=plan, objective=objective_text(plan.objective),
                   pipelines=plan.worst_pipelines(),
-                  devices=[{"device": name, "tier": f[0], "compute": f[1], "memory": f[2]}
+                  devices=[{"device": name, "tier": f[0], "compute": f[1], "cpu": f[2],
+                            "memory": f[3]}
                            for name, f in _grouped([
                                (d.device, (d.tier.value, f"{d.utilization * 100:.2f}%",
+                                           f"{d.cpu * 100:.2f}%",
                                            f"{d.memory_bytes / 1048576:.1f} MiB"))
                                for d in plan.used_devices()])],
                   links=[{"link": name, "used": f[1]} for name, f in _grouped([

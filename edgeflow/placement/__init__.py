@@ -75,6 +75,7 @@ def _plan(problem: Problem, status: Status, assignment: dict[Step, Placement],
         units=tuple(units), splits=tuple(splits), pipelines=tuple(pipelines),
         devices=tuple(DeviceUse(device=inst, tier=dev.tier,
                                 utilization=ev.utilization.get(inst, 0.0),
+                                cpu=ev.cpu.get(inst, 0.0),
                                 memory_bytes=ev.memory.get(inst, 0.0))
                       for inst, (dev, _) in problem.instances.items()),
         links=tuple(LinkUse(source=a, target=b,

@@ -7,7 +7,16 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from edgeflow.cost import CutOption, host_usd_per_h, stream_bps, traffic_usd_per_h
+from edgeflow.cost import (
+    CutOption,
+    host_usd_per_h,
+    runtime_cpu,
+    runtime_memory_bytes,
+    stream_bps,
+    traffic_usd_per_h,
+    unit_cpu,
+    unit_memory_bytes,
+)
 from edgeflow.objectives import TERMS
 from edgeflow.placement.problem import Problem, Route, Step, out_labels
 from edgeflow.plan import Compute, Part, Transfer, unit_name
@@ -30,7 +39,9 @@ class Evaluation:
     latency_s: dict[tuple[str, int], float] = field(default_factory=dict)
     breakdown: dict[tuple[str, int], list[Compute | Transfer]] = field(default_factory=dict)
     utilization: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    memory: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    memory: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # all of it
+    cpu: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # work + runtime
+    brokers: set[str] = field(default_factory=set)
     link_load_bps: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
     hosts: set[str] = field(default_factory=set)
     objective: dict[str, float] = field(default_factory=dict)
@@ -106,7 +117,8 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
         for unit, inst, work, memory in parts:
             seconds = problem.compute_s(work, inst)
             ev.utilization[inst] += info.rate * seconds
-            ev.memory[inst] += memory
+            ev.cpu[inst] += unit_cpu(info.rate * seconds, problem.device(inst))
+            ev.memory[inst] += unit_memory_bytes(memory, problem.device(inst))
             ev.hosts.add(inst)
             entries.append(Compute(unit=unit, device=inst, seconds=seconds))
         compute_entries[step] = entries
@@ -120,13 +132,21 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
                                             out_labels(problem, u), f"`{u[0]}` -> `{v[0]}`")
         if a != b and edge_route[(u, v)] is not None and b not in sent[u]:
             sent[u].add(b)
+            ev.brokers.update(edge_route[(u, v)].hops)  # type: ignore[union-attr]
             for link in edge_route[(u, v)].links:  # type: ignore[union-attr]
                 ev.link_load_bps[link] += stream_bps(info.rate, info.out_bytes)
     for step, (route, cut) in internal.items():
         if route is not None:
+            ev.brokers.update(route.hops)
             for link in route.links:
                 ev.link_load_bps[link] += stream_bps(problem.steps[step].rate,
                                                      cut.transfer_bytes)
+    # -- the runtime: a broker where a unit or driver runs or a message passes, the drivers
+    ev.brokers |= ev.hosts | set(problem.drivers)
+    for inst in ev.brokers:  # (a one-replica problem's shared instance pays its share)
+        drivers, share = problem.drivers.get(inst, 0), problem.capacity(inst)
+        ev.memory[inst] += runtime_memory_bytes(problem.device(inst), True, drivers) * share
+        ev.cpu[inst] += runtime_cpu(problem.device(inst), True, drivers) * share
     # -- pipelines
     for name, r, path in problem.pipelines:
         total, rows = 0.0, list[Compute | Transfer]()
@@ -152,9 +172,11 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
             ev.violations.append(f"pipeline `{name}` replica {r} takes {total * 1e3:.3f} ms, "
                                  f"above its SLO of {slo * 1e3:g} ms")
     # -- capacities
-    for inst, util in ev.utilization.items():
+    for inst, util in ev.cpu.items():
         if util > problem.capacity(inst) * (1 + 1e-9):
-            ev.violations.append(f"`{inst}` is loaded to {util:.1%} of its compute")
+            ev.violations.append(f"`{inst}` is loaded to {util:.1%} of its compute (its units' "
+                                 f"work {ev.utilization.get(inst, 0.0):.1%}, the rest the "
+                                 "runtime's processes)")
     for inst, mem in ev.memory.items():
         cap = problem.device(inst).memory_bytes * problem.capacity(inst)
         if mem > cap * (1 + 1e-9):

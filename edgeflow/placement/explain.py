@@ -15,8 +15,8 @@ import itertools
 
 import numpy as np
 
-from edgeflow.cost import stream_bps
-from edgeflow.placement.evaluate import Placement, Split, out_instance
+from edgeflow.cost import stream_bps, unit_memory_bytes
+from edgeflow.placement.evaluate import Placement, Split, evaluate, out_instance
 from edgeflow.placement.milp import assignment_from, formulate
 from edgeflow.placement.problem import Problem, Step, StepInfo, out_labels
 from edgeflow.plan import Part, Reason, unit_name
@@ -154,6 +154,13 @@ def _elastic(problem: Problem, time_limit: float) -> list[Reason]:
                                  ("memory", info.memory)):
                 per_unit = load.setdefault((kind, inst), {})
                 per_unit[info.name] = per_unit.get(info.name, 0.0) + amount
+    # what the runtime's processes take on each instance (docs/placement.md, "Runtime")
+    ev = evaluate(problem, assignment)
+    for inst in ev.brokers:
+        load.setdefault(("compute", inst), {})
+        load[("runtime", inst)] = {
+            "compute": ev.cpu[inst] - ev.utilization.get(inst, 0.0),
+            "memory": ev.memory[inst] - sum(load.get(("memory", inst), {}).values())}
     # one finding per cause: the instances of one device (or link between two devices) that
     # exceed the same limit for the same units are one reason, not one per replica
     groups: dict[tuple[object, ...], list[tuple[str, float, float]]] = {}
@@ -203,13 +210,19 @@ def _group_reason(problem: Problem, key: tuple[object, ...], found: list[tuple[s
         units = load.get((str(kind), inst), {})
         who = f"{listed} would each" if many else f"{listed} would"
         why, spans = _ruled_out(problem, inst, str(kind), set(units), assignment)
+        runtime = load.get(("runtime", inst), {}).get(str(kind), 0.0)
         if kind == "compute":
             text = (f"{who} have to run at {up_to}{ratio:.0%} of {'their' if many else 'its'} "
-                    f"compute to host {_names(units)}, and no other allowed device can take them")
+                    f"compute to host {_names(units)}"
+                    + (f" ({runtime:.0%} of it the runtime's processes)" if runtime > 0 else "")
+                    + ", and no other allowed device can take them")
         else:
             text = (f"{who} need {up_to}{need / 2**20:.1f} MiB of memory, {up_to}{ratio:.0%} of "
                     f"{'their' if many else 'its'} {limit / 2**20:.1f} MiB, to host "
-                    f"{_names(units)}, and no other allowed device can take them")
+                    f"{_names(units)}"
+                    + (f" ({runtime / 2**20:.1f} MiB of it the runtime's processes: a broker, "
+                       "drivers and workers)" if runtime > 0 else "")
+                    + ", and no other allowed device can take them")
         return _reason(text + why, [problem.device(inst).span, *spans])
     name = str(key[1])
     pipeline = problem.program.pipelines[name]
@@ -244,7 +257,8 @@ def _ruled_out(problem: Problem, inst: str, kind: str, units: set[str],
             at = problem.program.devices[device].instance(replica or 0)
             share = max(share, sum(i.rate * problem.compute_s(i.work, at) for i in mine)
                         if kind == "compute" else
-                        sum(i.memory for i in mine) / problem.device(at).memory_bytes)
+                        sum(unit_memory_bytes(i.memory, problem.device(at)) for i in mine)
+                        / problem.device(at).memory_bytes)
         if share > 1:
             short.append(f"`{device}` alone would need {share:.0%} of its {kind}")
         elif (narrow := _narrow_link(problem, steps, device, assignment)) is not None:

@@ -8,6 +8,8 @@ formulation written out; variable and row names below follow it.
 - z[u,i,j]    u's output is sent from i to j (once, however many consumers sit on j)
 - lam[p]      the worst latency over pipeline p's replicas
 - used[i]     instance i hosts a unit (only for instances with a cost)
+- b[i]        instance i runs a broker: it hosts a unit, or a message's route passes through it
+              (a constant 1 where a sensor or sink sits)
 
 The objective is lexicographic: one solve per term, each later solve bounded by the earlier
 optima.
@@ -27,12 +29,22 @@ from typing import Any
 import highspy
 import numpy as np
 
-from edgeflow.cost import host_usd_per_h, stream_bps, traffic_usd_per_h
+from edgeflow.cost import (
+    host_usd_per_h,
+    reserved_bytes,
+    runtime_cpu,
+    runtime_memory_bytes,
+    stream_bps,
+    traffic_usd_per_h,
+    unit_cpu,
+    unit_memory_bytes,
+)
 from edgeflow.execution import build_execution
+from edgeflow.ir import BROKER_CPU, WORKER_CPU
 from edgeflow.objectives import TERMS, Combine
 from edgeflow.placement.baselines import BASELINES
 from edgeflow.placement.evaluate import Placement, Split, evaluate
-from edgeflow.placement.problem import Problem, Step, build_problem, out_labels
+from edgeflow.placement.problem import Problem, Step, StepInfo, build_problem, out_labels
 from edgeflow.span import Span
 
 Expr = tuple[dict[int, float], float]  # (coefficients by variable, constant)
@@ -142,6 +154,9 @@ class Formulation:
     util: dict[str, list[Expr]] = field(default_factory=lambda: defaultdict(list))
     occupies: dict[str, list[Expr]] = field(default_factory=lambda: defaultdict(list))
     traffic_cost: list[Expr] = field(default_factory=list)    # USD/h per message or cut
+    forwards: dict[str, list[Expr]] = field(
+        default_factory=lambda: defaultdict(list))               # routes through an instance
+    brokers: dict[str, int] = field(default_factory=dict)      # b[i] where it is a variable
     link_load: dict[tuple[str, str], list[Expr]] = field(
         default_factory=lambda: defaultdict(list))               # bit/s per directed link
     # conflicts found while building, each (message, spans of the declarations involved)
@@ -213,6 +228,22 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
     memory: dict[str, list[Expr]] = defaultdict(list)
     compute: dict[Step, Expr] = {}
     internal: dict[Step, Expr] = {}
+    # -- what a device must run whatever is decided: its broker and its drivers
+    for inst, drivers in problem.drivers.items():
+        dev = problem.device(inst)
+        mem = runtime_memory_bytes(dev, True, drivers)
+        if mem <= dev.memory_bytes and runtime_cpu(dev, True, drivers) <= 1:
+            continue
+        names = ", ".join(sorted({f"`{i.name}`" for i in problem.steps.values()
+                                  if not i.is_unit and i.candidates[0] == inst}))
+        if mem > dev.memory_bytes:
+            f.conflict(f"`{dev.name}` has {dev.memory_bytes / 2**20:.1f} MiB of memory, but its "
+                       f"broker and the drivers of {names} alone need {mem / 2**20:.1f} MiB "
+                       "(`broker_memory`, `driver_memory`)", frozenset(), [dev.span])
+        elif runtime_cpu(dev, True, drivers) > 1:
+            f.conflict(f"`{dev.name}` cannot reserve the CPU its broker and the drivers of "
+                       f"{names} need ({runtime_cpu(dev, True, drivers):.0%} of it)", frozenset(),
+                       [dev.span])
     # -- placement variables
     for step, info in problem.steps.items():
         allowed = [i for i in info.candidates if problem.tier_allows(i, info.labels)]
@@ -222,7 +253,7 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
         if not info.is_unit:
             continue
         if info.splittable:
-            f.s[step] = {}
+            options = []
             for k, cut in enumerate(info.cuts):
                 for i in allowed:
                     for j in allowed:
@@ -231,7 +262,16 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
                             continue
                         if i == j and k != len(info.cuts) - 1:
                             continue  # on one device every cut is the same: keep one
-                        f.s[step][(k, i, j)] = lp.var()
+                        options.append((k, i, j))
+            # options a part cannot take even alone are dropped (unless that drops all: the
+            # explanation then names the limit): their huge coefficients only mislead HiGHS.
+            # The elastic model of the explanations keeps them: it may exceed limits.
+            options = [(k, i, j) for k, i, j in options if elastic or
+                       (_fits(problem, info, info.work, info.memory, i) if i == j else
+                        _fits(problem, info, info.cuts[k].head_work, info.cuts[k].head_weights, i)
+                        and _fits(problem, info, info.cuts[k].tail_work,
+                                  info.cuts[k].tail_weights, j))] or options
+            f.s[step] = {key: lp.var() for key in options}
             lp.row(({v: 1.0 for v in f.s[step].values()}, 0.0), 1.0, 1.0)
             comp: dict[int, float] = {}
             inner: dict[int, float] = {}
@@ -245,16 +285,18 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
                 util[i].append(({v: info.rate * head_s}, 0.0))
                 util[j].append(({v: info.rate * tail_s}, 0.0))
                 if i == j:
-                    memory[i].append(({v: info.memory}, 0.0))
+                    memory[i].append(({v: float(reserved_bytes(info.memory))}, 0.0))
                     occupies[i].append(({v: 1.0}, 0.0))
                     continue
-                memory[i].append(({v: float(cut.head_weights)}, 0.0))
-                memory[j].append(({v: float(cut.tail_weights)}, 0.0))
+                memory[i].append(({v: float(reserved_bytes(cut.head_weights))}, 0.0))
+                memory[j].append(({v: float(reserved_bytes(cut.tail_weights))}, 0.0))
                 occupies[i].append(({v: 1.0}, 0.0))
                 occupies[j].append(({v: 1.0}, 0.0))
                 route = problem.route(i, j, cut.transfer_bytes, info.labels)
                 assert route is not None
                 inner[v] = route.seconds
+                for hop in route.hops[1:-1]:
+                    f.forwards[hop].append(({v: 1.0}, 0.0))
                 bps = stream_bps(info.rate, cut.transfer_bytes)
                 for link in route.links:
                     link_load[link].append(({v: bps}, 0.0))
@@ -263,14 +305,16 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
             compute[step] = (comp, 0.0)
             internal[step] = (inner, 0.0)
         else:
-            f.x[step] = {i: lp.var() for i in allowed}
+            f.x[step] = {i: lp.var() for i in [
+                i for i in allowed if elastic or _fits(problem, info, info.work, info.memory, i)]
+                or allowed}
             lp.row(({v: 1.0 for v in f.x[step].values()}, 0.0), 1.0, 1.0)
             comp = {}
             for i, v in f.x[step].items():
                 seconds = problem.compute_s(info.work, i)
                 comp[v] = seconds
                 util[i].append(({v: info.rate * seconds}, 0.0))
-                memory[i].append(({v: info.memory}, 0.0))
+                memory[i].append(({v: float(reserved_bytes(info.memory))}, 0.0))
                 occupies[i].append(({v: 1.0}, 0.0))
             compute[step] = (comp, 0.0)
     if f.infeasible:
@@ -298,18 +342,63 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
                                                                    program.pipelines[name].span)])
             lp.row(latency, hi=slo, label=("slo", name, replica))
         lp.row(add_exprs(({lam[name]: 1.0}, 0.0), latency, scale=[1.0, -1.0]), lo=0.0)
-    # -- capacities
-    for inst, exprs in util.items():
-        lp.row(add_exprs(*exprs), hi=problem.capacity(inst), label=("compute", inst))
-    for inst, exprs in memory.items():
-        lp.row(add_exprs(*exprs), hi=problem.device(inst).memory_bytes * problem.capacity(inst),
-               label=("memory", inst))
+    # -- capacities: the units' work and weights, and the processes of the runtime (a worker
+    # per unit, a broker, a driver per sensor and sink; cost.unit_memory_bytes and friends)
+    for inst in sorted(set(util) | set(memory) | set(f.forwards) | set(problem.drivers)):
+        dev, share = problem.device(inst), problem.capacity(inst)
+        units = add_exprs(*occupies.get(inst, []))
+        broker = _broker(f, inst)
+        drivers = problem.drivers.get(inst, 0)
+        # a shared instance in a one-replica problem (symmetric_start) pays its share of the
+        # broker and drivers, which all replicas share
+        cpu = add_exprs(*util.get(inst, []), units, broker,
+                        ({}, runtime_cpu(dev, False, drivers)),
+                        scale=[1.0] * len(util.get(inst, [])) + [WORKER_CPU / dev.cpus,
+                                                                 BROKER_CPU * share / dev.cpus,
+                                                                 share])
+        _capacity(lp, cpu, share, ("compute", inst))
+        held = add_exprs(*memory.get(inst, []), units, broker,
+                        ({}, runtime_memory_bytes(dev, False, drivers)),
+                        scale=[1.0] * len(memory.get(inst, [])) + [
+                            float(dev.worker_memory_bytes), dev.broker_memory_bytes * share,
+                            share])
+        _capacity(lp, held, dev.memory_bytes * share, ("memory", inst))
     for link, exprs in link_load.items():
-        lp.row(add_exprs(*exprs), hi=problem.link_of(*link).bandwidth_bps * problem.capacity(link),
-               label=("link", link))
+        _capacity(lp, add_exprs(*exprs),
+                  problem.link_of(*link).bandwidth_bps * problem.capacity(link), ("link", link))
     # -- objective terms: every registered one, so any may be bounded in a later stage
     f.terms = {name: term.milp(f) for name, term in TERMS.items()}
     return f
+
+
+def _fits(problem: Problem, info: StepInfo, work: float, memory: float, inst: str) -> bool:
+    """Whether a unit doing `work` with `memory` could run on `inst` were it alone there."""
+    dev = problem.device(inst)
+    return unit_cpu(info.rate * problem.compute_s(work, inst), dev) <= 1 and \
+        unit_memory_bytes(memory, dev) <= dev.memory_bytes
+
+
+def _broker(f: Formulation, inst: str) -> Expr:
+    """b[i]: 1 where a driver sits or a pinned message passes, a binary at least every unit
+    variable and every message through `inst` otherwise, 0 where nothing can be."""
+    exprs = [*f.occupies.get(inst, []), *f.forwards.get(inst, [])]
+    if f.problem.drivers.get(inst) or any(not e[0] and e[1] > 0 for e in exprs):
+        return {}, 1.0
+    if not exprs:
+        return {}, 0.0
+    b = f.brokers[inst] = f.lp.var()
+    for e in exprs:
+        f.lp.row(add_exprs(({b: 1.0}, 0.0), e, scale=[1.0, -1.0]), lo=0.0)
+    return {b: 1.0}, 0.0
+
+
+def _capacity(lp: LinearModel, expr: Expr, hi: float, label: tuple[Any, ...]) -> None:
+    """`expr <= hi`, left out when no values of its variables (all within [0, 1] here) could
+    break it: a large device's rows would only slow the solver."""
+    coeffs, const = expr
+    if const + sum(max(0.0, v) * lp.ub[k] for k, v in coeffs.items()) <= hi:
+        return
+    lp.row(expr, hi=hi, label=label)
 
 
 def _messages(f: Formulation) -> dict[tuple[Step, Step], Expr]:
@@ -378,6 +467,8 @@ def _messages(f: Formulation) -> dict[tuple[Step, Step], Expr]:
         bps = stream_bps(info.rate, info.out_bytes)
         for link in route.links:
             link_load[link].append(add_exprs(z, scale=[bps]))
+        for hop in route.hops[1:-1]:
+            f.forwards[hop].append(z)
         usd = sum(problem.link_of(*ln).cost_usd_per_byte for ln in route.links)
         traffic_cost.append(add_exprs(z, scale=[traffic_usd_per_h(bps, usd)]))
     return edge_time
@@ -499,6 +590,10 @@ def start_values(f: Formulation, assignment: dict[Step, Placement]) -> tuple[np.
         hosted.update({key[1], key[2]})
     for inst, v in f.used.items():
         values[v] = 1.0 if inst in hosted else 0.0
+    if f.brokers:
+        brokers = evaluate(f.problem, assignment).brokers
+        for inst, v in f.brokers.items():
+            values[v] = 1.0 if inst in brokers else 0.0
     idx = np.array(sorted(values), dtype=np.int32)
     return idx, np.array([values[i] for i in idx])
 

@@ -80,6 +80,8 @@ class Problem:
     # fraction of an instance's or a directed link's capacity this problem may use (1 unless
     # it stands for one replica of a symmetric app, see milp.symmetric_start)
     share: dict[object, float] = field(default_factory=dict)
+    # sensors' and sinks' drivers per instance (pinned: a process there whatever is decided)
+    drivers: dict[str, int] = field(default_factory=dict)
     _routes: dict[tuple[str, str, int, frozenset[str]], Route | None] = field(
         default_factory=dict)
 
@@ -175,7 +177,11 @@ def build_problem(graph: ExecutionGraph) -> Problem:
                 work, memory = costs[name].work, float(costs[name].weights)
         steps[key] = StepInfo(step, work, memory, cands,
                               costs[name].cuts if name in costs else ())
-    return Problem(graph, steps)
+    drivers: dict[str, int] = {}
+    for info in steps.values():
+        if not info.is_unit:
+            drivers[info.candidates[0]] = drivers.get(info.candidates[0], 0) + 1
+    return Problem(graph, steps, drivers=drivers)
 
 
 def out_labels(problem: Problem, step: Step) -> frozenset[str]:

@@ -59,10 +59,11 @@ def render(plan: Plan, explain: bool = False) -> str:
                 lines.append(f"      transfer {' -> '.join(b.route)}: {b.bytes} B, "
                              f"{b.seconds * 1e3:.3f} ms")
     used = plan.used_devices()
-    lines += ["", "devices in use (compute utilisation, memory):" if used else
-              "devices in use: none"]
+    lines += ["", "devices in use (compute utilisation, CPU reserved, memory reserved):"
+              if used else "devices in use: none"]
+    named = max((len(d.device) for d in used), default=4)
     for d in used:
-        lines.append(f"  {d.device:<{width}}  {d.utilization:7.2%}  "
+        lines.append(f"  {d.device:<{named}}  {d.utilization:7.2%}  {d.cpu:7.2%}  "
                      f"{d.memory_bytes / 2**20:9.1f} MiB")
     if plan.links:
         lines += ["", "links in use (bandwidth utilisation):"]

@@ -5,6 +5,7 @@ no error.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +75,13 @@ def _schemas(r: Reader) -> dict[str, dict[str, Key]]:
                                    "message_latency = 0.7 ms"),
             "message_bandwidth": Key(r.quantity(BANDWIDTH, positive=True), False,
                                      "message_bandwidth = 1.5 Gbps"),
+            "cpus": Key(r.count, False, "cpus = 8"),
+            "worker_memory": Key(r.quantity(SIZE, positive=False), False,
+                                 "worker_memory = 128 MiB"),
+            "broker_memory": Key(r.quantity(SIZE, positive=False), False,
+                                 "broker_memory = 64 MiB"),
+            "driver_memory": Key(r.quantity(SIZE, positive=False), False,
+                                 "driver_memory = 64 MiB"),
         },
         "link": {
             "bandwidth": Key(r.quantity(BANDWIDTH, positive=True), True, "bandwidth = 100 Mbps"),
@@ -423,7 +431,11 @@ def _add_entity(out: Lowered, decl: ast.Decl, f: dict[str, Any]) -> None:
             memory_bytes=f["memory"], count=f.get("count", 1), power_w=f.get("power", 0.0),
             cost_usd_per_s=f.get("cost", 0.0), labels=f.get("labels", {}), gpu=f.get("gpu"),
             message_latency_s=f.get("message_latency", ir.MESSAGE_LATENCY_S),
-            message_bandwidth_bps=f.get("message_bandwidth", ir.MESSAGE_BANDWIDTH_BPS))
+            message_bandwidth_bps=f.get("message_bandwidth", ir.MESSAGE_BANDWIDTH_BPS),
+            cpus=f.get("cpus", 1),
+            worker_memory_bytes=math.ceil(f.get("worker_memory", ir.WORKER_MEMORY_BYTES)),
+            broker_memory_bytes=math.ceil(f.get("broker_memory", ir.BROKER_MEMORY_BYTES)),
+            driver_memory_bytes=math.ceil(f.get("driver_memory", ir.DRIVER_MEMORY_BYTES)))
     elif decl.kind == "link":
         out.links.append(ir.Link(a=f["a"], b=f["b"], bandwidth_bps=f["bandwidth"],
                                  latency_s=f["latency"], cost_usd_per_byte=f.get("cost", 0.0),

@@ -8,9 +8,9 @@ NetworkPolicy admitting exactly the planned connections (docs/bundles.md)."""
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Any
 
+from edgeflow.cost import millicores, unit_cpu, unit_memory_bytes
 from edgeflow.emit.bundle import Broker, Bundle, Client, device_label, k8s_name
 from edgeflow.emit.identities import bridge_secret, broker_secret, client_secret, identities
 from edgeflow.emit.mqtt import render_acl, render_conf
@@ -23,12 +23,21 @@ from edgeflow.emit.units import (
     metrics_port,
     unit_config,
 )
+from edgeflow.ir import BROKER_CPU, DRIVER_CPU
 from edgeflow.plan import Part
 
 WORKER_COMMAND = ["python", "-m", "edgeflow.runtime"]
 DRIVER_COMMAND = ["python", "-m", "edgeflow.runtime.drivers"]
 MODELS_BASE_IMAGE = "busybox:1.36.1"
 UIDS = {"worker": 10001, "broker": 1883}
+
+
+def quantity(nbytes: int) -> str:
+    """Bytes as a Kubernetes quantity, exactly: `Mi` or `Ki` where they divide it."""
+    for suffix, unit in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if nbytes % unit == 0 and nbytes:
+            return f"{nbytes // unit}{suffix}"
+    return str(nbytes)
 
 
 def _security(uid: int) -> dict[str, Any]:
@@ -113,28 +122,34 @@ class Kubernetes(Target):
         config: dict[str, str] = {"mosquitto.conf": render_conf(bundle, b),
                                   "edgeflow.acl": render_acl(b)}
         clients: list[dict[str, Any]] = []
-        gpu = bundle.program.devices[b.device.split("[")[0]].gpu
+        device = bundle.program.devices[b.device.split("[")[0]]
+        # requests are what the plan reserved (cost.unit_memory_bytes and friends), so the pod
+        # fits its node exactly when the plan fits its device
         for c in [u for u in bundle.units() if u.device == b.device]:
             unit = bundle.placed(c)
-            mem_mi = math.ceil(unit.memory_bytes / 2**20) + 128  # the worker and onnxruntime
+            memory = unit_memory_bytes(unit.memory_bytes, device)
             config[f"{c.name}.json"] = unit_config(r, self, c)
             clients.append({"name": c.name, "command": WORKER_COMMAND,
                             "metrics_port": metrics_port(bundle, c),
-                            "cpu": f"{max(10, math.ceil(unit.compute_share * 1000))}m",
-                            "memory": f"{mem_mi}Mi", "memory_limit": f"{2 * mem_mi}Mi",
+                            "cpu": f"{millicores(unit_cpu(unit.compute_share, device), device)}m",
+                            "memory": quantity(memory), "memory_limit": quantity(2 * memory),
                             "secret": client_secret(c.name),
                             "models": unit.part is not Part.OPERATOR,
                             # a model on a device that declares a GPU gets one
-                            "gpu": gpu if unit.part is not Part.OPERATOR else None,
+                            "gpu": device.gpu if unit.part is not Part.OPERATOR else None,
                             "store": False})
         for c in [d for d in bundle.clients if not d.is_unit and d.device == b.device]:
             config[f"{c.name}.json"] = driver_spec(bundle, c, "127.0.0.1").to_json()
             clients.append({"name": c.name, "command": DRIVER_COMMAND,
-                            "metrics_port": metrics_port(bundle, c), "cpu": "10m",
-                            "memory": "64Mi", "memory_limit": "128Mi",
+                            "metrics_port": metrics_port(bundle, c),
+                            "cpu": f"{millicores(DRIVER_CPU / device.cpus, device)}m",
+                            "memory": quantity(device.driver_memory_bytes),
+                            "memory_limit": quantity(2 * device.driver_memory_bytes),
                             "secret": client_secret(c.name), "models": False,
                             "gpu": None, "store": c.kind != "sensor"})
-        broker_mi = max(256, math.ceil(4 * bundle.max_message_bytes / 2**20) + 128)
+        # the broker's limit leaves room for a few of the largest messages in flight
+        broker_limit = max(2 * device.broker_memory_bytes, 256 * 2**20,
+                           4 * bundle.max_message_bytes + 128 * 2**20)
         needs_models = any(c["models"] for c in clients)
         return {
             "name": name, "device": b.device, "tier": b.tier, "external": b.external,
@@ -143,6 +158,7 @@ class Kubernetes(Target):
             "has_store": any(c["store"] for c in clients),
             "broker": {"name": b.name, "secret": broker_secret(b.name),
                        "bridge_secret": bridge_secret(b.name) if b.bridges else None,
-                       "cpu": "50m",
-                       "memory": "64Mi", "memory_limit": f"{broker_mi}Mi"},
+                       "cpu": f"{millicores(BROKER_CPU / device.cpus, device)}m",
+                       "memory": quantity(device.broker_memory_bytes),
+                       "memory_limit": quantity(broker_limit)},
         }
