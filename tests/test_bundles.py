@@ -25,7 +25,7 @@ from edgeflow import api, check_text, load
 from edgeflow.emit import MARKER, PARTIAL, BundleError, write_bundle
 from edgeflow.emit.bundle import build_bundle, device_label
 from edgeflow.execution import build_execution
-from tests import pss
+from tests import kustomize, pss
 from tests.conftest import FIXTURES, ROOT, assert_golden
 from tests.test_cli import run
 from tests.test_placement import SPLIT_APP, random_app
@@ -54,13 +54,9 @@ def bundles() -> dict[tuple[str, str], dict[str, bytes]]:
 
 
 def _objects(files: dict[str, bytes]) -> list[dict[str, Any]]:
-    docs = []
-    for path, data in files.items():
-        # the cert-manager resources are custom resources: tests/test_certs.py validates them
-        if path.startswith("k8s/") and path.endswith(".yaml") and \
-                path != "k8s/kustomization.yaml" and not path.startswith("k8s/cert-manager/"):
-            docs.extend(d for d in yaml.safe_load_all(data) if d)
-    return docs
+    """What `kubectl apply -k k8s/` applies (the cert-manager resources are custom resources
+    of their own kustomization: tests/test_certs.py validates them)."""
+    return kustomize.build(files, "k8s")
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -77,6 +73,8 @@ def test_every_object_validates_strictly(bundles, version: str) -> None:  # type
 
 
 def test_kustomization_lists_every_manifest(bundles) -> None:  # type: ignore[no-untyped-def]
+    """Every manifest and every instance folder is listed, once; each instance's
+    configuration files are in its ConfigMap; every shared definition is used."""
     for (name, target), files in bundles.items():
         if target != "k8s":
             continue
@@ -84,8 +82,20 @@ def test_kustomization_lists_every_manifest(bundles) -> None:  # type: ignore[no
         resources = kustomization["resources"]
         assert len(resources) == len(set(resources)), "a manifest is listed twice"
         listed = {f"k8s/{r}" for r in resources}
-        assert listed == {p for p in files if p.startswith("k8s/") and p.endswith(".yaml")
-                          and p.count("/") == 1 and p != "k8s/kustomization.yaml"}
+        top = {p for p in files if p.startswith("k8s/") and p.endswith(".yaml")
+               and p.count("/") == 1 and p != "k8s/kustomization.yaml"}
+        instances = {p.rsplit("/", 1)[0] for p in files
+                     if p.startswith("k8s/instances/") and p.endswith("/kustomization.yaml")}
+        assert listed == top | instances
+        used = set()
+        for folder in instances:
+            k = yaml.safe_load(files[f"{folder}/kustomization.yaml"])
+            (base,) = k["resources"]
+            used.add(os.path.normpath(f"{folder}/{base}"))
+            (generator,) = k["configMapGenerator"]
+            assert {f"{folder}/{f}" for f in generator["files"]} == \
+                {p for p in files if p.startswith(f"{folder}/")} - {f"{folder}/kustomization.yaml"}
+        assert used == {p.rsplit("/", 1)[0] for p in files if p.startswith("k8s/bases/")}
 
 
 def test_conventions_and_security(bundles) -> None:  # type: ignore[no-untyped-def]
@@ -482,14 +492,22 @@ def test_kubectl_kustomize_renders_every_example_bundle(tmp_path: Path) -> None:
     for name in FEASIBLE:
         out = tmp_path / name
         assert run("compile", f"examples/{name}.ef", "-o", str(out)).returncode == 0
-        rendered = subprocess.run(["kubectl", "kustomize", str(out / "k8s")],
-                                  capture_output=True, text=True, timeout=120, check=False)
-        assert rendered.returncode == 0, rendered.stderr
-        objects = [d for d in yaml.safe_load_all(rendered.stdout) if d]
-        (namespace,) = [o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"]
-        assert {o["metadata"]["namespace"] for o in objects if o["kind"] != "Namespace"} == \
-            {namespace}
-        assert {n: v for n, v in pss.check_objects(objects).items() if v} == {}
+        files = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        for folder in ("k8s", "k8s/cert-manager"):
+            rendered = subprocess.run(["kubectl", "kustomize", str(out / folder)],
+                                      capture_output=True, text=True, timeout=120, check=False)
+            assert rendered.returncode == 0, rendered.stderr
+            objects = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+            assert len({o["metadata"]["namespace"] for o in objects
+                        if o["kind"] != "Namespace"}) == 1
+            # the tests' own renderer (tests/kustomize.py) agrees with kustomize exactly
+            assert sorted(objects, key=_kind_name) == sorted(kustomize.build(files, folder),
+                                                             key=_kind_name)
+        assert {n: v for n, v in pss.check_objects(_objects(files)).items() if v} == {}
+
+
+def _kind_name(obj: dict[str, Any]) -> tuple[str, str]:
+    return obj["kind"], obj["metadata"]["name"]
 
 
 def test_the_report_groups_replicas_and_keeps_its_diagram_within_mermaids_limits() -> None:
@@ -627,3 +645,20 @@ def test_a_device_too_small_for_its_runtime_is_refused_with_the_reason(tmp_path:
     assert_requests_are_the_plan(lean.program, plan, files)
     edge = next(d for d in plan.devices if d.device == "cam_box[0]")
     assert edge.memory_bytes == 48 * 2**20
+
+
+def test_each_added_site_adds_at_most_120_lines_of_yaml() -> None:
+    """Identical replicas share their definitions: a 13th street cabinet adds its instance's
+    kustomization, its Certificates and a line or two in shared files, and no more."""
+    text = (ROOT / "examples" / "smart_city_traffic.ef").read_text()
+    assert "count   = 12" in text
+    sizes = []
+    for count in (12, 13):
+        result = check_text(text.replace("count   = 12", f"count   = {count}"),
+                            str(ROOT / "examples" / "smart_city_traffic.ef"))
+        assert result.program is not None
+        files = compile_program(result.program, "k8s", "smart_city_traffic.ef")
+        sizes.append(sum(data.count(b"\n") for path, data in files.items()
+                         if path.startswith("k8s/") and path.endswith(".yaml")))
+        assert sum(p.startswith("k8s/bases/") for p in files) == 2  # one shared definition
+    assert 0 < sizes[1] - sizes[0] <= 120, sizes

@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edgeflow import api, certs, load
 from edgeflow.emit.bundle import build_bundle
 from edgeflow.emit.mqtt import render_acl, render_conf
+from tests import kustomize
 from tests.conftest import FIXTURES, ROOT, assert_golden
 from tests.test_cli import run
 
@@ -194,8 +195,8 @@ def test_cert_manager_resources_validate_against_its_crds_and_cover_every_identi
         folder: Path) -> None:
     out = folder / "b"
     assert run("compile", "examples/smart_city_traffic.ef", "-o", str(out)).returncode == 0
-    docs = [d for d in yaml.safe_load_all((out / "k8s/cert-manager/certificates.yaml")
-                                          .read_text()) if d]
+    files = {str(f.relative_to(out)): f.read_bytes() for f in out.rglob("*") if f.is_file()}
+    docs = kustomize.build(files, "k8s/cert-manager")
     schemas = {kind: _strict(json.loads((SCHEMAS / f"cert-manager-{kind.lower()}.json")
                                         .read_text())) for kind in ("Certificate", "Issuer")}
     for doc in docs:
@@ -208,10 +209,10 @@ def test_cert_manager_resources_validate_against_its_crds_and_cover_every_identi
         assert spec["commonName"] == s["common_name"]
         assert spec.get("dnsNames", []) == s["dns"] and spec["issuerRef"]["name"] == "edgeflow-ca"
     # every secret the pods mount is made
-    mounted = {v["secret"]["secretName"] for f in (out / "k8s").glob("*.yaml")
-               for d in yaml.safe_load_all(f.read_text()) if d and d["kind"] == "Deployment"
+    mounted = {v["secret"]["secretName"] for d in kustomize.build(files, "k8s")
+               if d["kind"] == "Deployment"
                for v in d["spec"]["template"]["spec"]["volumes"] if "secret" in v}
-    assert mounted <= set(made)
+    assert mounted == set(made) - {"edgeflow-ca"}  # and nothing more but the CA
 
 
 def test_certs_with_a_given_ca_signs_with_it_and_a_bad_ca_writes_nothing(folder: Path) -> None:

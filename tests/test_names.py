@@ -232,9 +232,10 @@ def _check_bundle(bundle: Bundle, files: dict[str, dict[str, bytes]]) -> None:
     k8s = files["k8s"]
     resources = yaml.safe_load(k8s["k8s/kustomization.yaml"])["resources"]
     assert len(resources) == len(set(resources)) == 1 + len(brokers)
-    assert {f"k8s/{r}" for r in resources} == {p for p in k8s if p.startswith("k8s/")
-                                               and p.count("/") == 1} - \
-        {"k8s/kustomization.yaml", "k8s/models.Dockerfile"}
+    assert {f"k8s/{r}" for r in resources} == ({p for p in k8s if p.startswith("k8s/")
+                                                and p.count("/") == 1} - {
+        "k8s/kustomization.yaml", "k8s/models.Dockerfile"}) | {
+        p.rsplit("/", 1)[0] for p in k8s if p.startswith("k8s/instances/")}
     # a certificate per identity, named after its secret: injective like the names it follows
     secrets = [i["secret"] for i in json.loads(files["k8s"]["secrets.json"])["secrets"]]
     assert len(secrets) == len(set(secrets))

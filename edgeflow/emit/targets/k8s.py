@@ -8,10 +8,22 @@ NetworkPolicy admitting exactly the planned connections (docs/bundles.md)."""
 from __future__ import annotations
 
 import hashlib
+import itertools
+import re
 from typing import Any
 
+import yaml
+
 from edgeflow.cost import millicores, unit_cpu, unit_memory_bytes
-from edgeflow.emit.bundle import Broker, Bundle, Client, device_label, k8s_name
+from edgeflow.emit.bundle import (
+    DNS_LABEL,
+    Broker,
+    Bundle,
+    Client,
+    broker_name,
+    device_label,
+    k8s_name,
+)
 from edgeflow.emit.identities import bridge_secret, broker_secret, client_secret, identities
 from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.targets.base import Rendering, Target
@@ -92,15 +104,51 @@ class Kubernetes(Target):
             for bridge in b.bridges:
                 dials[b.device].append(device_label(bridge.peer))
                 dialled_by[bridge.peer].append(device_label(b.device))
+        bases: dict[str, str] = {}  # a shared definition's text -> its folder
+        users: dict[str, list[str]] = {}  # its folder -> the instances that share it
         for b in bundle.brokers.values():
-            view = self._device(r, b, image)
+            args: dict[str, Any] = {
+                "p": _placement(bundle, b.tier, b.device), "namespace": namespace,
+                "broker_image": BROKER_IMAGE, "worker_image": WORKER_IMAGE,
+                "security": {uid: _security(uid) for uid in UIDS.values()}}
+            shared = _shared_name(bundle, b.device)
+            view = self._device(r, b, image, neutral=shared is not None)
             view["dials"], view["dialled_by"] = sorted(dials[b.device]), \
                 sorted(dialled_by[b.device])
-            files[f"k8s/{view['name']}.yaml"] = render(
-                "k8s/device.yaml.j2", d=view, p=_placement(bundle, b.tier, b.device),
-                namespace=namespace, broker_image=BROKER_IMAGE, worker_image=WORKER_IMAGE,
-                security={uid: _security(uid) for uid in UIDS.values()}).encode()
-            resources.append(f"{view['name']}.yaml")
+            if shared is None:  # a single device (or one whose names cannot share): whole
+                files[f"k8s/{view['name']}.yaml"] = render("k8s/device.yaml.j2", d=view,
+                                                           **args).encode()
+                resources.append(f"{view['name']}.yaml")
+                continue
+            kind, suffix = shared
+            base_view = _base_view(bundle, view, kind, suffix)
+            text = render("k8s/device.yaml.j2", d=base_view, **{
+                **args, "p": {**args["p"], "device_label": kind}})
+            if text not in bases:
+                taken = set(bases.values())
+                folder = next(f for n in itertools.count(1)
+                              if (f := f"bases/{kind}" + (f"-{n}" if n > 1 else ""))
+                              not in taken)
+                bases[text], users[folder] = folder, []
+                files[f"k8s/{folder}/device.yaml"] = text.encode()
+                files[f"k8s/{folder}/kustomization.yaml"] = render(
+                    "k8s/kustomization.yaml.j2", app=bundle.app, namespace=None,
+                    resources=["device.yaml"],
+                    comment="What instances of a device share (instances/ uses it)").encode()
+            users[bases[text]].append(b.device)
+            folder = f"instances/{view['name']}"
+            for key, content in view["config"].items():
+                files[f"k8s/{folder}/{key}"] = content.encode()
+            files[f"k8s/{folder}/kustomization.yaml"] = render(
+                "k8s/instance.yaml.j2", device=b.device, tier=b.tier, base=bases[text],
+                suffix=suffix, labels={"app.kubernetes.io/name": view["name"],
+                                       "edgeflow.io/device": view["name"]},
+                config=f"{kind}-config", files=list(view["config"]),
+                patches=_instance_patches(text, view, base_view)).encode()
+            resources.append(folder)
+        for text, folder in bases.items():  # each shared definition names who shares it
+            files[f"k8s/{folder}/device.yaml"] = text.replace(
+                "@SHARED_BY@", _instances_text(users[folder]), 1).encode()
         if image is not None:
             files["k8s/models.Dockerfile"] = render(
                 "k8s/models.Dockerfile.j2", image=image, base=MODELS_BASE_IMAGE,
@@ -108,15 +156,22 @@ class Kubernetes(Target):
         files["k8s/kustomization.yaml"] = render("k8s/kustomization.yaml.j2", app=bundle.app,
                                                  namespace=namespace,
                                                  resources=resources).encode()
-        files["k8s/cert-manager/certificates.yaml"] = render(
-            "k8s/certificates.yaml.j2", app=bundle.app, namespace=namespace,
-            identities=identities(bundle)).encode()
+        files["k8s/cert-manager/ca.yaml"] = render(
+            "k8s/ca.yaml.j2", app=bundle.app, namespace=namespace).encode()
+        files["k8s/cert-manager/identities/certificates.yaml"] = render(
+            "k8s/certificates.yaml.j2", app=bundle.app, identities=identities(bundle)).encode()
+        files["k8s/cert-manager/identities/kustomization.yaml"] = render(
+            "k8s/identities.kustomization.yaml.j2").encode()
         files["k8s/cert-manager/kustomization.yaml"] = render(
             "k8s/kustomization.yaml.j2", app=bundle.app, namespace=namespace,
-            resources=["certificates.yaml"]).encode()
+            resources=["ca.yaml", "identities"]).encode()
         return files
 
-    def _device(self, r: Rendering, b: Broker, image: str | None) -> dict[str, Any]:
+    def _device(self, r: Rendering, b: Broker, image: str | None, neutral: bool = False,
+                ) -> dict[str, Any]:
+        """The view device.yaml.j2 renders for the pod of device instance `b.device`. With
+        `neutral`, containers (and their config files) are named by step alone, as in every
+        instance of the device's kind (`_shared_name`)."""
         bundle = r.bundle
         name = device_label(b.device)
         config: dict[str, str] = {"mosquitto.conf": render_conf(bundle, b),
@@ -128,8 +183,9 @@ class Kubernetes(Target):
         for c in [u for u in bundle.units() if u.device == b.device]:
             unit = bundle.placed(c)
             memory = unit_memory_bytes(unit.memory_bytes, device)
-            config[f"{c.name}.json"] = unit_config(r, self, c)
-            clients.append({"name": c.name, "command": WORKER_COMMAND,
+            container = _container(c, neutral)
+            config[f"{container}.json"] = unit_config(r, self, c)
+            clients.append({"name": c.name, "container": container, "command": WORKER_COMMAND,
                             "metrics_port": metrics_port(bundle, c),
                             "cpu": f"{millicores(unit_cpu(unit.compute_share, device), device)}m",
                             "memory": quantity(memory), "memory_limit": quantity(2 * memory),
@@ -139,8 +195,9 @@ class Kubernetes(Target):
                             "gpu": device.gpu if unit.part is not Part.OPERATOR else None,
                             "store": False})
         for c in [d for d in bundle.clients if not d.is_unit and d.device == b.device]:
-            config[f"{c.name}.json"] = driver_spec(bundle, c, "127.0.0.1").to_json()
-            clients.append({"name": c.name, "command": DRIVER_COMMAND,
+            container = _container(c, neutral)
+            config[f"{container}.json"] = driver_spec(bundle, c, "127.0.0.1").to_json()
+            clients.append({"name": c.name, "container": container, "command": DRIVER_COMMAND,
                             "metrics_port": metrics_port(bundle, c),
                             "cpu": f"{millicores(DRIVER_CPU / device.cpus, device)}m",
                             "memory": quantity(device.driver_memory_bytes),
@@ -151,8 +208,12 @@ class Kubernetes(Target):
         broker_limit = max(2 * device.broker_memory_bytes, 256 * 2**20,
                            4 * bundle.max_message_bytes + 128 * 2**20)
         needs_models = any(c["models"] for c in clients)
+        digest = hashlib.sha256()
+        for key, text in sorted(config.items()):
+            digest.update(f"{key}\0{len(text.encode())}\0{text}".encode())
         return {
             "name": name, "device": b.device, "tier": b.tier, "external": b.external,
+            "base": False, "config_digest": digest.hexdigest(),
             "labels": _labels(bundle, name, b.device), "config": config, "clients": clients,
             "models_image": image if needs_models else None,
             "has_store": any(c["store"] for c in clients),
@@ -162,3 +223,106 @@ class Kubernetes(Target):
                        "memory": quantity(device.broker_memory_bytes),
                        "memory_limit": quantity(broker_limit)},
         }
+
+
+def _container(c: Client, neutral: bool) -> str:
+    """A client's container: named by its step alone in a pod its kind's instances share."""
+    return k8s_name(c.step) if neutral else c.name
+
+
+def _shared_name(bundle: Bundle, instance: str) -> tuple[str, str] | None:
+    """(the kind's label, the instance's name suffix) when instance `NAME[i]` of a device
+    with count > 1 may share its definition: its labels and broker are the kind's plus the
+    suffix, and its containers' step names are distinct DNS labels. None otherwise."""
+    kind = instance.split("[")[0]
+    if bundle.program.devices[kind].count == 1:
+        return None
+    label, own = device_label(kind), device_label(instance)
+    suffix = own.removeprefix(label)
+    steps = [k8s_name(c.step) for c in bundle.clients if c.device == instance]
+    if not own.startswith(label) or not re.fullmatch(r"-[0-9]+", suffix) or \
+            broker_name(instance) != f"broker-{own}" or len(set(steps)) != len(steps) or \
+            not all(DNS_LABEL.fullmatch(s) for s in steps):
+        return None
+    return label, suffix
+
+
+def _base_view(bundle: Bundle, view: dict[str, Any], kind: str, suffix: str) -> dict[str, Any]:
+    """The view of what the instances of a kind share: the kind's names, placeholder secrets
+    (each instance names its own), and network peers of the same site by their kind."""
+    def peer(label: str) -> str:
+        return label.removesuffix(suffix) if label.endswith(suffix) and \
+            _is_site_peer(bundle, label.removesuffix(suffix)) else label
+
+    return {**view, "name": kind, "base": True, "shared_by": "@SHARED_BY@",
+            "labels": {**view["labels"], "app.kubernetes.io/name": kind,
+                       "edgeflow.io/device": kind},
+            "clients": [{**c, "secret": f"{kind}-{c['container']}-tls"}
+                        for c in view["clients"]],
+            "broker": {**view["broker"], "name": f"broker-{kind}",
+                       "secret": f"broker-{kind}-tls",
+                       "bridge_secret": view["broker"]["bridge_secret"] and
+                       f"broker-{kind}-bridge-tls"},
+            "dials": [peer(x) for x in view["dials"]],
+            "dialled_by": [peer(x) for x in view["dialled_by"]]}
+
+
+def _is_site_peer(bundle: Bundle, label: str) -> bool:
+    """Whether `label` is the label of a device kind with count > 1."""
+    return any(d.count > 1 and device_label(d.name) == label
+               for d in bundle.program.devices.values())
+
+
+def _instance_patches(base: str, view: dict[str, Any], base_view: dict[str, Any],
+                      ) -> list[tuple[str, list[dict[str, Any]]]]:
+    """JSON patches (RFC 6902) turning the shared definition into the instance's pod: its
+    selector, node, secrets and network peers (its names and labels come from the
+    kustomization's nameSuffix and labels)."""
+    me = view["name"]
+    docs = {d["kind"]: d for d in yaml.safe_load_all(base) if d}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    device_key = "edgeflow.io~1device"
+    ops: list[dict[str, Any]] = [
+        {"op": "replace", "path": f"/spec/selector/matchLabels/{device_key}", "value": me},
+        {"op": "add", "path": "/spec/template/metadata/annotations",
+         "value": {"edgeflow.io/config-sha256": view["config_digest"]}}]
+    if "nodeSelector" in pod:
+        ops.append({"op": "replace", "path": f"/spec/template/spec/nodeSelector/{device_key}",
+                    "value": me})
+    else:
+        terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        index = next(k for k, e in enumerate(terms["nodeSelectorTerms"][0]["matchExpressions"])
+                     if e["key"] == "edgeflow.io/device")
+        ops.append({"op": "replace", "path": "/spec/template/spec/affinity/nodeAffinity/"
+                    "requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms/0/"
+                    f"matchExpressions/{index}/values", "value": [me]})
+    secrets = {f"broker-{base_view['name']}-tls": view["broker"]["secret"],
+               f"broker-{base_view['name']}-bridge-tls": view["broker"]["bridge_secret"],
+               **{b["secret"]: c["secret"] for b, c in zip(base_view["clients"],
+                                                           view["clients"], strict=True)}}
+    for k, volume in enumerate(pod["volumes"]):
+        if "secret" in volume:
+            ops.append({"op": "replace", "path": f"/spec/template/spec/volumes/{k}/secret/"
+                        "secretName", "value": secrets[volume["secret"]["secretName"]]})
+    policy: list[dict[str, Any]] = [
+        {"op": "replace", "path": f"/spec/podSelector/matchLabels/{device_key}", "value": me}]
+    for direction, key, peers, shared in (("ingress", "from", view["dialled_by"],
+                                           base_view["dialled_by"]),
+                                          ("egress", "to", view["dials"], base_view["dials"])):
+        if peers != shared:
+            policy.append({"op": "replace", "path": f"/spec/{direction}/0/{key}", "value": [
+                {"podSelector": {"matchLabels": {"edgeflow.io/device": x}}} for x in peers]})
+    out = [("Deployment", ops), ("NetworkPolicy", policy)]
+    if "Service" in docs:
+        out.append(("Service", [{"op": "replace", "path": f"/spec/selector/{device_key}",
+                                 "value": me}]))
+    return out
+
+
+def _instances_text(instances: list[str]) -> str:
+    """`gw[0]`..`gw[11]` for consecutive instances, listed otherwise."""
+    indices = [int(i.split("[")[1].rstrip("]")) for i in instances]
+    name = instances[0].split("[")[0]
+    if indices == list(range(indices[0], indices[0] + len(indices))) and len(indices) > 2:
+        return f"{name}[{indices[0]}]..{name}[{indices[-1]}]"
+    return ", ".join(instances)
