@@ -40,14 +40,18 @@ def _bundle_files(target: str) -> dict[str, str]:
 
 
 def _golden_unit_configs() -> dict[str, str]:
-    """Every unit.json of both golden bundles: compose/DEVICE/UNIT.json files, and the
-    `UNIT.json` entries of each device's ConfigMap in k8s/DEVICE.yaml."""
+    """Every unit.json of both golden bundles: compose/DEVICE/UNIT.json files, a shared
+    device's k8s/instances/DEVICE-i/UNIT.json files, and the `UNIT.json` entries of each single
+    device's ConfigMap in k8s/DEVICE.yaml."""
     out: dict[str, str] = {}
     for path, text in _bundle_files("compose").items():
         if path.startswith("compose/") and path.endswith(".json"):
             out[path] = text
     for path, text in _bundle_files("k8s").items():
-        if path.startswith("k8s/") and path.endswith(".yaml"):
+        if path.startswith("k8s/instances/") and path.endswith(".json") and \
+                json.loads(text)["kind"] in ("operator", "model", "head", "tail"):
+            out[path] = text
+        elif path.startswith("k8s/") and path.endswith(".yaml"):
             for doc in yaml.safe_load_all(text):
                 if doc and doc["kind"] == "ConfigMap":
                     for key, config in doc["data"].items():
