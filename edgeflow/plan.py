@@ -150,7 +150,8 @@ class Plan(_Frozen):
         return list(worst.values())
 
     def used_devices(self) -> list[DeviceUse]:
-        return [d for d in self.devices if d.utilization > 0 or d.memory_bytes > 0]
+        return [d for d in self.devices if d.utilization > 0 or d.cpu > 0 or
+                d.memory_bytes > 0]
 
     # ---------------------------------------------------------------- plan.json
     def to_dict(self) -> dict[str, Any]:

@@ -5,11 +5,34 @@ bridges follow them hop by hop) always agree on the route."""
 from __future__ import annotations
 
 import heapq
+import weakref
 from collections.abc import Callable
 
 import networkx as nx
 
+from edgeflow import ir
 from edgeflow.cost import hop_s
+
+Neighbours = list[tuple[str, ir.Link]]
+
+
+class _Adjacency:
+    """A network's links by instance, split into links to instances that lead on (linked to
+    more than one instance) and links to leaves (linked to this one alone: a sensor box, a
+    bed's hub). A leaf is a dead end unless it is the destination, so a search never walks
+    the thousand leaves of a hub it passes."""
+
+    def __init__(self, network: nx.Graph) -> None:
+        self.onward: dict[str, Neighbours] = {}
+        self.leaves: dict[str, dict[str, ir.Link]] = {}
+        for node in network:
+            self.onward[node] = [(v, d["link"]) for v, d in network[node].items()
+                                 if len(network[v]) > 1]
+            self.leaves[node] = {v: d["link"] for v, d in network[node].items()
+                                 if len(network[v]) == 1}
+
+
+_ADJACENCY: weakref.WeakKeyDictionary[nx.Graph, _Adjacency] = weakref.WeakKeyDictionary()
 
 
 def fastest_route(network: nx.Graph, a: str, b: str, nbytes: int,
@@ -17,11 +40,15 @@ def fastest_route(network: nx.Graph, a: str, b: str, nbytes: int,
     """(seconds over the links, instances from `a` to `b`) of the fastest route for a message
     of `nbytes` tensor bytes through instances `allowed` accepts, or None when there is none
     (also when `a` or `b` is not allowed). Ties go to the route found first (instances in name
-    order), so the answer is deterministic. `a == b` is the route (a,) of zero seconds."""
+    order), so the answer is deterministic. `a == b` is the route (a,) of zero seconds.
+    The network is read once and must not change afterwards."""
     if not (allowed(a) and allowed(b)):
         return None
     if a == b:
         return 0.0, (a,)
+    if network not in _ADJACENCY:
+        _ADJACENCY[network] = _Adjacency(network)
+    adjacency = _ADJACENCY[network]
     best = {a: 0.0}
     prev: dict[str, str] = {}
     heap = [(0.0, a)]
@@ -34,10 +61,13 @@ def fastest_route(network: nx.Graph, a: str, b: str, nbytes: int,
             return dist, tuple(reversed(hops))
         if dist > best[node]:
             continue
-        for nxt, data in network[node].items():
+        onward = adjacency.onward[node]
+        if b in adjacency.leaves[node]:
+            onward = [*onward, (b, adjacency.leaves[node][b])]
+        for nxt, link in onward:
             if not allowed(nxt):
                 continue
-            cand = dist + hop_s(nbytes, data["link"])
+            cand = dist + hop_s(nbytes, link)
             if cand < best.get(nxt, float("inf")) - 1e-15:
                 best[nxt], prev[nxt] = cand, node
                 heapq.heappush(heap, (cand, nxt))

@@ -114,6 +114,7 @@ def test_conventions_and_security(bundles) -> None:  # type: ignore[no-untyped-d
         # written from the published Pod Security Standards, sharing nothing with the emitter)
         assert {n: v for n, v in pss.check_objects(_objects(files), "restricted").items()
                 if v} == {}, name
+        assert_container_names_are_distinct(_objects(files))
         for obj in _objects(files):
             if obj["kind"] != "Deployment":
                 continue
@@ -261,6 +262,7 @@ def test_every_feasible_random_app_compiles_to_valid_bundles(text: str) -> None:
             assert {n: v for n, v in pss.check_objects(_objects(files)).items() if v} == {}
             assert admitted(_objects(files)) == planned(result.program, plan)
             assert_requests_are_the_plan(result.program, plan, files)
+            assert_container_names_are_distinct(_objects(files))
         else:
             for path, data in files.items():
                 if path.endswith("compose.yaml"):
@@ -662,3 +664,31 @@ def test_each_added_site_adds_at_most_120_lines_of_yaml() -> None:
                          if path.startswith("k8s/") and path.endswith(".yaml")))
         assert sum(p.startswith("k8s/bases/") for p in files) == 2  # one shared definition
     assert 0 < sizes[1] - sizes[0] <= 120, sizes
+
+
+def assert_container_names_are_distinct(objects: list[dict[str, Any]]) -> None:
+    """Kubernetes refuses a pod two of whose containers (init containers included) share a
+    name; schema validation cannot see it."""
+    for obj in objects:
+        if obj["kind"] == "Deployment":
+            spec = obj["spec"]["template"]["spec"]
+            names = [c["name"] for c in spec.get("initContainers", []) + spec["containers"]]
+            assert len(names) == len(set(names)), (obj["metadata"]["name"], names)
+
+
+def test_steps_named_like_the_pods_own_containers_get_containers_of_their_own() -> None:
+    """A sensor named `broker` and an operator named `models`, on a shared device and on
+    device instances: every pod's container names stay distinct."""
+    text = SPLIT_APP.replace("sensor camera", "sensor broker").replace(
+        "camera ->", "broker ->").replace("store detections", "store models").replace(
+        "-> detections", "-> models")
+    assert "sensor broker" in text and "store models" in text
+    result = check_text(text, str(ROOT / "examples" / "split_demo.ef"))
+    assert result.program is not None, result.diagnostics
+    files = compile_program(result.program, "k8s", "split_demo.ef")
+    objects = _objects(files)
+    assert_container_names_are_distinct(objects)
+    cloud = next(o for o in objects if o["kind"] == "Deployment"
+                 and o["metadata"]["name"] == "cloud")["spec"]["template"]["spec"]
+    assert {c["name"] for c in cloud["initContainers"]} == {"models"}
+    assert "models-2" in {c["name"] for c in cloud["containers"]}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from edgeflow.placement.milp import solve
 from edgeflow.placement.problem import build_problem
 from edgeflow.verify import verify
 from tests.conftest import FIXTURES, ROOT, assert_golden
+from tests.test_cli import run
 
 VITALS = ROOT / "examples" / "models" / "vitals.onnx"
 EXAMPLES = sorted((ROOT / "examples").glob("*.ef"))
@@ -328,3 +331,23 @@ def test_a_device_ruled_out_by_a_narrow_link_is_named_with_the_link(tmp_path: Pa
                                    "narrow for the 32.0 Mbps `op` receives")
     assert result.program is not None
     assert [lb.span for lb in reason.labels] == [result.program.links[0].span]
+
+
+@pytest.mark.parametrize("limit", ["0.1", "0.5"])
+def test_a_tiny_time_limit_on_a_large_app_gives_a_plan_or_unknown_never_infeasible(
+        tmp_path: Path, limit: str) -> None:
+    """A thousand beds (3,072 units) with no time to speak of: the command ends with a plan
+    (a warm start) or an honest `unknown`, never a false `infeasible` or an internal error."""
+    text = (ROOT / "examples" / "healthcare_vitals.ef").read_text()
+    count = re.search(r"count\s*=\s*\d+", text)
+    assert count is not None
+    app = tmp_path / "beds.ef"
+    app.write_text(text.replace(count[0], "count = 1024"))
+    shutil.copytree(ROOT / "examples" / "models", tmp_path / "models")
+    proc = run("plan", str(app), "--time-limit", limit, "--format", "json")
+    assert proc.returncode in (0, 1), proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["result"] is not None, out["diagnostics"]
+    status = out["result"]["status"]
+    assert status in ("optimal", "feasible", "unknown")
+    assert (proc.returncode == 0) == (status != "unknown")

@@ -85,11 +85,14 @@ def edgeward(problem: Problem) -> dict[Step, Placement]:
     out = _pinned(problem)
     util: dict[str, float] = defaultdict(float)
     order = {name: i for i, name in enumerate(nx.topological_sort(problem.dataflow.graph))}
+    inputs: dict[Step, list[Step]] = defaultdict(list)
+    for u, v in problem.edges:
+        inputs[v].append(u)
     for step in sorted(problem.steps, key=lambda s: (order[s[0]], s[1] if s[1] is not None else -1)):
         info = problem.steps[step]
         if not info.is_unit:
             continue
-        preds = [u for u, v in problem.edges if v == step]
+        preds = inputs[step]
         here = out_instance(out[preds[0]]) if preds else info.candidates[0]
         if here not in info.candidates:
             here = info.candidates[0]

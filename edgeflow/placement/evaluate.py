@@ -144,9 +144,10 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
     # -- the runtime: a broker where a unit or driver runs or a message passes, the drivers
     ev.brokers |= ev.hosts | set(problem.drivers)
     for inst in ev.brokers:  # (a one-replica problem's shared instance pays its share)
-        drivers, share = problem.drivers.get(inst, 0), problem.capacity(inst)
-        ev.memory[inst] += runtime_memory_bytes(problem.device(inst), True, drivers) * share
-        ev.cpu[inst] += runtime_cpu(problem.device(inst), True, drivers) * share
+        share, (driver_memory, driver_cpu) = problem.capacity(inst), problem.drivers_need(inst)
+        ev.memory[inst] += runtime_memory_bytes(problem.device(inst), True, 0) * share + \
+            driver_memory
+        ev.cpu[inst] += runtime_cpu(problem.device(inst), True, 0) * share + driver_cpu
     # -- pipelines
     for name, r, path in problem.pipelines:
         total, rows = 0.0, list[Compute | Transfer]()

@@ -348,20 +348,18 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
         dev, share = problem.device(inst), problem.capacity(inst)
         units = add_exprs(*occupies.get(inst, []))
         broker = _broker(f, inst)
-        drivers = problem.drivers.get(inst, 0)
+        driver_memory, driver_cpu = problem.drivers_need(inst)
         # a shared instance in a one-replica problem (symmetric_start) pays its share of the
-        # broker and drivers, which all replicas share
-        cpu = add_exprs(*util.get(inst, []), units, broker,
-                        ({}, runtime_cpu(dev, False, drivers)),
+        # broker, which all replicas share
+        cpu = add_exprs(*util.get(inst, []), units, broker, ({}, driver_cpu),
                         scale=[1.0] * len(util.get(inst, [])) + [WORKER_CPU / dev.cpus,
                                                                  BROKER_CPU * share / dev.cpus,
-                                                                 share])
+                                                                 1.0])
         _capacity(lp, cpu, share, ("compute", inst))
-        held = add_exprs(*memory.get(inst, []), units, broker,
-                        ({}, runtime_memory_bytes(dev, False, drivers)),
-                        scale=[1.0] * len(memory.get(inst, [])) + [
-                            float(dev.worker_memory_bytes), dev.broker_memory_bytes * share,
-                            share])
+        held = add_exprs(*memory.get(inst, []), units, broker, ({}, driver_memory),
+                         scale=[1.0] * len(memory.get(inst, [])) + [
+                             float(dev.worker_memory_bytes), dev.broker_memory_bytes * share,
+                             1.0])
         _capacity(lp, held, dev.memory_bytes * share, ("memory", inst))
     for link, exprs in link_load.items():
         _capacity(lp, add_exprs(*exprs),

@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from edgeflow import ir
-from edgeflow.cost import CutOption, compute_s, message_s, model_cost
+from edgeflow.cost import (
+    CutOption,
+    compute_s,
+    message_s,
+    model_cost,
+    runtime_cpu,
+    runtime_memory_bytes,
+)
 from edgeflow.dataflow import Dataflow
 from edgeflow.execution import ExecutionGraph, StepKey
 from edgeflow.execution import Step as ExecStep
@@ -80,10 +87,13 @@ class Problem:
     # fraction of an instance's or a directed link's capacity this problem may use (1 unless
     # it stands for one replica of a symmetric app, see milp.symmetric_start)
     share: dict[object, float] = field(default_factory=dict)
-    # sensors' and sinks' drivers per instance (pinned: a process there whatever is decided)
+    # sensors' and sinks' drivers per instance (pinned: a process there whatever is decided),
+    # and of them the sinks' that all replicas share
     drivers: dict[str, int] = field(default_factory=dict)
+    shared_drivers: dict[str, int] = field(default_factory=dict)
     _routes: dict[tuple[str, str, int, frozenset[str]], Route | None] = field(
         default_factory=dict)
+    _allowed: dict[frozenset[str], frozenset[str]] = field(default_factory=dict)
 
     @property
     def program(self) -> ir.Program:
@@ -135,12 +145,23 @@ class Problem:
         return self._routes[key]
 
     def _dijkstra(self, a: str, b: str, nbytes: int, labels: frozenset[str]) -> Route | None:
-        found = fastest_route(self.graph, a, b, nbytes,
-                              lambda inst: self.tier_allows(inst, labels))
+        if labels not in self._allowed:  # the instances these labels may pass, once
+            self._allowed[labels] = frozenset(i for i in self.instances
+                                              if self.tier_allows(i, labels))
+        found = fastest_route(self.graph, a, b, nbytes, self._allowed[labels].__contains__)
         return None if found is None else Route(*found)
 
     def capacity(self, key: object) -> float:
         return self.share.get(key, 1.0)
+
+    def drivers_need(self, inst: str) -> tuple[float, float]:
+        """Memory and CPU share the drivers on `inst` take as this problem counts them: a
+        driver all replicas share pays only this problem's share of the instance (a
+        one-replica problem of `milp.symmetric_start`), a replica's own driver in full."""
+        shared = self.shared_drivers.get(inst, 0)
+        weight = self.drivers.get(inst, 0) - shared + shared * self.capacity(inst)
+        dev = self.device(inst)
+        return weight * runtime_memory_bytes(dev, False, 1), weight * runtime_cpu(dev, False, 1)
 
     def link_of(self, a: str, b: str) -> ir.Link:
         return self.graph[a][b]["link"]  # type: ignore[no-any-return]
@@ -178,10 +199,13 @@ def build_problem(graph: ExecutionGraph) -> Problem:
         steps[key] = StepInfo(step, work, memory, cands,
                               costs[name].cuts if name in costs else ())
     drivers: dict[str, int] = {}
-    for info in steps.values():
+    all_replicas: dict[str, int] = {}
+    for (_, replica), info in steps.items():
         if not info.is_unit:
             drivers[info.candidates[0]] = drivers.get(info.candidates[0], 0) + 1
-    return Problem(graph, steps, drivers=drivers)
+            if replica is None:
+                all_replicas[info.candidates[0]] = all_replicas.get(info.candidates[0], 0) + 1
+    return Problem(graph, steps, drivers=drivers, shared_drivers=all_replicas)
 
 
 def out_labels(problem: Problem, step: Step) -> frozenset[str]:

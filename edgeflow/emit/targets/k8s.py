@@ -17,6 +17,7 @@ import yaml
 from edgeflow.cost import millicores, unit_cpu, unit_memory_bytes
 from edgeflow.emit.bundle import (
     DNS_LABEL,
+    LABEL_MAX,
     Broker,
     Bundle,
     Client,
@@ -141,8 +142,7 @@ class Kubernetes(Target):
                 files[f"k8s/{folder}/{key}"] = content.encode()
             files[f"k8s/{folder}/kustomization.yaml"] = render(
                 "k8s/instance.yaml.j2", device=b.device, tier=b.tier, base=bases[text],
-                suffix=suffix, labels={"app.kubernetes.io/name": view["name"],
-                                       "edgeflow.io/device": view["name"]},
+                suffix=suffix, labels=view["labels"],
                 config=f"{kind}-config", files=list(view["config"]),
                 patches=_instance_patches(text, view, base_view)).encode()
             resources.append(folder)
@@ -178,12 +178,16 @@ class Kubernetes(Target):
                                   "edgeflow.acl": render_acl(b)}
         clients: list[dict[str, Any]] = []
         device = bundle.program.devices[b.device.split("[")[0]]
+        mine = [u for u in bundle.units() if u.device == b.device] + \
+            [d for d in bundle.clients if not d.is_unit and d.device == b.device]
+        containers = dict(zip((c.name for c in mine),
+                              _distinct([_container(c, neutral) for c in mine]), strict=True))
         # requests are what the plan reserved (cost.unit_memory_bytes and friends), so the pod
         # fits its node exactly when the plan fits its device
         for c in [u for u in bundle.units() if u.device == b.device]:
             unit = bundle.placed(c)
             memory = unit_memory_bytes(unit.memory_bytes, device)
-            container = _container(c, neutral)
+            container = containers[c.name]
             config[f"{container}.json"] = unit_config(r, self, c)
             clients.append({"name": c.name, "container": container, "command": WORKER_COMMAND,
                             "metrics_port": metrics_port(bundle, c),
@@ -195,7 +199,7 @@ class Kubernetes(Target):
                             "gpu": device.gpu if unit.part is not Part.OPERATOR else None,
                             "store": False})
         for c in [d for d in bundle.clients if not d.is_unit and d.device == b.device]:
-            container = _container(c, neutral)
+            container = containers[c.name]
             config[f"{container}.json"] = driver_spec(bundle, c, "127.0.0.1").to_json()
             clients.append({"name": c.name, "container": container, "command": DRIVER_COMMAND,
                             "metrics_port": metrics_port(bundle, c),
@@ -228,6 +232,24 @@ class Kubernetes(Target):
 def _container(c: Client, neutral: bool) -> str:
     """A client's container: named by its step alone in a pod its kind's instances share."""
     return k8s_name(c.step) if neutral else c.name
+
+
+RESERVED = ("broker", "models")  # the broker's container and the models' init container
+
+
+def _distinct(names: list[str]) -> list[str]:
+    """Container names as given, but never a reserved one or one taken before it (a sensor
+    named `broker` runs as `broker-2`)."""
+    out: list[str] = []
+    taken = set(RESERVED)
+    for name in names:
+        candidate, k = name, 1
+        while candidate in taken:
+            k += 1
+            candidate = f"{name[:LABEL_MAX - len(str(k)) - 1].rstrip('-')}-{k}"
+        taken.add(candidate)
+        out.append(candidate)
+    return out
 
 
 def _shared_name(bundle: Bundle, instance: str) -> tuple[str, str] | None:
@@ -283,7 +305,8 @@ def _instance_patches(base: str, view: dict[str, Any], base_view: dict[str, Any]
     pod = docs["Deployment"]["spec"]["template"]["spec"]
     device_key = "edgeflow.io~1device"
     ops: list[dict[str, Any]] = [
-        {"op": "replace", "path": f"/spec/selector/matchLabels/{device_key}", "value": me},
+        {"op": "replace", "path": "/spec/selector/matchLabels/app.kubernetes.io~1name",
+         "value": me},
         {"op": "add", "path": "/spec/template/metadata/annotations",
          "value": {"edgeflow.io/config-sha256": view["config_digest"]}}]
     if "nodeSelector" in pod:
@@ -321,6 +344,7 @@ def _instance_patches(base: str, view: dict[str, Any], base_view: dict[str, Any]
 
 def _instances_text(instances: list[str]) -> str:
     """`gw[0]`..`gw[11]` for consecutive instances, listed otherwise."""
+    instances = sorted(instances, key=lambda i: int(i.split("[")[1].rstrip("]")))
     indices = [int(i.split("[")[1].rstrip("]")) for i in instances]
     name = instances[0].split("[")[0]
     if indices == list(range(indices[0], indices[0] + len(indices))) and len(indices) > 2:
