@@ -18,6 +18,7 @@ from edgeflow import api, check_text, ir, load
 from edgeflow.execution import build_execution
 from edgeflow.placement.baselines import BASELINES
 from edgeflow.placement.evaluate import Split, evaluate
+from edgeflow.placement.heuristic import greedy
 from edgeflow.placement.milp import solve
 from edgeflow.placement.problem import build_problem
 from edgeflow.verify import verify
@@ -351,3 +352,20 @@ def test_a_tiny_time_limit_on_a_large_app_gives_a_plan_or_unknown_never_infeasib
     status = out["result"]["status"]
     assert status in ("optimal", "feasible", "unknown")
     assert (proc.returncode == 0) == (status != "unknown")
+
+
+@given(random_app())
+@PROPS
+def test_the_constructive_plan_meets_every_constraint_whenever_it_gives_one(text: str) -> None:
+    """The MILP's warm start for heterogeneous fleets (placement/heuristic.py): None, or a plan
+    the cost model and the independent verifier accept."""
+    result = check_text(text, str(ROOT / "examples" / "random.ef"))
+    assert result.program is not None
+    problem = build_problem(build_execution(result.program))
+    assignment = greedy(problem)
+    if assignment is None:
+        return
+    assert evaluate(problem, assignment).feasible
+    from edgeflow.placement import _plan
+    from edgeflow.plan import Status
+    assert verify(_plan(problem, Status.FEASIBLE, assignment, 1.0), result.program) == []

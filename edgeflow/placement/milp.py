@@ -44,6 +44,7 @@ from edgeflow.ir import BROKER_CPU, WORKER_CPU
 from edgeflow.objectives import TERMS, Combine
 from edgeflow.placement.baselines import BASELINES
 from edgeflow.placement.evaluate import Placement, Split, evaluate
+from edgeflow.placement.heuristic import greedy
 from edgeflow.placement.problem import Problem, Step, StepInfo, build_problem, out_labels
 from edgeflow.span import Span
 
@@ -552,8 +553,9 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
         stage_gaps[term] = 0.0
         if model_status != highspy.HighsModelStatus.kOptimal:
             status = "feasible"
-            stage_gaps[term] = float(info.mip_gap)
-            worst_gap = max(worst_gap, float(info.mip_gap))
+            # HiGHS reports an infinite gap while it has no bound: unproven is a gap of 100 %
+            stage_gaps[term] = min(1.0, float(info.mip_gap))
+            worst_gap = max(worst_gap, stage_gaps[term])
         if stage + 1 < len(order):  # keep this term at its optimum in the next stages
             tol = max(abs(best) * 1e-9, 1e-12)
             h.addRow(-np.inf, best - const + tol, len(coeffs),
@@ -599,6 +601,7 @@ def start_values(f: Formulation, assignment: dict[Step, Placement]) -> tuple[np.
 def _best_start(problem: Problem, order: tuple[str, ...], time_limit: float,
                 ) -> dict[Step, Placement] | None:
     candidates = [b(problem) for b in BASELINES.values()]
+    candidates.append(greedy(problem))
     candidates.append(symmetric_start(problem, time_limit))
     best, best_terms = None, None
     for assignment in candidates:
