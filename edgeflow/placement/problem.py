@@ -14,6 +14,7 @@ from edgeflow import ir
 from edgeflow.cost import (
     CutOption,
     compute_s,
+    hop_s,
     message_s,
     model_cost,
     runtime_cpu,
@@ -198,6 +199,7 @@ def build_problem(graph: ExecutionGraph) -> Problem:
                 work, memory = costs[name].work, float(costs[name].weights)
         steps[key] = StepInfo(step, work, memory, cands,
                               costs[name].cuts if name in costs else ())
+    _prune_by_slo(graph, steps)
     drivers: dict[str, int] = {}
     all_replicas: dict[str, int] = {}
     for (_, replica), info in steps.items():
@@ -206,6 +208,50 @@ def build_problem(graph: ExecutionGraph) -> Problem:
             if replica is None:
                 all_replicas[info.candidates[0]] = all_replicas.get(info.candidates[0], 0) + 1
     return Problem(graph, steps, drivers=drivers, shared_drivers=all_replicas)
+
+
+def _prune_by_slo(graph: ExecutionGraph, steps: dict[Step, StepInfo]) -> None:
+    """Drop the candidates a unit could never meet an SLO on: those where even an empty
+    message from its pipeline's sensor, the unit's own work, and an empty message on to the
+    pipeline's sink (over the fastest links, privacy ignored, through one broker at each end)
+    exceed the pipeline's latency SLO. Exact: every dropped option breaks the SLO in any
+    plan. Split models keep theirs (their halves run apart), and a unit left with no candidate
+    keeps them all, so that the explanation can say why. On a fleet of single devices, where
+    every device is a candidate of every unit, this removes most of them."""
+    program = graph.program
+    network = graph.network
+    times: dict[str, dict[str, float]] = {}
+
+    def reach(source: str) -> dict[str, float]:
+        """Seconds of an empty message from `source` to every instance."""
+        if source not in times:
+            links = nx.single_source_dijkstra_path_length(
+                network, source, weight=lambda u, v, d: hop_s(0, d["link"]))
+            mine = message_s(0, graph.device(source))
+            times[source] = {i: t + mine + (message_s(0, graph.device(i)) if i != source
+                                            else 0.0) for i, t in links.items()}
+        return times[source]
+
+    keep: dict[Step, set[str]] = {}
+    for name, replica, path in graph.pipelines:
+        slo = program.pipelines[name].slo.latency_s
+        if slo is None:
+            continue
+        first, last = steps[path[0]].candidates[0], steps[path[-1]].candidates[0]
+        into, out_of = reach(first), reach(last)  # links are symmetric
+        for step in path:
+            info = steps[step]
+            if not info.is_unit or info.splittable:
+                continue
+            fine = {i for i in info.candidates if i in into and i in out_of and
+                    into[i] + compute_s(info.work, graph.device(i)) + out_of[i]
+                    <= slo * (1 + 1e-9)}
+            keep[step] = keep.get(step, set(info.candidates)) & fine
+    for step, fine in keep.items():
+        info = steps[step]
+        if fine and len(fine) < len(info.candidates):
+            steps[step] = StepInfo(info.node, info.work, info.memory,
+                                   [i for i in info.candidates if i in fine], info.cuts)
 
 
 def out_labels(problem: Problem, step: Step) -> frozenset[str]:
