@@ -95,6 +95,7 @@ def _place(problem: Problem, together: list[tuple[Step, ...]]) -> dict[Step, Pla
         driver_memory, driver_cpu = problem.drivers_need(inst)
         memory[inst] += driver_memory
         cpu[inst] += driver_cpu
+
     def fits(inst: str, steps: tuple[Step, ...]) -> bool:
         dev = problem.device(inst)
         extra_cpu, extra_memory = broker_need(inst)
@@ -122,37 +123,35 @@ def _place(problem: Problem, together: list[tuple[Step, ...]]) -> dict[Step, Pla
         common = [i for i in problem.steps[chain[0]].candidates
                   if all(i in problem.steps[s].candidates and
                          problem.tier_allows(i, problem.steps[s].labels) for s in chain)]
-        options = []
+        options: list[tuple[float, str, dict[Step, list[tuple[Step, Route]]]]] = []
         for inst in common:
             if not fits(inst, chain):
                 continue
-            plan = {s: inst for s in chain}
             seconds, ok = 0.0, True
+            feeds: dict[Step, list[tuple[Step, Route]]] = {s: [] for s in chain}
             for s in chain:
                 seconds += problem.compute_s(problem.steps[s].work, inst)
                 for u in inputs[s]:
-                    if u in plan:
-                        continue
-                    if u not in out:
+                    if u in feeds:  # from the chain itself, on the same instance
+                        r = problem.route(inst, inst, problem.steps[u].out_bytes,
+                                          out_labels(problem, u))
+                    elif u in out:
+                        r = problem.route(out_instance(out[u]), inst,
+                                          problem.steps[u].out_bytes, out_labels(problem, u))
+                    else:
+                        r = None
+                    if r is None or not _room(problem, load, sent, u, r):
                         ok = False
                         break
-                    r = problem.route(out_instance(out[u]), inst, problem.steps[u].out_bytes,
-                                      out_labels(problem, u))
-                    ok = ok and r is not None and _room(problem, load, sent, u, r)
-                    seconds += r.seconds if r is not None else 0.0
+                    seconds += r.seconds if u not in feeds else 0.0
+                    feeds[s].append((u, r))
             if ok:
-                options.append((seconds, inst))
+                options.append((seconds, inst, feeds))
         if not options:
             continue  # left to the unit-by-unit pass
-        _, inst = min(options)
+        _, inst, chosen = min(options, key=lambda o: (o[0], o[1]))
         for s in chain:
-            routes = []
-            for u in inputs[s]:
-                r = problem.route(out_instance(out[u]), inst, problem.steps[u].out_bytes,
-                                  out_labels(problem, u))
-                assert r is not None
-                routes.append((u, r))
-            commit(s, inst, routes)
+            commit(s, inst, chosen[s])
     units = sorted((s for s, i in problem.steps.items() if i.is_unit and s not in out),
                    key=lambda s: (s[1] if s[1] is not None else -1, order[s[0]]))
     for step in units:
@@ -161,13 +160,9 @@ def _place(problem: Problem, together: list[tuple[Step, ...]]) -> dict[Step, Pla
         for inst in info.candidates:
             if not problem.tier_allows(inst, info.labels):
                 continue
-            dev = problem.device(inst)
-            seconds = problem.compute_s(info.work, inst)
-            extra_cpu, extra_memory = broker_need(inst)
-            if cpu[inst] + extra_cpu + unit_cpu(info.rate * seconds, dev) > \
-                    problem.capacity(inst) or memory[inst] + extra_memory + \
-                    unit_memory_bytes(info.memory, dev) > dev.memory_bytes * problem.capacity(inst):
+            if not fits(inst, (step,)):
                 continue
+            seconds = problem.compute_s(info.work, inst)
             arrive, leave, routes = 0.0, 0.0, []
             for u in inputs[step]:
                 route = problem.route(out_instance(out[u]), inst, problem.steps[u].out_bytes,
