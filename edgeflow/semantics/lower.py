@@ -70,7 +70,9 @@ def _schemas(r: Reader) -> dict[str, dict[str, Key]]:
             "power": Key(r.quantity(POWER, positive=False), False, "power = 10 W"),
             "cost": Key(r.quantity(COST_RATE, positive=False), False, "cost = 1.5 USD/h"),
             "labels": Key(_node_labels(r), False, 'labels = { zone = "a" }'),
-            "gpu": Key(_gpu(r), False, 'gpu = "nvidia.com/gpu"'),
+            "gpu": Key(_matching(r, _RESOURCE, "a Kubernetes extended resource",
+                                 "not `vendor/resource`", 'e.g. `gpu = "nvidia.com/gpu"`'),
+                       False, 'gpu = "nvidia.com/gpu"'),
             "message_latency": Key(r.quantity(TIME, positive=False), False,
                                    "message_latency = 0.7 ms"),
             "message_bandwidth": Key(r.quantity(BANDWIDTH, positive=True), False,
@@ -106,7 +108,11 @@ def _schemas(r: Reader) -> dict[str, dict[str, Key]]:
             "emits": Key(r.tensor, True, "emits = float32[1, 3, 224, 224]"),
             "memory": Key(r.quantity(SIZE, positive=False), False, "memory = 100 MiB"),
             "removes": Key(labels, False, "removes = [pii]"),
-            "impl": Key(_impl(r), False, 'impl = "my_ops:resize"'),
+            "impl": Key(_matching(r, REFERENCE, "a Python callable as `module:function`",
+                                  "not `module:function`",
+                                  'e.g. `impl = "my_ops:resize"` for `def resize(...)` in '
+                                  "my_ops.py beside the .ef file"),
+                        False, 'impl = "my_ops:resize"'),
         },
         "pipeline": {
             "flow": Key(_flow(r), True, "flow = sensor -> step -> sink"),
@@ -141,26 +147,14 @@ def _node_labels(r: Reader) -> Callable[[str, ast.Value], Any]:
     return read
 
 
-def _gpu(r: Reader) -> Callable[[str, ast.Value], Any]:
+def _matching(r: Reader, pattern: re.Pattern[str], what: str, label: str,
+              help: str) -> Callable[[str, ast.Value], Any]:
+    """A string key whose value must match `pattern` (E0303 saying it must name `what`)."""
     def read(key: str, value: ast.Value) -> Any:
         text = r.string(key, value)
-        if text is BAD or _RESOURCE.fullmatch(text):
+        if text is BAD or pattern.fullmatch(text):
             return text
-        r.sink.error("E0303", f"`{key}` must name a Kubernetes extended resource", value.span,
-                     "not `vendor/resource`", help='e.g. `gpu = "nvidia.com/gpu"`')
-        return BAD
-    return read
-
-
-def _impl(r: Reader) -> Callable[[str, ast.Value], Any]:
-    def read(key: str, value: ast.Value) -> Any:
-        text = r.string(key, value)
-        if text is BAD or REFERENCE.fullmatch(text):
-            return text
-        r.sink.error("E0303", f"`{key}` must name a Python callable as `module:function`",
-                     value.span, "not `module:function`",
-                     help='e.g. `impl = "my_ops:resize"` for `def resize(...)` in my_ops.py '
-                          "beside the .ef file")
+        r.sink.error("E0303", f"`{key}` must name {what}", value.span, label, help=help)
         return BAD
     return read
 
