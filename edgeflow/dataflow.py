@@ -106,7 +106,7 @@ def components(graph: nx.DiGraph, sensors: Mapping[str, ir.Sensor],
 @dataclass(frozen=True)
 class Dataflow:
     program: ir.Program
-    graph: nx.DiGraph  # node attrs: kind, labels (frozenset), component
+    graph: nx.DiGraph  # node attrs: kind, labels (frozenset), component, order (topological)
     components: tuple[Component, ...]
 
 
@@ -122,8 +122,9 @@ def build(program: ir.Program) -> Dataflow:
     for comp in comps:
         for name in comp.nodes:
             graph.nodes[name]["component"] = comp.index
-    for name in nx.topological_sort(graph):
+    for k, name in enumerate(nx.topological_sort(graph)):
         node = graph.nodes[name]
+        node["order"] = k
         node["kind"] = _kind(program, name)
         if name in program.sensors:
             labels = frozenset(program.sensors[name].privacy)

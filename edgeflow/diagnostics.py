@@ -294,7 +294,8 @@ limit named, or move the work: a faster device, a wider link, a lower rate, a `r
 """),
     "E0902": _e("app too large to place", """
 Placement holds every (unit replica, candidate device) choice and every instance-level link in
-memory. An app whose counts multiply past the limits (a million of either) is refused before any
+memory. An app whose counts multiply past the limits (a million instance links, twenty million
+unit options: above a city of 10,000 units on 1,100 devices) is refused before any
 of it is built, naming the link or the app that is too large. A link between devices of different
 counts joins every instance of one to every instance of the other; give both ends the same count
 (one link per site) where that is what is meant, or plan the fleet in parts.

@@ -125,10 +125,19 @@ class Reason(_Frozen):
     spans: tuple[Span, ...] = ()
 
 
+class Method(str, Enum):
+    """How the plan was found (docs/placement.md, "At fleet scale")."""
+
+    MILP = "milp"                    # one exact MILP over the whole app
+    DECOMPOSITION = "decomposition"  # part by part, each exact, with a bound from the parts
+
+
 class Plan(_Frozen):
     app: str
     status: Status
-    gap: float = 0.0
+    gap: float = 0.0             # of the first objective term, against `bound`
+    method: Method = Method.MILP
+    bound: dict[str, float] = Field(default_factory=dict)  # the first term's proven lower bound
     objective: dict[str, float] = Field(default_factory=dict)   # by term name
     units: tuple[PlacedUnit, ...] = ()
     splits: tuple[SplitChoice, ...] = ()
@@ -163,8 +172,12 @@ class Plan(_Frozen):
                         "explanation": [{"message": r.message,
                                          "related": [s.to_json() for s in r.spans]}
                                         for r in self.explanation]})
+            if self.status is Status.UNKNOWN:  # what was proven before the time ran out
+                out.update({"method": self.method.value, "bound": plan_objective(self.bound)})
             return out
         out["gap"] = self.gap
+        out["method"] = self.method.value
+        out["bound"] = plan_objective(self.bound)
         out["objective"] = plan_objective(self.objective)
         out["placements"] = [{"unit": u.name, "replica": u.replica, "device": u.device,
                               "tier": u.tier.value} for u in self.units]

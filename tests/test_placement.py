@@ -368,4 +368,4 @@ def test_the_constructive_plan_meets_every_constraint_whenever_it_gives_one(text
     assert evaluate(problem, assignment).feasible
     from edgeflow.placement import _plan
     from edgeflow.plan import Status
-    assert verify(_plan(problem, Status.FEASIBLE, assignment, 1.0), result.program) == []
+    assert verify(_plan(problem, Status.FEASIBLE, assignment), result.program) == []

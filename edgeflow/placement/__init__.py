@@ -4,6 +4,7 @@ infeasibility; compare with baselines. `make_plan` returns the typed `edgeflow.p
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from edgeflow import ir
@@ -12,6 +13,7 @@ from edgeflow.diagnostics import Diagnostic, Label
 from edgeflow.execution import ExecutionGraph
 from edgeflow.objectives import plan_objective
 from edgeflow.placement.baselines import BASELINES
+from edgeflow.placement.decompose import decompose
 from edgeflow.placement.evaluate import Placement, Split, evaluate
 from edgeflow.placement.explain import explain
 from edgeflow.placement.milp import solve
@@ -19,6 +21,7 @@ from edgeflow.placement.problem import Problem, Step, build_problem
 from edgeflow.plan import (
     DeviceUse,
     LinkUse,
+    Method,
     Part,
     PipelineLatency,
     PlacedUnit,
@@ -31,7 +34,7 @@ from edgeflow.span import Span
 
 
 def _plan(problem: Problem, status: Status, assignment: dict[Step, Placement],
-          gap: float) -> Plan:
+          bound: float = 0.0, method: Method = Method.MILP) -> Plan:
     program = problem.program
     ev = evaluate(problem, assignment)
     units: list[PlacedUnit] = []
@@ -70,8 +73,13 @@ def _plan(problem: Problem, status: Status, assignment: dict[Step, Placement],
         pipelines.append(PipelineLatency(
             name=name, replica=r, latency_s=latency, slo_latency_s=slo,
             met=slo is None or latency <= slo * (1 + 1e-9), breakdown=tuple(ev.breakdown[(name, r)])))
+    first = program.app.objective[0]
+    value = ev.objective[first]
+    bound = min(bound, value)  # the solver's tolerance may put it a hair above
+    gap = 0.0 if status is Status.OPTIMAL or value <= 0 else (value - bound) / value
     return Plan(
-        app=program.app.name, status=status, gap=gap, objective=dict(ev.objective),
+        app=program.app.name, status=status, gap=gap, method=method, bound={first: bound},
+        objective=dict(ev.objective),
         units=tuple(units), splits=tuple(splits), pipelines=tuple(pipelines),
         devices=tuple(DeviceUse(device=inst, tier=dev.tier,
                                 utilization=ev.utilization.get(inst, 0.0),
@@ -121,7 +129,7 @@ def explanation_diagnostics(plan: Plan, program: ir.Program) -> list[Diagnostic]
 
 
 MAX_INSTANCE_LINKS = 1_000_000   # instance-level links the route search holds
-MAX_UNIT_OPTIONS = 1_000_000     # (unit replica, candidate device) pairs the MILP holds
+MAX_UNIT_OPTIONS = 20_000_000    # (unit replica, candidate device) pairs placement holds
 
 
 def size_diagnostics(program: ir.Program) -> list[Diagnostic]:
@@ -183,33 +191,78 @@ def _best_baseline(problem: Problem) -> dict[Step, Placement] | None:
     return None if best is None else best[1]
 
 
+# Above this many placement choices (unit options and message pairs, `milp_size`), an app
+# that is not symmetric is placed part by part (placement/decompose.py): one exact MILP of that
+# size is what HiGHS still solves well in seconds on a 2-core machine.
+MILP_CHOICES = 5_000
+# `--time-limit` bounds the whole placement; what may run past it: an explanation's elastic
+# MILP gets at least this many seconds (docs/placement.md, "Time limit").
+EXPLAIN_MIN_S = 1.0
+
+
+def milp_size(problem: Problem) -> int:
+    """The placement choices the whole-app MILP would hold: a variable per (unit, candidate)
+    (per (cut, head, tail) for a split model) and per pair of candidates of every message."""
+    n = 0
+    for info in problem.steps.values():
+        k = len(info.candidates)
+        n += k + len(info.cuts) * k * k if info.is_unit else 0
+    for u, v in problem.edges:
+        n += len(problem.steps[u].candidates) * len(problem.steps[v].candidates)
+    return n
+
+
+def choose_method(problem: Problem) -> Method:
+    """The exact MILP for small apps and for symmetric ones (its symmetric start and bound
+    handle any number of replicas), the decomposition for large heterogeneous fleets."""
+    replicas = {c.replicas for c in problem.dataflow.components}
+    symmetric = len(replicas) == 1 and replicas != {1}
+    if symmetric or len(problem.pipelines) < 2 or milp_size(problem) <= MILP_CHOICES:
+        return Method.MILP
+    return Method.DECOMPOSITION
+
+
 def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,
               compare: bool = False) -> tuple[Plan, list[Baseline]]:
     """The plan of a checked program's execution graph, and with `compare` the baselines'
-    objectives."""
+    objectives. `time_limit` bounds the whole of it, but for the explanation of an
+    infeasible app (at least `EXPLAIN_MIN_S`)."""
+    started = time.perf_counter()
     program = execution.program
     problem = build_problem(execution)
-    solution = solve(problem, time_limit)
+    method = choose_method(problem)
+    explained = problem
+    if method is Method.DECOMPOSITION:
+        decomposed = decompose(problem, time_limit - (time.perf_counter() - started))
+        solution, explained = decomposed.solution, decomposed.infeasible_part or problem
+    else:
+        solution = solve(problem, time_limit - (time.perf_counter() - started))
     violations = [] if solution.assignment is None else \
         evaluate(problem, solution.assignment).violations
     if solution.assignment is None and solution.status == "unknown":
-        plan = Plan(app=program.app.name, status=Status.UNKNOWN, explanation=(Reason(
-            message=f"no plan was found within the time limit of {time_limit:g} s, and none "
-                    "is proven impossible"),))
+        plan = Plan(app=program.app.name, status=Status.UNKNOWN, method=method,
+                    bound={program.app.objective[0]: solution.bound},
+                    explanation=(Reason(
+                        message=f"no plan was found within the time limit of {time_limit:g} s, "
+                                "and none is proven impossible"),))
     elif solution.assignment is None:
-        reasons = explain(problem, max(1.0, time_limit / 3))
-        plan = Plan(app=program.app.name, status=Status.INFEASIBLE, explanation=tuple(reasons))
+        reasons = explain(explained, max(EXPLAIN_MIN_S,
+                                         time_limit - (time.perf_counter() - started)))
+        plan = Plan(app=program.app.name, status=Status.INFEASIBLE, method=method,
+                    explanation=tuple(reasons))
     elif violations and (fallback := _best_baseline(problem)) is not None:
         # the solver's tolerances let through a plan the cost model rejects: a feasible
-        # baseline is a plan, with no bound proven (gap 100 %)
-        plan = _plan(problem, Status.FEASIBLE, fallback, 1.0)
+        # baseline is a plan, with no bound proven
+        plan = _plan(problem, Status.FEASIBLE, fallback, 0.0, method)
     elif violations:
-        plan = Plan(app=program.app.name, status=Status.UNKNOWN, explanation=tuple(
+        plan = Plan(app=program.app.name, status=Status.UNKNOWN, method=method,
+                    explanation=tuple(
             Reason(message=f"the solver's plan breaks a constraint ({v}): the app's figures are "
                            "too far apart for exact placement, and no simple plan fits")
             for v in violations[:1]))
     else:
-        plan = _plan(problem, Status(solution.status), solution.assignment, solution.gap)
+        plan = _plan(problem, Status(solution.status), solution.assignment, solution.bound,
+                     method)
     baselines = []
     for name, baseline in BASELINES.items() if compare else ():
         assignment = baseline(problem)

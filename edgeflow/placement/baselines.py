@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import networkx as nx
-
 from edgeflow.ir import Tier
 from edgeflow.placement.evaluate import Placement, Split, out_instance
 from edgeflow.placement.problem import Problem, Step
@@ -84,7 +82,7 @@ def neurosurgeon(problem: Problem) -> dict[Step, Placement] | None:
 def edgeward(problem: Problem) -> dict[Step, Placement]:
     out = _pinned(problem)
     util: dict[str, float] = defaultdict(float)
-    order = {name: i for i, name in enumerate(nx.topological_sort(problem.dataflow.graph))}
+    order = problem.dataflow.graph.nodes.data("order")
     inputs: dict[Step, list[Step]] = defaultdict(list)
     for u, v in problem.edges:
         inputs[v].append(u)

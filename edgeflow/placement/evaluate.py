@@ -61,7 +61,8 @@ class Evaluation:
         problem = self.problem
         traffic = sum(traffic_usd_per_h(load, problem.link_of(a, b).cost_usd_per_byte)
                       for (a, b), load in self.link_load_bps.items())
-        return sum(host_usd_per_h(problem.device(i)) for i in self.hosts) + traffic
+        return sum(host_usd_per_h(problem.device(i)) for i in self.hosts
+                   if i not in problem.hosted) + traffic
 
     def energy_w(self) -> float:
         return sum(self.problem.device(i).power_w * u for i, u in self.utilization.items())
@@ -174,18 +175,18 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
                                  f"above its SLO of {slo * 1e3:g} ms")
     # -- capacities
     for inst, util in ev.cpu.items():
-        if util > problem.capacity(inst) * (1 + 1e-9):
+        if util > problem.cpu_room(inst) + problem.capacity(inst) * 1e-9:
             ev.violations.append(f"`{inst}` is loaded to {util:.1%} of its compute (its units' "
                                  f"work {ev.utilization.get(inst, 0.0):.1%}, the rest the "
                                  "runtime's processes)")
     for inst, mem in ev.memory.items():
-        cap = problem.device(inst).memory_bytes * problem.capacity(inst)
-        if mem > cap * (1 + 1e-9):
+        cap = problem.memory_room(inst)
+        if mem > cap + problem.device(inst).memory_bytes * problem.capacity(inst) * 1e-9:
             ev.violations.append(f"`{inst}` needs {mem / 2**20:.1f} MiB of memory, has "
                                  f"{cap / 2**20:.1f} MiB")
     for (a, b), load in ev.link_load_bps.items():
-        bw = problem.link_of(a, b).bandwidth_bps * problem.capacity((a, b))
-        if load > bw * (1 + 1e-9):
+        bw = problem.link_room((a, b))
+        if load > bw + problem.link_of(a, b).bandwidth_bps * problem.capacity((a, b)) * 1e-9:
             ev.violations.append(f"link `{a}` -> `{b}` carries {load / 1e6:.3f} Mbps, above its "
                                  f"{bw / 1e6:g} Mbps")
     ev.objective = {name: term.evaluate(ev) for name, term in TERMS.items()}

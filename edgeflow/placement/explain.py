@@ -27,49 +27,78 @@ def _reason(message: str, spans: list[Span] | None = None) -> Reason:
     return Reason(message=message, spans=tuple(spans or ()))
 
 
-def _fastest(problem: Problem, path: tuple[Step, ...]) -> tuple[float, list[tuple[float, str]]]:
+def fastest(problem: Problem, path: tuple[Step, ...],
+            ) -> tuple[float, list[tuple[float, str]], dict[Step, Placement]]:
     """Least latency of a pipeline replica over every placement of its steps (capacities
-    ignored), and the terms of the best placement."""
-    # state: out-instance -> (seconds so far, terms)
-    first = problem.steps[path[0]]
-    states: dict[str, tuple[float, list[tuple[float, str]]]] = {first.candidates[0]: (0.0, [])}
+    ignored: an exact shortest path over its placement options), the terms of the best
+    placement, and that placement (empty when nothing reaches the end)."""
+    # an option: (in-instance, out-instance, seconds, placement)
+    Option = tuple[str, str, float, Placement]
+    first = problem.steps[path[0]].candidates[0]
+    # per layer: out-instance -> (seconds so far, out-instance before, option taken)
+    layers: list[dict[str, tuple[float, str, Option]]] = [{first: (0.0, first,
+                                                                   (first, first, 0.0, first))}]
     for prev, step in itertools.pairwise(path):
         info = problem.steps[step]
         labels = problem.dataflow.graph.nodes[prev[0]]["labels"]
         nbytes = problem.steps[prev].out_bytes
         allowed = [i for i in info.candidates if problem.tier_allows(i, info.labels)]
-        options: list[tuple[str, str, float, list[tuple[float, str]]]] = []  # in, out, s, terms
-        for i in allowed:
-            if info.is_unit:
-                seconds = problem.compute_s(info.work, i)
-                options.append((i, i, seconds, [(seconds, f"`{info.name}` on `{i}`")]))
+        options: list[Option] = []
+        if not info.is_unit:
+            options = [(i, i, 0.0, i) for i in info.candidates]
+        for i in allowed if info.is_unit else ():
+            options.append((i, i, problem.compute_s(info.work, i), i))
         for k, cut in enumerate(info.cuts):
             for i in allowed:
                 for j in allowed:
                     route = problem.route(i, j, cut.transfer_bytes, info.labels)
                     if i == j or route is None:
                         continue
-                    h, t = problem.compute_s(cut.head_work, i), problem.compute_s(cut.tail_work, j)
-                    options.append((i, j, h + route.seconds + t, [
-                        (h, f"`{unit_name(info.name, Part.HEAD)}` on `{i}`"),
-                        (route.seconds, f"sending the cut of `{info.name}` from `{i}` to `{j}`"),
-                        (t, f"`{unit_name(info.name, Part.TAIL)}` on `{j}`")]))
-        if not info.is_unit:
-            options = [(i, i, 0.0, []) for i in info.candidates]
-        nxt: dict[str, tuple[float, list[tuple[float, str]]]] = {}
-        for a, (base, terms) in states.items():
-            for i, j, seconds, own in options:
-                route = problem.route(a, i, nbytes, labels)
+                    options.append((i, j, problem.compute_s(cut.head_work, i) + route.seconds
+                                    + problem.compute_s(cut.tail_work, j), Split(k, i, j)))
+        nxt: dict[str, tuple[float, str, Option]] = {}
+        for a, (base, _, _) in layers[-1].items():
+            for option in options:
+                route = problem.route(a, option[0], nbytes, labels)
                 if route is None:
                     continue
-                hop = [(route.seconds, _route_text(problem, route.hops))]
-                total = base + route.seconds + seconds
-                if j not in nxt or total < nxt[j][0]:
-                    nxt[j] = (total, terms + hop + own)
-        states = nxt
-        if not states:
-            return float("inf"), []
-    return min(states.values(), key=lambda s: s[0])
+                total = base + route.seconds + option[2]
+                if option[1] not in nxt or total < nxt[option[1]][0]:
+                    nxt[option[1]] = (total, a, option)
+        if not nxt:
+            return float("inf"), [], {}
+        layers.append(nxt)
+    # walk back: the placement, then the terms in path order
+    end = min(layers[-1], key=lambda j: layers[-1][j][0])
+    total = layers[-1][end][0]
+    chosen: list[tuple[str, Option]] = []
+    for layer in reversed(layers[1:]):
+        _, before, option = layer[end]
+        chosen.append((before, option))
+        end = before
+    chosen.reverse()
+    placement: dict[Step, Placement] = {path[0]: first}
+    terms: list[tuple[float, str]] = []
+    for (before, (i, j, _, place)), (prev, step) in zip(chosen, itertools.pairwise(path),
+                                                       strict=True):
+        placement[step] = place
+        info = problem.steps[step]
+        route = problem.route(before, i, problem.steps[prev].out_bytes,
+                              problem.dataflow.graph.nodes[prev[0]]["labels"])
+        assert route is not None
+        terms.append((route.seconds, _route_text(problem, route.hops)))
+        if isinstance(place, Split):
+            cut = info.cuts[place.cut]
+            inner = problem.route(i, j, cut.transfer_bytes, info.labels)
+            assert inner is not None
+            terms += [(problem.compute_s(cut.head_work, i),
+                       f"`{unit_name(info.name, Part.HEAD)}` on `{i}`"),
+                      (inner.seconds, f"sending the cut of `{info.name}` from `{i}` to `{j}`"),
+                      (problem.compute_s(cut.tail_work, j),
+                       f"`{unit_name(info.name, Part.TAIL)}` on `{j}`")]
+        elif info.is_unit:
+            terms.append((problem.compute_s(info.work, i), f"`{info.name}` on `{i}`"))
+    return total, terms, placement
 
 
 def _route_text(problem: Problem, hops: tuple[str, ...]) -> str:
@@ -105,7 +134,7 @@ def explain(problem: Problem, time_limit: float = 10.0) -> list[Reason]:
         slo = program.pipelines[name].slo.latency_s
         if slo is None or name in seen:
             continue
-        best, terms = _fastest(problem, path)
+        best, terms, _ = fastest(problem, path)
         if best > slo * (1 + 1e-9):
             seen.add(name)
             pipeline = program.pipelines[name]

@@ -13,9 +13,10 @@ None when no round gives a plan that meets every constraint.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
-import networkx as nx
+import numpy as np
 
 from edgeflow.cost import (
     runtime_cpu,
@@ -30,10 +31,12 @@ from edgeflow.placement.problem import Problem, Route, Step, out_labels
 ROUNDS = 4  # of re-placing pipelines that miss their SLO
 
 
-def greedy(problem: Problem) -> dict[Step, Placement] | None:
+def greedy(problem: Problem, deadline: float = float("inf")) -> dict[Step, Placement] | None:
+    """The constructive plan, or None; None too when `time.perf_counter()` passes
+    `deadline` before it is done."""
     together: list[tuple[Step, ...]] = []
     for _ in range(ROUNDS):
-        out = _place(problem, together)
+        out = _place(problem, together, deadline)
         if out is None:
             return None
         ev = evaluate(problem, out)
@@ -50,10 +53,11 @@ def greedy(problem: Problem) -> dict[Step, Placement] | None:
     return None
 
 
-def _place(problem: Problem, together: list[tuple[Step, ...]]) -> dict[Step, Placement] | None:
+def _place(problem: Problem, together: list[tuple[Step, ...]],
+           deadline: float = float("inf")) -> dict[Step, Placement] | None:
     """One round: the chains in `together` first, each whole on one instance, then the rest
     unit by unit."""
-    order = {name: k for k, name in enumerate(nx.topological_sort(problem.dataflow.graph))}
+    order = problem.dataflow.graph.nodes.data("order")
     inputs: dict[Step, list[Step]] = defaultdict(list)
     outputs: dict[Step, list[Step]] = defaultdict(list)
     for u, v in problem.edges:
@@ -68,7 +72,7 @@ def _place(problem: Problem, together: list[tuple[Step, ...]]) -> dict[Step, Pla
     sent: set[tuple[Step, str]] = set()
 
     def broker_need(inst: str) -> tuple[float, float]:
-        if inst in brokers:
+        if inst in brokers or inst in problem.brokered:
             return 0.0, 0.0
         dev = problem.device(inst)
         return runtime_cpu(dev, True, 0), float(runtime_memory_bytes(dev, True, 0))
@@ -102,9 +106,8 @@ def _place(problem: Problem, together: list[tuple[Step, ...]]) -> dict[Step, Pla
         need_cpu = sum(unit_cpu(problem.steps[s].rate * problem.compute_s(
             problem.steps[s].work, inst), dev) for s in steps)
         need_memory = sum(unit_memory_bytes(problem.steps[s].memory, dev) for s in steps)
-        return cpu[inst] + extra_cpu + need_cpu <= problem.capacity(inst) and \
-            memory[inst] + extra_memory + need_memory <= dev.memory_bytes * \
-            problem.capacity(inst)
+        return cpu[inst] + extra_cpu + need_cpu <= problem.cpu_room(inst) and \
+            memory[inst] + extra_memory + need_memory <= problem.memory_room(inst)
 
     def commit(step: Step, inst: str, routes: list[tuple[Step, Route]]) -> None:
         info = problem.steps[step]
@@ -154,39 +157,46 @@ def _place(problem: Problem, together: list[tuple[Step, ...]]) -> dict[Step, Pla
             commit(s, inst, chosen[s])
     units = sorted((s for s, i in problem.steps.items() if i.is_unit and s not in out),
                    key=lambda s: (s[1] if s[1] is not None else -1, order[s[0]]))
-    for step in units:
+    index = problem.index
+    for n, step in enumerate(units):
+        if n % 64 == 0 and time.perf_counter() > deadline:
+            return None
         info = problem.steps[step]
-        best: tuple[float, str, list[tuple[Step, Route]]] | None = None
-        for inst in info.candidates:
-            if not problem.tier_allows(inst, info.labels):
-                continue
+        allowed = [i for i in info.candidates if problem.tier_allows(i, info.labels)]
+        columns = np.array([index[i] for i in allowed], dtype=np.int64)
+        # score every candidate from route times alone (a search per source, kept: links
+        # are symmetric, so the way on to a sink is the sink's way here), then take the
+        # best-scored one that has room: the same choice as checking all, with routes only
+        # for the ones checked
+        arrive = np.zeros(len(allowed))
+        for u in inputs[step]:
+            arrive = np.maximum(arrive, problem.times_from(
+                out_instance(out[u]), problem.steps[u].out_bytes, out_labels(problem, u))[columns])
+        leave = np.zeros(len(allowed))
+        for v in outputs[step]:
+            if not problem.steps[v].is_unit:
+                leave = np.maximum(leave, problem.times_from(
+                    problem.steps[v].candidates[0], info.out_bytes,
+                    out_labels(problem, step))[columns])
+        compute = np.array([problem.compute_s(info.work, i) for i in allowed])
+        scores = arrive + compute + leave
+        for score, inst in sorted(zip(scores.tolist(), allowed, strict=True)):
+            if score == float("inf"):
+                return None  # the rest have no route either
             if not fits(inst, (step,)):
                 continue
-            seconds = problem.compute_s(info.work, inst)
-            arrive, leave, routes = 0.0, 0.0, []
+            routes = []
             for u in inputs[step]:
                 route = problem.route(out_instance(out[u]), inst, problem.steps[u].out_bytes,
                                       out_labels(problem, u))
                 if route is None or not _room(problem, load, sent, u, route):
                     break
-                arrive = max(arrive, route.seconds)
                 routes.append((u, route))
             else:
-                for v in outputs[step]:
-                    if problem.steps[v].is_unit:
-                        continue
-                    route = problem.route(inst, problem.steps[v].candidates[0], info.out_bytes,
-                                          out_labels(problem, step))
-                    if route is None:
-                        break
-                    leave = max(leave, route.seconds)
-                else:
-                    score = arrive + seconds + leave
-                    if best is None or (score, inst) < best[:2]:
-                        best = (score, inst, routes)
-        if best is None:
+                commit(step, inst, routes)
+                break
+        else:
             return None
-        commit(step, best[1], best[2])
     return out
 
 
@@ -197,5 +207,4 @@ def _room(problem: Problem, load: dict[tuple[str, str], float],
     if len(route.hops) == 1 or (u, route.hops[-1]) in sent:
         return True
     bps = stream_bps(problem.steps[u].rate, problem.steps[u].out_bytes)
-    return all(load[link] + bps <= problem.link_of(*link).bandwidth_bps * problem.capacity(link)
-               for link in route.links)
+    return all(load[link] + bps <= problem.link_room(link) for link in route.links)

@@ -198,7 +198,7 @@ class Formulation:
         host_cost: list[Expr] = []
         for inst, exprs in self.occupies.items():
             price = host_usd_per_h(self.problem.device(inst))
-            if price > 0:
+            if price > 0 and inst not in self.problem.hosted:
                 used = self.used[inst] = self.lp.var()
                 for e in exprs:
                     self.lp.row(add_exprs(({used: 1.0}, 0.0), e, scale=[1.0, -1.0]), lo=0.0)
@@ -323,7 +323,9 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
     edge_time = _messages(f)
     # -- pipelines
     program = problem.program
-    lam = f.lam = {p: lp.var(0.0, np.inf, integer=False) for p in program.pipelines}
+    present = {name for name, _, _ in problem.pipelines}  # a part's (decompose.py)
+    lam = f.lam = {p: lp.var(0.0, np.inf, integer=False) for p in program.pipelines
+                   if p in present}
     for name, replica, path in problem.pipelines:
         parts: list[Expr] = []
         for n, step in enumerate(path):
@@ -356,15 +358,14 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
                         scale=[1.0] * len(util.get(inst, [])) + [WORKER_CPU / dev.cpus,
                                                                  BROKER_CPU * share / dev.cpus,
                                                                  1.0])
-        _capacity(lp, cpu, share, ("compute", inst))
+        _capacity(lp, cpu, problem.cpu_room(inst), ("compute", inst))
         held = add_exprs(*memory.get(inst, []), units, broker, ({}, driver_memory),
                          scale=[1.0] * len(memory.get(inst, [])) + [
                              float(dev.worker_memory_bytes), dev.broker_memory_bytes * share,
                              1.0])
-        _capacity(lp, held, dev.memory_bytes * share, ("memory", inst))
+        _capacity(lp, held, problem.memory_room(inst), ("memory", inst))
     for link, exprs in link_load.items():
-        _capacity(lp, add_exprs(*exprs),
-                  problem.link_of(*link).bandwidth_bps * problem.capacity(link), ("link", link))
+        _capacity(lp, add_exprs(*exprs), problem.link_room(link), ("link", link))
     # -- objective terms: every registered one, so any may be bounded in a later stage
     f.terms = {name: term.milp(f) for name, term in TERMS.items()}
     return f
@@ -381,7 +382,7 @@ def _broker(f: Formulation, inst: str) -> Expr:
     """b[i]: 1 where a driver sits or a pinned message passes, a binary at least every unit
     variable and every message through `inst` otherwise, 0 where nothing can be."""
     exprs = [*f.occupies.get(inst, []), *f.forwards.get(inst, [])]
-    if f.problem.drivers.get(inst) or any(not e[0] and e[1] > 0 for e in exprs):
+    if f.problem.drivers.get(inst) or inst in f.problem.brokered or any(not e[0] and e[1] > 0 for e in exprs):
         return {}, 1.0
     if not exprs:
         return {}, 0.0
@@ -475,36 +476,41 @@ def _messages(f: Formulation) -> dict[tuple[Step, Step], Expr]:
 
 @dataclass
 class Solution:
-    status: str                      # optimal, feasible, infeasible
+    status: str                      # optimal, feasible, infeasible, unknown
     assignment: dict[Step, Placement] | None
-    gap: float = 0.0
+    gap: float = 0.0                 # the worst stage's
     seconds: float = 0.0
     objective: Mapping[str, float] = field(default_factory=dict)
     stage_gaps: Mapping[str, float] = field(default_factory=dict)  # per objective term
+    bound: float = 0.0               # a proven lower bound on the first term (0: none)
 
 
 def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
-          warm_start: bool = True, order: tuple[str, ...] | None = None) -> Solution:
+          warm_start: bool = True, order: tuple[str, ...] | None = None,
+          start: dict[Step, Placement] | None = None) -> Solution:
     """Solve lexicographically. With `warm_start`, HiGHS starts from the best feasible plan
-    among the baselines and the symmetric plan (one replica solved with a fair share of the
-    shared capacities, copied to every replica): the result is never worse than those, and a
-    time limit always leaves a plan when one of them is feasible. `order` overrides the app's
+    among the baselines, the constructive plan and the symmetric plan (one replica solved with
+    a fair share of the shared capacities, copied to every replica), and `start` when given (a
+    plan known to meet every constraint): the result is never worse than those, and a time
+    limit always leaves a plan when one of them is feasible. `order` overrides the app's
     objective terms."""
     started = time.perf_counter()
     f = formulate(problem)
     if f.infeasible or f.lp.broken:
         return Solution("infeasible", None, seconds=time.perf_counter() - started)
-    if not f.lp.lb:  # nothing to decide: every step is pinned
-        return Solution("optimal", assignment_from(f, np.zeros(0)),
-                        seconds=time.perf_counter() - started)
     order = order or problem.program.app.objective
-    start = _best_start(problem, order, time_limit / 4) if warm_start else None
+    if not f.lp.lb:  # nothing to decide: every step is pinned
+        assignment = assignment_from(f, np.zeros(0))
+        return Solution("optimal", assignment, seconds=time.perf_counter() - started,
+                        bound=evaluate(problem, assignment).objective[order[0]])
+    start = _best_start(problem, order, time_limit / 4, start if start is None else [start]) \
+        if warm_start else start
     bound = symmetric_bound(problem, order[0], time_limit / 4) \
         if warm_start and start is not None else None
     h = f.lp.highs()
     h.setOptionValue("mip_rel_gap", gap)
     h.setOptionValue("mip_abs_gap", 1e-12)
-    status, worst_gap, values = "optimal", 0.0, None
+    status, worst_gap, values, lower = "optimal", 0.0, None, 0.0
     found: dict[str, float] = {}
     stage_gaps: dict[str, float] = {}
     n = len(f.lp.lb)
@@ -522,7 +528,7 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
         if stage == 0 and bound is not None and start is not None:
             start_value = evaluate(problem, start).objective[term]
             if start_value <= bound * (1 + gap) + 1e-12:  # the warm start is proven optimal
-                found[term], stage_gaps[term] = start_value, 0.0
+                found[term], stage_gaps[term], lower = start_value, 0.0, bound
                 if stage + 1 < len(order):
                     tol = max(abs(start_value) * 1e-9, 1e-12)
                     h.addRow(-np.inf, start_value - const + tol, len(coeffs),
@@ -530,13 +536,23 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
                              np.array(list(coeffs.values())))
                     continue
                 return Solution("optimal", start, 0.0, time.perf_counter() - started, found,
-                                stage_gaps)
+                                stage_gaps, lower)
         if values is not None:
             h.setSolution(_solution(values))
         elif start is not None:
             idx, vals = start_values(f, start)
             h.setSolution(len(idx), idx, vals)
         h.run()
+        if h.getInfo().primal_solution_status == 2 and abs(
+                cost @ np.array(h.getSolution().col_value) - h.getInfo().objective_function_value
+        ) > 1e-9 * max(1.0, abs(h.getInfo().objective_function_value)):
+            # HiGHS 1.16, given a start, can report a better objective than the columns it
+            # returns (those of the start) when presolve reduced the model: solve the stage
+            # again without presolve, from the columns it has
+            h.setOptionValue("presolve", "off")
+            h.setOptionValue("time_limit", max(time_limit - (time.perf_counter() - started), 0.01))
+            h.run()
+            h.setOptionValue("presolve", "choose")
         model_status = h.getModelStatus()
         info = h.getInfo()
         if model_status == highspy.HighsModelStatus.kInfeasible or \
@@ -550,6 +566,10 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
         values = np.array(h.getSolution().col_value)
         best = float(cost @ values) + const
         found[term] = best
+        if stage == 0:  # HiGHS' dual bound (none for a model without integers: an LP)
+            dual = float(info.mip_dual_bound) + const
+            lower = max(lower, min(best, dual) if np.isfinite(dual) else
+                        best if model_status == highspy.HighsModelStatus.kOptimal else 0.0)
         stage_gaps[term] = 0.0
         if model_status != highspy.HighsModelStatus.kOptimal:
             status = "feasible"
@@ -566,9 +586,9 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
         # the warm start is feasible; with no bound proven its gap is taken as 100 %
         return Solution("feasible", start, 1.0, time.perf_counter() - started,
                         {t: v for t, v in evaluate(problem, start).objective.items()
-                         if t in order}, {t: 1.0 for t in order})
+                         if t in order}, {t: 1.0 for t in order}, lower)
     return Solution(status, assignment_from(f, values), worst_gap, time.perf_counter() - started,
-                    found, stage_gaps)
+                    found, stage_gaps, lower)
 
 
 def start_values(f: Formulation, assignment: dict[Step, Placement]) -> tuple[np.ndarray,
@@ -599,8 +619,9 @@ def start_values(f: Formulation, assignment: dict[Step, Placement]) -> tuple[np.
 
 
 def _best_start(problem: Problem, order: tuple[str, ...], time_limit: float,
+                given: list[dict[Step, Placement]] | None = None,
                 ) -> dict[Step, Placement] | None:
-    candidates = [b(problem) for b in BASELINES.values()]
+    candidates = [*(given or []), *(b(problem) for b in BASELINES.values())]
     candidates.append(greedy(problem))
     candidates.append(symmetric_start(problem, time_limit))
     best, best_terms = None, None

@@ -6,9 +6,11 @@ the evaluator, the explanations, the baselines and the brute force of the tests 
 
 from __future__ import annotations
 
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 
 import networkx as nx
+import numpy as np
 
 from edgeflow import ir
 from edgeflow.cost import (
@@ -23,7 +25,7 @@ from edgeflow.cost import (
 from edgeflow.dataflow import Dataflow
 from edgeflow.execution import ExecutionGraph, StepKey
 from edgeflow.execution import Step as ExecStep
-from edgeflow.routing import fastest_route
+from edgeflow.routing import fastest_route, fastest_times
 
 Step = StepKey  # (declared name, replica); None for a sink shared by all replicas
 
@@ -92,9 +94,19 @@ class Problem:
     # and of them the sinks' that all replicas share
     drivers: dict[str, int] = field(default_factory=dict)
     shared_drivers: dict[str, int] = field(default_factory=dict)
+    # a part of a larger problem (placement/decompose.py) sees what the rest of the plan
+    # already takes: CPU share (`("cpu", inst)`) and bytes (`("memory", inst)`) of instances,
+    # bit/s of directed links; the instances where a broker runs whatever this part decides;
+    # and the priced instances whose hosting the rest already pays
+    taken: Mapping[object, float] = field(default_factory=dict)
+    brokered: Container[str] = frozenset()
+    hosted: Container[str] = frozenset()
     _routes: dict[tuple[str, str, int, frozenset[str]], Route | None] = field(
         default_factory=dict)
     _allowed: dict[frozenset[str], frozenset[str]] = field(default_factory=dict)
+    _times: dict[tuple[str, int, frozenset[str]], np.ndarray] = field(default_factory=dict)
+    _messages: dict[int, np.ndarray] = field(default_factory=dict)
+    _index: dict[str, int] = field(default_factory=dict)
 
     @property
     def program(self) -> ir.Program:
@@ -146,14 +158,58 @@ class Problem:
         return self._routes[key]
 
     def _dijkstra(self, a: str, b: str, nbytes: int, labels: frozenset[str]) -> Route | None:
-        if labels not in self._allowed:  # the instances these labels may pass, once
+        found = fastest_route(self.graph, a, b, nbytes, self.allowed(labels).__contains__)
+        return None if found is None else Route(*found)
+
+    def times_from(self, a: str, nbytes: int, labels: frozenset[str]) -> np.ndarray:
+        """`route(a, b, nbytes, labels).seconds` for every instance `b` at once, indexed as
+        `index` numbers them (inf where no route reaches); one search, kept."""
+        key = (a, nbytes, labels)
+        if key not in self._times:
+            if nbytes not in self._messages:  # every instance's broker's seconds for nbytes
+                self._messages[nbytes] = np.array([message_s(nbytes, d)
+                                                   for d, _ in self.instances.values()])
+            out = np.full(len(self.instances), np.inf)
+            for b, t in fastest_times(self.graph, a, nbytes,
+                                      self.allowed(labels).__contains__).items():
+                out[self.index[b]] = t
+            here = message_s(nbytes, self.device(a))
+            out += here
+            out += self._messages[nbytes]
+            out[self.index[a]] = here if np.isfinite(out[self.index[a]]) else np.inf
+            self._times[key] = out
+        return self._times[key]
+
+    @property
+    def index(self) -> dict[str, int]:
+        """Instances numbered in declaration order (`times_from`'s arrays)."""
+        if not self._index:
+            self._index.update((inst, k) for k, inst in enumerate(self.instances))
+        return self._index
+
+    def allowed(self, labels: frozenset[str]) -> frozenset[str]:
+        """The instances whose tier every label allows."""
+        if labels not in self._allowed:
             self._allowed[labels] = frozenset(i for i in self.instances
                                               if self.tier_allows(i, labels))
-        found = fastest_route(self.graph, a, b, nbytes, self._allowed[labels].__contains__)
-        return None if found is None else Route(*found)
+        return self._allowed[labels]
 
     def capacity(self, key: object) -> float:
         return self.share.get(key, 1.0)
+
+    def cpu_room(self, inst: str) -> float:
+        """The share of `inst`'s CPU this problem may reserve."""
+        return self.capacity(inst) - self.taken.get(("cpu", inst), 0.0)
+
+    def memory_room(self, inst: str) -> float:
+        """The bytes of `inst`'s memory this problem may reserve."""
+        return self.device(inst).memory_bytes * self.capacity(inst) - \
+            self.taken.get(("memory", inst), 0.0)
+
+    def link_room(self, link: tuple[str, str]) -> float:
+        """The bit/s of a directed link this problem may load."""
+        return self.link_of(*link).bandwidth_bps * self.capacity(link) - \
+            self.taken.get(link, 0.0)
 
     def drivers_need(self, inst: str) -> tuple[float, float]:
         """Memory and CPU share the drivers on `inst` take as this problem counts them: a

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from edgeflow.objectives import TERMS, objective_text
 from edgeflow.placement import Baseline
-from edgeflow.plan import Compute, Plan, Status
+from edgeflow.plan import Compute, Method, Plan, Status
 
 
 def _devices_text(devices: list[str]) -> str:
@@ -21,8 +21,10 @@ def _devices_text(devices: list[str]) -> str:
 
 
 def render(plan: Plan, explain: bool = False) -> str:
+    bound = ", ".join(TERMS[t].text(v) for t, v in plan.bound.items())
     lines = [f"app {plan.app}: {plan.status.value}"
-             + (f" (gap {plan.gap:.2%})" if plan.gap else "")]
+             + (f" (gap {plan.gap:.2%} to the proven bound {bound})" if plan.gap else "")
+             + (" (placed by parts)" if plan.method is Method.DECOMPOSITION else "")]
     if plan.status is Status.UNKNOWN:
         lines.append("no plan was found within the time limit (error E0903 on stderr)")
         return "\n".join(lines) + "\n"
