@@ -14,7 +14,7 @@ from edgeflow.execution import ExecutionGraph
 from edgeflow.objectives import plan_objective
 from edgeflow.placement.baselines import BASELINES
 from edgeflow.placement.decompose import decompose
-from edgeflow.placement.evaluate import Placement, Split, evaluate
+from edgeflow.placement.evaluate import Placement, Split, best_feasible, evaluate
 from edgeflow.placement.explain import explain
 from edgeflow.placement.milp import solve
 from edgeflow.placement.problem import Problem, Step, build_problem
@@ -180,15 +180,8 @@ class Baseline:
 
 
 def _best_baseline(problem: Problem) -> dict[Step, Placement] | None:
-    order = problem.program.app.objective
-    best: tuple[tuple[float, ...], dict[Step, Placement]] | None = None
-    for baseline in BASELINES.values():
-        if (assignment := baseline(problem)) is None:
-            continue
-        ev = evaluate(problem, assignment)
-        if ev.feasible and (best is None or ev.terms(order) < best[0]):
-            best = (ev.terms(order), assignment)
-    return None if best is None else best[1]
+    return best_feasible(problem, (b(problem) for b in BASELINES.values()),
+                         problem.program.app.objective)
 
 
 # Above this many placement choices (unit options and message pairs, `milp_size`), an app

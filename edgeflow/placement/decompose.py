@@ -35,7 +35,7 @@ import numpy as np
 from edgeflow.cost import unit_cpu, unit_memory_bytes
 from edgeflow.objectives import TERMS, Combine
 from edgeflow.placement.baselines import BASELINES
-from edgeflow.placement.evaluate import Placement, Split, evaluate
+from edgeflow.placement.evaluate import Placement, Split, best_feasible, evaluate
 from edgeflow.placement.explain import fastest
 from edgeflow.placement.heuristic import greedy
 from edgeflow.placement.milp import Solution, solve
@@ -384,14 +384,8 @@ def _bound(term: str, parts: list[Part], alone: list[Solution | None]) -> float:
 
 def _best_whole(problem: Problem, order: tuple[str, ...], deadline: float,
                 ) -> dict[Step, Placement] | None:
-    best, best_terms = None, None
-    for assignment in [greedy(problem, deadline), *(b(problem) for b in BASELINES.values())]:
-        if assignment is None:
-            continue
-        ev = evaluate(problem, assignment)
-        if ev.feasible and (best_terms is None or ev.terms(order) < best_terms):
-            best, best_terms = assignment, ev.terms(order)
-    return best
+    return best_feasible(problem, [greedy(problem, deadline),
+                                   *(b(problem) for b in BASELINES.values())], order)
 
 
 class _Ledger:

@@ -5,6 +5,7 @@ objective terms, and every violated constraint in words."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from edgeflow.cost import (
@@ -192,6 +193,21 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
     ev.objective = {name: term.evaluate(ev) for name, term in TERMS.items()}
     ev.feasible = not ev.violations
     return ev
+
+
+def best_feasible(problem: Problem, candidates: Iterable[dict[Step, Placement] | None],
+                  order: tuple[str, ...]) -> dict[Step, Placement] | None:
+    """Of the candidate assignments (None: a heuristic that found none), the one that meets
+    every constraint with the least objective terms in `order` (the first of equals); None
+    when none does."""
+    best, best_terms = None, None
+    for assignment in candidates:
+        if assignment is None:
+            continue
+        ev = evaluate(problem, assignment)
+        if ev.feasible and (best_terms is None or ev.terms(order) < best_terms):
+            best, best_terms = assignment, ev.terms(order)
+    return best
 
 
 def _transfer_row(route: Route, nbytes: int) -> Transfer:

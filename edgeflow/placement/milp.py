@@ -43,7 +43,7 @@ from edgeflow.execution import build_execution
 from edgeflow.ir import BROKER_CPU, WORKER_CPU
 from edgeflow.objectives import TERMS, Combine
 from edgeflow.placement.baselines import BASELINES
-from edgeflow.placement.evaluate import Placement, Split, evaluate
+from edgeflow.placement.evaluate import Placement, Split, best_feasible, evaluate
 from edgeflow.placement.heuristic import greedy
 from edgeflow.placement.problem import Problem, Step, StepInfo, build_problem, out_labels
 from edgeflow.span import Span
@@ -621,17 +621,8 @@ def start_values(f: Formulation, assignment: dict[Step, Placement]) -> tuple[np.
 def _best_start(problem: Problem, order: tuple[str, ...], time_limit: float,
                 given: list[dict[Step, Placement]] | None = None,
                 ) -> dict[Step, Placement] | None:
-    candidates = [*(given or []), *(b(problem) for b in BASELINES.values())]
-    candidates.append(greedy(problem))
-    candidates.append(symmetric_start(problem, time_limit))
-    best, best_terms = None, None
-    for assignment in candidates:
-        if assignment is None:
-            continue
-        ev = evaluate(problem, assignment)
-        if ev.feasible and (best_terms is None or ev.terms(order) < best_terms):
-            best, best_terms = assignment, ev.terms(order)
-    return best
+    return best_feasible(problem, [*(given or []), *(b(problem) for b in BASELINES.values()),
+                                   greedy(problem), symmetric_start(problem, time_limit)], order)
 
 
 def _reduced(problem: Problem) -> tuple[Problem, int, set[str]] | None:
