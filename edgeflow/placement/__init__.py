@@ -237,7 +237,11 @@ def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,
                     bound={program.app.objective[0]: solution.bound},
                     explanation=(Reason(
                         message=f"no plan was found within the time limit of {time_limit:g} s, "
-                                "and none is proven impossible"),))
+                                "and none is proven impossible" if method is Method.MILP or
+                                time.perf_counter() - started >= time_limit * 0.9 else
+                                "placement by parts found no plan (its start, the parts' own "
+                                "optima and one pass placing the parts one by one all break a "
+                                "constraint), and none is proven impossible"),))
     elif solution.assignment is None:
         reasons = explain(explained, max(EXPLAIN_MIN_S,
                                          time_limit - (time.perf_counter() - started)))

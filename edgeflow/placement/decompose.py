@@ -3,23 +3,27 @@ scale"). The pipelines of different dataflow components, and the replicas of one
 through the capacities they share: devices' CPU and memory, links' bandwidth, brokers. A *part*
 is one replica of one component: its units, with the sensors and sinks they are wired to.
 
-1. **Bound.** Every part is placed alone, exactly: the MILP of `milp.py` over that part, with
-   the sensors' and sinks' processes of the whole fleet in place and nothing else. Any plan of
-   the whole, restricted to a part, is a plan of that part alone, so the parts' optima bound
-   the first objective term from below: latency (the sum over pipelines of the worst replica)
-   by the sum over components of the largest of their replicas' optima, energy by the sum of
-   all, cost (hosting paid once however many parts share a device) by the largest.
-2. **Plan.** The parts' own optima together, when they fit together (the bound is then met, up
-   to the later objective terms); otherwise the best whole plan of the constructive heuristic
-   and the baselines; otherwise the parts one by one, each in what the others left.
-3. **Improvement.** Each part in turn, the one furthest from its own optimum first, is placed
+1. **Start.** The best whole plan of the constructive heuristic and the baselines.
+2. **Bound.** Every part is placed alone, exactly, for the first objective term: the MILP of
+   `milp.py` over that part (or, when latency comes first, its pipelines' fastest placements
+   when they fit), with the sensors' and sinks' processes of the whole fleet in place and
+   nothing else. Any plan of the whole, restricted to a part, is a plan of that part alone, so
+   the parts' optima bound the first term from below: latency (the sum over pipelines of the
+   worst replica) by the sum over components of the largest of their replicas' optima, energy
+   by the sum of all, cost (hosting paid once however many parts share a device) by the
+   largest. HiGHS' own dual bound counts for a part whose time ran out.
+3. **Plan.** The parts' own optima together, when they fit together and beat the start (the
+   first term then meets the bound when every part was solved to optimality); otherwise the
+   start; otherwise the parts one by one, each in what the others left.
+4. **Improvement.** Each part in turn, the one furthest from its own optimum first, is placed
    again exactly in what the rest of the plan leaves it (residual capacities), starting from
-   where it is, so no step makes the plan worse; rounds until the time is up or a round
-   changes nothing.
+   where it is, and kept only when the plan gets better; rounds until one changes nothing
+   (`IMPROVE_ROUNDS` at most). Then, time allowing, the parts whose own optimum is not proven
+   are solved again for a tighter bound, and every part again for the later objective terms.
 
-HiGHS' own dual bound counts for a part whose time ran out. The result's status is never
-`optimal` (the later objective terms are not bounded), and never `infeasible` unless a part
-alone is proven infeasible.
+The status is `optimal` only with a one-term objective whose bound is met; `infeasible` only
+when a part alone is proven infeasible (and no start exists); `unknown` when no plan was found:
+the time ran out, or the start, the parts' optima and the one-by-one pass all failed.
 """
 
 from __future__ import annotations
@@ -150,7 +154,7 @@ class Decomposed:
 def decompose(problem: Problem, time_limit: float) -> Decomposed:
     started = time.perf_counter()
 
-    margin = 0.0  # kept for what follows the decomposition: evaluating the plan, twice
+    margin = 0.0  # kept for what follows: evaluating the plan (here and twice in make_plan)
 
     def left() -> float:
         return time_limit - margin - (time.perf_counter() - started)
@@ -165,7 +169,7 @@ def decompose(problem: Problem, time_limit: float) -> Decomposed:
     if incumbent is not None:
         timed = time.perf_counter()
         evaluate(problem, incumbent)
-        margin = 3 * (time.perf_counter() - timed)
+        margin = 4 * (time.perf_counter() - timed) + 0.25  # (and a last solve's overrun)
     # -- 2. every part alone: the bound, and each part's own optimum
     subs: list[Problem] = []
     starts: list[dict[Step, Placement] | None] = []
@@ -185,6 +189,8 @@ def decompose(problem: Problem, time_limit: float) -> Decomposed:
         if alone[-1] is not None and alone[-1].status == "infeasible":
             return Decomposed(Solution("infeasible", None,
                                        seconds=time.perf_counter() - started), subs[-1])
+    # (a part of a plan that exists cannot be infeasible alone: with a start, a part the solver
+    # calls infeasible is a numerical failure and bounds nothing, rather than a proof)
     unsettled = [k for k, s in enumerate(alone) if s is None or s.assignment is None]
     for n, k in enumerate(unsettled):  # then the rest exactly, in most of the time left
         budget = left() * 0.7 / (len(unsettled) - n)
@@ -192,13 +198,14 @@ def decompose(problem: Problem, time_limit: float) -> Decomposed:
             break
         own = alone[k]
         lower = own.bound if own is not None else 0.0
-        solution = solve(subs[k], min(PART_TIME_S, budget), warm_start=starts[k] is None,
+        solution = solve(subs[k], min(PART_TIME_S, budget), warm_start=False,
                          order=(first,), start=starts[k])  # the bound needs the first term
-        if solution.status == "infeasible":
+        if solution.status == "infeasible" and incumbent is None:
             return Decomposed(Solution("infeasible", None,
                                        seconds=time.perf_counter() - started), subs[k])
-        solution.bound = max(solution.bound, lower)
-        alone[k] = solution
+        if solution.status != "infeasible":
+            solution.bound = max(solution.bound, lower)
+            alone[k] = solution
     bound = _bound(first, parts, alone)
     # -- the parts' own optima together, when they fit
     if all(s is not None and s.assignment is not None for s in alone):
@@ -206,8 +213,10 @@ def decompose(problem: Problem, time_limit: float) -> Decomposed:
         for s in alone:
             assert s is not None and s.assignment is not None
             together.update(s.assignment)
-        if evaluate(problem, together).feasible:
-            incumbent = together
+        ev = evaluate(problem, together)
+        if ev.feasible and (incumbent is None or ev.terms(order) <=
+                            evaluate(problem, incumbent).terms(order)):
+            incumbent = together  # (the parts' own optima ignore the later terms)
     if incumbent is None:
         incumbent = _one_by_one(problem, parts, alone, left)
     if incumbent is None:
@@ -222,10 +231,12 @@ def decompose(problem: Problem, time_limit: float) -> Decomposed:
     for n, (_, k, own) in enumerate(loose):
         if left() <= 0.05:
             break
-        again = solve(subs[k], min(4 * PART_TIME_S, left() / (len(loose) - n) * 2),
+        again = solve(subs[k], min(4 * PART_TIME_S, left() / (len(loose) - n)),
                       warm_start=False, order=(first,), start=own.assignment)
         own.bound = max(own.bound, again.bound)
     bound = _bound(first, parts, alone)
+    if len(order) > 1:  # time to spare: the later terms, part by part
+        incumbent = _improve(problem, parts, alone, incumbent, left, later=True)
     values = evaluate(problem, incumbent).objective
     found = {t: values[t] for t in order}
     first_gap = _gap(found[first], bound)
@@ -459,7 +470,11 @@ def _one_by_one(problem: Problem, parts: list[Part], alone: list[Solution | None
 
 def _improve(problem: Problem, parts: list[Part], alone: list[Solution | None],
              incumbent: dict[Step, Placement], left: Callable[[], float],
-             ) -> dict[Step, Placement]:
+             later: bool = False) -> dict[Step, Placement]:
+    """Each part in turn placed again in what the rest leaves, kept when the plan gets better:
+    the parts furthest from their own optimum in the first term first, those already there
+    skipped (they cannot gain in it); with `later`, every part, for the later terms too. Rounds
+    until one changes nothing, `IMPROVE_ROUNDS` at most, within the time left."""
     order = problem.program.app.objective
     ledger = _Ledger(problem, len(parts))
     for k, part in enumerate(parts):
@@ -475,16 +490,19 @@ def _improve(problem: Problem, parts: list[Part], alone: list[Solution | None],
             if left() <= 0.01:
                 return current
             own = alone[k]
-            if own is not None and own.assignment is not None and \
-                    here[k][0] <= own_first[k] * (1 + 1e-9) + 1e-12:
-                continue  # already at its own optimum's first term
             part = parts[k]
+            at_own = own is not None and own.assignment is not None and \
+                here[k][0] <= own_first[k] * (1 + 1e-9) + 1e-12
+            # a part at its own optimum cannot gain in the first term (with one replica: the
+            # worst over replicas may still gain from a part that is not the worst)
+            if not later and at_own and part_replicas(problem, part) == 1:
+                continue
             before = {s: current[s] for s in part.steps}
             use = ledger.take(k)
             sub = ledger.residual(prune(problem, part, here[k][0]) if order[0] == "latency"
                                   else part)
             after: dict[Step, Placement] | None
-            if own is not None and own.assignment is not None and \
+            if not later and own is not None and own.assignment is not None and \
                     evaluate(sub, own.assignment).feasible:
                 after = own.assignment  # its own optimum fits in what the rest leaves
             else:

@@ -72,7 +72,7 @@ def _place(problem: Problem, together: list[tuple[Step, ...]],
     sent: set[tuple[Step, str]] = set()
 
     def broker_need(inst: str) -> tuple[float, float]:
-        if inst in brokers or inst in problem.brokered:
+        if inst in brokers:
             return 0.0, 0.0
         dev = problem.device(inst)
         return runtime_cpu(dev, True, 0), float(runtime_memory_bytes(dev, True, 0))
