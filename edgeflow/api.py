@@ -274,7 +274,12 @@ def split(model_path: str | Path, inputs: BoundInputs, setting: Setting,
     problems = files.write_all(outputs, force)
     if problems:
         return SplitResult(setting, problems)
-    return SplitResult(setting, [], data, list(chosen.tensors), list(outputs))
+    warnings = [Diagnostic("W0609", f"no work formula for {op} ({count} node"
+                           f"{'s' if count != 1 else ''}): counted as one FLOP per output element",
+                           file_span(str(model)),
+                           help="measure it: `edgeflow profile`, then `split --edge-profile`")
+                for op, count in sorted(analysis.no_formula.items())]
+    return SplitResult(setting, warnings, data, list(chosen.tensors), list(outputs))
 
 
 class RuntimeMissing(Exception):

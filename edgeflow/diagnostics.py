@@ -268,6 +268,16 @@ file nor on this Python's path. `check` only looks for the module's file, it nev
 app opened in an editor may be hostile); `edgeflow run` refuses to start without it, and a deployed
 worker needs it installed in its image (docs/runtime.md).
 """),
+    "W0609": _w("operator work without a formula", """
+A model uses an operator whose work (FLOP) the cost model has no formula for: one outside the
+default ONNX domain that edgeflow does not know (`com.microsoft.QAttention`, a custom op), or one
+of the few default ops that do far more than one operation per output element (`Einsum`,
+`Attention`, `DFT`, `STFT`, `LRN`). Its work is counted as one FLOP per output element, which
+may make that part of the model look cheaper than it is, and the cut and placement decisions
+built on it less exact. `split --format json` lists such operators in `no_formula_ops`;
+`edgeflow profile` measures the real time of every node, and `split --edge-profile` /
+`--cloud-profile` use it instead of the estimate.
+"""),
     # ---------------------------------------------------------------- privacy
     "E0701": _e("undeclared privacy label", """
 A sensor's `privacy` or an operator's `removes` names a label with no `privacy LABEL { allow = ... }`

@@ -3,6 +3,7 @@ files), so every diagnostic code has an exact expected output."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
@@ -54,3 +55,25 @@ def test_split_error_golden(case: str, tmp_path: Path) -> None:
     assert_golden(SPLIT / f"{case}.out", proc.stderr)
     assert all((tmp_path / name).read_text() == text for name, text in existing.items())
     assert not list(tmp_path.glob("**/tail.onnx"))  # on any error nothing is written
+
+
+def test_an_operator_without_a_work_formula_is_a_warning_naming_it(tmp_path: Path) -> None:
+    """W0609: the split still succeeds (exit 0); the op and its node count are named once,
+    on stderr and in the JSON's `no_formula_ops`."""
+    nodes = [helper.make_node("Einsum", ["x", "w"], ["a"], equation="ij,jk->ik"),
+             helper.make_node("Einsum", ["a", "w"], ["y"], equation="ij,jk->ik")]
+    graph = helper.make_graph(nodes, "einsum", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [4, 8])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [4, 8])], initializer=[helper.make_tensor(
+                "w", TensorProto.FLOAT, [8, 8], [0.5] * 64)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "einsum.onnx")
+    args = ["split", "einsum.onnx", "--input", "x=float32[4,8]", *BASE]
+    proc = run(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("warning[W0609]")
+    assert_golden(SPLIT / "W0609_no_formula.out", proc.stderr)
+    data = json.loads(run(*args, "--format", "json", cwd=tmp_path).stdout)
+    assert data["result"]["no_formula_ops"] == {"Einsum": 2}
+    assert [d["code"] for d in data["diagnostics"]] == ["W0609"]

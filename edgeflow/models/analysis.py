@@ -80,6 +80,9 @@ class Analysis:
     static_values: dict[str, np.ndarray] = field(default_factory=dict)  # folded, computed ones
     producer: dict[str, int] = field(default_factory=dict)
     consumers: dict[str, list[int]] = field(default_factory=dict)
+    # ops (`domain.op` outside the default domain) whose work has no formula of its own and
+    # was counted as one FLOP per output element, with how many nodes: see `has_formula`
+    no_formula: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_work(self) -> int:
@@ -264,6 +267,85 @@ def _elementwise_work(node: onnx.NodeProto, tensors: Mapping[str, Tensor]) -> in
     return sum(prod(tensors[o].shape) for o in node.output if o in tensors)
 
 
+# Recurrent ops: (gates, element-wise operations per hidden unit and step after the gates'
+# matrix products: LSTM 3 sigmoids, 2 tanh, 3 products, 1 sum; GRU 2 sigmoids, 1 tanh,
+# 3 products, 1 difference, 1 sum; RNN 1 activation).
+_RECURRENT = {"LSTM": (4, 9), "GRU": (3, 8), "RNN": (1, 1), "DynamicQuantizeLSTM": (4, 9)}
+
+
+def _recurrent_work(node: onnx.NodeProto, tensors: Mapping[str, Tensor]) -> int:
+    """Per direction and time step: the gates' products with the input and the hidden state
+    (2·G·H·(I + H) per sequence), their biases (2·G·H when given), and the element-wise rest
+    (E·H); times the directions, the steps and the batch."""
+    gates, per_unit = _RECURRENT[node.op_type]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    x = tensors[node.input[0]].shape
+    steps, batch = (x[1], x[0]) if attrs.get("layout", 0) else (x[0], x[1])
+    hidden = int(attrs["hidden_size"])
+    directions = 2 if attrs.get("direction", b"forward") in (b"bidirectional",
+                                                            "bidirectional") else 1
+    bias = 2 * gates * hidden if len(node.input) > 3 and node.input[3] else 0
+    per_step = 2 * gates * hidden * (x[2] + hidden) + bias + per_unit * hidden
+    return directions * steps * batch * per_step
+
+
+# Where a quantized op's float operands sit: (input, weight) indices of the Conv or MatMul
+# it computes.
+_QUANTIZED = {"ConvInteger": ("conv", 0, 1), "QLinearConv": ("conv", 0, 3),
+              "MatMulInteger": ("matmul", 0, 1), "QLinearMatMul": ("matmul", 0, 3),
+              "MatMulIntegerToFloat": ("matmul", 0, 1), "DynamicQuantizeMatMul": ("matmul", 0, 1),
+              "FusedConv": ("conv", 0, 1), "FusedMatMul": ("matmul", 0, 1),
+              "QGemm": ("gemm", 0, 3), "FusedGemm": ("gemm", 0, 1)}
+
+
+def _quantized_work(node: onnx.NodeProto, tensors: Mapping[str, Tensor]) -> int:
+    kind, a, b = _QUANTIZED[node.op_type]
+    view = helper.make_node("Conv" if kind == "conv" else "Gemm" if kind == "gemm" else "MatMul",
+                            [node.input[a], node.input[b]], list(node.output[:1]))
+    if kind != "matmul":
+        view.attribute.extend(x for x in node.attribute if x.name in
+                              ("group", "transA", "transB"))
+    return _conv_work(view, tensors) if kind == "conv" else _matmul_work(view, tensors)
+
+
+def _matmul_nbits_work(node: onnx.NodeProto, tensors: Mapping[str, Tensor]) -> int:
+    """com.microsoft MatMulNBits: A [..., K] times a packed K x N weight (attributes K, N)."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return 2 * prod(tensors[node.input[0]].shape[:-1]) * int(attrs["K"]) * int(attrs["N"])
+
+
+# Ops whose work is one FLOP per output element by definition (docs/split.md): element-wise
+# arithmetic and activations, data movement, reductions, normalisations and pooling (their
+# per-element cost is a small constant), and quantize/dequantize. The default ONNX domain's ops
+# not listed here, and every op of another domain not listed here or among the formulas, are
+# counted the same way, but the analysis names them (`Analysis.no_formula`).
+_HEAVY_WITHOUT_FORMULA = {"Einsum", "Attention", "DFT", "STFT", "LRN"}
+_CONTRIB_ELEMENTWISE = {
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul",
+    "QLinearSigmoid", "QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool",
+    "QLinearConcat", "QLinearReduceMean", "QLinearSoftmax", "FastGelu", "Gelu", "BiasGelu",
+    "QuickGelu", "BiasAdd", "SkipLayerNormalization", "LayerNormalization",
+    "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "BiasSoftmax",
+    "NhwcMaxPool", "QLinearWhere"}
+_FORMULA_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "If", "Loop", "Scan",
+                "MatMulNBits", *_RECURRENT, *_QUANTIZED}
+
+
+def op_label(node: onnx.NodeProto) -> str:
+    """`Conv`, or `com.microsoft.QAttention` outside the default domain."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+
+
+def has_formula(node: onnx.NodeProto) -> bool:
+    """Whether the cost model counts `node`'s work by a formula meant for it (docs/split.md):
+    a formula of its own, or one FLOP per output element for ops that do about that."""
+    if node.op_type in _FORMULA_OPS:
+        return True
+    if node.domain in ("", "ai.onnx"):
+        return node.op_type not in _HEAVY_WITHOUT_FORMULA
+    return node.domain == "com.microsoft" and node.op_type in _CONTRIB_ELEMENTWISE
+
+
 def _subgraph_tensors(graph: onnx.GraphProto, outer: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Shapes inside a subgraph: it is inferred as a model of its own whose inputs are the
     outer-scope tensors it reads (ONNX inference does not always fill a subgraph's value_info)."""
@@ -302,6 +384,12 @@ def node_work(node: onnx.NodeProto, tensors: Mapping[str, Tensor],
             return _conv_work(node, tensors)
         if op in ("MatMul", "Gemm"):
             return _matmul_work(node, tensors)
+        if op in _RECURRENT:
+            return _recurrent_work(node, tensors)
+        if op in _QUANTIZED:
+            return _quantized_work(node, tensors)
+        if op == "MatMulNBits":
+            return _matmul_nbits_work(node, tensors)
         if op == "If":
             branches = [_graph_work(a.g, tensors, static or set()) for a in node.attribute
                         if a.type == onnx.AttributeProto.GRAPH]
@@ -309,7 +397,7 @@ def node_work(node: onnx.NodeProto, tensors: Mapping[str, Tensor],
         if op in ("Loop", "Scan"):
             body = next(a.g for a in node.attribute if a.name == "body")
             return _graph_work(body, tensors, static or set()) * _trip_count(node, tensors)
-    except KeyError:
+    except (KeyError, IndexError, ValueError):
         pass  # a shape inside the formula is unknown: count output elements instead
     return _elementwise_work(node, tensors)
 
@@ -386,9 +474,16 @@ def analyse(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]]) -> An
         if not node.static:
             unknown_out = [o for o in node.outputs if o not in tensors]
             if unknown_out:
-                raise ModelError(f"cannot infer the shape of tensor {unknown_out[0]} (output of "
-                                 f"{proto.op_type} node {node.name})")
+                foreign = proto.domain not in ("", "ai.onnx", "ai.onnx.ml")
+                raise ModelError(
+                    f"cannot infer the shape of tensor {unknown_out[0]} (output of "
+                    f"{op_label(proto)} node {node.name})"
+                    + (f": ONNX shape inference has no rule for the operators of domain "
+                       f"`{proto.domain}`" if foreign else ""))
             node.work = node_work(proto, tensors, static)
+            if not has_formula(proto):
+                label = op_label(proto)
+                analysis.no_formula[label] = analysis.no_formula.get(label, 0) + 1
             node.output_bytes = sum(tensors[o].nbytes for o in node.outputs)
             node.weight_bytes = sum(_weight_bytes(i, initializers, tensors, static)
                                     for i in node.inputs)

@@ -1,0 +1,118 @@
+"""The cost model's work formulas (docs/split.md, "Analysis of the model") for recurrent and
+quantized operators, on models built with onnx.helper, with the expected FLOP written out from
+the formula's definition; and the operators without a formula, which the analysis names."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeflow.models.analysis import analyse
+
+
+def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
+           outputs: list[str], initializers: list[np.ndarray | tuple[str, np.ndarray]],
+           domains: tuple[str, ...] = ()) -> onnx.ModelProto:
+    inits = [numpy_helper.from_array(a, n) for n, a in initializers]  # type: ignore[misc]
+    graph = helper.make_graph(nodes, "g", inputs,
+                              [helper.make_empty_tensor_value_info(o) for o in outputs],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), *(
+        helper.make_opsetid(d, 1) for d in domains)])
+    model.ir_version = 8
+    return model
+
+
+def _work(model: onnx.ModelProto, **inputs: tuple[int, ...]) -> dict[str, int]:
+    analysis = analyse(model, inputs)
+    return {n.op: n.work for n in analysis.dynamic_nodes()}
+
+
+@pytest.mark.parametrize(("op", "gates", "per_unit"), [("LSTM", 4, 9), ("GRU", 3, 8),
+                                                       ("RNN", 1, 1)])
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_recurrent_work_counts_gates_steps_directions_and_batch(
+        op: str, gates: int, per_unit: int, direction: str, bias: bool) -> None:
+    steps, batch, size, hidden = 7, 2, 5, 6
+    dirs = 2 if direction == "bidirectional" else 1
+    rng = np.random.default_rng(0)
+    inits = [("W", rng.standard_normal((dirs, gates * hidden, size)).astype(np.float32)),
+             ("R", rng.standard_normal((dirs, gates * hidden, hidden)).astype(np.float32))]
+    if bias:
+        inits.append(("B", rng.standard_normal((dirs, 2 * gates * hidden)).astype(np.float32)))
+    node = helper.make_node(op, ["x", "W", "R", *(["B"] if bias else [])], ["y"],
+                            hidden_size=hidden, direction=direction)
+    model = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                          ["T", "N", size])], ["y"], inits)
+    per_step = 2 * gates * hidden * (size + hidden) + (2 * gates * hidden if bias else 0) + \
+        per_unit * hidden
+    assert _work(model, x=(steps, batch, size)) == {op: dirs * steps * batch * per_step}
+
+
+def test_batch_first_layout_reads_the_steps_from_the_second_axis() -> None:
+    hidden, size = 3, 4
+    node = helper.make_node("GRU", ["x", "W", "R"], ["y"], hidden_size=hidden, layout=1)
+    model = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 9, size])],
+                   ["y"], [("W", np.zeros((1, 3 * hidden, size), np.float32)),
+                           ("R", np.zeros((1, 3 * hidden, hidden), np.float32))])
+    model.opset_import[0].version = 14  # layout came with opset 14
+    assert _work(model, x=(2, 9, size)) == {"GRU": 9 * 2 * (2 * 3 * hidden * (size + hidden)
+                                                             + 8 * hidden)}
+
+
+def _conv_pair(quantized: str) -> tuple[int, int]:
+    """The work of a float Conv and of its quantized twin on the same shapes."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 10, 10])
+    w = np.ones((8, 2, 3, 3), np.float32)
+    conv = _model([helper.make_node("Conv", ["x", "w"], ["y"], group=2, pads=[1, 1, 1, 1])],
+                  [x], ["y"], [("w", w)])
+    xq = helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 4, 10, 10])
+    if quantized == "ConvInteger":
+        node = helper.make_node("ConvInteger", ["x", "w"], ["y"], group=2, pads=[1, 1, 1, 1])
+        inits = [("w", w.astype(np.uint8))]
+    else:
+        node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"],
+                                ["y"], group=2, pads=[1, 1, 1, 1])
+        inits = [("xs", np.array(0.1, np.float32)), ("xz", np.array(0, np.uint8)),
+                 ("w", w.astype(np.uint8)), ("ws", np.array(0.1, np.float32)),
+                 ("wz", np.array(0, np.uint8)), ("ys", np.array(0.1, np.float32)),
+                 ("yz", np.array(0, np.uint8))]
+    twin = _model([node], [xq], ["y"], inits)
+    return _work(conv, x=(1, 4, 10, 10))["Conv"], _work(twin, x=(1, 4, 10, 10))[quantized]
+
+
+@pytest.mark.parametrize("quantized", ["ConvInteger", "QLinearConv"])
+def test_a_quantized_conv_does_the_work_of_its_float_twin(quantized: str) -> None:
+    float_work, quantized_work = _conv_pair(quantized)
+    assert quantized_work == float_work == 2 * 1 * 8 * 100 * 2 * 9
+
+
+@pytest.mark.parametrize("quantized", ["MatMulInteger", "QLinearMatMul"])
+def test_a_quantized_matmul_does_the_work_of_its_float_twin(quantized: str) -> None:
+    a = helper.make_tensor_value_info("a", TensorProto.UINT8, [3, 16, 32])
+    b = np.ones((32, 8), np.uint8)
+    if quantized == "MatMulInteger":
+        node = helper.make_node("MatMulInteger", ["a", "b"], ["y"])
+        inits = [("b", b)]
+    else:
+        node = helper.make_node("QLinearMatMul", ["a", "as", "az", "b", "bs", "bz", "ys", "yz"],
+                                ["y"])
+        inits = [("as", np.array(0.1, np.float32)), ("az", np.array(0, np.uint8)), ("b", b),
+                 ("bs", np.array(0.1, np.float32)), ("bz", np.array(0, np.uint8)),
+                 ("ys", np.array(0.1, np.float32)), ("yz", np.array(0, np.uint8))]
+    assert _work(_model([node], [a], ["y"], inits), a=(3, 16, 32)) == \
+        {quantized: 2 * 3 * 16 * 8 * 32}
+
+
+def test_operators_without_a_formula_are_named_once_per_op_with_their_count() -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])
+    nodes = [helper.make_node("Einsum", ["x", "w"], ["a"], equation="ij,jk->ik"),
+             helper.make_node("Einsum", ["a", "w2"], ["b"], equation="ij,jk->ik"),
+             helper.make_node("Relu", ["b"], ["y"])]
+    model = _model(nodes, [x], ["y"], [("w", np.ones((8, 8), np.float32)),
+                                       ("w2", np.ones((8, 3), np.float32))])
+    analysis = analyse(model, {"x": (4, 8)})
+    assert analysis.no_formula == {"Einsum": 2}  # Relu's one FLOP per element is its formula
