@@ -215,3 +215,23 @@ def test_incremental_walk_agrees_with_direct_evaluation(dag) -> None:  # type: i
     for work, nbytes, head in seen:
         assert problem.is_valid(head)
         assert problem.evaluate(head).key == (work, nbytes)
+
+
+def test_a_model_of_ir_3_with_its_weights_among_the_inputs_splits() -> None:
+    """IR 3 listed every initializer as a graph input too (caffe2-era exports): the analysis
+    binds only the real inputs, and each half is emitted under IR 4, which needs no such list."""
+    w = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("MatMul", ["b", "w"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "ir3", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8]),
+                       helper.make_tensor_value_info("w", TensorProto.FLOAT, [8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        initializer=[onnx.numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 3
+    analysis = analyse(model, {"x": (1, 8)})
+    feeds = {"x": np.ones((1, 8), np.float32)}
+    whole = run(model, feeds)
+    for cut in CutProblem(analysis).enumerate():
+        assert_equivalent(analysis, cut, feeds, whole)

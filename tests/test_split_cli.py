@@ -299,3 +299,24 @@ def test_the_recommendation_keeps_the_optimum_exact_and_skips_tiny_gains() -> No
     text = run(*BASE, "--min-gain", "0.5").stdout.splitlines()
     assert text[2].startswith(f"recommended: run whole on the {whole}, ")
     assert "below --min-gain 50%" in text[2]
+
+
+def test_a_scalar_input_binds_as_an_empty_shape(tmp_path: Path) -> None:
+    """`--input s=float32[]` binds a rank-0 input (a sample rate, a threshold); the halves of
+    the optimal cut both take it where they need it."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Mul", ["x", "s"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Add", ["b", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "scalar", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64]),
+        helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "scalar.onnx")
+    proc = run("split", "scalar.onnx", "--input", "x=float32[1,64]", "--input", "s=float32[]",
+               "--edge-compute", "1GFLOPS", "--cloud-compute", "1TFLOPS", "--bandwidth",
+               "1Mbps", "--format", "json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["result"]["inputs"] == {"x": "float32[1,64]", "s": "float32[]"}

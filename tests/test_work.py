@@ -116,3 +116,88 @@ def test_operators_without_a_formula_are_named_once_per_op_with_their_count() ->
                                        ("w2", np.ones((8, 3), np.float32))])
     analysis = analyse(model, {"x": (4, 8)})
     assert analysis.no_formula == {"Einsum": 2}  # Relu's one FLOP per element is its formula
+
+
+def _if_model(condition: str) -> onnx.ModelProto:
+    """x [1, 4] -> If -> y: the then branch keeps x's shape, the else branch adds an axis
+    (the `if x.dim() == 2` of exporters); `condition` is `static` (computed from x's shape)
+    or `input` (a graph input of its own)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    then = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
+                             [helper.make_empty_tensor_value_info("t")])
+    other = helper.make_graph([helper.make_node("Unsqueeze", ["x", "axis"], ["e"])], "else", [],
+                              [helper.make_empty_tensor_value_info("e")],
+                              initializer=[numpy_helper.from_array(np.array([0], np.int64),
+                                                                   "axis")])
+    nodes, inputs = [], [x]
+    if condition == "static":
+        nodes += [helper.make_node("Shape", ["x"], ["shape"]),
+                  helper.make_node("Size", ["shape"], ["rank"]),
+                  helper.make_node("Equal", ["rank", "two"], ["cond"])]
+    else:
+        inputs.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
+    nodes += [helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other),
+              helper.make_node("Sigmoid", ["y"], ["z"])]
+    return _model(nodes, inputs, ["z"], [("two", np.array(2, np.int64))])
+
+
+def test_an_if_with_a_static_condition_takes_the_shape_of_the_branch_that_runs() -> None:
+    analysis = analyse(_if_model("static"), {"x": (1, 4)})
+    assert analysis.tensors["y"].shape == (1, 4)  # rank 2: the then branch
+    assert analysis.tensors["z"].shape == (1, 4)
+
+
+def test_an_if_whose_branches_disagree_on_a_condition_from_an_input_is_refused() -> None:
+    """The shape depends on a value only known at run time: a located refusal naming the node,
+    not a guess."""
+    from edgeflow.models.analysis import ModelError
+    with pytest.raises(ModelError, match="output of If node"):
+        analyse(_if_model("input"), {"x": (1, 4), "cond": ()})
+
+
+def test_shapes_onnx_cannot_infer_are_measured_and_named() -> None:
+    """A contrib op ONNX shape inference has no rule for (onnxruntime runs it) and an output
+    declared with a dimension of -1: their shapes come from running the model, and the
+    analysis says so."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    nodes = [helper.make_node("FusedMatMul", ["x", "w"], ["a"], domain="com.microsoft"),
+             helper.make_node("Relu", ["a"], ["y"])]
+    model = _model(nodes, [x], ["y"], [("w", np.ones((8, 5), np.float32))],
+                   domains=("com.microsoft",))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                                 [-1, 5]))
+    analysis = analyse(model, {"x": (2, 8)})
+    assert analysis.tensors["a"].shape == (2, 5) and analysis.tensors["y"].shape == (2, 5)
+    assert analysis.shape_sources == {"a": "measured", "y": "measured"}
+    assert {n.op: n.work for n in analysis.dynamic_nodes()}["FusedMatMul"] == 2 * 2 * 5 * 8
+
+
+def test_a_shape_that_depends_on_the_input_values_is_refused_not_fixed() -> None:
+    from edgeflow.models.analysis import ModelError
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["mask"]),
+             helper.make_node("NonZero", ["mask"], ["idx"]),
+             helper.make_node("Cast", ["idx"], ["y"], to=TensorProto.FLOAT)]
+    model = _model(nodes, [x], ["y"], [("zero", np.array(0.0, np.float32))])
+    with pytest.raises(ModelError, match="depends on the input values"):
+        analyse(model, {"x": (64,)})
+
+
+def test_where_models_may_not_run_nothing_is_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The language server analyses models inside `never_run`: a model whose shapes need
+    measuring is refused with the reason, and onnxruntime is never asked to run it."""
+    import onnxruntime
+
+    from edgeflow.models.analysis import ModelError
+    from edgeflow.models.measure import never_run
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was run")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", forbidden)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    model = _model([helper.make_node("FusedMatMul", ["x", "w"], ["y"], domain="com.microsoft")],
+                   [x], ["y"], [("w", np.ones((8, 5), np.float32))], domains=("com.microsoft",))
+    with never_run(), pytest.raises(ModelError, match="models are not run here"):
+        analyse(model, {"x": (2, 8)})

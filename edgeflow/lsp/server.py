@@ -430,13 +430,20 @@ def _decl_hover(result: api.CheckResult, decl: ast.Decl) -> str:
                      + (" ..." if dev.count > 8 else ""))
     if program is not None and decl.kind == "model":
         from edgeflow.cost import model_cost
+        from edgeflow.models.analysis import ModelError
+        from edgeflow.models.measure import never_run
 
         model = program.models[decl.name.value]
-        cost = model_cost(model)
         lines += ["", "inputs: " + ", ".join(f"`{n}` {t}" for n, t in model.inputs.items()),
-                  "outputs: " + ", ".join(f"`{n}` {t}" for n, t in model.outputs.items()),
-                  (f"work: {cost.work / 1e9:.3f} GFLOP per run, weights: "
-                   f"{cost.weights / 2**20:.2f} MiB")]
+                  "outputs: " + ", ".join(f"`{n}` {t}" for n, t in model.outputs.items())]
+        try:
+            with never_run():  # a model whose shapes need measuring is not run from an editor
+                cost = model_cost(model)
+        except ModelError as exc:
+            lines.append(f"work: not analysed here ({exc})")
+            return "\n".join(lines)
+        lines.append(f"work: {cost.work / 1e9:.3f} GFLOP per run, weights: "
+                     f"{cost.weights / 2**20:.2f} MiB")
         if cost.cuts:
             lines.append(f"split candidates: {len(cost.cuts)} Pareto-optimal cuts")
     return "\n".join(lines)

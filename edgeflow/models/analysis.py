@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from edgeflow.models.measure import Measured, measure_shapes
 from edgeflow.models.signature import bind_inputs
 
 # Nodes whose output depends only on their inputs' shapes.
@@ -83,6 +84,9 @@ class Analysis:
     # ops (`domain.op` outside the default domain) whose work has no formula of its own and
     # was counted as one FLOP per output element, with how many nodes: see `has_formula`
     no_formula: dict[str, int] = field(default_factory=dict)
+    # tensors whose shape ONNX inference did not give: "branch" (an If's branches agree, or
+    # its static condition picks one) or "measured" (edgeflow.models.measure)
+    shape_sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def total_work(self) -> int:
@@ -225,7 +229,10 @@ def _shape_value(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:
     return np.array(shape[start:end], dtype=np.int64)
 
 
-def _with_folded(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+def _with_folded(model: onnx.ModelProto, values: dict[str, np.ndarray],
+                 shapes: Mapping[str, Tensor] | None = None) -> onnx.ModelProto:
+    """`model` with the static tensors in `values` as initializers (their nodes dropped) and
+    the tensor shapes in `shapes` declared, for inference to start from."""
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
     g = folded.graph
@@ -234,7 +241,37 @@ def _with_folded(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.
     g.node.extend(keep)
     g.initializer.extend(numpy_helper.from_array(v, name) for name, v in values.items())
     del g.value_info[:]
+    g.value_info.extend(helper.make_tensor_value_info(t.name, t.elem_type, list(t.shape))
+                        for t in (shapes or {}).values())
     return folded
+
+
+def _branch_shapes(model: onnx.ModelProto, known: Mapping[str, Tensor],
+                   values: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
+    """The outputs of `If` nodes that ONNX inference left without a shape: the branch a
+    static condition (in `values`) takes decides, else every branch, inferred as a model of its
+    own, must give the output the same type and shape."""
+    out: dict[str, Tensor] = {}
+    for node in model.graph.node:
+        if node.op_type != "If" or all(o in known for o in node.output if o):
+            continue
+        by_name = {a.name: a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
+        if node.input[0] in values:  # a static condition: its branch is the one that runs
+            taken = "then_branch" if bool(np.asarray(values[node.input[0]]).item()) else \
+                "else_branch"
+            by_name = {taken: by_name[taken]}
+        branches = list(by_name.values())
+        inner = [_subgraph_tensors(b, known) for b in branches]
+        for k, name in enumerate(node.output):
+            if not name or name in known:
+                continue
+            found = {(t.elem_type, t.shape) for b, tensors in zip(branches, inner, strict=True)
+                     if k < len(b.output) and (t := tensors.get(b.output[k].name)) is not None}
+            if len(found) == 1 and all(k < len(b.output) and b.output[k].name in tensors
+                                       for b, tensors in zip(branches, inner, strict=True)):
+                elem_type, shape = found.pop()
+                out[name] = Tensor(name, elem_type, shape)
+    return out
 
 
 def _conv_work(node: onnx.NodeProto, tensors: Mapping[str, Tensor]) -> int:
@@ -431,6 +468,12 @@ def analyse(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]]) -> An
     work_model = onnx.ModelProto()
     work_model.CopyFrom(model)
     bind_inputs(work_model, inputs)
+    # what the exporter declared of the rest may be wrong (a dimension of -1, an output
+    # declared [1, seqlen] that is [T, 1, C]): inference works it out from the inputs
+    del work_model.graph.value_info[:]
+    for value in work_model.graph.output:
+        if value.type.HasField("tensor_type"):
+            value.type.tensor_type.ClearField("shape")
     for value in graph_inputs:
         declared = value.type.tensor_type.shape.dim
         if declared and len(declared) != len(inputs[value.name]):
@@ -442,6 +485,10 @@ def analyse(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]]) -> An
                                  f"{d.dim_value}, bound to {size}", "E0605")
     static = _classify_static(work_model)
     folded: dict[str, np.ndarray] = {}
+    branched: dict[str, Tensor] = {}  # shapes from If branches and from measuring
+    sources: dict[str, str] = {}  # where each of those came from: "branch" or "measured"
+    measured: Measured | None = None
+    if_outputs = {o for n in g.node if n.op_type == "If" for o in n.output}
     inferred = _infer(work_model)
     for _ in range(8):  # fold, re-infer, until every consumed tensor has a shape
         known = _known_tensors(inferred)
@@ -451,17 +498,33 @@ def analyse(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]]) -> An
         wanted = {i for n in g.node if n.output and n.output[0] not in static
                   for i in n.input if i in static and i not in folded}
         values = _fold_static(inferred, static, known, wanted)
-        if not values:
+        agreed = {n: t for n, t in _branch_shapes(inferred, known, {**folded, **values}).items()
+                  if n not in branched}
+        if not values and not agreed and measured is None:  # last resort: run the model
+            measured = measure_shapes(work_model, inputs)
+        if measured is not None:
+            # (not an If's output: that its branches disagree is known, and which one runs
+            # depends on input values that random inputs need not share with real ones)
+            ran = {n: Tensor(n, *measured.shapes[n]) for n in missing_shapes - if_outputs
+                   if n in measured.shapes and n not in branched and n not in agreed}
+            sources.update(dict.fromkeys(ran, "measured"))
+            agreed.update(ran)
+        if not values and not agreed:
             break
+        sources.update((n, "branch") for n in agreed if n not in sources)
         folded.update(values)
-        inferred = _infer(_with_folded(work_model, folded))
+        branched.update(agreed)
+        inferred = _infer(_with_folded(work_model, folded, branched))
     tensors = _known_tensors(inferred)
     for name, value in folded.items():
         tensors[name] = Tensor(name, helper.np_dtype_to_tensor_dtype(value.dtype),
                                tuple(value.shape))
+    for name, t in branched.items():  # where inference still disagrees, what runs decides
+        tensors.setdefault(name, t)
     analysis = Analysis(model, {v.name: Tensor(v.name, v.type.tensor_type.elem_type,
                                                tuple(inputs[v.name])) for v in graph_inputs},
-                        tuple(o.name for o in g.output), tensors, [], static, folded)
+                        tuple(o.name for o in g.output), tensors, [], static, folded,
+                        shape_sources=dict(sorted(sources.items())))
     initializers = {i.name: i for i in g.initializer}
     for index, proto in enumerate(g.node):
         node = Node(index, proto.name or f"{proto.op_type}_{index}", proto.op_type,
@@ -474,12 +537,9 @@ def analyse(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]]) -> An
         if not node.static:
             unknown_out = [o for o in node.outputs if o not in tensors]
             if unknown_out:
-                foreign = proto.domain not in ("", "ai.onnx", "ai.onnx.ml")
-                raise ModelError(
-                    f"cannot infer the shape of tensor {unknown_out[0]} (output of "
-                    f"{op_label(proto)} node {node.name})"
-                    + (f": ONNX shape inference has no rule for the operators of domain "
-                       f"`{proto.domain}`" if foreign else ""))
+                raise ModelError(f"cannot infer the shape of tensor {unknown_out[0]} (output of "
+                                 f"{op_label(proto)} node {node.name}): "
+                                 + _why_unknown(proto, unknown_out[0], measured))
             node.work = node_work(proto, tensors, static)
             if not has_formula(proto):
                 label = op_label(proto)
@@ -489,6 +549,22 @@ def analyse(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]]) -> An
                                     for i in node.inputs)
         analysis.nodes.append(node)
     return analysis
+
+
+def _why_unknown(node: onnx.NodeProto, tensor: str, measured: Measured | None) -> str:
+    """Why a tensor's shape is unknown, for the E0606 message."""
+    if node.op_type == "If":
+        return ("ONNX inference cannot give it one shape whichever branch runs, and which "
+                "one runs depends on the values of the inputs")
+    if measured is not None and tensor in measured.varying:
+        return ("its shape depends on the input values (it differed between two runs on "
+                "random inputs)")
+    reason = (f"ONNX shape inference has no rule for the operators of domain `{node.domain}`"
+              if node.domain not in ("", "ai.onnx", "ai.onnx.ml") else
+              "ONNX shape inference cannot tell it")
+    if measured is not None and measured.failure:
+        reason += f", and running the model to measure it failed: {measured.failure}"
+    return reason
 
 
 def _weight_bytes(name: str, initializers: Mapping[str, onnx.TensorProto],

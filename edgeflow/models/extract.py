@@ -62,7 +62,9 @@ def _half(analysis: Analysis, suffix: str, dynamic: Iterable[int], inputs: Itera
     model = helper.make_model(graph, opset_imports=list(analysis.model.opset_import),
                               producer_name="edgeflow",
                               doc_string=f"{suffix} of {g.name or 'model'} split by edgeflow")
-    model.ir_version = analysis.model.ir_version
+    # IR 3 listed every initializer among the graph inputs too; a half lists only its real
+    # inputs, which IR 4 allows (every opset a model of IR 3 uses runs under IR 4)
+    model.ir_version = max(analysis.model.ir_version, 4)
     model.functions.extend(analysis.model.functions)
     return model
 

@@ -183,6 +183,7 @@ def report(analysis: Analysis, model_name: str, inputs: BoundInputs, setting: Se
         "inputs": inputs_text(inputs),
         "total_work_flop": problem.total_work,
         "no_formula_ops": dict(sorted(analysis.no_formula.items())),
+        "shape_sources": analysis.shape_sources,
         "edge_only_ms": timing.row(edge_only)["total_ms"],
         "cloud_only_ms": timing.row(cloud_only)["total_ms"],
         "candidates": [timing.row(c) for c in candidates],

@@ -362,14 +362,14 @@ def parse_quantity(text: str, dim: Dimension) -> float:
 
 
 def parse_tensor_type(text: str, dtypes: Iterable[str]) -> tuple[str, tuple[int, ...]]:
-    """`float32[1,3,320,320]` -> ("float32", (1, 3, 320, 320))."""
+    """`float32[1,3,320,320]` -> ("float32", (1, 3, 320, 320)); `int64[]` -> ("int64", ())."""
     m = _TENSOR_TEXT.fullmatch(text)
     if not m:
         raise ValueError(f"expected a tensor type such as `float32[1,3,224,224]`, got `{text}`")
     dtype = m.group(1)
     if dtype not in dtypes:
         raise ValueError(f"unknown element type `{dtype}` (one of {', '.join(dtypes)})")
-    dims = tuple(int(d) for d in m.group(2).replace(" ", "").split(",") if d)
-    if not dims or min(dims) < 1 or max(dims) > MAX_DIMENSION:
+    dims = tuple(int(d) for d in m.group(2).replace(" ", "").split(",") if d)  # () a scalar
+    if dims and (min(dims) < 1 or max(dims) > MAX_DIMENSION):
         raise ValueError(f"every dimension must be a whole number from 1 to {MAX_DIMENSION}")
     return dtype, dims
