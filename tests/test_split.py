@@ -51,9 +51,11 @@ def assert_equivalent(analysis, cut: Cut, feeds, whole) -> None:  # type: ignore
     out = run(tail, {name: sent[name] for name in cut.tensors})
     for name, expected in whole.items():
         assert np.abs(out[name] - expected).max() <= 1e-4, (name, cut.tensors)
-    # each half holds only the weights its own nodes read
+    # the weights a half holds are static: the model's own, or values the analysis evaluated
+    # (never an activation)
     head_weights = {i.name for i in head.graph.initializer}
-    assert all(analysis.producer.get(w) is None for w in head_weights)
+    assert all(analysis.producer.get(w) is None or w in analysis.static_values
+               for w in head_weights)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -232,6 +234,37 @@ def test_a_model_of_ir_3_with_its_weights_among_the_inputs_splits() -> None:
     model.ir_version = 3
     analysis = analyse(model, {"x": (1, 8)})
     feeds = {"x": np.ones((1, 8), np.float32)}
+    whole = run(model, feeds)
+    for cut in CutProblem(analysis).enumerate():
+        assert_equivalent(analysis, cut, feeds, whole)
+
+
+def test_a_shape_read_from_a_computed_static_tensor_is_folded_and_emitted() -> None:
+    """A YOLO head's anchor grid: `Shape(x) -> Gather -> Range -> Add -> Shape -> Concat ->
+    Reshape`. ONNX inference cannot tell the Range's length; the reference evaluator computes
+    the whole static subgraph, Shape of the computed tensor included, with no model run, and
+    every cut's halves take the evaluated values."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Shape", ["x"], ["xs"]),
+             helper.make_node("Gather", ["xs", "one"], ["n"]),
+             helper.make_node("Range", ["zero", "n", "one"], ["r"]),
+             helper.make_node("Add", ["r", "one"], ["a"]),
+             helper.make_node("Cast", ["a"], ["grid"], to=TensorProto.FLOAT),
+             helper.make_node("Shape", ["a"], ["s"]),
+             helper.make_node("Concat", ["lead", "s"], ["shape"], axis=0),
+             helper.make_node("Relu", ["x"], ["h"]),
+             helper.make_node("Reshape", ["h", "shape"], ["y0"]),
+             helper.make_node("Add", ["y0", "grid"], ["y"])]
+    inits = [onnx.numpy_helper.from_array(np.array(v, np.int64), n)
+             for n, v in (("zero", 0), ("one", 1), ("lead", [1]))]
+    graph = helper.make_graph(nodes, "anchors", [x], [helper.make_tensor_value_info(
+        "y", TensorProto.FLOAT, [1, 4])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    analysis = analyse(model, {"x": (1, 4)})
+    assert analysis.shape_sources == {}  # evaluated, not measured
+    assert {"shape", "grid"} <= set(analysis.static_values)
+    feeds = {"x": np.arange(4, dtype=np.float32).reshape(1, 4)}
     whole = run(model, feeds)
     for cut in CutProblem(analysis).enumerate():
         assert_equivalent(analysis, cut, feeds, whole)

@@ -181,8 +181,9 @@ def _classify_static(model: onnx.ModelProto) -> set[str]:
 def _fold_static(model: onnx.ModelProto, static: set[str], known: dict[str, Tensor],
                  wanted: Iterable[str]) -> dict[str, np.ndarray]:
     """Evaluate the computed static tensors in `wanted` with the ONNX reference evaluator.
-    `Shape`/`Size` of a tensor whose shape is known become constants; a static tensor that
-    depends on an unknown shape is left out."""
+    `Shape`/`Size` of a tensor whose shape is known become constants, of a computed static
+    tensor are evaluated with it; a static tensor that depends on an unknown shape of a dynamic
+    tensor is left out."""
     from onnx.reference import ReferenceEvaluator
 
     wanted = [w for w in wanted if w in static]
@@ -190,14 +191,14 @@ def _fold_static(model: onnx.ModelProto, static: set[str], known: dict[str, Tens
     for node in model.graph.node:
         if not node.output or node.output[0] not in static:
             continue
-        if node.op_type in SHAPE_OPS:
-            source = known.get(node.input[0])
-            if source is None:
-                continue
+        source = known.get(node.input[0]) if node.op_type in SHAPE_OPS else None
+        if source is not None:
             value = _shape_value(node, source.shape)
             nodes.append(helper.make_node("Constant", [], [node.output[0]],
                                           value=numpy_helper.from_array(value)))
-        else:
+        elif node.op_type not in SHAPE_OPS or node.input[0] in static:
+            # (the Shape of a computed static tensor, e.g. a YOLO head's anchor grid: the
+            # evaluator takes it from the value it computes)
             nodes.append(node)
     available = {i.name for i in model.graph.initializer}
     kept = []
@@ -492,7 +493,8 @@ def analyse(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]]) -> An
     inferred = _infer(work_model)
     for _ in range(8):  # fold, re-infer, until every consumed tensor has a shape
         known = _known_tensors(inferred)
-        missing_shapes = {o for n in g.node for o in n.output if o and o not in known}
+        missing_shapes = {o for n in g.node for o in n.output  # (static ones need none)
+                          if o and o not in known and o not in static}
         if not missing_shapes:
             break
         wanted = {i for n in g.node if n.output and n.output[0] not in static

@@ -33,6 +33,7 @@ def _half(analysis: Analysis, suffix: str, dynamic: Iterable[int], inputs: Itera
     replaced: dict[int, onnx.NodeProto] = {}
     stack = [i for n in include for i in analysis.nodes[n].inputs if i in analysis.static]
     seen: set[str] = set()
+    folded: list[onnx.TensorProto] = []
     while stack:
         name = stack.pop()
         if name in seen:
@@ -41,11 +42,15 @@ def _half(analysis: Analysis, suffix: str, dynamic: Iterable[int], inputs: Itera
         if name in initializers:
             used_inits.add(name)
             continue
+        if name in analysis.static_values:  # the analysis evaluated it: its value, once
+            folded.append(numpy_helper.from_array(np.asarray(analysis.static_values[name]),
+                                                  name))
+            continue
         index = analysis.producer[name]
         if index in include:
             continue
         proto = g.node[index]
-        if proto.op_type in SHAPE_OPS:
+        if proto.op_type in SHAPE_OPS and proto.input[0] in analysis.tensors:
             source = analysis.tensors[proto.input[0]].shape
             replaced[index] = helper.make_node(
                 "Constant", [], [proto.output[0]], name=proto.name or f"shape_{index}",
@@ -58,7 +63,8 @@ def _half(analysis: Analysis, suffix: str, dynamic: Iterable[int], inputs: Itera
     graph = helper.make_graph(
         nodes, f"{g.name or 'model'}_{suffix}", [_value_info(analysis, i) for i in inputs],
         [_value_info(analysis, o) for o in outputs],
-        initializer=[initializers[name] for name in initializers if name in used_inits])
+        initializer=[initializers[name] for name in initializers if name in used_inits]
+        + sorted(folded, key=lambda t: t.name))
     model = helper.make_model(graph, opset_imports=list(analysis.model.opset_import),
                               producer_name="edgeflow",
                               doc_string=f"{suffix} of {g.name or 'model'} split by edgeflow")
