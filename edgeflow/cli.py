@@ -83,8 +83,12 @@ def _main(
                        is_eager=True, help="Print the version and exit.")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
     = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write edgeflow's "
+                                           "cache folder (docs/cli.md).")] = False,
 ) -> None:
     _state["debug"] = debug
+    if no_cache:
+        os.environ["EDGEFLOW_NO_CACHE"] = "1"  # read by edgeflow.cache, here and in children
 
 
 def _existing(paths: list[Path]) -> None:

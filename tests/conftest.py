@@ -13,6 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 UPDATE = os.environ.get("EDGEFLOW_UPDATE_GOLDENS") == "1"
+# edgeflow's cache folder (edgeflow.cache): the tests' own, never the user's
+os.environ["EDGEFLOW_CACHE_DIR"] = tempfile.mkdtemp(prefix="edgeflow-test-cache-")
 
 
 def assert_golden(path: Path, actual: str) -> None:

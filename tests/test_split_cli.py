@@ -320,3 +320,28 @@ def test_a_scalar_input_binds_as_an_empty_shape(tmp_path: Path) -> None:
                "1Mbps", "--format", "json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["result"]["inputs"] == {"x": "float32[1,64]", "s": "float32[]"}
+
+
+def test_no_cache_leaves_the_cache_folder_alone(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model whose shapes must be measured: `split` keeps them in the cache folder,
+    `--no-cache` writes nothing there."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("FusedMatMul", ["x", "w"], ["y"], domain="com.microsoft")
+    graph = helper.make_graph([node], "contrib", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
+        initializer=[helper.make_tensor("w", TensorProto.FLOAT, [8, 5], [0.5] * 40)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "contrib.onnx")
+    args = ["split", "contrib.onnx", "--input", "x=float32[2,8]", "--edge-compute", "1GFLOPS",
+            "--cloud-compute", "1TFLOPS", "--bandwidth", "1Mbps"]
+    monkeypatch.setenv("EDGEFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    proc = run("--no-cache", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "cache").exists()
+    assert run(*args, cwd=tmp_path).returncode == 0
+    assert list((tmp_path / "cache" / "shapes").glob("*.json"))

@@ -4,6 +4,8 @@ the formula's definition; and the operators without a formula, which the analysi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -201,3 +203,37 @@ def test_where_models_may_not_run_nothing_is_measured(monkeypatch: pytest.Monkey
                    [x], ["y"], [("w", np.ones((8, 5), np.float32))], domains=("com.microsoft",))
     with never_run(), pytest.raises(ModelError, match="models are not run here"):
         analyse(model, {"x": (2, 8)})
+
+
+def test_measured_shapes_are_kept_in_the_cache_folder_and_no_cache_keeps_nothing(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The first analysis runs the model, the second reads its shapes from edgeflow's cache
+    folder (even where no model may run); with EDGEFLOW_NO_CACHE (`--no-cache`) nothing is
+    read or written."""
+    import onnxruntime
+
+    from edgeflow.models.measure import never_run
+
+    runs: list[object] = []
+    real = onnxruntime.InferenceSession
+
+    def counted(*args: object, **kwargs: object) -> object:
+        runs.append(args)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", counted)
+    monkeypatch.setenv("EDGEFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])
+    model = _model([helper.make_node("FusedMatMul", ["x", "w"], ["y"], domain="com.microsoft")],
+                   [x], ["y"], [("w", np.ones((8, 5), np.float32))], domains=("com.microsoft",))
+    monkeypatch.setenv("EDGEFLOW_NO_CACHE", "1")
+    analyse(model, {"x": (3, 8)})
+    assert len(runs) == 1 and not (tmp_path / "cache").exists()
+    monkeypatch.delenv("EDGEFLOW_NO_CACHE")
+    analyse(model, {"x": (3, 8)})
+    assert len(runs) == 2 and list((tmp_path / "cache" / "shapes").glob("*.json"))
+    with never_run():
+        assert analyse(model, {"x": (3, 8)}).tensors["y"].shape == (3, 5)
+    assert len(runs) == 2  # read from the cache, not run
+    analyse(model, {"x": (4, 8)})  # other shapes: measured again
+    assert len(runs) == 3

@@ -12,6 +12,8 @@ one (docs/split.md, "Analysis of the model").
 from __future__ import annotations
 
 import contextvars
+import hashlib
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 from onnx import helper
+
+from edgeflow import cache
 
 RUNS = 2  # different random inputs; a shape that differs between them is data-dependent
 # False where no model may run (the language server: a file opened in an editor may be hostile)
@@ -59,7 +63,26 @@ def _feed(value: onnx.ValueInfoProto, shape: tuple[int, ...], run: int) -> np.nd
 
 def measure_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> Measured:
     """The shape of every tensor the main graph's nodes produce, from `RUNS` runs on random
-    inputs of the bound `shapes`."""
+    inputs of the bound `shapes`; kept in edgeflow's cache folder (`edgeflow.cache`) by the
+    model's sha256 and the shapes, and read from it even where no model may run."""
+    key = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest() + \
+        json.dumps(sorted((name, list(shape)) for name, shape in shapes.items()))
+    kept = cache.get("shapes", key)
+    try:
+        return Measured({str(n): (int(e), tuple(int(d) for d in dims))
+                         for n, (e, dims) in kept["shapes"].items()},
+                        {str(n) for n in kept["varying"]})
+    except (KeyError, TypeError, ValueError, AttributeError):
+        pass  # nothing kept, or an entry damaged: measure again
+    measured = _measure(model, shapes)
+    if measured.failure is None:
+        cache.put("shapes", key, {"shapes": {n: [e, list(dims)] for n, (e, dims) in
+                                             measured.shapes.items()},
+                                  "varying": sorted(measured.varying)})
+    return measured
+
+
+def _measure(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> Measured:
     if not _ALLOWED.get():
         return Measured(failure="models are not run here (the language server never runs one; "
                                 "`edgeflow split` or `plan` does)")
