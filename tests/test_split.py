@@ -127,16 +127,29 @@ def test_if_node_is_atomic_with_its_outer_scope_input() -> None:
 # ------------------------------------------------------------------ optimality, random DAGs
 
 @st.composite
-def random_dag(draw: st.DrawFn) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
-    """A random DAG of 1x1 convolutions, ReLUs and Concats over 4x4 feature maps."""
+def random_dag(draw: st.DrawFn, shape_readers: bool = False,
+               ) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
+    """A random DAG of 1x1 convolutions, ReLUs and Concats over 4x4 feature maps; with
+    `shape_readers`, also a convolution whose only reader is a `Shape` that reshapes another
+    tensor (a dynamic node that only a static node reads)."""
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     tensors = [("input", draw(st.integers(1, 6)))]
     nodes, inits = [], []
+    kinds = ["conv", "conv", "relu", "concat"] + (["shape"] if shape_readers else [])
     for i in range(draw(st.integers(1, 9))):
-        kind = draw(st.sampled_from(["conv", "conv", "relu", "concat"]))
+        kind = draw(st.sampled_from(kinds))
         a = draw(st.sampled_from(tensors))
         out = f"t{i}"
-        if kind == "conv":
+        if kind == "shape":
+            b = draw(st.sampled_from(tensors))
+            w = onnx.numpy_helper.from_array(rng.normal(0, 1, (b[1], a[1], 1, 1)).astype(
+                np.float32), f"w{i}")
+            inits.append(w)
+            nodes += [helper.make_node("Conv", [a[0], w.name], [f"x{i}"], name=f"n{i}"),
+                      helper.make_node("Shape", [f"x{i}"], [f"s{i}"], name=f"shape{i}"),
+                      helper.make_node("Reshape", [b[0], f"s{i}"], [out], name=f"r{i}")]
+            tensors.append((out, b[1]))
+        elif kind == "conv":
             cout = draw(st.integers(1, 8))
             w = onnx.numpy_helper.from_array(rng.normal(0, 1, (cout, a[1], 1, 1)).astype(
                 np.float32), f"w{i}")
@@ -267,4 +280,20 @@ def test_a_shape_read_from_a_computed_static_tensor_is_folded_and_emitted() -> N
     feeds = {"x": np.arange(4, dtype=np.float32).reshape(1, 4)}
     whole = run(model, feeds)
     for cut in CutProblem(analysis).enumerate():
+        assert_equivalent(analysis, cut, feeds, whole)
+
+
+@given(random_dag(shape_readers=True))
+@EXACT
+def test_every_cut_of_a_dag_with_shape_only_readers_is_accepted_and_exact(dag) -> None:  # type: ignore[no-untyped-def]
+    """A dynamic node that only a `Shape` reads: the solver, `--cut` (`from_tensors`) and the
+    emitted halves agree on which side it is, for every valid cut and every listed candidate."""
+    model, inputs = dag
+    analysis = analyse(model, inputs)
+    problem = CutProblem(analysis)
+    feeds = {"input": np.random.default_rng(0).random(inputs["input"]).astype(np.float32)}
+    whole = run(model, feeds)
+    candidates, _ = problem.pareto()
+    for cut in [*candidates, *problem.enumerate(), problem.optimal(1e9, 1e11, 1e7)]:
+        assert problem.from_tensors(list(cut.tensors)).key == cut.key
         assert_equivalent(analysis, cut, feeds, whole)

@@ -68,6 +68,7 @@ class Node:
     work: int = 0
     weight_bytes: int = 0
     output_bytes: int = 0
+    needed: bool = True  # False: dynamic, but nothing reads its values (see _mark_unneeded)
 
 
 @dataclass
@@ -90,14 +91,15 @@ class Analysis:
 
     @property
     def total_work(self) -> int:
-        return sum(n.work for n in self.nodes)
+        return sum(n.work for n in self.dynamic_nodes())
 
     @property
     def initializers(self) -> dict[str, onnx.TensorProto]:
         return {t.name: t for t in self.model.graph.initializer}
 
     def dynamic_nodes(self) -> list[Node]:
-        return [n for n in self.nodes if not n.static]
+        """The nodes that carry activations and are needed (those the halves run)."""
+        return [n for n in self.nodes if not n.static and n.needed]
 
 
 def outer_references(graph: onnx.GraphProto) -> set[str]:
@@ -550,7 +552,30 @@ def analyse(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]]) -> An
             node.weight_bytes = sum(_weight_bytes(i, initializers, tensors, static)
                                     for i in node.inputs)
         analysis.nodes.append(node)
+    _mark_unneeded(analysis)
     return analysis
+
+
+def _mark_unneeded(analysis: Analysis) -> None:
+    """Dynamic nodes whose values nothing needs — read only by static nodes (a `Shape` of
+    them, which the bound shapes already give) or by other such nodes, and no model output —
+    do no work that matters: neither half runs them, and they count for nothing."""
+    outputs = set(analysis.outputs)
+    needed: set[int] = set()
+    stack = [i for i, n in enumerate(analysis.nodes)
+             if not n.static and any(o in outputs for o in n.outputs)]
+    while stack:
+        i = stack.pop()
+        if i in needed:
+            continue
+        needed.add(i)
+        for name in analysis.nodes[i].inputs:
+            p = analysis.producer.get(name)
+            if p is not None and not analysis.nodes[p].static:
+                stack.append(p)
+    for i, node in enumerate(analysis.nodes):
+        if not node.static and i not in needed:
+            node.needed = False
 
 
 def _why_unknown(node: onnx.NodeProto, tensor: str, measured: Measured | None) -> str:

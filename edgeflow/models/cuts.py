@@ -64,7 +64,7 @@ class CutProblem:
         self.producer: dict[str, int | None] = {}
         self.is_output: dict[str, bool] = {}
         candidates = [(name, None) for name in analysis.inputs] + [
-            (o, n.index) for n in analysis.nodes if not n.static for o in n.outputs]
+            (o, n.index) for n in analysis.dynamic_nodes() for o in n.outputs]
         for position, (name, producer) in enumerate(candidates):
             readers = [c for c in analysis.consumers.get(name, []) if c in self.nodes]
             if not readers and name not in outputs:
