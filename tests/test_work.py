@@ -237,3 +237,15 @@ def test_measured_shapes_are_kept_in_the_cache_folder_and_no_cache_keeps_nothing
     assert len(runs) == 2  # read from the cache, not run
     analyse(model, {"x": (4, 8)})  # other shapes: measured again
     assert len(runs) == 3
+
+
+def test_inputs_too_large_to_make_up_are_not_run() -> None:
+    """Measuring runs the model on random inputs of the bound shapes: bound absurdly large,
+    it refuses with the reason instead of allocating them."""
+    from edgeflow.models.analysis import ModelError
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])
+    model = _model([helper.make_node("FusedMatMul", ["x", "w"], ["y"], domain="com.microsoft")],
+                   [x], ["y"], [("w", np.ones((8, 5), np.float32))], domains=("com.microsoft",))
+    with pytest.raises(ModelError, match="more than the 256 MiB"):
+        analyse(model, {"x": (2**31 - 1, 8)})

@@ -25,6 +25,7 @@ from onnx import helper
 from edgeflow import cache
 
 RUNS = 2  # different random inputs; a shape that differs between them is data-dependent
+MAX_INPUT_BYTES = 256 * 2**20  # random inputs larger than this are not made up to run on
 # False where no model may run (the language server: a file opened in an editor may be hostile)
 _ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("measure_allowed", default=True)
 
@@ -90,6 +91,12 @@ def _measure(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> M
         import onnxruntime as ort
     except ImportError:  # an optional dependency for analysis: without it, nothing measured
         return Measured(failure="onnxruntime is not installed")
+    size = sum(int(np.prod(shape, dtype=np.float64)) * helper.tensor_dtype_to_np_dtype(
+        v.type.tensor_type.elem_type).itemsize for v in model.graph.input
+        if (shape := shapes.get(v.name)) is not None)
+    if size > MAX_INPUT_BYTES:
+        return Measured(failure=f"the bound inputs take {size / 2**20:,.0f} MiB, more than the "
+                                f"{MAX_INPUT_BYTES // 2**20} MiB edgeflow makes up to run on")
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
     g = exposed.graph
