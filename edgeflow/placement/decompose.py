@@ -40,7 +40,7 @@ from edgeflow.cost import unit_cpu, unit_memory_bytes
 from edgeflow.objectives import TERMS, Combine
 from edgeflow.placement.baselines import BASELINES
 from edgeflow.placement.evaluate import Placement, Split, best_feasible, evaluate
-from edgeflow.placement.explain import fastest
+from edgeflow.placement.explain import fastest, placement_options
 from edgeflow.placement.heuristic import greedy
 from edgeflow.placement.milp import Solution, solve
 from edgeflow.placement.problem import Problem, Step, out_labels
@@ -279,23 +279,8 @@ def through(problem: Problem, path: tuple[Step, ...],
     the fastest way on, both exact shortest paths over the placement options. Candidates
     where that exceeds `cap` may be left out, as are those no placement reaches or leaves, and
     split models."""
-    def options(step: Step) -> list[tuple[str, str, float]]:  # (in, out, seconds)
-        info = problem.steps[step]
-        if not info.is_unit:
-            return [(i, i, 0.0) for i in info.candidates]
-        allowed = [i for i in info.candidates if problem.tier_allows(i, info.labels)]
-        out = [(i, i, problem.compute_s(info.work, i)) for i in allowed]
-        for cut in info.cuts:
-            for i in allowed:
-                for j in allowed:
-                    route = problem.route(i, j, cut.transfer_bytes, info.labels)
-                    if i != j and route is not None:
-                        out.append((i, j, problem.compute_s(cut.head_work, i) + route.seconds
-                                    + problem.compute_s(cut.tail_work, j)))
-        return out
-
     index = problem.index
-    opts = [options(step) for step in path]
+    opts = [[o[:3] for o in placement_options(problem, step)] for step in path]
     ins = [sorted({o[0] for o in step_opts}) for step_opts in opts]
 
     def times(prev: Step, sources: list[str], targets: list[str]) -> np.ndarray:

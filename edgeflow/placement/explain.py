@@ -27,35 +27,43 @@ def _reason(message: str, spans: list[Span] | None = None) -> Reason:
     return Reason(message=message, spans=tuple(spans or ()))
 
 
+# a step's placement option: (in-instance, out-instance, seconds, placement)
+Option = tuple[str, str, float, Placement]
+
+
+def placement_options(problem: Problem, step: Step) -> list[Option]:
+    """Where a step may run, capacities ignored: a pinned step where it sits; a unit on each
+    candidate its labels allow, whole; a split model also cut at each option, head and tail on
+    two allowed candidates a route joins (its seconds: head, transfer and tail)."""
+    info = problem.steps[step]
+    if not info.is_unit:
+        return [(i, i, 0.0, i) for i in info.candidates]
+    allowed = [i for i in info.candidates if problem.tier_allows(i, info.labels)]
+    options: list[Option] = [(i, i, problem.compute_s(info.work, i), i) for i in allowed]
+    for k, cut in enumerate(info.cuts):
+        for i in allowed:
+            for j in allowed:
+                route = problem.route(i, j, cut.transfer_bytes, info.labels)
+                if i == j or route is None:
+                    continue
+                options.append((i, j, problem.compute_s(cut.head_work, i) + route.seconds
+                                + problem.compute_s(cut.tail_work, j), Split(k, i, j)))
+    return options
+
+
 def fastest(problem: Problem, path: tuple[Step, ...],
             ) -> tuple[float, list[tuple[float, str]], dict[Step, Placement]]:
     """Least latency of a pipeline replica over every placement of its steps (capacities
     ignored: an exact shortest path over its placement options), the terms of the best
     placement, and that placement (empty when nothing reaches the end)."""
-    # an option: (in-instance, out-instance, seconds, placement)
-    Option = tuple[str, str, float, Placement]
     first = problem.steps[path[0]].candidates[0]
     # per layer: out-instance -> (seconds so far, out-instance before, option taken)
     layers: list[dict[str, tuple[float, str, Option]]] = [{first: (0.0, first,
                                                                    (first, first, 0.0, first))}]
     for prev, step in itertools.pairwise(path):
-        info = problem.steps[step]
         labels = problem.dataflow.graph.nodes[prev[0]]["labels"]
         nbytes = problem.steps[prev].out_bytes
-        allowed = [i for i in info.candidates if problem.tier_allows(i, info.labels)]
-        options: list[Option] = []
-        if not info.is_unit:
-            options = [(i, i, 0.0, i) for i in info.candidates]
-        for i in allowed if info.is_unit else ():
-            options.append((i, i, problem.compute_s(info.work, i), i))
-        for k, cut in enumerate(info.cuts):
-            for i in allowed:
-                for j in allowed:
-                    route = problem.route(i, j, cut.transfer_bytes, info.labels)
-                    if i == j or route is None:
-                        continue
-                    options.append((i, j, problem.compute_s(cut.head_work, i) + route.seconds
-                                    + problem.compute_s(cut.tail_work, j), Split(k, i, j)))
+        options = placement_options(problem, step)
         nxt: dict[str, tuple[float, str, Option]] = {}
         for a, (base, _, _) in layers[-1].items():
             for option in options:
