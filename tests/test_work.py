@@ -249,3 +249,84 @@ def test_inputs_too_large_to_make_up_are_not_run() -> None:
                    [x], ["y"], [("w", np.ones((8, 5), np.float32))], domains=("com.microsoft",))
     with pytest.raises(ModelError, match="more than the 256 MiB"):
         analyse(model, {"x": (2**31 - 1, 8)})
+
+
+def _opaque_if_model() -> onnx.ModelProto:
+    """x [2, 8] -> If(cond, a graph input) -> y [10] -> Sigmoid: the then branch holds a contrib
+    op ONNX inference has no rule for (FusedMatMul), so inference gives neither branch's
+    shapes; both reshape with a shape the main graph computes (an outer-scope Constant)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    then = helper.make_graph([
+        helper.make_node("FusedMatMul", ["x", "w"], ["a"], domain="com.microsoft", alpha=2.0),
+        helper.make_node("Reshape", ["a", "flat"], ["t"])], "then", [],
+        [helper.make_empty_tensor_value_info("t")])
+    other = helper.make_graph([
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Relu", ["m"], ["r"]),
+        helper.make_node("Reshape", ["r", "flat"], ["e"])], "else", [],
+        [helper.make_empty_tensor_value_info("e")])
+    nodes = [helper.make_node("Constant", [], ["flat"],
+                              value=numpy_helper.from_array(np.array([10], np.int64))),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other),
+             helper.make_node("Sigmoid", ["y"], ["z"])]
+    rng = np.random.default_rng(3)
+    return _model(nodes, [x, cond], ["z"], [("w", rng.standard_normal((8, 5), np.float32))],
+                  domains=("com.microsoft",))
+
+
+def test_an_if_on_a_scalar_input_whose_branches_inference_cannot_follow_is_analysed() -> None:
+    """Each branch is analysed as a model of its own (folded, measured): they agree on [10],
+    so the If is one atomic node costing its costlier branch, and the halves of every cut
+    equal the whole whichever branch runs."""
+    import onnxruntime as ort
+
+    from edgeflow.models.cuts import CutProblem
+    from edgeflow.models.extract import split_model
+
+    model = _opaque_if_model()
+    analysis = analyse(model, {"x": (2, 8), "cond": ()})
+    assert analysis.tensors["y"].shape == (10,) and analysis.tensors["z"].shape == (10,)
+    assert analysis.shape_sources["y"] == "branch"
+    # then: FusedMatMul 2*2*5*8 = 160 + Reshape 10 (one per element); else: MatMul 160 +
+    # Relu 10 + Reshape 10: the else branch is the costlier
+    assert {n.op: n.work for n in analysis.dynamic_nodes()} == {"If": 180, "Sigmoid": 10}
+    cuts = CutProblem(analysis).enumerate(limit=100)
+    assert len(cuts) >= 3
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+
+    def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return ort.InferenceSession(model.SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"]).run(None, feeds)
+
+    x = np.random.default_rng(4).standard_normal((2, 8)).astype(np.float32)
+    for cond in (True, False):
+        feeds = {"x": x, "cond": np.array(cond)}
+        whole = run(model, feeds)[0]
+        for cut in cuts:
+            head, tail = split_model(analysis, cut)
+            middle = dict(zip([o.name for o in head.graph.output],
+                              run(head, {i.name: feeds[i.name] for i in head.graph.input}),
+                              strict=True))
+            both = {**feeds, **middle}
+            np.testing.assert_allclose(run(tail, {i.name: both[i.name]
+                                                  for i in tail.graph.input})[0], whole,
+                                       rtol=1e-6)
+
+
+def test_an_if_whose_branch_cannot_be_analysed_says_why() -> None:
+    """A branch whose own shape depends on values: the refusal names the If and the reason
+    its branch gave."""
+    from edgeflow.models.analysis import ModelError
+
+    model = _opaque_if_model()
+    then = next(a.g for a in model.graph.node[1].attribute if a.name == "then_branch")
+    then.node.extend([helper.make_node("Greater", ["x", "zero"], ["positive"]),
+                      helper.make_node("NonZero", ["positive"], ["nz"]),  # [2, how many]
+                      helper.make_node("Cast", ["nz"], ["t2"], to=TensorProto.FLOAT)])
+    then.initializer.append(numpy_helper.from_array(np.array(0.0, np.float32), "zero"))
+    then.output[0].name = "t2"
+    with pytest.raises(ModelError, match=r"output of If node .*its branch then cannot be "
+                                         r"analysed: .*depends on the input values"):
+        analyse(model, {"x": (2, 8), "cond": ()})

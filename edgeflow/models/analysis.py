@@ -250,10 +250,13 @@ def _with_folded(model: onnx.ModelProto, values: dict[str, np.ndarray],
 
 
 def _branch_shapes(model: onnx.ModelProto, known: Mapping[str, Tensor],
-                   values: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
+                   values: Mapping[str, np.ndarray], static: set[str],
+                   refused: dict[str, str] | None = None) -> dict[str, Tensor]:
     """The outputs of `If` nodes that ONNX inference left without a shape: the branch a
-    static condition (in `values`) takes decides, else every branch, inferred as a model of its
-    own, must give the output the same type and shape."""
+    static condition (in `values`) takes decides, else every branch must give the output the
+    same type and shape. A branch is inferred as a model of its own, and where that falls short
+    analysed as one (`analyse_branch`: folded, measured, its own `If`s in turn); why a branch
+    could not be is put in `refused` under the `If`'s output names."""
     out: dict[str, Tensor] = {}
     for node in model.graph.node:
         if node.op_type != "If" or all(o in known for o in node.output if o):
@@ -264,7 +267,19 @@ def _branch_shapes(model: onnx.ModelProto, known: Mapping[str, Tensor],
                 "else_branch"
             by_name = {taken: by_name[taken]}
         branches = list(by_name.values())
-        inner = [_subgraph_tensors(b, known) for b in branches]
+        inner = []
+        for branch in branches:
+            tensors = _subgraph_tensors(branch, known)
+            if not all(o.name in tensors for o in branch.output):
+                try:
+                    tensors = {**tensors, **analyse_branch(branch, model, known, values,
+                                                            static).tensors}
+                except ModelError as exc:
+                    for o in node.output:
+                        if o and refused is not None:
+                            refused[o] = f"its branch {branch.name or '?'} cannot be " \
+                                         f"analysed: {exc}"
+            inner.append(tensors)
         for k, name in enumerate(node.output):
             if not name or name in known:
                 continue
@@ -275,6 +290,40 @@ def _branch_shapes(model: onnx.ModelProto, known: Mapping[str, Tensor],
                 elem_type, shape = found.pop()
                 out[name] = Tensor(name, elem_type, shape)
     return out
+
+
+def analyse_branch(graph: onnx.GraphProto, model: onnx.ModelProto,
+                   outer: Mapping[str, Tensor], values: Mapping[str, np.ndarray],
+                   static: set[str]) -> Analysis:
+    """A subgraph without inputs of its own (an `If` branch) analysed as a model of its own:
+    the outer-scope static tensors it reads (weights in `model`, evaluated ones in `values`)
+    become its initializers, the dynamic ones its inputs, bound to their `outer` shapes.
+    Raises ModelError when that cannot be done."""
+    initializers = {i.name: i for i in model.graph.initializer}
+    inputs: list[Tensor] = []
+    constants: list[onnx.TensorProto] = []
+    for name in sorted(outer_references(graph)):
+        if name in initializers:
+            constants.append(initializers[name])
+        elif name in values:
+            constants.append(numpy_helper.from_array(np.asarray(values[name]), name))
+        elif name in static:
+            raise ModelError(f"the value of {name}, which it reads, could not be evaluated")
+        elif name in outer:
+            inputs.append(outer[name])
+        else:
+            raise ModelError(f"the shape of {name}, which it reads, is not known")
+    own = {i.name for i in inputs} | {c.name for c in constants}
+    if any(o.name in own for o in graph.output):  # (a branch passing an outer tensor through)
+        raise ModelError("it passes an outer tensor through as its output")
+    standalone = helper.make_graph(
+        list(graph.node), graph.name or "branch",
+        [helper.make_tensor_value_info(t.name, t.elem_type, list(t.shape)) for t in inputs],
+        list(graph.output), initializer=[*graph.initializer, *constants])
+    sub = helper.make_model(standalone, opset_imports=list(model.opset_import))
+    sub.ir_version = max(model.ir_version, 4)  # initializers that are not inputs
+    sub.functions.extend(model.functions)
+    return analyse(sub, {t.name: t.shape for t in inputs})
 
 
 def _conv_work(node: onnx.NodeProto, tensors: Mapping[str, Tensor]) -> int:
@@ -442,6 +491,25 @@ def node_work(node: onnx.NodeProto, tensors: Mapping[str, Tensor],
     return _elementwise_work(node, tensors)
 
 
+def _if_work(node: onnx.NodeProto, model: onnx.ModelProto, tensors: Mapping[str, Tensor],
+             values: Mapping[str, np.ndarray], static: set[str]) -> int:
+    """Work of an `If`: its costlier branch. A branch whose shapes inference does not give
+    throughout is analysed as a model of its own (`analyse_branch`)."""
+    works = []
+    for attr in node.attribute:
+        if attr.type != onnx.AttributeProto.GRAPH:
+            continue
+        inner = _subgraph_tensors(attr.g, tensors)
+        if not all(o in inner for n in attr.g.node for o in n.output if o):
+            try:
+                works.append(analyse_branch(attr.g, model, tensors, values, static).total_work)
+                continue
+            except ModelError:
+                pass  # count what inference gives
+        works.append(_graph_work(attr.g, tensors, static))
+    return max(works, default=0)
+
+
 def _trip_count(node: onnx.NodeProto, tensors: Mapping[str, Tensor]) -> int:
     """Iterations of a Loop (its static trip count, else 1) or a Scan (the scanned axis)."""
     if node.op_type == "Scan":
@@ -491,6 +559,7 @@ def analyse(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]]) -> An
     branched: dict[str, Tensor] = {}  # shapes from If branches and from measuring
     sources: dict[str, str] = {}  # where each of those came from: "branch" or "measured"
     measured: Measured | None = None
+    refused: dict[str, str] = {}  # If outputs whose branches could not be analysed, and why
     if_outputs = {o for n in g.node if n.op_type == "If" for o in n.output}
     inferred = _infer(work_model)
     for _ in range(8):  # fold, re-infer, until every consumed tensor has a shape
@@ -500,9 +569,10 @@ def analyse(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]]) -> An
         if not missing_shapes:
             break
         wanted = {i for n in g.node if n.output and n.output[0] not in static
-                  for i in n.input if i in static and i not in folded}
+                  for i in node_inputs(n) if i in static and i not in folded}
         values = _fold_static(inferred, static, known, wanted)
-        agreed = {n: t for n, t in _branch_shapes(inferred, known, {**folded, **values}).items()
+        agreed = {n: t for n, t in _branch_shapes(inferred, known, {**folded, **values},
+                                                     static, refused).items()
                   if n not in branched}
         if not values and not agreed and measured is None:  # last resort: run the model
             measured = measure_shapes(work_model, inputs)
@@ -543,8 +613,9 @@ def analyse(model: onnx.ModelProto, inputs: Mapping[str, tuple[int, ...]]) -> An
             if unknown_out:
                 raise ModelError(f"cannot infer the shape of tensor {unknown_out[0]} (output of "
                                  f"{op_label(proto)} node {node.name}): "
-                                 + _why_unknown(proto, unknown_out[0], measured))
-            node.work = node_work(proto, tensors, static)
+                                 + _why_unknown(proto, unknown_out[0], measured, refused))
+            node.work = _if_work(proto, inferred, tensors, folded, static) if proto.op_type == "If" \
+                else node_work(proto, tensors, static)
             if not has_formula(proto):
                 label = op_label(proto)
                 analysis.no_formula[label] = analysis.no_formula.get(label, 0) + 1
@@ -578,8 +649,11 @@ def _mark_unneeded(analysis: Analysis) -> None:
             node.needed = False
 
 
-def _why_unknown(node: onnx.NodeProto, tensor: str, measured: Measured | None) -> str:
+def _why_unknown(node: onnx.NodeProto, tensor: str, measured: Measured | None,
+                 refused: Mapping[str, str]) -> str:
     """Why a tensor's shape is unknown, for the E0606 message."""
+    if tensor in refused:
+        return refused[tensor]
     if node.op_type == "If":
         return ("ONNX inference cannot give it one shape whichever branch runs, and which "
                 "one runs depends on the values of the inputs")

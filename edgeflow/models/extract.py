@@ -59,7 +59,7 @@ def _half(analysis: Analysis, suffix: str, dynamic: Iterable[int], inputs: Itera
         else:
             stack.extend(analysis.nodes[index].inputs)
         include.add(index)
-    nodes = [replaced.get(i, g.node[i]) for i in sorted(include)]
+    nodes = [replaced.get(i) or _typed_branches(analysis, g.node[i]) for i in sorted(include)]
     graph = helper.make_graph(
         nodes, f"{g.name or 'model'}_{suffix}", [_value_info(analysis, i) for i in inputs],
         [_value_info(analysis, o) for o in outputs],
@@ -73,6 +73,24 @@ def _half(analysis: Analysis, suffix: str, dynamic: Iterable[int], inputs: Itera
     model.ir_version = max(analysis.model.ir_version, 4)
     model.functions.extend(analysis.model.functions)
     return model
+
+
+def _typed_branches(analysis: Analysis, node: onnx.NodeProto) -> onnx.NodeProto:
+    """`node`, with the outputs of an `If`'s branches that declare no type given the type and
+    shape the analysis found for the If's outputs (onnx.checker insists on them)."""
+    if node.op_type != "If":
+        return node
+    typed = onnx.NodeProto()
+    typed.CopyFrom(node)
+    for attr in typed.attribute:
+        if attr.type != onnx.AttributeProto.GRAPH:
+            continue
+        for value, name in zip(attr.g.output, typed.output, strict=False):
+            if not value.type.HasField("tensor_type") or not value.type.tensor_type.elem_type:
+                value.CopyFrom(helper.make_tensor_value_info(value.name, *(
+                    (t.elem_type, list(t.shape)) if (t := analysis.tensors.get(name)) else
+                    (onnx.TensorProto.UNDEFINED, None))))
+    return typed
 
 
 def split_model(analysis: Analysis, cut: Cut) -> tuple[onnx.ModelProto, onnx.ModelProto]:

@@ -108,7 +108,7 @@ def _measure(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> M
     inputs = [v for v in g.input if v.name not in initializers]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # a failed run is reported, not logged
     options.intra_op_num_threads = 1
     try:
         session = ort.InferenceSession(exposed.SerializeToString(), options,
