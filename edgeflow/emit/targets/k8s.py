@@ -92,6 +92,13 @@ class Kubernetes(Target):
         return "127.0.0.1"  # every client runs in its device's pod, beside the broker
 
     def render(self, r: Rendering) -> dict[str, bytes]:
+        return self.render_devices(r, set(r.bundle.brokers))
+
+    def render_devices(self, r: Rendering, devices: set[str]) -> dict[str, bytes]:
+        """The manifests of the device instances in `devices` (all of a k8s bundle; the cloud
+        part of a bundle whose other devices another target deploys). A bridge to or from a
+        device outside the cluster is admitted on the broker's port from anywhere — mutual TLS
+        and the broker's ACL decide who it serves — and its Service is a LoadBalancer."""
         bundle = r.bundle
         namespace = k8s_name("edgeflow", bundle.app)
         image = models_image(r)
@@ -101,13 +108,23 @@ class Kubernetes(Target):
                                           namespace=namespace).encode()
         dials: dict[str, list[str]] = {d: [] for d in bundle.brokers}
         dialled_by: dict[str, list[str]] = {d: [] for d in bundle.brokers}
+        outside: dict[str, dict[str, list[str]]] = {d: {"dials": [], "dialled_by": []}
+                                                    for d in bundle.brokers}
         for b in bundle.brokers.values():
             for bridge in b.bridges:
-                dials[b.device].append(device_label(bridge.peer))
-                dialled_by[bridge.peer].append(device_label(b.device))
+                if bridge.peer in devices:
+                    dials[b.device].append(device_label(bridge.peer))
+                else:
+                    outside[b.device]["dials"].append(bridge.peer)
+                if b.device in devices:
+                    dialled_by[bridge.peer].append(device_label(b.device))
+                else:
+                    outside[bridge.peer]["dialled_by"].append(b.device)
         bases: dict[str, str] = {}  # a shared definition's text -> its folder
         users: dict[str, list[str]] = {}  # its folder -> the instances that share it
         for b in bundle.brokers.values():
+            if b.device not in devices:
+                continue
             args: dict[str, Any] = {
                 "p": _placement(bundle, b.tier, b.device), "namespace": namespace,
                 "broker_image": BROKER_IMAGE, "worker_image": WORKER_IMAGE,
@@ -116,6 +133,7 @@ class Kubernetes(Target):
             view = self._device(r, b, image, neutral=shared is not None)
             view["dials"], view["dialled_by"] = sorted(dials[b.device]), \
                 sorted(dialled_by[b.device])
+            view["outside"] = {k: sorted(v) for k, v in outside[b.device].items()}
             if shared is None:  # a single device (or one whose names cannot share): whole
                 files[f"k8s/{view['name']}.yaml"] = render("k8s/device.yaml.j2", d=view,
                                                            **args).encode()
