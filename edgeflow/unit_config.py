@@ -30,6 +30,7 @@ UnitKind = Literal["operator", "model", "head", "tail"]
 ModelPart = Literal["whole", "head", "tail"]
 
 METRICS_PORT = 9400
+TWIN_KEY = "edgeflow"  # azure-iot-edge: the module twin desired property holding the config
 """Port of the first unit's Prometheus metrics on a device; the others' follow it."""
 
 PART_OF_KIND: dict[str, ModelPart] = {"model": "whole", "head": "head", "tail": "tail"}

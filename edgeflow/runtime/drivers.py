@@ -148,14 +148,22 @@ def _flush(db: sqlite3.Connection, rows: list[tuple[Any, ...]], lock: threading.
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgeflow.runtime.drivers")
-    parser.add_argument("--config", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config")
+    source.add_argument("--config-from-twin", action="store_true",
+                        help="read the config from the IoT Edge module twin (docs/targets.md)")
     parser.add_argument("--metrics-host", default="127.0.0.1")
     args = parser.parse_args(argv)
     try:
         try:
-            config = DriverConfig.model_validate_json(Path(args.config).read_bytes())
+            if args.config_from_twin:
+                from edgeflow.runtime.twin import read_twin
+                config = DriverConfig.model_validate_json(read_twin())
+            else:
+                config = DriverConfig.model_validate_json(Path(args.config).read_bytes())
         except (OSError, ValidationError) as e:
-            raise StartError(f"cannot read driver config {args.config}: {e}") from None
+            raise StartError(f"cannot read driver config {args.config or 'twin'}: {e}") \
+                from None
         metrics = Metrics.create(config.app, config.name, config.replica, config.device)
         metrics.serve(config.metrics_port, args.metrics_host)
         stop = threading.Event()

@@ -315,15 +315,29 @@ def load(path: str) -> UnitConfig:
             from None
 
 
+def load_twin() -> UnitConfig:
+    from edgeflow.runtime.twin import read_twin
+
+    try:
+        return UnitConfig.model_validate_json(read_twin())
+    except ValidationError as e:
+        raise StartError(f"the module twin's unit.json is not valid: {e.errors()[0]['msg']}") \
+            from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgeflow.runtime",
                                      description="Run one compiled unit (docs/runtime.md).")
-    parser.add_argument("--config", required=True, help="the unit's unit.json")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="the unit's unit.json")
+    source.add_argument("--config-from-twin", action="store_true",
+                        help="read unit.json from the IoT Edge module twin (docs/targets.md)")
     parser.add_argument("--metrics-host", default="0.0.0.0",
                         help="address the metrics endpoint listens on (default 0.0.0.0)")
     args = parser.parse_args(argv)
     try:
-        worker = Worker(load(args.config), args.metrics_host)
+        config = load_twin() if args.config_from_twin else load(args.config)
+        worker = Worker(config, args.metrics_host)
     except StartError as e:
         print(f"edgeflow worker: {e}", file=sys.stderr, flush=True)
         return 2
