@@ -25,8 +25,8 @@ RUN set -eu; \
     python -c "import edgeflow.runtime.worker, onnxruntime"
 
 # The worker's user and group (runAsUser/runAsGroup 10001 in the k8s manifests, user
-# "10001:10001" in compose), and the mount points of the bundles: the unit config, the unit's
-# TLS files, the models.
+# "10001:10001" in compose and in Azure IoT Edge createOptions), and the mount points of the
+# bundles: the unit config, the unit's TLS files, the models.
 RUN set -eu; \
     groupadd --gid 10001 edgeflow; \
     useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin edgeflow; \

@@ -190,7 +190,8 @@ def compile(path: str | Path, target: str = "k8s", output: str | Path | None = N
     error nothing is written. A folder holding files edgeflow did not write is refused unless
     `force` (then they are kept). An unknown `target` raises ValueError (the CLI checks it)."""
     from edgeflow.emit import BundleError, write_bundle
-    from edgeflow.emit.bundle import NameClash
+    from edgeflow.emit.bundle import NameClash, span_of
+    from edgeflow.emit.targets import TargetError
 
     _known_target(target)
     checked = check_file(path)
@@ -210,6 +211,14 @@ def compile(path: str | Path, target: str = "k8s", output: str | Path | None = N
     except NameClash as clash:
         result.diagnostics.append(Diagnostic("E1003", str(clash), clash.span, "declared here",
                                              help="rename one of the two declarations"))
+        return result
+    except TargetError as refused:
+        program = checked.program
+        result.diagnostics.append(Diagnostic(
+            "E1004", f"target {target} cannot carry this deployment: {refused}",
+            span_of(program, refused.subject) or program.app.span, "this one",
+            help="compile for another target (`--target k8s` has no such limit), or place "
+                 "fewer units on this device"))
         return result
     try:
         if (warning := write_bundle(out, result.files, force)) is not None:

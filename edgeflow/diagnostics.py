@@ -347,6 +347,13 @@ back to exactly one thing, and otherwise the name's start and end with 8 hex dig
 what it names (`cam_1` becomes `cam-1--4dbbb8c3`). Two hashed names can only be equal if those
 digits coincide; edgeflow then refuses the bundle and names both declarations. Rename one.
 """),
+    "E1004": _e("the target cannot carry this deployment", """
+A deployment target has limits of its own that the plan exceeds on one device. Azure IoT Edge
+(`--target azure-iot-edge`): a module twin's desired properties hold at most 32 KB (a unit's
+configuration travels in its module's twin, the module list in the `$edgeAgent` twin), and a
+deployment runs at most 50 modules. The message names the device instance and the figure.
+Compile for another target, or place fewer units on that device (docs/targets.md).
+"""),
     # ---------------------------------------------------------------- edgeflow certs
     "E1201": _e("not a bundle, or a CA that cannot sign", """
 `edgeflow certs` reads the `secrets.json` of a folder `edgeflow compile` wrote; the folder named has

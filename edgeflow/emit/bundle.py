@@ -449,7 +449,7 @@ class NameClash(Exception):
         self.span = span
 
 
-def _span_of(program: ir.Program, name: str) -> Span | None:
+def span_of(program: ir.Program, name: str) -> Span | None:
     """Where `name` is declared: a device instance, a step or a split model's half."""
     base = _split_instance(name)[0].split(".")[0]
     for table in (program.devices, program.sensors, program.sinks, program.models,
@@ -460,7 +460,7 @@ def _span_of(program: ir.Program, name: str) -> Span | None:
 
 
 def _declared_at(program: ir.Program, name: str) -> str:
-    span = _span_of(program, name)
+    span = span_of(program, name)
     return f"`{name}`" if span is None else f"`{name}` ({span.file}:{span.line}:{span.col})"
 
 
@@ -476,7 +476,7 @@ def check_names(bundle: Bundle) -> None:
         if first != owner:
             raise NameClash(f"{first[0]} {_declared_at(program, first[1])} and {owner[0]} "
                             f"{_declared_at(program, owner[1])} would both get the {kind} "
-                            f"`{name}`", _span_of(program, owner[1]) or program.app.span)
+                            f"`{name}`", span_of(program, owner[1]) or program.app.span)
 
     labels: dict[str, tuple[str, str]] = {}
     identities: dict[str, tuple[str, str]] = {}

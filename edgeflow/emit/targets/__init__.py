@@ -6,11 +6,19 @@ golden bundle) and one entry in the tuple below; `edgeflow compile --target` lis
 
 from __future__ import annotations
 
-from edgeflow.emit.targets.base import TARGETS, Rendering, Target, register, unregister
+from edgeflow.emit.targets.azure_iot_edge import AzureIotEdge
+from edgeflow.emit.targets.base import (
+    TARGETS,
+    Rendering,
+    Target,
+    TargetError,
+    register,
+    unregister,
+)
 from edgeflow.emit.targets.compose import Compose
 from edgeflow.emit.targets.k8s import Kubernetes
 
-for _target in (Kubernetes(), Compose()):
+for _target in (Kubernetes(), Compose(), AzureIotEdge()):
     register(_target)
 
-__all__ = ["TARGETS", "Rendering", "Target", "register", "unregister"]
+__all__ = ["TARGETS", "Rendering", "Target", "TargetError", "register", "unregister"]

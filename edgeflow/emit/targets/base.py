@@ -20,6 +20,15 @@ class Rendering:
     artefacts: dict[tuple[str, Part, int], Artefact]
 
 
+class TargetError(Exception):
+    """The target cannot carry this deployment (E1004): `message` says why, `subject` names the
+    device instance or step it concerns (the diagnostic points at its declaration)."""
+
+    def __init__(self, message: str, subject: str) -> None:
+        super().__init__(message)
+        self.subject = subject
+
+
 class Target(ABC):
     name: str
     description: str
