@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib.util import find_spec
 from pathlib import Path
@@ -152,15 +152,22 @@ def plan(program: ir.Program, time_limit: float = 30.0, compare: bool = False) -
 
 
 def bundle(program: ir.Program, placed: Plan, target: str = "k8s", source: str = "",
-           execution: ExecutionGraph | None = None) -> dict[str, bytes]:
+           execution: ExecutionGraph | None = None,
+           options: Mapping[str, str] | None = None) -> dict[str, bytes]:
     """Every file of the deployment bundle of a feasible plan, by relative path, in memory.
-    `target` is a name in `edgeflow.emit.targets.TARGETS`; `source` names the .ef file in the
-    report; `execution` is the graph the plan placed (built again when not given)."""
+    `target` is a name in `edgeflow.emit.targets.TARGETS`, `options` its options (unknown keys
+    raise ValueError); `source` names the .ef file in the report; `execution` is the graph the
+    plan placed (built again when not given)."""
     from edgeflow.emit import bundle_files
+    from edgeflow.emit.targets import TARGETS
 
     _known_target(target)
+    unknown = sorted(set(options or {}) - set(TARGETS[target].options))
+    if unknown:
+        raise ValueError(f"target {target} has no option {', '.join(unknown)}; its options "
+                         f"are: {', '.join(TARGETS[target].options) or 'none'}")
     return bundle_files(execution or build_execution(program), placed, target,
-                        source or program.file)
+                        source or program.file, options)
 
 
 def _known_target(target: str) -> None:
@@ -185,10 +192,12 @@ class CompileResult:
 
 
 def compile(path: str | Path, target: str = "k8s", output: str | Path | None = None,
-            force: bool = False, time_limit: float = 30.0) -> CompileResult:
+            force: bool = False, time_limit: float = 30.0,
+            options: Mapping[str, str] | None = None) -> CompileResult:
     """Check, plan and write the bundle to `output` (default build/APP) atomically; on any
     error nothing is written. A folder holding files edgeflow did not write is refused unless
-    `force` (then they are kept). An unknown `target` raises ValueError (the CLI checks it)."""
+    `force` (then they are kept). An unknown `target` or option raises ValueError (the CLI
+    checks both); `options` are the target's (`--target-option`)."""
     from edgeflow.emit import BundleError, write_bundle
     from edgeflow.emit.bundle import NameClash, span_of
     from edgeflow.emit.targets import TargetError
@@ -207,7 +216,7 @@ def compile(path: str | Path, target: str = "k8s", output: str | Path | None = N
         Path("build") / checked.program.app.name
     try:
         result.files = bundle(checked.program, planned.plan, target, str(path),
-                              planned.execution)
+                              planned.execution, options)
     except NameClash as clash:
         result.diagnostics.append(Diagnostic("E1003", str(clash), clash.span, "declared here",
                                              help="rename one of the two declarations"))
@@ -217,8 +226,7 @@ def compile(path: str | Path, target: str = "k8s", output: str | Path | None = N
         result.diagnostics.append(Diagnostic(
             "E1004", f"target {target} cannot carry this deployment: {refused}",
             span_of(program, refused.subject) or program.app.span, "this one",
-            help="compile for another target (`--target k8s` has no such limit), or place "
-                 "fewer units on this device"))
+            help=refused.help))
         return result
     try:
         if (warning := write_bundle(out, result.files, force)) is not None:

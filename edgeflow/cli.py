@@ -408,6 +408,20 @@ def lsp() -> None:
     serve()
 
 
+def _target_options(target: str, specs: list[str]) -> dict[str, str]:
+    known = TARGETS[target].options
+    out: dict[str, str] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key or not value:
+            raise _usage(f"--target-option takes KEY=VALUE; got `{spec}`")
+        if key not in known:
+            raise _usage(f"target {target} has no option `{key}`; its options are: "
+                         + ("; ".join(f"{k} ({h})" for k, (_, h) in known.items()) or "none"))
+        out[key] = value
+    return out
+
+
 def _target_help() -> str:
     return "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values())
 
@@ -424,15 +438,19 @@ def compile_cmd(
                                        "of another target there.")] = False,
     time_limit: Annotated[float, typer.Option(min=0.1, help="Seconds the placement solver "
                                               "may take.")] = 30.0,
+    target_options: Annotated[list[str] | None, typer.Option(
+        "--target-option", help="KEY=VALUE: an option of the target (docs/targets.md), e.g. "
+        "artifacts=s3://my-bucket/edgeflow for greengrass. Repeatable.")] = None,
     out_format: FormatOption = OutputFormat.text,
     json_out: JsonOption = False,
 ) -> None:
     """Check, plan and emit a deployment bundle. On any error nothing is written."""
     if target not in TARGETS:
         raise _usage(f"unknown target `{target}`; the targets are: {_target_help()}")
+    options = _target_options(target, target_options or [])
     as_json = _as_json(out_format, json_out)
     _existing([file])
-    result = api.compile(file, target, output, force, time_limit)
+    result = api.compile(file, target, output, force, time_limit, options)
     written = result.ok and result.output is not None
     if as_json:
         summary = None if not written else {

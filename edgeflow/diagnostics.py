@@ -351,8 +351,10 @@ digits coincide; edgeflow then refuses the bundle and names both declarations. R
 A deployment target has limits of its own that the plan exceeds on one device. Azure IoT Edge
 (`--target azure-iot-edge`): a module twin's desired properties hold at most 32 KB (a unit's
 configuration travels in its module's twin, the module list in the `$edgeAgent` twin), and a
-deployment runs at most 50 modules. The message names the device instance and the figure.
-Compile for another target, or place fewer units on that device (docs/targets.md).
+deployment runs at most 50 modules. AWS IoT Greengrass (`--target greengrass`): a component's
+name, `edgeflow.APP.UNIT-rR`, has at most 128 characters. The message names the device instance
+or unit and the figure. Compile for another target, place fewer units on that device, or use
+shorter names (docs/targets.md).
 """),
     # ---------------------------------------------------------------- edgeflow certs
     "E1201": _e("not a bundle, or a CA that cannot sign", """

@@ -30,6 +30,7 @@ UnitKind = Literal["operator", "model", "head", "tail"]
 ModelPart = Literal["whole", "head", "tail"]
 
 METRICS_PORT = 9400
+CONFIG_ENV = "EDGEFLOW_CONFIG"  # greengrass: the environment variable holding the config
 TWIN_KEY = "edgeflow"  # azure-iot-edge: the module twin desired property holding the config
 """Port of the first unit's Prometheus metrics on a device; the others' follow it."""
 

@@ -44,11 +44,11 @@ def bundles() -> dict[tuple[str, str], dict[str, bytes]]:
     out = {}
     for name in FEASIBLE:
         program = load(ROOT / "examples" / f"{name}.ef")
-        for target in ("k8s", "compose", "azure-iot-edge"):
+        for target in ("k8s", "compose", "azure-iot-edge", "greengrass"):
             out[(name, target)] = compile_program(program, target, f"examples/{name}.ef")
     split = check_text(SPLIT_APP, str(ROOT / "examples" / "split_demo.ef"))
     assert split.program is not None
-    for target in ("k8s", "compose", "azure-iot-edge"):
+    for target in ("k8s", "compose", "azure-iot-edge", "greengrass"):
         out[("split_demo", target)] = compile_program(split.program, target, "split_demo.ef")
     return out
 
@@ -174,7 +174,7 @@ def test_bundles_are_deterministic(bundles) -> None:  # type: ignore[no-untyped-
     assert again == bundles[("smart_city_traffic", "k8s")]
 
 
-@pytest.mark.parametrize("target", ["k8s", "compose", "azure-iot-edge"])
+@pytest.mark.parametrize("target", ["k8s", "compose", "azure-iot-edge", "greengrass"])
 # the reference app (every construct), a fleet, and an app whose plan splits a model
 @pytest.mark.parametrize("app", ["reference", "smart_city_traffic", "split_demo"])
 def test_golden_bundle(bundles, app: str, target: str) -> None:  # type: ignore[no-untyped-def]

@@ -115,5 +115,5 @@ def test_the_new_target_is_a_choice_and_renders(extensions: None, tmp_path) -> N
 
 
 def test_registries_hold_only_the_built_ins_without_extensions() -> None:
-    assert list(TARGETS) == ["k8s", "compose", "azure-iot-edge"]
+    assert list(TARGETS) == ["k8s", "compose", "azure-iot-edge", "greengrass"]
     assert list(TERMS) == ["latency", "cost", "energy"]

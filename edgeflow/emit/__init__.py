@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from edgeflow import __version__
@@ -44,7 +45,7 @@ def _refuse(code: str, message: str, out: Path, help: str | None = None) -> Bund
 
 
 def bundle_files(execution: ExecutionGraph, plan: Plan, target: str,
-                 source: str) -> dict[str, bytes]:
+                 source: str, options: Mapping[str, str] | None = None) -> dict[str, bytes]:
     """Every file of the bundle, by relative path: what every target shares (plan.json,
     report.md, models/, mqtt/) and the target's own files."""
     program = execution.program
@@ -62,7 +63,7 @@ def bundle_files(execution: ExecutionGraph, plan: Plan, target: str,
     for b in bundle.brokers.values():
         files[f"mqtt/{b.name}/mosquitto.conf"] = render_conf(bundle, b).encode()
         files[f"mqtt/{b.name}/edgeflow.acl"] = render_acl(b).encode()
-    files.update(TARGETS[target].render(Rendering(bundle, artefacts)))
+    files.update(TARGETS[target].render(Rendering(bundle, artefacts, dict(options or {}))))
     files[MARKER] = (json.dumps({"generator": f"edgeflow {__version__}", "app": bundle.app,
                                  "target": target, "files": sorted(files)}, indent=2)
                      + "\n").encode()

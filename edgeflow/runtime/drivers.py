@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 import threading
@@ -27,7 +28,7 @@ from pydantic import ValidationError
 from edgeflow.runtime import wire
 from edgeflow.runtime.client import Connection, Metrics, StartError, on_stop
 from edgeflow.runtime.worker import tensor_type
-from edgeflow.unit_config import DriverConfig
+from edgeflow.unit_config import CONFIG_ENV, DriverConfig
 
 
 def frames(config: DriverConfig) -> Any:
@@ -152,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--config")
     source.add_argument("--config-from-twin", action="store_true",
                         help="read the config from the IoT Edge module twin (docs/targets.md)")
+    source.add_argument("--config-from-env", metavar="NAME", nargs="?", const=CONFIG_ENV,
+                        help=f"read the config from environment variable NAME (default "
+                             f"{CONFIG_ENV})")
     parser.add_argument("--metrics-host", default="127.0.0.1")
     args = parser.parse_args(argv)
     try:
@@ -159,10 +163,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.config_from_twin:
                 from edgeflow.runtime.twin import read_twin
                 config = DriverConfig.model_validate_json(read_twin())
+            elif args.config_from_env:
+                config = DriverConfig.model_validate_json(os.environ.get(args.config_from_env)
+                                                          or "")
             else:
                 config = DriverConfig.model_validate_json(Path(args.config).read_bytes())
         except (OSError, ValidationError) as e:
-            raise StartError(f"cannot read driver config {args.config or 'twin'}: {e}") \
+            raise StartError(f"cannot read driver config "
+                             f"{args.config or args.config_from_env or 'twin'}: {e}") \
                 from None
         metrics = Metrics.create(config.app, config.name, config.replica, config.device)
         metrics.serve(config.metrics_port, args.metrics_host)

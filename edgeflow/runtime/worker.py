@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import os
 import re
 import sys
 import threading
@@ -29,7 +30,7 @@ from pydantic import ValidationError
 
 from edgeflow.runtime import wire
 from edgeflow.runtime.client import Connection, Metrics, StartError, on_stop
-from edgeflow.unit_config import ModelSpec, OperatorSpec, UnitConfig
+from edgeflow.unit_config import CONFIG_ENV, ModelSpec, OperatorSpec, UnitConfig
 
 Tensors = dict[str, np.ndarray[Any, Any]]
 Inputs = list[tuple[str, np.ndarray[Any, Any]]]
@@ -315,6 +316,18 @@ def load(path: str) -> UnitConfig:
             from None
 
 
+def load_env(name: str) -> UnitConfig:
+    text = os.environ.get(name)
+    if not text:
+        raise StartError(f"environment variable {name} holds no unit.json")
+    try:
+        return UnitConfig.model_validate_json(text)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise StartError(f"{name} is not a valid unit.json: {where}: {first['msg']}") from None
+
+
 def load_twin() -> UnitConfig:
     from edgeflow.runtime.twin import read_twin
 
@@ -332,11 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--config", help="the unit's unit.json")
     source.add_argument("--config-from-twin", action="store_true",
                         help="read unit.json from the IoT Edge module twin (docs/targets.md)")
+    source.add_argument("--config-from-env", metavar="NAME", nargs="?", const=CONFIG_ENV,
+                        help=f"read unit.json from environment variable NAME (default "
+                             f"{CONFIG_ENV}; Greengrass components: docs/targets.md)")
     parser.add_argument("--metrics-host", default="0.0.0.0",
                         help="address the metrics endpoint listens on (default 0.0.0.0)")
     args = parser.parse_args(argv)
     try:
-        config = load_twin() if args.config_from_twin else load(args.config)
+        config = load_twin() if args.config_from_twin else \
+            load_env(args.config_from_env) if args.config_from_env else load(args.config)
         worker = Worker(config, args.metrics_host)
     except StartError as e:
         print(f"edgeflow worker: {e}", file=sys.stderr, flush=True)

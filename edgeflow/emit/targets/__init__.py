@@ -16,9 +16,10 @@ from edgeflow.emit.targets.base import (
     unregister,
 )
 from edgeflow.emit.targets.compose import Compose
+from edgeflow.emit.targets.greengrass import Greengrass
 from edgeflow.emit.targets.k8s import Kubernetes
 
-for _target in (Kubernetes(), Compose(), AzureIotEdge()):
+for _target in (Kubernetes(), Compose(), AzureIotEdge(), Greengrass()):
     register(_target)
 
 __all__ = ["TARGETS", "Rendering", "Target", "TargetError", "register", "unregister"]

@@ -30,7 +30,7 @@ from edgeflow.emit.identities import (
 )
 from edgeflow.emit.mqtt import BUNDLE_ACL, BUNDLE_DATA_DIR, render_conf
 from edgeflow.emit.targets.base import Rendering, Target, TargetError
-from edgeflow.emit.targets.k8s import Kubernetes
+from edgeflow.emit.targets.k8s import cloud_part
 from edgeflow.emit.units import BROKER_IMAGE, WORKER_IMAGE, driver_spec, unit_spec
 from edgeflow.plan import Part
 from edgeflow.unit_config import TWIN_KEY
@@ -44,6 +44,8 @@ CREATE_OPTIONS_CHUNK = 512  # characters of createOptions, createOptions01, ...
 CREATE_OPTIONS_MAX = 4096
 MAX_MODULES = 50  # per deployment, besides $edgeAgent and $edgeHub
 UIDS = {"worker": 10001, "broker": 1883}
+_FEWER = "compile for another target (`--target k8s` has no such limit), or place fewer units " \
+    "on this device"
 STORE_DATA = "/var/lib/edgeflow/data"
 
 
@@ -74,17 +76,7 @@ class AzureIotEdge(Target):
 
     def render(self, r: Rendering) -> dict[str, bytes]:
         bundle = r.bundle
-        files: dict[str, bytes] = {}
-        cloud = {d for d, b in bundle.brokers.items() if b.tier == "cloud"}
-        if cloud:
-            used = {(u.step, u.part, u.replica) for c in bundle.units() if c.device in cloud
-                    for u in [bundle.placed(c)]}
-            part = Rendering(bundle, {k: a for k, a in r.artefacts.items() if k in used})
-            # the edge devices' certificates come from `edgeflow certs`, so the cloud's must
-            # too (one CA): the cert-manager resources of a k8s bundle are left out
-            files.update((path, data) for path, data in
-                         Kubernetes().render_devices(part, cloud).items()
-                         if not path.startswith("k8s/cert-manager/"))
+        cloud, files = cloud_part(r)
         for b in bundle.brokers.values():
             if b.device in cloud:
                 continue
@@ -151,11 +143,11 @@ class AzureIotEdge(Target):
             if size > TWIN_MAX_BYTES:
                 raise TargetError(f"the configuration of {c.name} on {b.device} takes "
                                   f"{size:,} bytes, more than the {TWIN_MAX_BYTES:,} an IoT Hub "
-                                  "module twin holds", b.device)
+                                  "module twin holds", b.device, _FEWER)
             twins[name] = {"properties.desired": desired}
         if len(modules) > MAX_MODULES:
             raise TargetError(f"{b.device} would run {len(modules)} modules; an IoT Edge "
-                              f"deployment holds at most {MAX_MODULES}", b.device)
+                              f"deployment holds at most {MAX_MODULES}", b.device, _FEWER)
         agent = {"schemaVersion": "1.1",
                  "runtime": {"type": "docker", "settings": {"minDockerVersion": "v1.25"}},
                  "systemModules": {
@@ -169,7 +161,7 @@ class AzureIotEdge(Target):
         size = len(json.dumps(agent, separators=(",", ":")).encode())
         if size > TWIN_MAX_BYTES:
             raise TargetError(f"the module list of {b.device} takes {size:,} bytes, more than "
-                              f"the {TWIN_MAX_BYTES:,} the $edgeAgent twin holds", b.device)
+                              f"the {TWIN_MAX_BYTES:,} the $edgeAgent twin holds", b.device, _FEWER)
         # no routes: units talk over the bundle's broker, and nothing goes to $upstream
         hub = {"schemaVersion": "1.2", "routes": {},
                "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}}

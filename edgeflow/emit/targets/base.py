@@ -4,7 +4,9 @@ of targets by name (`TARGETS`, which `edgeflow compile --target` lists)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from edgeflow.emit.artefacts import Artefact
 from edgeflow.emit.bundle import Bundle, Client
@@ -14,24 +16,34 @@ from edgeflow.registry import Registry
 
 @dataclass(frozen=True)
 class Rendering:
-    """What a target renders from: the bundle and the model files by (model, part, replica)."""
+    """What a target renders from: the bundle, the model files by (model, part, replica), and
+    the target's options (`--target-option KEY=VALUE`, each key one of `Target.options`)."""
 
     bundle: Bundle
     artefacts: dict[tuple[str, Part, int], Artefact]
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def option(self, target: Target, key: str) -> str:
+        """The value of option `key` of `target`: as given, else its default for this app."""
+        return self.options.get(key) or target.options[key][0].format(app=self.bundle.app)
 
 
 class TargetError(Exception):
     """The target cannot carry this deployment (E1004): `message` says why, `subject` names the
     device instance or step it concerns (the diagnostic points at its declaration)."""
 
-    def __init__(self, message: str, subject: str) -> None:
+    def __init__(self, message: str, subject: str, help: str) -> None:
         super().__init__(message)
         self.subject = subject
+        self.help = help
 
 
 class Target(ABC):
     name: str
     description: str
+    # what `--target-option KEY=VALUE` may set: key -> (default, with `{app}` for the app's
+    # name; its help)
+    options: ClassVar[Mapping[str, tuple[str, str]]] = {}
 
     @abstractmethod
     def broker_host(self, bundle: Bundle, client: Client) -> str:

@@ -247,6 +247,23 @@ class Kubernetes(Target):
         }
 
 
+def cloud_part(r: Rendering) -> tuple[set[str], dict[str, bytes]]:
+    """The cloud device instances of `r`'s bundle and their manifests, for a target that
+    deploys the edge and fog devices its own way: without cert-manager resources, since every
+    certificate then comes from `edgeflow certs` (one CA for edge and cloud), and with only the
+    model files the cloud's units run in the model image."""
+    bundle = r.bundle
+    cloud = {d for d, b in bundle.brokers.items() if b.tier == "cloud"}
+    if not cloud:
+        return cloud, {}
+    used = {(u.step, u.part, u.replica) for c in bundle.units() if c.device in cloud
+            for u in [bundle.placed(c)]}
+    part = Rendering(bundle, {k: a for k, a in r.artefacts.items() if k in used}, r.options)
+    return cloud, {path: data for path, data in
+                   Kubernetes().render_devices(part, cloud).items()
+                   if not path.startswith("k8s/cert-manager/")}
+
+
 def _container(c: Client, neutral: bool) -> str:
     """A client's container: named by its step alone in a pod its kind's instances share."""
     return k8s_name(c.step) if neutral else c.name

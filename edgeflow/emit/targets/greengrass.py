@@ -1,0 +1,213 @@
+"""AWS IoT Greengrass v2: a component recipe per unit replica, broker and driver, one deployment
+per edge or fog device (a thing), and the cloud part as Kubernetes manifests (docs/targets.md).
+
+Components run as native processes of the core device under its non-root component user:
+- `edgeflow.APP.runtime`, on every device: a Python virtual environment with edgeflow installed
+  from its wheel (an artifact), which every worker and driver runs;
+- `edgeflow.APP.broker-DEVICE`: the device's mosquitto, its configuration written from the recipe
+  at start, its ACL an artifact;
+- `edgeflow.APP.UNIT-rR` (and one per sensor and sink driver): the worker, its unit.json in the
+  recipe's lifecycle environment (`EDGEFLOW_CONFIG`, read with `--config-from-env`), its model
+  file an artifact (with its sha256, which the worker checks again).
+
+Units talk through the bundle's brokers (mutual TLS, per-identity ACLs, privacy-checked
+bridges), as in every target, never through Greengrass IPC or IoT Core: no component is given
+any `accessControl`, the least there is. One deployment per thing gives each device exactly its
+components; a thing-group deployment would give every member the same ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from edgeflow import __version__
+from edgeflow.cost import unit_memory_bytes
+from edgeflow.emit.artefacts import Artefact
+from edgeflow.emit.bundle import Broker, Bundle, Client, device_label
+from edgeflow.emit.identities import bridge_secret, broker_secret, client_secret
+from edgeflow.emit.mqtt import render_acl, render_conf
+from edgeflow.emit.targets.base import Rendering, Target, TargetError
+from edgeflow.emit.targets.k8s import cloud_part
+from edgeflow.emit.units import driver_spec, unit_spec
+from edgeflow.unit_config import CONFIG_ENV, TlsSpec
+
+HOST_ROOT = "/var/lib/edgeflow"
+"""Where a device keeps its certificates: HOST_ROOT/APP/secrets/SECRET/{ca.crt,tls.crt,tls.key}."""
+RECIPE_FORMAT = "2020-01-25"
+POSIX_USER = "ggc_user:ggc_group"  # Greengrass' default component user, named: never root
+NAME_MAX = 128  # characters of a component name
+WHEEL = f"edgeflow-{__version__}-py3-none-any.whl"
+
+
+def b64_sha256(data: bytes) -> str:
+    """An artifact's digest as Greengrass states it: Base64 of its SHA-256."""
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def _version(recipe: dict[str, Any]) -> str:
+    """A component version that changes exactly when its recipe does: semver, the patch
+    number taken from the recipe's sha256 (Greengrass never replaces a published version)."""
+    text = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
+    return f"1.0.{int(hashlib.sha256(text.encode()).hexdigest()[:7], 16)}"
+
+
+def _compact(config: Any) -> str:
+    return json.dumps(json.loads(config.to_json()), sort_keys=True, separators=(",", ":"))
+
+
+class Greengrass(Target):
+    name = "greengrass"
+    description = "AWS IoT Greengrass v2 recipes and per-device deployments; cloud part as k8s"
+    options: ClassVar[Mapping[str, tuple[str, str]]] = {
+        "artifacts": ("s3://edgeflow-artifacts/{app}",
+                      "the S3 URI the bundle's files are uploaded under")}
+
+    def broker_host(self, bundle: Bundle, client: Client) -> str:
+        return "127.0.0.1"  # components share their core device's network
+
+    def render(self, r: Rendering) -> dict[str, bytes]:
+        bundle = r.bundle
+        cloud, files = cloud_part(r)
+        prefix = r.option(self, "artifacts").rstrip("/")
+        app = bundle.app
+        runtime_name = self._component(app, "runtime")
+        runtime = self._recipe(
+            runtime_name, f"edgeflow {__version__} in a virtual environment, for the workers "
+                          f"and drivers of app {app}",
+            {"Install": {"Script": "python3 -m venv {work:path}/venv && {work:path}/venv/bin/"
+                                   "pip install --no-cache-dir --disable-pip-version-check "
+                                   f"{{artifacts:path}}/{WHEEL}",
+                         "RequiresPrivilege": False, "Timeout": 900}},
+            # the wheel is built from this checkout (docs/bundles.md, "The worker image"): its
+            # digest is the service's to compute
+            [{"URI": f"{prefix}/dist/{WHEEL}",
+              "Permission": {"Read": "OWNER", "Execute": "NONE"}}], {})
+        recipes: dict[str, dict[str, Any]] = {runtime_name: runtime}
+        for b in bundle.brokers.values():
+            if b.device in cloud:
+                continue
+            components = self._device(r, b, prefix, runtime, recipes)
+            deployment = {
+                "deploymentName": f"edgeflow {app} {device_label(b.device)}",
+                "components": components,
+                "deploymentPolicies": {
+                    "failureHandlingPolicy": "ROLLBACK",
+                    "componentUpdatePolicy": {"action": "NOTIFY_COMPONENTS",
+                                              "timeoutInSeconds": 60},
+                    "configurationValidationPolicy": {"timeoutInSeconds": 60}},
+                "tags": {"edgeflow-app": app, "edgeflow-device": device_label(b.device)}}
+            files[f"greengrass/deployments/{device_label(b.device)}.json"] = _json(deployment)
+        for name, recipe in recipes.items():
+            files[f"greengrass/recipes/{name}-{recipe['ComponentVersion']}.json"] = \
+                _json(recipe)
+        return files
+
+    def _device(self, r: Rendering, b: Broker, prefix: str, runtime: dict[str, Any],
+                recipes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """The recipes of device instance `b.device` (added to `recipes`) and its deployment's
+        component list."""
+        bundle = r.bundle
+        app = bundle.app
+        secrets = f"{HOST_ROOT}/{app}/secrets"
+        device = bundle.program.devices[b.device.split("[")[0]]
+        acl_path = f"mqtt/{b.name}/edgeflow.acl"  # (every target's bundle has it)
+        acl = render_acl(b).encode()
+        conf = render_conf(bundle, b, tls_dir=f"{secrets}/{broker_secret(b.name)}",
+                           bridge_tls_dir=f"{secrets}/{bridge_secret(b.name)}",
+                           acl_path="{artifacts:path}/edgeflow.acl",
+                           persistence_dir="{work:path}/data")
+        runtime_name = runtime["ComponentName"]
+        broker_name = self._component(app, b.name, b.device)
+        broker = self._recipe(
+            broker_name, f"mosquitto for app {app} on {b.device}",
+            {"Setenv": {"EDGEFLOW_MOSQUITTO_CONF": conf},
+             "Run": {"Script": "mkdir -p {work:path}/data && printf '%s\\n' "
+                               "\"$EDGEFLOW_MOSQUITTO_CONF\" > {work:path}/mosquitto.conf && "
+                               "exec mosquitto -c {work:path}/mosquitto.conf",
+                     "RequiresPrivilege": False}},
+            [self._artifact(prefix, acl_path, acl)], {})
+        recipes[broker_name] = broker
+        components: dict[str, Any] = {broker_name: {
+            "componentVersion": broker["ComponentVersion"], "runWith": {
+                "posixUser": POSIX_USER, "systemResourceLimits": {
+                    "memory": max(2 * device.broker_memory_bytes, 256 * 2**20,
+                                  4 * bundle.max_message_bytes + 128 * 2**20) // 1024}}}}
+        depends = {runtime_name: {"VersionRequirement": f"={runtime['ComponentVersion']}",
+                                  "DependencyType": "HARD"},
+                   broker_name: {"VersionRequirement": f"={broker['ComponentVersion']}",
+                                 "DependencyType": "SOFT"}}
+        python = f"{{{runtime_name}:work:path}}/venv/bin/python"
+        for c in [u for u in bundle.units() if u.device == b.device] + \
+                [d for d in bundle.clients if not d.is_unit and d.device == b.device]:
+            tls = TlsSpec(ca=f"{secrets}/{client_secret(c.name)}/ca.crt",
+                          cert=f"{secrets}/{client_secret(c.name)}/tls.crt",
+                          key=f"{secrets}/{client_secret(c.name)}/tls.key")
+            artifacts: list[dict[str, Any]] = []
+            if c.is_unit:
+                unit = bundle.placed(c)
+                spec: Any = unit_spec(r, c, self.broker_host(bundle, c))
+                if spec.model is not None:
+                    art: Artefact = r.artefacts[(unit.step, unit.part, unit.replica)]
+                    artifacts.append(self._artifact(prefix, art.path, art.data))
+                    spec = spec.model_copy(update={"model": spec.model.model_copy(update={
+                        "file": "{artifacts:path}/" + art.path.rsplit("/", 1)[1]})})
+                memory = 2 * unit_memory_bytes(unit.memory_bytes, device)
+                module = "edgeflow.runtime"
+                what = f"unit {c.step} (replica {unit.replica}) of app {app} on {b.device}"
+            else:
+                spec = driver_spec(bundle, c, self.broker_host(bundle, c))
+                if spec.database is not None:
+                    spec = spec.model_copy(update={"database": "{work:path}/store.sqlite"})
+                memory = 2 * device.driver_memory_bytes
+                module = "edgeflow.runtime.drivers"
+                what = f"{c.kind} {c.step} of app {app} on {b.device}"
+            spec = spec.model_copy(update={"broker": spec.broker.model_copy(
+                update={"tls": tls})})
+            name = self._component(app, c.name, c.step)
+            recipe = self._recipe(
+                name, what,
+                {"Setenv": {CONFIG_ENV: _compact(spec)},
+                 "Run": {"Script": f"exec {python} -m {module} --config-from-env",
+                         "RequiresPrivilege": False}},
+                artifacts, depends)
+            recipes[name] = recipe
+            components[name] = {"componentVersion": recipe["ComponentVersion"], "runWith": {
+                "posixUser": POSIX_USER, "systemResourceLimits": {"memory": memory // 1024}}}
+        return components
+
+    @staticmethod
+    def _component(app: str, name: str, subject: str = "") -> str:
+        """The component named `name` of app `app`; `subject` is the declaration it comes
+        from (the app's when none)."""
+        component = f"edgeflow.{app}.{name}"
+        if len(component) > NAME_MAX:
+            raise TargetError(f"the Greengrass component name {component} is longer than "
+                              f"{NAME_MAX} characters", subject,
+                              "give the app or this declaration a shorter name")
+        return component
+
+    @staticmethod
+    def _artifact(prefix: str, path: str, data: bytes) -> dict[str, Any]:
+        """The artifact of bundle file `path` (holding `data`), uploaded under `prefix`."""
+        return {"URI": f"{prefix}/{path}", "Digest": b64_sha256(data), "Algorithm": "SHA-256",
+                "Unarchive": "NONE", "Permission": {"Read": "OWNER", "Execute": "NONE"}}
+
+    @staticmethod
+    def _recipe(name: str, description: str, lifecycle: dict[str, Any],
+                artifacts: list[dict[str, Any]], depends: dict[str, Any]) -> dict[str, Any]:
+        recipe: dict[str, Any] = {
+            "RecipeFormatVersion": RECIPE_FORMAT, "ComponentName": name,
+            "ComponentDescription": description, "ComponentPublisher": "edgeflow"}
+        if depends:
+            recipe["ComponentDependencies"] = depends
+        recipe["Manifests"] = [{"Platform": {"os": "linux"}, "Lifecycle": lifecycle,
+                                "Artifacts": artifacts}]
+        return {**recipe, "ComponentVersion": _version(recipe)}
+
+
+def _json(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
