@@ -26,11 +26,13 @@ RUN set -eu; \
 
 # The worker's user and group (runAsUser/runAsGroup 10001 in the k8s manifests, user
 # "10001:10001" in compose and in Azure IoT Edge createOptions), and the mount points of the
-# bundles: the unit config, the unit's TLS files, the models.
+# bundles: the unit config, the unit's TLS files, the models; a sink's data folder is the
+# worker's own, so that a new Docker volume mounted there (Azure IoT Edge) takes that owner.
 RUN set -eu; \
     groupadd --gid 10001 edgeflow; \
     useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin edgeflow; \
-    mkdir -p /etc/edgeflow/unit /etc/edgeflow/tls /var/lib/edgeflow/models /var/lib/edgeflow/data
+    mkdir -p /etc/edgeflow/unit /etc/edgeflow/tls /var/lib/edgeflow/models /var/lib/edgeflow/data; \
+    chown 10001:10001 /var/lib/edgeflow/data
 
 USER 10001:10001
 

@@ -200,7 +200,7 @@ def compile(path: str | Path, target: str = "k8s", output: str | Path | None = N
     checks both); `options` are the target's (`--target-option`)."""
     from edgeflow.emit import BundleError, write_bundle
     from edgeflow.emit.bundle import NameClash, span_of
-    from edgeflow.emit.targets import TargetError
+    from edgeflow.emit.targets import TARGETS, TargetError
 
     _known_target(target)
     checked = check_file(path)
@@ -228,6 +228,7 @@ def compile(path: str | Path, target: str = "k8s", output: str | Path | None = N
             span_of(program, refused.subject) or program.app.span, "this one",
             help=refused.help))
         return result
+    result.warnings += TARGETS[target].warnings(options or {})
     try:
         if (warning := write_bundle(out, result.files, force)) is not None:
             result.warnings.append(warning)

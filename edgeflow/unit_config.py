@@ -10,6 +10,7 @@ newline, and the section a unit does not have (`operator` or `model`) absent, ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Annotated, Any, Literal, Self
@@ -31,7 +32,8 @@ ModelPart = Literal["whole", "head", "tail"]
 
 METRICS_PORT = 9400
 CONFIG_ENV = "EDGEFLOW_CONFIG"  # greengrass: the environment variable holding the config
-TWIN_KEY = "edgeflow"  # azure-iot-edge: the module twin desired property holding the config
+TWIN_KEY = "edgeflow"
+CONFIG_DIGEST_ENV = "EDGEFLOW_CONFIG_SHA256"  # azure-iot-edge: the digest the twin must match  # azure-iot-edge: the module twin desired property holding the config
 """Port of the first unit's Prometheus metrics on a device; the others' follow it."""
 
 PART_OF_KIND: dict[str, ModelPart] = {"model": "whole", "head": "head", "tail": "tail"}
@@ -226,3 +228,10 @@ class DriverConfig(_Spec):
 def schema_json() -> str:
     """The JSON schema of `unit.json`, deterministic (sorted keys, indent 2, trailing newline)."""
     return json.dumps(UnitConfig.model_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def config_digest(config: Any) -> str:
+    """sha256 of a config object in one canonical form (sorted keys, no spaces), whatever the
+    key order and float spelling it travelled in (an IoT Edge module twin reorders)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()

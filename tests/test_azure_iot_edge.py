@@ -7,6 +7,7 @@ part is a k8s bundle that passes the same checks as a k8s target's."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -134,11 +135,19 @@ def check_manifests(files: dict[str, bytes]) -> int:
                 if source.startswith("/"):  # from the device's copy of the bundle: read-only
                     assert bind.endswith(":ro"), bind
             if name == broker:  # (its port: test_a_broker_publishes_its_port_only_...)
+                # what it runs is in its definition, so that a new plan restarts it
+                conf = files[f"{folder}/mosquitto.conf"] + files[f"mqtt/{broker}/edgeflow.acl"]
+                assert module["env"] == {"EDGEFLOW_BROKER_CONFIG_SHA256": {
+                    "value": hashlib.sha256(conf).hexdigest()}}
                 continue
             desired = twins[name]["properties.desired"]
             assert set(desired) == {"edgeflow"}
             assert len(json.dumps(desired, separators=(",", ":"))) <= 32 * 1024
             config = desired["edgeflow"]
+            # the twin's config in the module's definition: a changed config restarts it
+            assert module["env"] == {"EDGEFLOW_CONFIG_SHA256": {"value": hashlib.sha256(
+                json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+            ).hexdigest()}}
             is_unit = "subscribe" in config
             spec: Any = (UnitConfig if is_unit else DriverConfig).model_validate(config)
             assert options["Cmd"] == ["--config-from-twin"]
@@ -204,6 +213,24 @@ def test_the_cloud_broker_admits_bridges_from_outside_the_cluster(bundles) -> No
     policy = next(o for o in objects if o["kind"] == "NetworkPolicy"
                   and o["metadata"]["name"] == service["spec"]["selector"]["edgeflow.io/device"])
     assert {"ports": [{"protocol": "TCP", "port": 8883}]} in policy["spec"]["ingress"]
+
+
+def test_a_changed_config_changes_its_modules_definition(bundles) -> None:  # type: ignore[no-untyped-def]
+    """edgeAgent restarts a module only when its definition changes: a new sensor rate must
+    change the camera driver's module (not only its twin)."""
+    source = (ROOT / "examples" / "smart_city_traffic.ef").read_text()
+    faster = source.replace("rate    = 15 Hz", "rate    = 16 Hz", 1)
+    assert faster != source
+    result = check_text(faster, str(ROOT / "examples" / "smart_city_traffic.ef"))
+    assert result.program is not None
+    files = api.bundle(result.program, api.plan(result.program).plan, TARGET, "city.ef")
+    path = "azure-iot-edge/street-cabinet-0/deployment.json"
+    before = json.loads(bundles["smart_city_traffic"][path])["modulesContent"]
+    after = json.loads(files[path])["modulesContent"]
+    changed = {n for n, m in after["$edgeAgent"]["properties.desired"]["modules"].items()
+               if m != before["$edgeAgent"]["properties.desired"]["modules"][n]}
+    assert changed and changed == {n for n in after if not n.startswith("$")
+                                   and after[n] != before[n]}
 
 
 def test_manifests_are_deterministic(bundles) -> None:  # type: ignore[no-untyped-def]

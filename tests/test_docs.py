@@ -39,10 +39,11 @@ def _example(code: str) -> tuple[str, str] | None:
         for block in blocks:
             if re.match(rf"(error|warning)\[{code}\]", block):
                 return f"tests/fixtures/diagnostics/{out.with_suffix('.ef').name}", block
-    for folder, command in (("split", "edgeflow split"), ("plans", "edgeflow plan")):
+    # (plans/ holds what plan, compile, run and certs print: its test names the command)
+    for folder, command in (("split", "edgeflow split, "), ("plans", "")):
         for out in sorted((FIXTURES / folder).glob(f"{code}_*.out")):
             block = out.read_text().split("\n\n")[0]
-            return f"{command}, tests/fixtures/{folder}/{out.name}", block.rstrip("\n")
+            return f"{command}tests/fixtures/{folder}/{out.name}", block.rstrip("\n")
     return None
 
 

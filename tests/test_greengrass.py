@@ -30,10 +30,10 @@ from botocore.validate import ParamValidator
 from hypothesis import HealthCheck, given, settings
 
 from edgeflow import api, check_text, load, pki
-from edgeflow.emit.bundle import build_bundle, device_label
+from edgeflow.emit.bundle import build_bundle, device_label, k8s_name
 from edgeflow.emit.identities import read_secrets_json, write_identities
 from edgeflow.execution import build_execution
-from edgeflow.unit_config import DriverConfig, UnitConfig
+from edgeflow.unit_config import CONFIG_ENV, DriverConfig, UnitConfig
 from tests.conftest import FIXTURES, ROOT
 from tests.test_azure_iot_edge import _acl, check_cloud_part
 from tests.test_bundles import FEASIBLE
@@ -80,6 +80,17 @@ def _strings(obj: Any) -> list[str]:
     return [obj] if isinstance(obj, str) else []
 
 
+def _setup_owners(script: str) -> dict[str, str]:
+    """secret -> the user a setup script gives it to (its `secret SECRET USER` lines)."""
+    out: dict[str, str] = {}
+    for line in script.splitlines():
+        if line.startswith("secret "):
+            _, secret, user = line.split()
+            assert secret not in out, f"{secret} given twice"
+            out[secret] = user
+    return out
+
+
 def recipes_of(files: dict[str, bytes]) -> dict[str, dict[str, Any]]:
     out = {}
     for path, data in files.items():
@@ -93,11 +104,11 @@ def recipes_of(files: dict[str, bytes]) -> dict[str, dict[str, Any]]:
 
 def check_greengrass(files: dict[str, bytes], prefix: str | None = None) -> int:
     """Every check on every recipe and deployment of a bundle whose artifacts are uploaded
-    under `prefix` (the default: s3://edgeflow-artifacts/APP/); the number of deployments."""
+    under `prefix` (the default: s3://YOUR-BUCKET/edgeflow/APP/); the number of deployments."""
     recipes = recipes_of(files)
     secrets = {s["secret"]: s for s in json.loads(files["secrets.json"])["secrets"]}
     app = json.loads(files[".edgeflow-bundle"])["app"]
-    prefix = prefix or f"s3://edgeflow-artifacts/{app}/"
+    prefix = prefix or f"s3://YOUR-BUCKET/edgeflow/{app}/"
     for name, recipe in recipes.items():
         errors = sorted(RECIPE.iter_errors(_lower(recipe)), key=str)
         assert not errors, f"{name}: {errors[0].message}"
@@ -114,9 +125,11 @@ def check_greengrass(files: dict[str, bytes], prefix: str | None = None) -> int:
                 assert step["RequiresPrivilege"] is False
         for text in _strings(lifecycle):
             for component, scope, key in VARIABLE.findall(text):
-                # its own artifacts and work folder; a direct dependency's work folder
-                assert (scope, key) in {("artifacts", "path"), ("work", "path")} and \
-                    (not component or (component in deps and scope == "work")), (name, text)
+                # its own artifacts and work folder (and no other component's: their folders
+                # are their users' alone)
+                assert (scope, key) in {("artifacts", "path"), ("work", "path")}, (name, text)
+                assert not component, (name, text)
+        assert deps <= set(recipes)
         for art in manifest.get("Artifacts", []):
             assert art["URI"].startswith(prefix)
             path = art["URI"].removeprefix(prefix.rstrip("/") + "/")
@@ -146,15 +159,26 @@ def check_greengrass(files: dict[str, bytes], prefix: str | None = None) -> int:
         acl = _acl(files[acl_uri.removeprefix(prefix.rstrip("/") + "/")].decode())
         assert "acl_file {artifacts:path}/edgeflow.acl" in \
             broker["Manifests"][0]["Lifecycle"]["Setenv"]["EDGEFLOW_MOSQUITTO_CONF"]
+        owners = _setup_owners(files[f"greengrass/setup/{label}.sh"].decode())
         for name, entry in deployment["components"].items():
             assert entry["componentVersion"] == recipes[name]["ComponentVersion"]
-            user = entry["runWith"]["posixUser"].split(":")[0]
-            assert user not in ("root", "0") and entry["runWith"]["systemResourceLimits"][
-                "memory"] > 0
+            user, group = entry["runWith"]["posixUser"].split(":")
+            assert user not in ("root", "0") and group not in ("root", "0")
+            if name.endswith(".runtime"):  # it installs edgeflow; it holds no certificate
+                assert user not in owners.values()
+                continue
+            assert user == group and entry["runWith"]["systemResourceLimits"]["memory"] > 0
+            # a user of its own, which owns certificates (which: below)
+            assert user in owners.values()
+            assert [e["runWith"]["posixUser"] for e in deployment["components"].values()
+                    ].count(entry["runWith"]["posixUser"]) == 1
             if name == brokers[0]:
+                assert {s for s, u in owners.items() if u == user} <= \
+                    {s for s in secrets if s.startswith(brokers[0].rsplit(".", 1)[1])}
                 continue
             lifecycle = recipes[name]["Manifests"][0]["Lifecycle"]
-            assert lifecycle["Run"]["Script"].endswith("--config-from-env")
+            assert lifecycle["Run"]["Script"].endswith(
+                "--config-from-env --metrics-host 127.0.0.1")
             text = lifecycle["Setenv"]["EDGEFLOW_CONFIG"]
             config = json.loads(text.replace("{artifacts:path}", "/a").replace(
                 "{work:path}", "/w"))
@@ -174,8 +198,9 @@ def check_greengrass(files: dict[str, bytes], prefix: str | None = None) -> int:
             else:
                 assert own == {"read": set(spec.topics), "write": set()}
             folder = Path(spec.broker.tls.cert).parent
-            assert folder.parent == Path(f"/var/lib/edgeflow/{app}/secrets")
+            assert folder.parent == Path(f"/var/lib/edgeflow/{k8s_name(app)}/secrets")
             assert secrets[folder.name]["common_name"] == spec.broker.client_id
+            assert owners[folder.name] == user  # readable by this component alone
     return len(deployments)
 
 
@@ -199,7 +224,8 @@ def test_one_deployment_per_edge_or_fog_device(bundles) -> None:  # type: ignore
             "components"]
         mine = {f"edgeflow.traffic_signals.{c.name}" for c in bundle.clients
                 if c.device == b.device}
-        assert set(components) == mine | {f"edgeflow.traffic_signals.{b.name}"}
+        runtime = {"edgeflow.traffic_signals.runtime"} if mine else set()
+        assert set(components) == mine | runtime | {f"edgeflow.traffic_signals.{b.name}"}
 
 
 def test_recipes_are_deterministic_and_versions_follow_content(bundles) -> None:  # type: ignore[no-untyped-def]
@@ -259,7 +285,7 @@ def test_a_broker_component_starts_mosquitto_as_greengrass_runs_it(bundles) -> N
             folder.chmod(0o777)
         (artifacts / "edgeflow.acl").write_bytes(
             files[broker["Manifests"][0]["Artifacts"][0]["URI"].removeprefix(
-                f"s3://edgeflow-artifacts/{app}/")])
+                f"s3://YOUR-BUCKET/edgeflow/{app}/")])
         _, wanted = read_secrets_json(files["secrets.json"].decode())
         write_identities(secrets, pki.new_ca("test", days=2), wanted, days=2, key_mode=0o644)
         for p in secrets.rglob("*"):
@@ -272,7 +298,7 @@ def test_a_broker_component_starts_mosquitto_as_greengrass_runs_it(bundles) -> N
         def interpolate(text: str) -> str:
             return text.replace("{work:path}", str(work)).replace(
                 "{artifacts:path}", str(artifacts)).replace(
-                f"/var/lib/edgeflow/{app}/secrets", str(secrets))
+                f"/var/lib/edgeflow/{k8s_name(app)}/secrets", str(secrets))
 
         conf = interpolate(lifecycle["Setenv"]["EDGEFLOW_MOSQUITTO_CONF"]).replace(
             "listener 8883", f"listener {port}")
@@ -295,6 +321,52 @@ def test_a_broker_component_starts_mosquitto_as_greengrass_runs_it(bundles) -> N
             proc.wait(10)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_setup_script_gives_each_certificate_to_its_component_alone(bundles,  # type: ignore[no-untyped-def]
+                                                                       tmp_path: Path) -> None:
+    """The device's setup script, run by `sh` with `id`, `useradd` and `install` replaced by
+    shims that record their arguments (nothing on this machine is changed): it makes exactly
+    the deployment's component users and installs each certificate file owned by the user of
+    the component whose identity it is, mode 0400, in a folder of mode 0500."""
+    files = bundles["smart_city_traffic"]
+    label = "street-cabinet-0"
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    log = tmp_path / "log"
+    for tool, status in (("id", 1), ("useradd", 0), ("install", 0)):
+        (shims / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\nexit {status}\n')
+        (shims / tool).chmod(0o755)
+    script = tmp_path / "setup.sh"
+    script.write_bytes(files[f"greengrass/setup/{label}.sh"])
+    subprocess.run(["sh", str(script), "/secrets"], check=True, timeout=60,
+                   env={"PATH": f"{shims}:/usr/bin:/bin"})
+    lines = log.read_text().splitlines()
+    deployment = json.loads(files[f"greengrass/deployments/{label}.json"])
+    users = {e["runWith"]["posixUser"].split(":")[0] for n, e in
+             deployment["components"].items() if not n.endswith(".runtime")}
+    assert {line.split()[-1] for line in lines if line.startswith("useradd")} == users
+    recipes = recipes_of(files)
+    root = "/var/lib/edgeflow/traffic-signals"
+    for name, entry in deployment["components"].items():
+        if name.endswith(".runtime"):
+            continue
+        user = entry["runWith"]["posixUser"].split(":")[0]
+        setenv = recipes[name]["Manifests"][0]["Lifecycle"]["Setenv"]
+        if CONFIG_ENV in setenv:  # a worker or driver: its certificate folder
+            config = json.loads(setenv[CONFIG_ENV].replace("{artifacts:path}", "/a")
+                                .replace("{work:path}", "/w"))
+            wanted = {Path(config["broker"]["tls"]["cert"]).parent.name}
+        else:  # the broker: its server and bridge certificates
+            wanted = set(re.findall(rf"{root}/secrets/([^/]+)/",
+                                    setenv["EDGEFLOW_MOSQUITTO_CONF"]))
+        for secret in wanted:
+            assert f"install -d -m 0500 -o {user} -g {user} {root}/secrets/{secret}" in lines
+            for f in ("ca.crt", "tls.crt", "tls.key"):
+                assert (f"install -m 0400 -o {user} -g {user} /secrets/{secret}/{f} "
+                        f"{root}/secrets/{secret}/{f}") in lines
+    owned = [line for line in lines if line.startswith("install -m 0400")]
+    assert len(owned) == 3 * len({line.split()[-1].rsplit("/", 2)[1] for line in owned})
 
 
 @given(random_app())

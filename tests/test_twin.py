@@ -126,8 +126,16 @@ def test_the_config_comes_from_the_twin_edgehub_sends(workload: Any) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # edgeHub checks the module's user name and SAS token: so does this broker, with the
+    # token IoT Hub's formula gives for the module's key (test_the_sas_token_is_...)
+    module_user = "city.azure-devices.net/cabinet-0/vehicle-detector-r0/?api-version=2018-06-30"
+    for user, password in (("edgehub", "hub"), (module_user, sas_token(env, now=1_000_000))):
+        subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if user == "edgehub" else []),
+                        str(folder / "passwords"), user, password], check=True)
+    (folder / "passwords").chmod(0o644)
     (folder / "mosquitto.conf").write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {folder}/ca.crt\n"
+        f"listener {port} 127.0.0.1\nallow_anonymous false\n"
+        f"password_file {folder}/passwords\ncafile {folder}/ca.crt\n"
         f"certfile {folder}/server.crt\nkeyfile {folder}/server.key\n")
     (folder / "mosquitto.conf").chmod(0o644)
     broker = subprocess.Popen(["mosquitto", "-c", str(folder / "mosquitto.conf")],
@@ -135,6 +143,7 @@ def test_the_config_comes_from_the_twin_edgehub_sends(workload: Any) -> None:
     seen: dict[str, Any] = {}
     hub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="edgehub")
     hub.tls_set(ca_certs=str(folder / "ca.crt"))
+    hub.username_pw_set("edgehub", "hub")
 
     def answer(c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         seen["request"] = message.topic
@@ -154,10 +163,16 @@ def test_the_config_comes_from_the_twin_edgehub_sends(workload: Any) -> None:
         hub.subscribe("$iothub/twin/GET/#")
         hub.loop_start()
         time.sleep(0.3)
-        text = read_twin(env, port=port)
+        server.calls.clear()
+        with pytest.raises(StartError, match="edgeHub refused the connection"):
+            read_twin(env, port=port, now=2_000_000)  # another token: refused
+        text = read_twin(env, port=port, now=1_000_000)
         assert json.loads(text) == {"app": "city", "unit": "vehicle_detector"}
+        stale = {**env, "EDGEFLOW_CONFIG_SHA256": "0" * 64}  # the deployment's is another
+        with pytest.raises(StartError, match="the new twin has not arrived yet"):
+            read_twin(stale, port=port, now=1_000_000)
         assert seen["request"].startswith("$iothub/twin/GET/?$rid=")
-        assert [c[0] for c in server.calls] == ["GET", "POST"]  # trust bundle, then signing
+        assert [c[0] for c in server.calls][:2] == ["GET", "POST"]  # trust bundle, then sign
     finally:
         hub.loop_stop()
         broker.terminate()

@@ -35,7 +35,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeflow.runtime.client import StartError
-from edgeflow.unit_config import TWIN_KEY
+from edgeflow.unit_config import CONFIG_DIGEST_ENV, TWIN_KEY, config_digest
 
 MQTT_API_VERSION = "2018-06-30"  # IoT Hub's MQTT API version in the user name
 TOKEN_SECONDS = 3600
@@ -45,13 +45,20 @@ ENVIRONMENT = ("IOTEDGE_WORKLOADURI", "IOTEDGE_APIVERSION", "IOTEDGE_MODULEID",
                "IOTEDGE_GATEWAYHOSTNAME")
 
 
-def config_text(twin: Mapping[str, Any]) -> str:
-    """The configuration a module twin (`{"desired": ..., "reported": ...}`) carries, as JSON."""
+def config_text(twin: Mapping[str, Any], digest: str | None = None) -> str:
+    """The configuration a module twin (`{"desired": ..., "reported": ...}`) carries, as JSON;
+    with `digest` (the deployment's, `EDGEFLOW_CONFIG_SHA256`), only that configuration."""
     desired = twin.get("desired")
     if not isinstance(desired, Mapping) or not isinstance(desired.get(TWIN_KEY), Mapping):
         raise StartError(f"the module twin has no desired property `{TWIN_KEY}`: deploy the "
                          "manifest `edgeflow compile --target azure-iot-edge` wrote")
-    return json.dumps(desired[TWIN_KEY])
+    config = desired[TWIN_KEY]
+    if digest is not None and config_digest(config) != digest:
+        # IoT Edge starts the new module before edgeHub has the new twin: exit, to be
+        # restarted (restartPolicy always) until it has
+        raise StartError("the module twin holds another configuration than this deployment "
+                         f"({CONFIG_DIGEST_ENV}); the new twin has not arrived yet")
+    return json.dumps(config)
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -106,14 +113,16 @@ def sas_token(env: Mapping[str, str], now: float) -> str:
     return f"SharedAccessSignature sr={quoted}&sig={signature}&se={expiry}"
 
 
-def read_twin(env: Mapping[str, str] | None = None, port: int = 8883) -> str:
-    """This module's configuration, from its twin (the steps in the module docstring)."""
+def read_twin(env: Mapping[str, str] | None = None, port: int = 8883,
+              now: float | None = None) -> str:
+    """This module's configuration, from its twin (the steps in the module docstring);
+    `now` is the time its SAS token counts from (the clock's when None)."""
     env = dict(os.environ if env is None else env)
     missing = [name for name in ENVIRONMENT if not env.get(name)]
     if missing:
         raise StartError(f"not running as an IoT Edge module: {', '.join(missing)} not set")
     trust = _workload(env, "GET", "/trust-bundle")["certificate"]
-    password = sas_token(env, time.time())
+    password = sas_token(env, time.time() if now is None else now)
     device, module = env["IOTEDGE_DEVICEID"], env["IOTEDGE_MODULEID"]
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{device}/{module}",
                          protocol=mqtt.MQTTv311)
@@ -166,4 +175,4 @@ def read_twin(env: Mapping[str, str] | None = None, port: int = 8883) -> str:
         twin = json.loads(answer["twin"])
     except ValueError:
         raise StartError("edgeHub sent a module twin that is not JSON") from None
-    return config_text(twin)
+    return config_text(twin, env.get(CONFIG_DIGEST_ENV))

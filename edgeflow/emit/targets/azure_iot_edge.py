@@ -16,6 +16,7 @@ read-only from the device's copy of the bundle (`HOST_ROOT`), never inlined.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -28,12 +29,12 @@ from edgeflow.emit.identities import (
     broker_secret,
     client_secret,
 )
-from edgeflow.emit.mqtt import BUNDLE_ACL, BUNDLE_DATA_DIR, render_conf
+from edgeflow.emit.mqtt import BUNDLE_ACL, render_acl, render_conf
 from edgeflow.emit.targets.base import Rendering, Target, TargetError
 from edgeflow.emit.targets.k8s import cloud_part
 from edgeflow.emit.units import BROKER_IMAGE, WORKER_IMAGE, driver_spec, unit_spec
 from edgeflow.plan import Part
-from edgeflow.unit_config import TWIN_KEY
+from edgeflow.unit_config import CONFIG_DIGEST_ENV, TWIN_KEY, config_digest
 
 EDGE_AGENT_IMAGE = "mcr.microsoft.com/azureiotedge-agent:1.5"
 EDGE_HUB_IMAGE = "mcr.microsoft.com/azureiotedge-hub:1.5"
@@ -47,6 +48,7 @@ UIDS = {"worker": 10001, "broker": 1883}
 _FEWER = "compile for another target (`--target k8s` has no such limit), or place fewer units " \
     "on this device"
 STORE_DATA = "/var/lib/edgeflow/data"
+BROKER_DATA_DIR = "/mosquitto/data"  # eclipse-mosquitto's, owned by its user
 
 
 def chunk_create_options(options: dict[str, Any]) -> dict[str, str]:
@@ -81,7 +83,8 @@ class AzureIotEdge(Target):
             if b.device in cloud:
                 continue
             folder = f"azure-iot-edge/{device_label(b.device)}"
-            files[f"{folder}/mosquitto.conf"] = render_conf(bundle, b, bind="0.0.0.0").encode()
+            files[f"{folder}/mosquitto.conf"] = render_conf(
+                bundle, b, bind="0.0.0.0", persistence_dir=BROKER_DATA_DIR).encode()
             manifest = self._manifest(r, b, folder)
             files[f"{folder}/deployment.json"] = (json.dumps(manifest, indent=2, sort_keys=True)
                                                   + "\n").encode()
@@ -97,7 +100,8 @@ class AzureIotEdge(Target):
                         f"{root}/secrets/{broker_secret(b.name)}:{TLS_DIR}:ro"]
         if b.bridges:
             broker_binds.append(f"{root}/secrets/{bridge_secret(b.name)}:{BRIDGE_TLS_DIR}:ro")
-        broker_binds.append(f"{volume}-broker:{BUNDLE_DATA_DIR}")
+        # the image's own data folder: a new volume takes its owner (the broker's user)
+        broker_binds.append(f"{volume}-broker:{BROKER_DATA_DIR}")
         broker_host: dict[str, Any] = {
             **_hardened(), "Binds": broker_binds,
             "Memory": max(2 * device.broker_memory_bytes, 256 * 2**20,
@@ -109,8 +113,13 @@ class AzureIotEdge(Target):
         if b.external:  # other devices' bridges dial this broker: publish its port
             broker_options["ExposedPorts"] = {f"{MQTT_PORT}/tcp": {}}
             broker_host["PortBindings"] = {f"{MQTT_PORT}/tcp": [{"HostPort": str(MQTT_PORT)}]}
-        modules: dict[str, Any] = {
-            b.name: self._module(BROKER_IMAGE, broker_options, startup=0)}
+        # edgeAgent restarts a module when its definition changes, not when a file on the
+        # device or its twin does: the digest of what it runs makes a new plan restart it
+        conf = render_conf(bundle, b, bind="0.0.0.0", persistence_dir=BROKER_DATA_DIR)
+        conf_digest = hashlib.sha256((conf + render_acl(b)).encode()).hexdigest()
+        modules: dict[str, Any] = {b.name: self._module(
+            BROKER_IMAGE, broker_options, startup=0,
+            env={"EDGEFLOW_BROKER_CONFIG_SHA256": conf_digest})}
         twins: dict[str, Any] = {}
         taken = {b.name}
         for c in [u for u in bundle.units() if u.device == b.device] + \
@@ -137,8 +146,9 @@ class AzureIotEdge(Target):
                 options["Cmd"] = ["--config-from-twin"]
                 if c.kind != "sensor":  # a sink records what it gets
                     binds.append(f"{volume}-{name}:{STORE_DATA}")
-            modules[name] = self._module(WORKER_IMAGE, options, startup=1)
             desired = {TWIN_KEY: json.loads(config.to_json())}
+            modules[name] = self._module(WORKER_IMAGE, options, startup=1, env={
+                CONFIG_DIGEST_ENV: config_digest(desired[TWIN_KEY])})
             size = len(json.dumps(desired, separators=(",", ":")).encode())
             if size > TWIN_MAX_BYTES:
                 raise TargetError(f"the configuration of {c.name} on {b.device} takes "
@@ -169,7 +179,8 @@ class AzureIotEdge(Target):
                                    "$edgeHub": {"properties.desired": hub}, **twins}}
 
     @staticmethod
-    def _module(image: str, options: dict[str, Any], startup: int) -> dict[str, Any]:
+    def _module(image: str, options: dict[str, Any], startup: int,
+                env: dict[str, str]) -> dict[str, Any]:
         chunks = chunk_create_options(options)
         total = sum(len(v) for v in chunks.values())
         if total > CREATE_OPTIONS_MAX:  # a bug, not a user error: edgeflow writes these
@@ -177,6 +188,7 @@ class AzureIotEdge(Target):
                                f"{CREATE_OPTIONS_MAX})")
         return {"version": "1.0", "type": "docker", "status": "running",
                 "restartPolicy": "always", "startupOrder": startup,
+                "env": {k: {"value": v} for k, v in env.items()},
                 "imagePullPolicy": "on-create", "settings": {"image": image, **chunks}}
 
 

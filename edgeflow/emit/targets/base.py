@@ -45,6 +45,10 @@ class Target(ABC):
     # name; its help)
     options: ClassVar[Mapping[str, tuple[str, str]]] = {}
 
+    def warnings(self, options: Mapping[str, str]) -> list[str]:
+        """What `compile` should warn about a bundle rendered with `options`."""
+        return []
+
     @abstractmethod
     def broker_host(self, bundle: Bundle, client: Client) -> str:
         """Where `client`'s worker reaches its device's broker."""

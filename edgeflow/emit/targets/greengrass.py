@@ -1,14 +1,17 @@
 """AWS IoT Greengrass v2: a component recipe per unit replica, broker and driver, one deployment
 per edge or fog device (a thing), and the cloud part as Kubernetes manifests (docs/targets.md).
 
-Components run as native processes of the core device under its non-root component user:
-- `edgeflow.APP.runtime`, on every device: a Python virtual environment with edgeflow installed
-  from its wheel (an artifact), which every worker and driver runs;
+Components run as native processes of the core device, none as root or with privilege:
+- `edgeflow.APP.runtime`, on every device that runs a worker: a Python virtual environment with
+  edgeflow installed from its wheel (an artifact), which every worker and driver runs;
 - `edgeflow.APP.broker-DEVICE`: the device's mosquitto, its configuration written from the recipe
   at start, its ACL an artifact;
 - `edgeflow.APP.UNIT-rR` (and one per sensor and sink driver): the worker, its unit.json in the
   recipe's lifecycle environment (`EDGEFLOW_CONFIG`, read with `--config-from-env`), its model
   file an artifact (with its sha256, which the worker checks again).
+Each but the runtime runs as a system user of its own that alone can read its certificate (the
+device's setup script, `greengrass/setup/DEVICE.sh`, makes them), so no component can take
+another's identity.
 
 Units talk through the bundle's brokers (mutual TLS, per-identity ACLs, privacy-checked
 bridges), as in every target, never through Greengrass IPC or IoT Core: no component is given
@@ -27,20 +30,28 @@ from typing import Any, ClassVar
 from edgeflow import __version__
 from edgeflow.cost import unit_memory_bytes
 from edgeflow.emit.artefacts import Artefact
-from edgeflow.emit.bundle import Broker, Bundle, Client, device_label
+from edgeflow.emit.bundle import Broker, Bundle, Client, device_label, k8s_name
 from edgeflow.emit.identities import bridge_secret, broker_secret, client_secret
 from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.targets.base import Rendering, Target, TargetError
 from edgeflow.emit.targets.k8s import cloud_part
+from edgeflow.emit.templating import render
 from edgeflow.emit.units import driver_spec, unit_spec
 from edgeflow.unit_config import CONFIG_ENV, TlsSpec
 
 HOST_ROOT = "/var/lib/edgeflow"
-"""Where a device keeps its certificates: HOST_ROOT/APP/secrets/SECRET/{ca.crt,tls.crt,tls.key}."""
+"""A device's folder for the app, HOST_ROOT/APP: secrets/SECRET/{ca.crt,tls.crt,tls.key} and
+venv/ (edgeflow, installed by the runtime component); setup/DEVICE.sh makes it."""
 RECIPE_FORMAT = "2020-01-25"
-POSIX_USER = "ggc_user:ggc_group"  # Greengrass' default component user, named: never root
+RUNTIME_USER = "ggc_user:ggc_group"  # Greengrass' default component user, for the runtime
 NAME_MAX = 128  # characters of a component name
 WHEEL = f"edgeflow-{__version__}-py3-none-any.whl"
+
+
+def posix_user(component: str) -> str:
+    """The system user (and group) a component runs as, its own: `ef-` and 12 hex digits of
+    the component name's sha256 (user names have at most 32 characters)."""
+    return "ef-" + hashlib.sha256(component.encode()).hexdigest()[:12]
 
 
 def b64_sha256(data: bytes) -> str:
@@ -62,9 +73,16 @@ def _compact(config: Any) -> str:
 class Greengrass(Target):
     name = "greengrass"
     description = "AWS IoT Greengrass v2 recipes and per-device deployments; cloud part as k8s"
+    # the default names no bucket anyone could own (bucket names are lower case)
     options: ClassVar[Mapping[str, tuple[str, str]]] = {
-        "artifacts": ("s3://edgeflow-artifacts/{app}",
+        "artifacts": ("s3://YOUR-BUCKET/edgeflow/{app}",
                       "the S3 URI the bundle's files are uploaded under")}
+
+    def warnings(self, options: Mapping[str, str]) -> list[str]:
+        if "artifacts" in options:
+            return []
+        return [("the Greengrass recipes name artifacts under s3://YOUR-BUCKET/, which is no "
+                 "bucket: compile with --target-option artifacts=s3://BUCKET/PREFIX to deploy")]
 
     def broker_host(self, bundle: Bundle, client: Client) -> str:
         return "127.0.0.1"  # components share their core device's network
@@ -74,12 +92,14 @@ class Greengrass(Target):
         cloud, files = cloud_part(r)
         prefix = r.option(self, "artifacts").rstrip("/")
         app = bundle.app
+        venv = f"{HOST_ROOT}/{k8s_name(app)}/venv"
         runtime_name = self._component(app, "runtime")
         runtime = self._recipe(
             runtime_name, f"edgeflow {__version__} in a virtual environment, for the workers "
                           f"and drivers of app {app}",
-            {"Install": {"Script": "python3 -m venv {work:path}/venv && {work:path}/venv/bin/"
-                                   "pip install --no-cache-dir --disable-pip-version-check "
+            # (in a folder every component's user may read, which setup/DEVICE.sh makes)
+            {"Install": {"Script": f"python3 -m venv --clear {venv} && {venv}/bin/pip install "
+                                   "--no-cache-dir --disable-pip-version-check "
                                    f"{{artifacts:path}}/{WHEEL}",
                          "RequiresPrivilege": False, "Timeout": 900}},
             # the wheel is built from this checkout (docs/bundles.md, "The worker image"): its
@@ -90,7 +110,12 @@ class Greengrass(Target):
         for b in bundle.brokers.values():
             if b.device in cloud:
                 continue
-            components = self._device(r, b, prefix, runtime, recipes)
+            components, users = self._device(r, b, prefix, runtime, recipes)
+            files[f"greengrass/setup/{device_label(b.device)}.sh"] = render(
+                "greengrass/setup.sh.j2", app=app, device=b.device, root=f"{HOST_ROOT}/"
+                f"{k8s_name(app)}", runtime_user=RUNTIME_USER.split(":")[0],
+                runtime_group=RUNTIME_USER.split(":")[1], label=device_label(b.device),
+                users=users).encode()
             deployment = {
                 "deploymentName": f"edgeflow {app} {device_label(b.device)}",
                 "components": components,
@@ -107,12 +132,15 @@ class Greengrass(Target):
         return files
 
     def _device(self, r: Rendering, b: Broker, prefix: str, runtime: dict[str, Any],
-                recipes: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        """The recipes of device instance `b.device` (added to `recipes`) and its deployment's
-        component list."""
+                recipes: dict[str, dict[str, Any]],
+                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The recipes of device instance `b.device` (added to `recipes`), its deployment's
+        component list, and the users its setup script makes: one per component, owning
+        exactly that component's certificates (so no component can read another's key)."""
         bundle = r.bundle
         app = bundle.app
-        secrets = f"{HOST_ROOT}/{app}/secrets"
+        secrets = f"{HOST_ROOT}/{k8s_name(app)}/secrets"
+        venv = f"{HOST_ROOT}/{k8s_name(app)}/venv"
         device = bundle.program.devices[b.device.split("[")[0]]
         acl_path = f"mqtt/{b.name}/edgeflow.acl"  # (every target's bundle has it)
         acl = render_acl(b).encode()
@@ -131,16 +159,21 @@ class Greengrass(Target):
                      "RequiresPrivilege": False}},
             [self._artifact(prefix, acl_path, acl)], {})
         recipes[broker_name] = broker
-        components: dict[str, Any] = {broker_name: {
-            "componentVersion": broker["ComponentVersion"], "runWith": {
-                "posixUser": POSIX_USER, "systemResourceLimits": {
-                    "memory": max(2 * device.broker_memory_bytes, 256 * 2**20,
-                                  4 * bundle.max_message_bytes + 128 * 2**20) // 1024}}}}
+        broker_user = posix_user(broker_name)
+        users = [{"name": broker_user, "component": broker_name,
+                  "secrets": [broker_secret(b.name)] + ([bridge_secret(b.name)] if b.bridges
+                                                       else [])}]
+        components: dict[str, Any] = {
+            broker_name: {
+                "componentVersion": broker["ComponentVersion"], "runWith": {
+                    "posixUser": f"{broker_user}:{broker_user}", "systemResourceLimits": {
+                        "memory": max(2 * device.broker_memory_bytes, 256 * 2**20,
+                                      4 * bundle.max_message_bytes + 128 * 2**20) // 1024}}}}
         depends = {runtime_name: {"VersionRequirement": f"={runtime['ComponentVersion']}",
                                   "DependencyType": "HARD"},
                    broker_name: {"VersionRequirement": f"={broker['ComponentVersion']}",
                                  "DependencyType": "SOFT"}}
-        python = f"{{{runtime_name}:work:path}}/venv/bin/python"
+        python = f"{venv}/bin/python"
         for c in [u for u in bundle.units() if u.device == b.device] + \
                 [d for d in bundle.clients if not d.is_unit and d.device == b.device]:
             tls = TlsSpec(ca=f"{secrets}/{client_secret(c.name)}/ca.crt",
@@ -171,13 +204,21 @@ class Greengrass(Target):
             recipe = self._recipe(
                 name, what,
                 {"Setenv": {CONFIG_ENV: _compact(spec)},
-                 "Run": {"Script": f"exec {python} -m {module} --config-from-env",
+                 # (metrics for this device only: its processes share the host's network)
+                 "Run": {"Script": f"exec {python} -m {module} --config-from-env "
+                                   "--metrics-host 127.0.0.1",
                          "RequiresPrivilege": False}},
                 artifacts, depends)
             recipes[name] = recipe
+            user = posix_user(name)
+            users.append({"name": user, "component": name, "secrets": [client_secret(c.name)]})
             components[name] = {"componentVersion": recipe["ComponentVersion"], "runWith": {
-                "posixUser": POSIX_USER, "systemResourceLimits": {"memory": memory // 1024}}}
-        return components
+                "posixUser": f"{user}:{user}",
+                "systemResourceLimits": {"memory": memory // 1024}}}
+        if len(components) > 1:  # its workers and drivers run edgeflow
+            components[runtime_name] = {"componentVersion": runtime["ComponentVersion"],
+                                        "runWith": {"posixUser": RUNTIME_USER}}
+        return components, users
 
     @staticmethod
     def _component(app: str, name: str, subject: str = "") -> str:
