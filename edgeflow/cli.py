@@ -10,9 +10,10 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -45,6 +46,8 @@ from edgeflow.syntax.units import (
 )
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+T = TypeVar("T")
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="edgeflow: a declarative language and compiler for edge-cloud AI apps.")
@@ -194,13 +197,32 @@ def plan(
                                           "breakdown, step by step.")] = False,
     compare: Annotated[bool, typer.Option("--compare", help="Show the baselines' objectives "
                                           "beside the solver's.")] = False,
+    sweep: Annotated[list[str] | None, typer.Option(
+        "--sweep", help="PATH=LO..HI[:STEPS][:log]: plan again at each value of a property, "
+        "e.g. link.a<->b.bandwidth=20Mbps..1Gbps:20:log (docs/whatif.md). Twice: every "
+        "pair.")] = None,
+    plot: Annotated[Path | None, typer.Option(
+        help="With --sweep: draw the sweep to FILE.svg or FILE.png.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace a --plot file edgeflow did not "
+                                       "write.")] = False,
 ) -> None:
     """Place every unit on a device (exact MILP) under SLO, capacity, bandwidth and privacy."""
     from edgeflow.placement.render import render, render_comparison
 
     as_json = _as_json(out_format, json_out)
+    if plot is not None and not sweep:
+        raise _usage("--plot draws a sweep: give --sweep too")
+    if sweep and (explain or compare):
+        raise _usage("--sweep reports every point's plan in one table: leave out "
+                     "--explain and --compare")
+    if sweep and len(sweep) > 2:
+        raise _usage("--sweep at most twice (two parameters)")
+    if plot is not None and plot.suffix.lower() not in (".svg", ".png"):
+        raise _usage(f"--plot writes .svg or .png, not `{plot.suffix or plot.name}`")
     checked = _checked(file, as_json, "plan")
     assert checked.program is not None
+    if sweep:
+        _sweep(checked, sweep, plot, force, time_limit, as_json)
     result = api.plan(checked.program, time_limit, compare)
     if result.plan is None:  # too large to place: nothing was planned
         if as_json:
@@ -221,6 +243,62 @@ def plan(
         sys.stdout.write(render_comparison(result.plan, result.baselines,
                                            checked.program.app.objective))
     raise typer.Exit(EXIT_OK if result.ok else EXIT_ERRORS)
+
+
+def _sweep(checked: api.CheckResult, specs: list[str], plot: Path | None, force: bool,
+           time_limit: float, as_json: bool) -> NoReturn:
+    """`plan --sweep`: the table (or JSON) of every point, and the chart with --plot."""
+    from edgeflow import whatif
+
+    program = checked.program
+    assert program is not None
+    try:
+        sweeps = [whatif.parse_sweep(s, program) for s in specs]
+        whatif.grid(sweeps)
+    except whatif.SweepError as exc:
+        raise _usage(str(exc)) from None
+    if len({s.path for s in sweeps}) < len(sweeps):
+        raise _usage("--sweep names the same property twice")
+    points = _with_progress(lambda progress: list(whatif.run(program, sweeps, time_limit,
+                                                             progress)),
+                            "planning sweep points")
+    pipelines, terms = list(program.pipelines), list(program.app.objective)
+    diagnostics: list[Diagnostic] = []
+    if plot is not None:
+        from edgeflow.plots import sweep_chart
+
+        data = sweep_chart(plot.suffix.lower().lstrip("."), program.app.name, sweeps, points,
+                           {p: program.pipelines[p].slo.latency_s for p in pipelines}, terms)
+        if (problem := write_atomic(plot, data, force)) is not None:
+            diagnostics.append(problem)
+    if as_json:
+        result = {"sweeps": [{"path": s.path, "values": list(s.values), "log": s.log}
+                             for s in sweeps],
+                  "points": [p.to_dict(sweeps) for p in points],
+                  "plot": str(plot) if plot is not None and not diagnostics else None}
+        sys.stdout.write(envelope("plan", result, diagnostics))
+    else:
+        sys.stdout.write(whatif.table_text(sweeps, points, pipelines, terms))
+        seconds = sum(p.seconds for p in points)
+        typer.echo(f"{len(points)} points in {seconds:.1f} s"
+                   + (f"; chart written to {plot}" if plot is not None and not diagnostics
+                      else ""), err=True)
+        if diagnostics:
+            _report([api.CheckResult(str(plot), "", diagnostics)], OutputFormat.text)
+    raise typer.Exit(EXIT_ERRORS if has_errors(diagnostics) else EXIT_OK)
+
+
+def _with_progress(work: Callable[[Callable[[int, int], None]], T], what: str) -> T:
+    """`work(progress)`, with a progress bar on stderr when stderr is a terminal (rich)."""
+    if not sys.stderr.isatty():
+        return work(lambda done, total: None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(f"[progress.description]{what}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(what, total=None)
+        return work(lambda done, total: bar.update(task, completed=done, total=total))
 
 
 @app.command("certs")

@@ -21,8 +21,10 @@ from edgeflow.span import file_span
 
 
 def written_by_edgeflow(path: Path) -> bool:
-    """Whether `path` is an ONNX model edgeflow emitted or a profile it wrote."""
+    """Whether `path` is an ONNX model edgeflow emitted, a profile or a chart it wrote."""
     try:
+        if path.suffix in (".svg", ".png"):  # the mark is in the metadata, near the start
+            return b"edgeflow chart" in path.read_bytes()[:8192]
         if path.suffix == ".onnx":
             return bool(onnx.load(str(path), load_external_data=False).producer_name
                         == "edgeflow")

@@ -302,7 +302,8 @@ def test_a_time_out_without_a_plan_is_unknown_not_infeasible(
     from edgeflow.diagnostics import render_summary, render_text
     from edgeflow.placement.milp import Solution
 
-    monkeypatch.setattr(placement, "solve", lambda problem, limit: Solution("unknown", None))
+    monkeypatch.setattr(placement, "solve",
+                        lambda problem, limit, **_: Solution("unknown", None))
     monkeypatch.chdir(ROOT)
     result = api.check_file("examples/ar_assist.ef")
     assert result.program is not None

@@ -215,11 +215,32 @@ def choose_method(problem: Problem) -> Method:
     return Method.DECOMPOSITION
 
 
+@dataclass
+class WarmStart:
+    """What one plan hands the next of a series (a what-if sweep): its placement, which the
+    next solve starts from when it places the same steps and still meets every constraint."""
+
+    assignment: dict[Step, Placement] | None = None
+
+    def start_for(self, problem: Problem) -> dict[Step, Placement] | None:
+        a = self.assignment
+        if a is None or set(a) != set(problem.steps):
+            return None
+        for step, place in a.items():
+            hosts = (place.head, place.tail) if isinstance(place, Split) else (place,)
+            if any(h not in problem.steps[step].candidates for h in hosts) or (
+                    isinstance(place, Split) and place.cut >= len(problem.steps[step].cuts)):
+                return None
+        return a
+
+
 def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,
-              compare: bool = False) -> tuple[Plan, list[Baseline]]:
+              compare: bool = False, warm: WarmStart | None = None,
+              ) -> tuple[Plan, list[Baseline]]:
     """The plan of a checked program's execution graph, and with `compare` the baselines'
     objectives. `time_limit` bounds the whole of it, but for the explanation of an
-    infeasible app (at least `EXPLAIN_MIN_S`)."""
+    infeasible app (at least `EXPLAIN_MIN_S`). With `warm`, the solver starts from its
+    placement where it fits, and leaves this plan's there."""
     started = time.perf_counter()
     program = execution.program
     problem = build_problem(execution)
@@ -229,7 +250,10 @@ def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,
         decomposed = decompose(problem, time_limit - (time.perf_counter() - started))
         solution, explained = decomposed.solution, decomposed.infeasible_part or problem
     else:
-        solution = solve(problem, time_limit - (time.perf_counter() - started))
+        solution = solve(problem, time_limit - (time.perf_counter() - started),
+                         start=warm.start_for(problem) if warm is not None else None)
+    if warm is not None:
+        warm.assignment = solution.assignment
     violations = [] if solution.assignment is None else \
         evaluate(problem, solution.assignment).violations
     if solution.assignment is None and solution.status == "unknown":
@@ -269,4 +293,4 @@ def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,
     return plan, baselines
 
 
-__all__ = ["Baseline", "explanation_diagnostics", "make_plan", "size_diagnostics"]
+__all__ = ["Baseline", "WarmStart", "explanation_diagnostics", "make_plan", "size_diagnostics"]

@@ -342,8 +342,9 @@ _QUANTITY_TEXT = re.compile(r"\s*(-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-
 _TENSOR_TEXT = re.compile(r"\s*([a-z0-9]+)\s*\[\s*([0-9,\s]*)\]\s*")
 
 
-def parse_quantity(text: str, dim: Dimension) -> float:
-    """`0.5TFLOPS`, `20 Mbps` -> SI value; ValueError with a message naming the units."""
+def parse_quantity(text: str, dim: Dimension, positive: bool = True) -> float:
+    """`0.5TFLOPS`, `20 Mbps` -> SI value; ValueError with a message naming the units. Zero
+    is refused too unless not `positive` (a latency may be 0 s)."""
     m = _QUANTITY_TEXT.fullmatch(text)
     allowed = ", ".join(units_of(dim))
     if not m or m.group(2) is None:
@@ -353,8 +354,9 @@ def parse_quantity(text: str, dim: Dimension) -> float:
         guess = suggest_unit(unit, dim)
         raise ValueError(f"`{unit}` is not a unit of {dim.name}"
                          + (f"; did you mean `{guess}`?" if guess else f" (units: {allowed})"))
-    if not number > 0:
-        raise ValueError(f"a {dim.name} must be greater than zero")
+    if not (number > 0 or (not positive and number == 0)):
+        raise ValueError(f"a {dim.name} must be greater than zero" if positive else
+                         f"a {dim.name} cannot be negative")
     si = number * UNITS[unit][1]
     if (problem := bound_error(si, dim)) is not None:
         raise ValueError(problem)

@@ -1,0 +1,126 @@
+"""Charts (`plan --sweep ... --plot FILE.svg|png`), drawn with matplotlib: a well-kept library
+that writes SVG and PNG offline, with no browser or network. Output is deterministic: SVG ids
+are salted with a constant, dates and generator stamps are left out, and text stays text (the
+SVG is small and searchable). docs/whatif.md shows one.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, Any
+
+from edgeflow.whatif import changes, human
+
+if TYPE_CHECKING:
+    from edgeflow.whatif import Point, Sweep
+
+FORMATS = {".svg": "svg", ".png": "png"}
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf")
+CHANGE_LABEL_MAX = 48  # characters of a change point's label
+MARK = "edgeflow chart"  # in every chart's metadata: what `--plot` may replace (edgeflow.files)
+
+
+def _change_label(point: Point) -> str:
+    parts = changes(point)
+    text = parts[0].replace("->", "→") if parts else ""
+    if len(parts) > 1:
+        text += f" (+{len(parts) - 1} more)"
+    return text if len(text) <= CHANGE_LABEL_MAX else text[:CHANGE_LABEL_MAX - 1] + "…"
+
+
+def sweep_chart(kind: str, app: str, sweeps: list[Sweep], points: list[Point],
+                slos: dict[str, float | None], terms: list[str]) -> bytes:
+    """Latency of each pipeline against the swept parameter, each pipeline's latency SLO as a
+    dashed line, the points where the plan changes marked and labelled with what moved, and
+    the other objective terms in panels below. With two parameters: the first pipeline's
+    latency against the first, one line per value of the second."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    first = sweeps[0]
+    extra = [t for t in terms if t != "latency"]
+    with matplotlib.rc_context({"svg.hashsalt": "edgeflow", "svg.fonttype": "none",
+                                "font.family": "DejaVu Sans", "font.size": 9}):
+        fig, axes = plt.subplots(1 + len(extra), 1, sharex=True, squeeze=False,
+                                 figsize=(8, 4.2 + 1.8 * len(extra)),
+                                 gridspec_kw={"height_ratios": [3] + [1.3] * len(extra)})
+        ax = axes[0][0]
+        pipelines = list(slos)
+        if len(sweeps) == 1:
+            series: list[tuple[str, str, list[float], list[float | None]]] = [
+                (p, COLOURS[k % len(COLOURS)], [pt.values[first.path] for pt in points],
+                 [pt.latency_s[p] * 1e3 if p in pt.latency_s else None for pt in points])
+                for k, p in enumerate(pipelines)]
+        else:
+            second = sweeps[1]
+            target = pipelines[0]
+            series = []
+            for k, v in enumerate(second.values):
+                row = [pt for pt in points if pt.values[second.path] == v]
+                series.append((f"{target}, {second.path} = {human(v, second.prop.dimension)}",
+                               COLOURS[k % len(COLOURS)], [pt.values[first.path] for pt in row],
+                               [pt.latency_s[target] * 1e3 if target in pt.latency_s else None
+                                for pt in row]))
+        for label, colour, xs, ys in series:
+            ax.plot([x for x, y in zip(xs, ys, strict=True) if y is not None],
+                    [y for y in ys if y is not None], marker="o", markersize=3, lw=1.5,
+                    color=colour, label=f"{label} latency")
+        highest = max((y for *_, ys in series for y in ys if y is not None), default=1.0)
+        top = highest * 1.2
+        for k, (name, slo) in enumerate(slos.items()):
+            if slo is not None and (len(sweeps) == 1 or k == 0):
+                # an SLO far above every latency would flatten the curves: it stays in the
+                # legend, drawn at its height but outside the view
+                off = slo * 1e3 > 3 * highest
+                top = top if off else max(top, slo * 1e3 * 1.1)
+                ax.axhline(slo * 1e3, color=COLOURS[k % len(COLOURS)], ls="--", lw=1,
+                           label=f"{name} SLO {slo * 1e3:g} ms" + (" (off scale)" if off
+                                                                   else ""))
+        infeasible = [pt.values[first.path] for pt in points
+                      if pt.status not in ("optimal", "feasible")]
+        if infeasible:
+            ax.plot(infeasible, [0] * len(infeasible), "x", color="#555555",
+                    label="no plan (infeasible, unknown or too large)")
+        if len(sweeps) == 1:
+            for pt in points:
+                if pt.moved or pt.recut:
+                    x = pt.values[first.path]
+                    ax.axvline(x, color="#888888", ls=":", lw=1)
+                    ax.annotate(_change_label(pt), (x, 1), xycoords=("data", "axes fraction"),
+                                rotation=90, va="top", ha="right", fontsize=7,
+                                color="#444444", xytext=(-2, -4),
+                                textcoords="offset points")
+        ax.set_ylabel("latency (ms)")
+        ax.set_ylim(0, top)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize=7)
+        ax.set_title(f"{app}: {first.path}" + (f" × {sweeps[1].path}" if len(sweeps) > 1
+                                                else ""))
+        for k, term in enumerate(extra):
+            axis = axes[k + 1][0]
+            rows = [(pt.values[first.path], pt.objective[term]) for pt in points
+                    if term in pt.objective and (len(sweeps) == 1 or
+                                                 pt.values[sweeps[1].path] == sweeps[1].values[0])]
+            axis.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", markersize=3,
+                      color=COLOURS[(k + 3) % len(COLOURS)])
+            axis.set_ylabel(term)
+            axis.grid(True, alpha=0.3)
+        bottom = axes[-1][0]
+        if first.log:
+            bottom.set_xscale("log")
+            bottom.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            bottom.xaxis.set_minor_formatter(NullFormatter())
+        bottom.xaxis.set_major_formatter(FuncFormatter(
+            lambda v, _pos: human(v, first.prop.dimension)))
+        bottom.set_xlabel(first.path)
+        fig.tight_layout()
+        metadata: dict[str, Any] = {"Date": None, "Creator": MARK} if kind == "svg" else \
+            {"Software": MARK}
+        out = io.BytesIO()
+        fig.savefig(out, format=kind, metadata=metadata, dpi=120)
+        plt.close(fig)
+        return out.getvalue()

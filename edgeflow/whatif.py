@@ -1,0 +1,327 @@
+"""What-if sweeps: `edgeflow plan FILE --sweep PATH=LO..HI[:STEPS][:log]` plans the app again
+at each value of one property (two with a second `--sweep`: every pair) and reports how the plan
+changes (docs/whatif.md).
+
+A property is named by one path, the declaration's kind, its name and its key as the language
+spells them: `device.gpu_pool.compute`, `link.line_gw<->plant_server.bandwidth`,
+`sensor.camera.rate`, `pipeline.inspect.slo.latency`. `PROPERTIES` is the one table of the
+numeric keys a path may name, with the IR field each sets and the dimension its values are read
+in (`20Mbps..1Gbps`); a key missing from it is a usage error that lists the table.
+
+Every point is planned exactly as `edgeflow plan` plans the changed app (checked against
+independent `plan` runs by tests/test_whatif.py). Points reuse work: the model analyses (cached
+by content) and, while the app's structure stays the same, the previous point's placement as
+the solver's start.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeflow import ir
+from edgeflow.execution import build_execution
+from edgeflow.plan import Plan, Status
+from edgeflow.syntax.units import (
+    BANDWIDTH,
+    COMPUTE,
+    COST_DATA,
+    COST_RATE,
+    POWER,
+    RATE,
+    SIZE,
+    TIME,
+    UNITS,
+    WORK,
+    Dimension,
+    parse_quantity,
+    units_of,
+)
+
+DEFAULT_STEPS = 11
+MAX_POINTS = 2_500  # of a sweep (both parameters together)
+SIGNIFICANT = 4  # digits a log-spaced value is rounded to, so that it reads well
+
+
+@dataclass(frozen=True)
+class Property:
+    kind: str                    # device, link, sensor, operator, pipeline
+    key: str                     # as the language spells it: `compute`, `slo.latency`
+    field: str                   # the IR field it sets, dotted when nested: `slo.latency_s`
+    dimension: Dimension | None  # its values' dimension; None: a whole number
+    least: float = 0.0           # the smallest value it takes ...
+    strict: bool = True          # ... itself excluded (a compute, a rate) or not (a latency)
+
+
+PROPERTIES: tuple[Property, ...] = (
+    Property("device", "compute", "compute_flops", COMPUTE),
+    Property("device", "memory", "memory_bytes", SIZE),
+    Property("device", "count", "count", None, 1, False),
+    Property("device", "power", "power_w", POWER, 0, False),
+    Property("device", "cost", "cost_usd_per_s", COST_RATE, 0, False),
+    Property("device", "message_latency", "message_latency_s", TIME, 0, False),
+    Property("device", "message_bandwidth", "message_bandwidth_bps", BANDWIDTH),
+    Property("device", "cpus", "cpus", None, 1, False),
+    Property("device", "worker_memory", "worker_memory_bytes", SIZE, 0, False),
+    Property("device", "broker_memory", "broker_memory_bytes", SIZE, 0, False),
+    Property("device", "driver_memory", "driver_memory_bytes", SIZE, 0, False),
+    Property("link", "bandwidth", "bandwidth_bps", BANDWIDTH),
+    Property("link", "latency", "latency_s", TIME, 0, False),
+    Property("link", "cost", "cost_usd_per_byte", COST_DATA, 0, False),
+    Property("sensor", "rate", "rate_hz", RATE),
+    Property("operator", "work", "work_flop", WORK, 0, False),
+    Property("operator", "memory", "memory_bytes", SIZE, 0, False),
+    Property("pipeline", "slo.latency", "slo.latency_s", TIME),
+    Property("pipeline", "slo.throughput", "slo.throughput_hz", RATE),
+)
+_KINDS = {"device": "devices", "sensor": "sensors", "operator": "operators",
+          "pipeline": "pipelines"}
+
+
+class SweepError(ValueError):
+    """A `--sweep` that cannot be run: the message says why (a usage error)."""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    path: str                   # as given, e.g. `link.a<->b.bandwidth`
+    prop: Property
+    name: str                   # the declaration's name; a link's `a<->b`
+    values: tuple[float, ...]   # SI
+    log: bool = False           # spaced geometrically
+
+    def text(self, value: float) -> str:
+        """A value with its unit (`250 Mbps`), a count as a number."""
+        return str(int(value)) if self.prop.dimension is None else \
+            human(value, self.prop.dimension)
+
+
+def human(value: float, dimension: Dimension | None) -> str:
+    """`value` (SI) in the largest decimal unit of its dimension that keeps it at 1 or more,
+    to 4 significant digits, as the language reads it back: 2.5e8 bit/s -> `250 Mbps`."""
+    if dimension is None:
+        return f"{value:g}"
+    units = sorted((u for u in units_of(dimension) if not re.match(r"[KMGT]i", u)),
+                   key=lambda u: UNITS[u][1])
+    best = units[0]
+    for u in units:
+        if abs(value) >= UNITS[u][1]:
+            best = u
+    return f"{value / UNITS[best][1]:.4g} {best}"
+
+
+def properties_text() -> str:
+    return ", ".join(f"{p.kind}.NAME.{p.key}" if p.kind != "link" else
+                     f"link.A<->B.{p.key}" for p in PROPERTIES)
+
+
+def parse_sweep(spec: str, program: ir.Program) -> Sweep:
+    """`PATH=LO..HI[:STEPS][:log]` against `program` (the names must exist)."""
+    path, sep, rest = spec.partition("=")
+    if not sep:
+        raise SweepError(f"--sweep takes PATH=LO..HI[:STEPS][:log]; got `{spec}`")
+    path = path.strip()
+    prop = next((p for p in PROPERTIES if path.startswith(p.kind + ".")
+                 and path.endswith("." + p.key)
+                 and len(path) > len(p.kind) + len(p.key) + 2), None)
+    if prop is None:
+        raise SweepError(f"`{path}` names no property a sweep can change; the properties are: "
+                         f"{properties_text()}")
+    name = path[len(prop.kind) + 1:-len(prop.key) - 1]
+    _find(program, prop, name)  # (raises for a name the app does not declare)
+    parts = rest.split(":")
+    low_high = parts[0].split("..")
+    if len(low_high) != 2:
+        raise SweepError(f"--sweep {path}: give a range LO..HI, e.g. 20Mbps..1Gbps; got "
+                         f"`{parts[0]}`")
+    low, high = (_value(prop, t.strip(), path) for t in low_high)
+    steps, log = DEFAULT_STEPS, False
+    for option in parts[1:]:
+        if option.strip() == "log":
+            log = True
+        elif option.strip().isdigit() and int(option) >= 2:
+            steps = int(option)
+        else:
+            raise SweepError(f"--sweep {path}: `{option}` is neither a number of steps (2 or "
+                             "more) nor `log`")
+    if log and (low <= 0 or high <= 0):
+        raise SweepError(f"--sweep {path}: a log sweep needs values above 0")
+    values = _spaced(low, high, steps, log)
+    if prop.dimension is None:
+        values = sorted({round(v) for v in values}, reverse=high < low)
+    return Sweep(path, prop, name, tuple(values), log)
+
+
+def _value(prop: Property, text: str, path: str) -> float:
+    try:
+        if prop.dimension is None:
+            value = float(int(text))
+        else:
+            value = parse_quantity(text, prop.dimension, positive=prop.strict)
+    except ValueError as exc:
+        raise SweepError(f"--sweep {path}: {exc}" if prop.dimension is not None else
+                         f"--sweep {path}: `{text}` is not a whole number") from None
+    if value < prop.least or (prop.strict and value == prop.least):
+        raise SweepError(f"--sweep {path}: {text} is out of range (it must be "
+                         f"{'above' if prop.strict else 'at least'} {prop.least:g})")
+    return value
+
+
+def _spaced(low: float, high: float, steps: int, log: bool) -> list[float]:
+    if log:  # (the ends as given, the points between rounded to read well)
+        inner = [low * (high / low) ** (k / (steps - 1)) for k in range(1, steps - 1)]
+        return [low, *(float(f"{v:.{SIGNIFICANT}g}") for v in inner), high]
+    return [low + (high - low) * k / (steps - 1) for k in range(steps)]
+
+
+def _find(program: ir.Program, prop: Property, name: str) -> Any:
+    if prop.kind == "link":
+        ends = [e.strip() for e in name.split("<->")]
+        for link in program.links:
+            if len(ends) == 2 and {link.a, link.b} == set(ends):
+                return link
+        links = ", ".join(f"{x.a}<->{x.b}" for x in program.links) or "none"
+        raise SweepError(f"no link `{name}` in this app; its links are: {links}")
+    table = getattr(program, _KINDS[prop.kind])
+    if name not in table:
+        raise SweepError(f"no {prop.kind} `{name}` in this app; its {_KINDS[prop.kind]} are: "
+                         f"{', '.join(table) or 'none'}")
+    return table[name]
+
+
+def _with(obj: Any, dotted: str, value: float) -> Any:
+    """`obj` (a frozen IR node) with field `dotted` set to `value` (rounded where the field
+    holds whole numbers: counts, bytes), validated again."""
+    head, _, tail = dotted.partition(".")
+    if tail:
+        new: Any = _with(getattr(obj, head), tail, value)
+    else:
+        whole = type(obj).model_fields[head].annotation in (int, "int")
+        new = round(value) if whole else value
+    return type(obj).model_validate({**dict(obj), head: new})
+
+
+def apply(program: ir.Program, sweep: Sweep, value: float) -> ir.Program:
+    """`program` with the swept property set to `value` (SI)."""
+    prop = sweep.prop
+    if prop.kind == "link":
+        target = _find(program, prop, sweep.name)
+        links = tuple(_with(x, prop.field, value) if x is target else x for x in program.links)
+        return program.model_copy(update={"links": links})
+    attr = _KINDS[prop.kind]
+    table = dict(getattr(program, attr))
+    table[sweep.name] = _with(table[sweep.name], prop.field, value)
+    return program.model_copy(update={attr: table})
+
+
+@dataclass
+class Point:
+    values: dict[str, float]          # path -> SI value
+    status: str
+    objective: dict[str, float]
+    latency_s: dict[str, float]       # pipeline -> its worst replica's latency
+    placement: dict[str, str]         # unit -> device instance (a split's halves: both)
+    cuts: dict[str, list[str]]        # model replica -> the tensors its cut sends
+    moved: list[str] = field(default_factory=list)   # units placed elsewhere than before
+    recut: list[str] = field(default_factory=list)   # model replicas cut elsewhere
+    seconds: float = 0.0
+
+    def to_dict(self, sweeps: list[Sweep]) -> dict[str, Any]:
+        return {"values": {s.path: self.values[s.path] for s in sweeps},
+                "status": self.status, "objective": self.objective,
+                "latency_s": self.latency_s, "placement": self.placement, "cuts": self.cuts,
+                "moved": self.moved, "recut": self.recut}
+
+
+def _summary(plan: Plan) -> tuple[dict[str, float], dict[str, str], dict[str, list[str]]]:
+    latency: dict[str, float] = {}
+    for p in plan.pipelines:
+        latency[p.name] = max(latency.get(p.name, 0.0), p.latency_s)
+    placement = {f"{u.name}[{u.replica}]": u.device for u in plan.units}
+    cuts = {f"{s.model}[{s.replica}]": list(s.cut) for s in plan.splits}
+    return latency, placement, cuts
+
+
+def changes(point: Point) -> list[str]:
+    """What changed at `point` since the point before, in words, replicas of a unit that went
+    to one device (kind) together as one: `blur_faces ×4 -> plant_server`, `detector[0] cut
+    /conv3`."""
+    moved: dict[tuple[str, str], list[str]] = {}
+    for u in point.moved:
+        unit, device = u.rsplit("[", 1)[0], point.placement[u].split("[")[0]
+        moved.setdefault((unit, device), []).append(u)
+    out = [f"{units[0] if len(units) == 1 else f'{unit} ×{len(units)}'} -> "
+           f"{point.placement[units[0]] if len(units) == 1 else device}"
+           for (unit, device), units in moved.items()]
+    return out + [f"{m} cut {'+'.join(point.cuts[m]) if point.cuts.get(m) else 'none (whole)'}"
+                  for m in point.recut]
+
+
+def grid(sweeps: list[Sweep]) -> list[dict[str, float]]:
+    points: list[dict[str, float]] = [{}]
+    for s in sweeps:
+        points = [{**p, s.path: v} for p in points for v in s.values]
+    if len(points) > MAX_POINTS:
+        raise SweepError(f"{len(points):,} points; a sweep plans at most {MAX_POINTS:,}")
+    return points
+
+
+def run(program: ir.Program, sweeps: list[Sweep], time_limit: float,
+        progress: Callable[[int, int], None] | None = None,
+        warm_start: bool = True) -> Iterator[Point]:
+    """Plan every point of the sweep's grid (the first parameter varies slowest), in order;
+    each solve starts from the point before's placement unless not `warm_start`."""
+    import time
+
+    from edgeflow.placement import WarmStart, make_plan, size_diagnostics
+
+    points = grid(sweeps)
+    warm = WarmStart()
+    before: Point | None = None
+    for k, values in enumerate(points):
+        started = time.perf_counter()
+        changed = program
+        for s in sweeps:
+            changed = apply(changed, s, values[s.path])
+        if size_diagnostics(changed):
+            point = Point(values, "too large", {}, {}, {}, {})
+        else:
+            plan, _ = make_plan(build_execution(changed), time_limit,
+                                warm=warm if warm_start else None)
+            latency, placement, cuts = _summary(plan)
+            point = Point(values, plan.status.value, dict(plan.objective), latency, placement,
+                          cuts)
+            if before is not None and plan.status in (Status.OPTIMAL, Status.FEASIBLE):
+                point.moved = sorted(u for u, d in placement.items()
+                                     if u in before.placement and before.placement[u] != d)
+                point.recut = sorted(m for m in {*cuts, *before.cuts}
+                                     if cuts.get(m) != before.cuts.get(m))
+        point.seconds = time.perf_counter() - started
+        if point.placement:
+            before = point
+        if progress is not None:
+            progress(k + 1, len(points))
+        yield point
+
+
+
+def table_text(sweeps: list[Sweep], points: list[Point], pipelines: list[str],
+               terms: list[str]) -> str:
+    """The sweep as a text table: a row per point."""
+    head = [s.path for s in sweeps] + ["status"] + [f"{p} ms" for p in pipelines] + terms + \
+        ["changes"]
+    rows = []
+    for pt in points:
+        rows.append([s.text(pt.values[s.path]) for s in sweeps] + [pt.status]
+                    + [f"{pt.latency_s[p] * 1e3:.2f}" if p in pt.latency_s else "-"
+                       for p in pipelines]
+                    + [f"{pt.objective[t]:.6g}" if t in pt.objective else "-" for t in terms]
+                    + ["; ".join(changes(pt))])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
