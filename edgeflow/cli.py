@@ -217,13 +217,13 @@ def plan(
                      "--explain and --compare")
     if sweep and len(sweep) > 2:
         raise _usage("--sweep at most twice (two parameters)")
-    if plot is not None and plot.suffix.lower() not in (".svg", ".png"):
-        raise _usage(f"--plot writes .svg or .png, not `{plot.suffix or plot.name}`")
+    _plot_suffix(plot)
     checked = _checked(file, as_json, "plan")
     assert checked.program is not None
     if sweep:
         _sweep(checked, sweep, plot, force, time_limit, as_json)
-    result = api.plan(checked.program, time_limit, compare)
+    program = checked.program
+    result = _busy(lambda: api.plan(program, time_limit, compare), _placing(program))
     if result.plan is None:  # too large to place: nothing was planned
         if as_json:
             sys.stdout.write(envelope("plan", None, result.diagnostics))
@@ -243,6 +243,20 @@ def plan(
         sys.stdout.write(render_comparison(result.plan, result.baselines,
                                            checked.program.app.objective))
     raise typer.Exit(EXIT_OK if result.ok else EXIT_ERRORS)
+
+
+def _plot_suffix(plot: Path | None) -> None:
+    if plot is not None and plot.suffix.lower() not in (".svg", ".png"):
+        raise _usage(f"--plot writes .svg or .png, not `{plot.suffix or plot.name}`")
+
+
+def _write_plot(plot: Path, data: bytes, force: bool, diagnostics: list[Diagnostic]) -> None:
+    """Write a chart atomically (never over a file edgeflow did not write, unless `force`);
+    a refusal joins `diagnostics`."""
+    if (problem := write_atomic(plot, data, force)) is not None:
+        diagnostics.append(problem)
+    else:
+        typer.echo(f"chart written to {plot}", err=True)
 
 
 def _sweep(checked: api.CheckResult, specs: list[str], plot: Path | None, force: bool,
@@ -286,6 +300,26 @@ def _sweep(checked: api.CheckResult, specs: list[str], plot: Path | None, force:
         if diagnostics:
             _report([api.CheckResult(str(plot), "", diagnostics)], OutputFormat.text)
     raise typer.Exit(EXIT_ERRORS if has_errors(diagnostics) else EXIT_OK)
+
+
+def _placing(program: Any) -> str:
+    units = sum(d.count for d in program.devices.values())
+    return f"placing app {program.app.name} on {units} device instance" + \
+        ("s" if units != 1 else "")
+
+
+def _busy(work: Callable[[], T], what: str) -> T:
+    """`work()`, with a spinner and the time it has taken on stderr when stderr is a terminal
+    (rich): placement at scale and compiling a large app take seconds to a minute."""
+    if not sys.stderr.isatty():
+        return work()
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), f"[progress.description]{what}", TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        bar.add_task(what, total=None)
+        return work()
 
 
 def _with_progress(work: Callable[[Callable[[int, int], None]], T], what: str) -> T:
@@ -528,7 +562,8 @@ def compile_cmd(
     options = _target_options(target, target_options or [])
     as_json = _as_json(out_format, json_out)
     _existing([file])
-    result = api.compile(file, target, output, force, time_limit, options)
+    result = _busy(lambda: api.compile(file, target, output, force, time_limit, options),
+                   f"compiling {file}")
     written = result.ok and result.output is not None
     if as_json:
         summary = None if not written else {
@@ -632,6 +667,9 @@ def split(
     = None,
     cloud_profile: Annotated[Path | None, typer.Option(help="Measured per-node times on the "
                                                           "cloud device.")] = None,
+    plot: Annotated[Path | None, typer.Option(
+        help="With --sweep: draw every Pareto cut's latency against the bandwidth, the optimal "
+        "cut per range highlighted, to FILE.svg or FILE.png.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite files in --emit DIR that edgeflow did "
                                        "not write.")] = False,
 ) -> None:
@@ -651,9 +689,19 @@ def split(
         sweep_range = (_quantity("--sweep", low, BANDWIDTH), _quantity("--sweep", high, BANDWIDTH))
         if sweep_range[0] >= sweep_range[1]:
             raise _usage("--sweep: the low bandwidth must be below the high one")
+    if plot is not None and sweep_range is None:
+        raise _usage("--plot draws the bandwidth sweep: give --sweep bandwidth=LO..HI too")
+    _plot_suffix(plot)
     forced = [t.strip() for t in cut.split(",") if t.strip()] if cut is not None else None
     result = api.split(model, bound, setting, forced, sweep_range, emit, force,
                        edge_profile=edge_profile, cloud_profile=cloud_profile)
+    if plot is not None and sweep_range is not None and result.data is not None:
+        from edgeflow.plots import split_chart
+
+        chart = split_chart(plot.suffix.lower().lstrip("."), model.name,
+                            result.data["candidates"], result.data["sweep"],  # type: ignore[arg-type]
+                            *sweep_range, result.setting.latency_s)
+        _write_plot(plot, chart, force, result.diagnostics)
     if result.emitted and result.cut is not None:
         typer.echo(f"wrote {' and '.join(map(str, result.emitted))} (cut at "
                    f"{', '.join(result.cut)})", err=True)
@@ -671,15 +719,24 @@ def profile_cmd(
     warmup: Annotated[int, typer.Option(min=0, help="Unmeasured warm-up runs.")] = 3,
     force: Annotated[bool, typer.Option(help="Overwrite an output file edgeflow did not "
                                        "write.")] = False,
+    plot: Annotated[Path | None, typer.Option(
+        help="Also draw each node's time, slowest first, to FILE.svg or FILE.png.")] = None,
     out_format: FormatOption = OutputFormat.text,
     json_out: JsonOption = False,
 ) -> None:
     """Measure per-node latency of a model with onnxruntime on this machine."""
     bound = _parse_inputs(inputs)
+    _plot_suffix(plot)
     try:
         result = api.profile(model, bound, output, runs, warmup, force)
     except api.RuntimeMissing as exc:
         raise _usage(str(exc)) from None
+    if plot is not None and result.data is not None:
+        from edgeflow.plots import profile_chart
+
+        chart = profile_chart(plot.suffix.lower().lstrip("."), model.name,
+                              result.data["node_seconds"])  # type: ignore[arg-type]
+        _write_plot(plot, chart, force, result.diagnostics)
     if result.data is not None:
         typer.echo(f"wrote {output}: {len(result.data['node_seconds'])} nodes, "  # type: ignore[arg-type]
                    f"{float(result.data['total_seconds']) * 1000:.3f} ms per run",  # type: ignore[arg-type]

@@ -18,6 +18,8 @@ FORMATS = {".svg": "svg", ".png": "png"}
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
 CHANGE_LABEL_MAX = 48  # characters of a change point's label
+_STYLE: dict[Any, Any] = {"svg.hashsalt": "edgeflow", "svg.fonttype": "none", "font.family": "DejaVu Sans",
+          "font.size": 9}
 MARK = "edgeflow chart"  # in every chart's metadata: what `--plot` may replace (edgeflow.files)
 
 
@@ -39,12 +41,11 @@ def sweep_chart(kind: str, app: str, sweeps: list[Sweep], points: list[Point],
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter
 
     first = sweeps[0]
     extra = [t for t in terms if t != "latency"]
-    with matplotlib.rc_context({"svg.hashsalt": "edgeflow", "svg.fonttype": "none",
-                                "font.family": "DejaVu Sans", "font.size": 9}):
+    with matplotlib.rc_context(_STYLE):
         fig, axes = plt.subplots(1 + len(extra), 1, sharex=True, squeeze=False,
                                  figsize=(8, 4.2 + 1.8 * len(extra)),
                                  gridspec_kw={"height_ratios": [3] + [1.3] * len(extra)})
@@ -112,15 +113,114 @@ def sweep_chart(kind: str, app: str, sweeps: list[Sweep], points: list[Point],
         bottom = axes[-1][0]
         if first.log:
             bottom.set_xscale("log")
-            bottom.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            bottom.xaxis.set_minor_formatter(NullFormatter())
+            _log_ticks(bottom, min(first.values), max(first.values))
         bottom.xaxis.set_major_formatter(FuncFormatter(
             lambda v, _pos: human(v, first.prop.dimension)))
         bottom.set_xlabel(first.path)
         fig.tight_layout()
-        metadata: dict[str, Any] = {"Date": None, "Creator": MARK} if kind == "svg" else \
-            {"Software": MARK}
-        out = io.BytesIO()
-        fig.savefig(out, format=kind, metadata=metadata, dpi=120)
-        plt.close(fig)
-        return out.getvalue()
+        return _save(fig, kind)
+
+
+def _log_ticks(axis: Any, low: float, high: float) -> None:
+    """Ticks of a log x axis that do not collide: at 1, 2 and 5 of each decade over a range
+    of two decades or less, at each decade over more."""
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    subs = (1.0, 2.0, 5.0) if high <= 100 * low else (1.0,)
+    axis.xaxis.set_major_locator(LogLocator(subs=subs))
+    axis.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _save(fig: Any, kind: str) -> bytes:
+    """`fig` as `kind` (svg or png) bytes, with the mark and without dates."""
+    import matplotlib.pyplot as plt
+
+    metadata: dict[str, Any] = {"Date": None, "Creator": MARK} if kind == "svg" else \
+        {"Software": MARK}
+    out = io.BytesIO()
+    fig.savefig(out, format=kind, metadata=metadata, dpi=120)
+    plt.close(fig)
+    return out.getvalue()
+
+
+def _cut_label(cut: list[str]) -> str:
+    text = ", ".join(cut) if cut else "(whole on one side)"
+    return text if len(text) <= CHANGE_LABEL_MAX else text[:CHANGE_LABEL_MAX - 1] + "…"
+
+
+def split_chart(kind: str, model: str, candidates: list[dict[str, Any]],
+                envelope: list[dict[str, Any]], low_bps: float, high_bps: float,
+                latency_s: float) -> bytes:
+    """`split --sweep ... --plot`: the total latency of every Pareto-optimal cut against the
+    link bandwidth (log axis), thin, and the optimal cut per bandwidth range over them, thick
+    and labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import FuncFormatter
+
+    from edgeflow.syntax.units import BANDWIDTH
+
+    xs = np.geomspace(low_bps, high_bps, 200)
+    with matplotlib.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(8, 4.6))
+        for c in candidates:
+            compute = float(c["head_ms"]) + float(c["tail_ms"])
+            ys = compute + 8e3 * int(c["transfer_bytes"]) / xs + latency_s * 1e3
+            ax.plot(xs, ys, color="#bbbbbb", lw=0.8)
+        for k, row in enumerate(envelope):
+            lo, hi = float(row["from_bps"]), float(row["to_bps"])
+            nbytes = int(row["transfer_bytes"])
+            compute = float(row["total_ms_at_from"]) - 8e3 * nbytes / lo - latency_s * 1e3
+            seg = np.geomspace(lo, hi, 50)
+            colour = COLOURS[k % len(COLOURS)]
+            ax.plot(seg, compute + 8e3 * nbytes / seg + latency_s * 1e3, color=colour, lw=2.5,
+                    label=f"{human(lo, BANDWIDTH)}–{human(hi, BANDWIDTH)}: "
+                          f"{_cut_label(list(row['cut']))}")
+            if k:
+                ax.axvline(lo, color="#888888", ls=":", lw=1)
+        ax.plot([], [], color="#bbbbbb", lw=0.8, label="every Pareto-optimal cut")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _log_ticks(ax, low_bps, high_bps)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: human(v, BANDWIDTH)))
+        ax.set_xlabel("link bandwidth")
+        ax.set_ylabel("latency, edge + link + cloud (ms)")
+        ax.set_title(f"{model}: the optimal cut by bandwidth")
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(loc="best", fontsize=7)
+        fig.tight_layout()
+        return _save(fig, kind)
+
+
+def profile_chart(kind: str, model: str, node_seconds: dict[str, float], top: int = 25) -> bytes:
+    """`profile --plot`: the measured time of each node, slowest first; the `top` slowest
+    labelled, the rest summed in one bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranked = sorted(node_seconds.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ranked[:top]
+    rest = sum(s for _, s in ranked[top:])
+    labels = [_cut_label([n]) for n, _ in shown] + ([f"{len(ranked) - top} other nodes"]
+                                                     if rest else [])
+    values = [s * 1e3 for _, s in shown] + ([rest * 1e3] if rest else [])
+    total = sum(node_seconds.values()) * 1e3
+    with matplotlib.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(8, 1.2 + 0.26 * len(labels)))
+        positions = list(range(len(labels)))[::-1]
+        ax.barh(positions, values, color=[COLOURS[0]] * len(shown) + ["#aaaaaa"] * bool(rest))
+        ax.set_yticks(positions, labels, fontsize=7)
+        for y, v in zip(positions, values, strict=True):
+            ax.annotate(f"{v:.3g} ms ({v / total:.0%})" if total else f"{v:.3g} ms", (v, y),
+                        xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.set_xlabel("measured time per run (ms)")
+        ax.set_title(f"{model}: {total:.3g} ms over {len(ranked)} nodes")
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.margins(x=0.15)
+        fig.tight_layout()
+        return _save(fig, kind)

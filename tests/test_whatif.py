@@ -170,3 +170,42 @@ def test_plot_is_written_atomically_and_never_over_a_users_file(tmp_path: Path) 
                           (["--sweep", spec, "--explain"], "leave out --explain")):
         usage = run("plan", "examples/reference.ef", *args)
         assert usage.returncode == 2 and message in usage.stderr, usage.stderr
+
+
+DETECTOR = str(ROOT / "examples" / "models" / "detector.onnx")
+SPLIT = ["split", DETECTOR, "--input", "images=float32[1,3,320,320]", "--edge-compute",
+         "5GFLOPS", "--cloud-compute", "100TFLOPS", "--bandwidth", "100Mbps", "--latency",
+         "10ms", "--sweep", "bandwidth=1Mbps..1Gbps"]
+
+
+def test_split_sweep_chart_shows_every_cut_and_the_envelope(tmp_path: Path) -> None:
+    chart = tmp_path / "split.svg"
+    proc = run(*SPLIT, "--plot", str(chart), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["result"]["sweep"]
+    svg = chart.read_bytes()
+    ET.fromstring(svg)
+    text = svg.decode()
+    for row in rows:  # each range of the envelope is labelled with its cut
+        assert ", ".join(row["cut"])[:20] in text
+    assert "every Pareto-optimal cut" in text
+    again = tmp_path / "again.svg"
+    assert run(*SPLIT, "--plot", str(again)).returncode == 0
+    assert again.read_bytes() == svg  # deterministic
+    usage = run(*SPLIT[:-2], "--plot", str(tmp_path / "x.svg"))
+    assert usage.returncode == 2 and "--plot draws the bandwidth sweep" in usage.stderr
+
+
+def test_profile_chart_ranks_the_nodes(tmp_path: Path) -> None:
+    chart = tmp_path / "profile.png"
+    proc = run("profile", DETECTOR, "--input", "images=float32[1,3,320,320]", "-o",
+               str(tmp_path / "p.json"), "--runs", "2", "--warmup", "0", "--plot", str(chart))
+    assert proc.returncode == 0, proc.stderr
+    assert chart.read_bytes().startswith(b"\x89PNG")
+    from edgeflow.plots import profile_chart
+
+    seconds = json.loads((tmp_path / "p.json").read_text())["node_seconds"]
+    svg = profile_chart("svg", "detector.onnx", seconds, top=3).decode()
+    slowest = sorted(seconds, key=lambda n: -seconds[n])[:3]
+    assert all(n in svg for n in slowest)
+    assert f"{len(seconds) - 3} other nodes" in svg
