@@ -22,11 +22,12 @@ SWEEPS = ["link.plant_server<->gpu_pool.bandwidth=100Mbps..10Gbps:50:log",
 
 def main() -> int:
     program = load(ROOT / "examples" / "reference.ef")
+    source = (ROOT / "examples" / "reference.ef").read_text()
     for spec in SWEEPS:
         sweep = whatif.parse_sweep(spec, program)
         for warm in (True, False):
             started = time.perf_counter()
-            points = list(whatif.run(program, [sweep], 30.0, warm_start=warm))
+            points = list(whatif.run(program, source, [sweep], 30.0, warm_start=warm))
             total = time.perf_counter() - started
             seconds = [p.seconds for p in points]
             statuses = {s: sum(p.status == s for p in points) for s in

@@ -273,8 +273,9 @@ def _sweep(checked: api.CheckResult, specs: list[str], plot: Path | None, force:
         raise _usage(str(exc)) from None
     if len({s.path for s in sweeps}) < len(sweeps):
         raise _usage("--sweep names the same property twice")
-    points = _with_progress(lambda progress: list(whatif.run(program, sweeps, time_limit,
-                                                             progress)),
+    source = checked.text
+    points = _with_progress(lambda progress: list(whatif.run(program, source, sweeps,
+                                                             time_limit, progress)),
                             "planning sweep points")
     pipelines, terms = list(program.pipelines), list(program.app.objective)
     diagnostics: list[Diagnostic] = []

@@ -72,7 +72,19 @@ def sweep_chart(kind: str, app: str, sweeps: list[Sweep], points: list[Point],
                     color=colour, label=f"{label} latency")
         highest = max((y for *_, ys in series for y in ys if y is not None), default=1.0)
         top = highest * 1.2
+        swept = next((s.name for s in sweeps if s.prop.key == "slo.latency"), None)
+        if swept is not None and swept in slos:  # the SLO is what is swept: a line y = x
+            k = pipelines.index(swept)
+            slo_xs = [pt.values[first.path] for pt in points]
+            slo_ys = [pt.values[s.path] * 1e3 for pt in points for s in sweeps
+                      if s.prop.key == "slo.latency" and s.name == swept]
+            if first.prop.key == "slo.latency" and first.name == swept:
+                ax.plot(slo_xs, slo_ys, color=COLOURS[k % len(COLOURS)], ls="--", lw=1,
+                        label=f"{swept} SLO (swept)")
+                top = max(top, max(slo_ys) * 1.1)
         for k, (name, slo) in enumerate(slos.items()):
+            if name == swept:
+                continue
             if slo is not None and (len(sweeps) == 1 or k == 0):
                 # an SLO far above every latency would flatten the curves: it stays in the
                 # legend, drawn at its height but outside the view
@@ -85,7 +97,7 @@ def sweep_chart(kind: str, app: str, sweeps: list[Sweep], points: list[Point],
                       if pt.status not in ("optimal", "feasible")]
         if infeasible:
             ax.plot(infeasible, [0] * len(infeasible), "x", color="#555555",
-                    label="no plan (infeasible, unknown or too large)")
+                    label="no plan (infeasible, invalid, unknown or too large)")
         if len(sweeps) == 1:
             for pt in points:
                 if pt.moved or pt.recut:
@@ -108,7 +120,8 @@ def sweep_chart(kind: str, app: str, sweeps: list[Sweep], points: list[Point],
                                                  pt.values[sweeps[1].path] == sweeps[1].values[0])]
             axis.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", markersize=3,
                       color=COLOURS[(k + 3) % len(COLOURS)])
-            axis.set_ylabel(term)
+            axis.set_ylabel(term if len(sweeps) == 1 else
+                            f"{term} at\n{human(sweeps[1].values[0], sweeps[1].prop.dimension)}")
             axis.grid(True, alpha=0.3)
         bottom = axes[-1][0]
         if first.log:

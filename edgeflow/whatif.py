@@ -8,10 +8,11 @@ spells them: `device.gpu_pool.compute`, `link.line_gw<->plant_server.bandwidth`,
 numeric keys a path may name, with the IR field each sets and the dimension its values are read
 in (`20Mbps..1Gbps`); a key missing from it is a usage error that lists the table.
 
-Every point is planned exactly as `edgeflow plan` plans the changed app (checked against
-independent `plan` runs by tests/test_whatif.py). Points reuse work: the model analyses (cached
-by content) and, while the app's structure stays the same, the previous point's placement as
-the solver's start.
+Every point is the app's source with the property's value written in (`edit_source`), checked
+and planned exactly as `edgeflow plan` checks and plans a file: a value the checker refuses (a
+throughput above the sensor's rate, E0507) makes an `invalid` point that names the error.
+Points reuse work: the model analyses (cached by content) and, while the app's structure stays
+the same, the previous point's placement among the solver's candidate starts.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Any
 
 from edgeflow import ir
 from edgeflow.execution import build_execution
-from edgeflow.plan import Plan, Status
+from edgeflow.plan import Plan
+from edgeflow.syntax import ast
+from edgeflow.syntax.parser import parse
 from edgeflow.syntax.units import (
     BANDWIDTH,
     COMPUTE,
@@ -36,6 +39,7 @@ from edgeflow.syntax.units import (
     UNITS,
     WORK,
     Dimension,
+    number_text,
     parse_quantity,
     units_of,
 )
@@ -137,15 +141,21 @@ def parse_sweep(spec: str, program: ir.Program) -> Sweep:
         raise SweepError(f"--sweep {path}: give a range LO..HI, e.g. 20Mbps..1Gbps; got "
                          f"`{parts[0]}`")
     low, high = (_value(prop, t.strip(), path) for t in low_high)
-    steps, log = DEFAULT_STEPS, False
-    for option in parts[1:]:
-        if option.strip() == "log":
+    steps, log, given = DEFAULT_STEPS, False, set()
+    for option in (o.strip() for o in parts[1:]):
+        kind = "log" if option == "log" else "steps"
+        if kind in given:
+            raise SweepError(f"--sweep {path}: `:{option}` repeats an option")
+        given.add(kind)
+        if option == "log":
             log = True
-        elif option.strip().isdigit() and int(option) >= 2:
+        elif re.fullmatch(r"[0-9]{1,6}", option) and int(option) >= 2:
             steps = int(option)
         else:
             raise SweepError(f"--sweep {path}: `{option}` is neither a number of steps (2 or "
                              "more) nor `log`")
+    if low == high:
+        raise SweepError(f"--sweep {path}: the range is one value; give LO..HI with LO != HI")
     if log and (low <= 0 or high <= 0):
         raise SweepError(f"--sweep {path}: a log sweep needs values above 0")
     values = _spaced(low, high, steps, log)
@@ -157,6 +167,8 @@ def parse_sweep(spec: str, program: ir.Program) -> Sweep:
 def _value(prop: Property, text: str, path: str) -> float:
     try:
         if prop.dimension is None:
+            if not re.fullmatch(r"[0-9]{1,9}", text):
+                raise ValueError(text)
             value = float(int(text))
         else:
             value = parse_quantity(text, prop.dimension, positive=prop.strict)
@@ -191,29 +203,62 @@ def _find(program: ir.Program, prop: Property, name: str) -> Any:
     return table[name]
 
 
-def _with(obj: Any, dotted: str, value: float) -> Any:
-    """`obj` (a frozen IR node) with field `dotted` set to `value` (rounded where the field
-    holds whole numbers: counts, bytes), validated again."""
-    head, _, tail = dotted.partition(".")
-    if tail:
-        new: Any = _with(getattr(obj, head), tail, value)
-    else:
-        whole = type(obj).model_fields[head].annotation in (int, "int")
-        new = round(value) if whole else value
-    return type(obj).model_validate({**dict(obj), head: new})
+def value_text(sweep: Sweep, value: float) -> str:
+    """`value` (SI) as the language reads it back exactly: a count as a number, a quantity to
+    12 significant digits in the unit `human` chose."""
+    if sweep.prop.dimension is None:
+        return str(round(value))
+    unit = human(value, sweep.prop.dimension).split(" ", 1)[1]
+    return f"{number_text(value / UNITS[unit][1])} {unit}"
 
 
-def apply(program: ir.Program, sweep: Sweep, value: float) -> ir.Program:
-    """`program` with the swept property set to `value` (SI)."""
-    prop = sweep.prop
-    if prop.kind == "link":
-        target = _find(program, prop, sweep.name)
-        links = tuple(_with(x, prop.field, value) if x is target else x for x in program.links)
-        return program.model_copy(update={"links": links})
-    attr = _KINDS[prop.kind]
-    table = dict(getattr(program, attr))
-    table[sweep.name] = _with(table[sweep.name], prop.field, value)
-    return program.model_copy(update={attr: table})
+def _decl(module: ast.Module, prop: Property, name: str) -> ast.Decl:
+    for decl in module.decls:
+        if decl.kind != prop.kind:
+            continue
+        if prop.kind == "link" and decl.peer is not None:
+            if {decl.name.value, decl.peer.value} == {e.strip() for e in name.split("<->")}:
+                return decl
+        elif decl.name.value == name:
+            return decl
+    raise SweepError(f"no {prop.kind} `{name}` declared in this file")
+
+
+def edit_source(text: str, file: str, sweeps: list[Sweep], values: dict[str, float],
+                program: ir.Program) -> str:
+    """The source `text` with each swept property set to its value in `values`: the key's
+    value replaced where the declaration has the key, `key = value` added to its block where
+    not (a pipeline's `slo` written whole, with the swept bound and the others it had)."""
+    edits: list[tuple[int, int, str]] = []
+    module, _ = parse(text, file)
+    for sweep in sweeps:
+        prop, value = sweep.prop, values[sweep.path]
+        decl = _decl(module, prop, sweep.name)
+        key = prop.key.split(".")[0]
+        if prop.kind == "pipeline":  # slo.latency / slo.throughput
+            slo = program.pipelines[sweep.name].slo
+            bounds = {"latency": slo.latency_s, "throughput": slo.throughput_hz}
+            for other in sweeps:  # (both bounds of one pipeline may be swept)
+                if other.prop.kind == "pipeline" and other.name == sweep.name:
+                    bounds[other.prop.key.split(".")[1]] = values[other.path]
+            items = []
+            for bound, op, dimension in (("latency", "<", TIME), ("throughput", ">=", RATE)):
+                if (limit := bounds[bound]) is not None:
+                    exact = Sweep("", Property("", "", "", dimension), "", ())
+                    items.append(f"{bound} {op} {value_text(exact, limit)}")
+            new = "[" + ", ".join(items) + "]"
+        else:
+            new = value_text(sweep, value)
+        entry = next((e for e in decl.entries if e.key.value == key), None)
+        if entry is not None:
+            edits.append((entry.value.span.start, entry.value.span.end, new))
+        else:
+            assert decl.body_span is not None
+            close = decl.body_span.end - 1  # the block's `}`
+            edits.append((close, close, f" {key} = {new} "))
+    for start, end, new in sorted(set(edits), reverse=True):
+        text = text[:start] + new + text[end:]
+    return text
 
 
 @dataclass
@@ -226,13 +271,17 @@ class Point:
     cuts: dict[str, list[str]]        # model replica -> the tensors its cut sends
     moved: list[str] = field(default_factory=list)   # units placed elsewhere than before
     recut: list[str] = field(default_factory=list)   # model replicas cut elsewhere
+    added: list[str] = field(default_factory=list)   # units that are new (more replicas)
+    removed: list[str] = field(default_factory=list)  # units that are gone
+    error: str | None = None  # an invalid point: the checker's first error, `CODE: message`
     seconds: float = 0.0
 
     def to_dict(self, sweeps: list[Sweep]) -> dict[str, Any]:
         return {"values": {s.path: self.values[s.path] for s in sweeps},
                 "status": self.status, "objective": self.objective,
                 "latency_s": self.latency_s, "placement": self.placement, "cuts": self.cuts,
-                "moved": self.moved, "recut": self.recut}
+                "moved": self.moved, "recut": self.recut, "added": self.added,
+                "removed": self.removed, "error": self.error}
 
 
 def _summary(plan: Plan) -> tuple[dict[str, float], dict[str, str], dict[str, list[str]]]:
@@ -255,8 +304,13 @@ def changes(point: Point) -> list[str]:
     out = [f"{units[0] if len(units) == 1 else f'{unit} ×{len(units)}'} -> "
            f"{point.placement[units[0]] if len(units) == 1 else device}"
            for (unit, device), units in moved.items()]
-    return out + [f"{m} cut {'+'.join(point.cuts[m]) if point.cuts.get(m) else 'none (whole)'}"
-                  for m in point.recut]
+    out += [f"{m} cut {'+'.join(point.cuts[m]) if point.cuts.get(m) else 'none (whole)'}"
+            for m in point.recut]
+    if point.added:
+        out.append(f"+{len(point.added)} unit{'s' if len(point.added) > 1 else ''}")
+    if point.removed:
+        out.append(f"-{len(point.removed)} unit{'s' if len(point.removed) > 1 else ''}")
+    return out
 
 
 def grid(sweeps: list[Sweep]) -> list[dict[str, float]]:
@@ -268,43 +322,61 @@ def grid(sweeps: list[Sweep]) -> list[dict[str, float]]:
     return points
 
 
-def run(program: ir.Program, sweeps: list[Sweep], time_limit: float,
+def _instance(name: str) -> str:
+    """A device instance's name as `kind[i]` whatever its kind's count (`gw` is `gw[0]`), so
+    that a count sweep does not report units as moved that stayed."""
+    return name if "[" in name else f"{name}[0]"
+
+
+def run(program: ir.Program, source: str, sweeps: list[Sweep], time_limit: float,
         progress: Callable[[int, int], None] | None = None,
         warm_start: bool = True) -> Iterator[Point]:
-    """Plan every point of the sweep's grid (the first parameter varies slowest), in order;
-    each solve starts from the point before's placement unless not `warm_start`."""
+    """Check and plan every point of the sweep's grid (the first parameter varies slowest):
+    `source` (the text of `program.file`) with the point's values written in. Each point's
+    changes are against the point before with the same values of the other parameters; each
+    solve may start from the last placement unless not `warm_start`."""
     import time
 
+    from edgeflow.api import check_text
     from edgeflow.placement import WarmStart, make_plan, size_diagnostics
 
     points = grid(sweeps)
     warm = WarmStart()
-    before: Point | None = None
+    before: dict[tuple[float, ...], Point] = {}  # by the other parameters' values
     for k, values in enumerate(points):
         started = time.perf_counter()
-        changed = program
-        for s in sweeps:
-            changed = apply(changed, s, values[s.path])
-        if size_diagnostics(changed):
+        checked = check_text(edit_source(source, program.file, sweeps, values, program),
+                             program.file)
+        errors = [d for d in checked.diagnostics if d.severity.value == "error"]
+        if checked.program is None or errors:
+            first = errors[0] if errors else None
+            point = Point(values, "invalid", {}, {}, {}, {},
+                          error=f"{first.code}: {first.message}" if first else "invalid")
+        elif size_diagnostics(checked.program):
             point = Point(values, "too large", {}, {}, {}, {})
         else:
-            plan, _ = make_plan(build_execution(changed), time_limit,
+            plan, _ = make_plan(build_execution(checked.program), time_limit,
                                 warm=warm if warm_start else None)
             latency, placement, cuts = _summary(plan)
             point = Point(values, plan.status.value, dict(plan.objective), latency, placement,
                           cuts)
-            if before is not None and plan.status in (Status.OPTIMAL, Status.FEASIBLE):
-                point.moved = sorted(u for u, d in placement.items()
-                                     if u in before.placement and before.placement[u] != d)
-                point.recut = sorted(m for m in {*cuts, *before.cuts}
-                                     if cuts.get(m) != before.cuts.get(m))
-        point.seconds = time.perf_counter() - started
+        key = tuple(values[s.path] for s in sweeps[1:])
+        previous = before.get(key)
+        if previous is not None and point.placement:
+            point.moved = sorted(u for u, d in point.placement.items()
+                                 if u in previous.placement
+                                 and _instance(previous.placement[u]) != _instance(d))
+            point.added = sorted(set(point.placement) - set(previous.placement))
+            point.removed = sorted(set(previous.placement) - set(point.placement))
+            point.recut = sorted(m for m in {*point.cuts, *previous.cuts}
+                                 if point.cuts.get(m) != previous.cuts.get(m)
+                                 and m in point.cuts and m in previous.cuts)
         if point.placement:
-            before = point
+            before[key] = point
+        point.seconds = time.perf_counter() - started
         if progress is not None:
             progress(k + 1, len(points))
         yield point
-
 
 
 def table_text(sweeps: list[Sweep], points: list[Point], pipelines: list[str],
@@ -318,7 +390,7 @@ def table_text(sweeps: list[Sweep], points: list[Point], pipelines: list[str],
                     + [f"{pt.latency_s[p] * 1e3:.2f}" if p in pt.latency_s else "-"
                        for p in pipelines]
                     + [f"{pt.objective[t]:.6g}" if t in pt.objective else "-" for t in terms]
-                    + ["; ".join(changes(pt))])
+                    + ["; ".join(changes(pt)) or (pt.error or "")])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

@@ -35,7 +35,7 @@ from edgeflow.emit.identities import read_secrets_json, write_identities
 from edgeflow.execution import build_execution
 from edgeflow.unit_config import CONFIG_ENV, DriverConfig, UnitConfig
 from tests.conftest import FIXTURES, ROOT
-from tests.test_azure_iot_edge import _acl, check_cloud_part
+from tests.test_azure_iot_edge import _acl, check_cloud_part, random_bundle
 from tests.test_bundles import FEASIBLE
 from tests.test_cli import run
 from tests.test_placement import SPLIT_APP, random_app
@@ -373,15 +373,11 @@ def test_the_setup_script_gives_each_certificate_to_its_component_alone(bundles,
 @settings(derandomize=True, max_examples=15, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 def test_every_feasible_random_app_compiles_to_valid_recipes(text: str) -> None:
-    result = check_text(text, str(ROOT / "examples" / "random.ef"))
-    assert result.program is not None
-    plan = api.plan(result.program).plan
-    if not plan.feasible:
-        return
-    files = api.bundle(result.program, plan, TARGET, "random.ef")
-    bundle = build_bundle(build_execution(result.program), plan)
-    assert check_greengrass(files) == sum(b.tier != "cloud" for b in bundle.brokers.values())
-    check_cloud_part(files)
+    compiled = random_bundle(text, TARGET)
+    if compiled is not None:
+        files, edge_and_fog = compiled
+        assert check_greengrass(files) == edge_and_fog
+        check_cloud_part(files)
 
 
 @pytest.mark.parametrize("target", ["azure-iot-edge", "greengrass"])

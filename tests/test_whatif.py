@@ -5,6 +5,7 @@ time), and the charts are valid, deterministic SVG and PNG."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -55,6 +56,10 @@ def test_every_numeric_key_of_the_language_can_be_swept() -> None:
     ("device.gpu_pool.count=1..x", "not a whole number"),
     ("link.line_gw<->plant_server.latency=0ms..5ms:log", "a log sweep needs values above 0"),
     ("sensor.camera.rate=1Hz..5Hz:1", "neither a number of steps"),
+    ("sensor.camera.rate=1Hz..5Hz:²", "neither a number of steps"),
+    ("sensor.camera.rate=1Hz..5Hz:3:3", "repeats an option"),
+    ("sensor.camera.rate=5Hz..5Hz", "the range is one value"),
+    ("device.gpu_pool.count=1..١٢", "not a whole number"),
 ])
 def test_bad_sweeps_are_usage_errors_that_say_why(spec: str, message: str) -> None:
     with pytest.raises(whatif.SweepError, match=re.escape(message)):
@@ -70,39 +75,109 @@ def test_values_are_spaced_linearly_or_geometrically_and_counts_are_whole() -> N
     assert log.values == (10e6, 100e6, 1e9) and log.log
     counts = whatif.parse_sweep("device.line_gw.count=1..4:7", program)
     assert counts.values == (1.0, 2.0, 3.0, 4.0)
-    swapped = whatif.apply(program, log, 250e6)
-    assert [x.bandwidth_bps for x in swapped.links] == [1e9, 250e6]
-    assert program.links[1].bandwidth_bps == 1e9  # the original is untouched
-    slo = whatif.parse_sweep("pipeline.inspect.slo.latency=20ms..80ms:2", program)
-    assert whatif.apply(program, slo, 0.02).pipelines["inspect"].slo.latency_s == 0.02
+
+
+def test_a_point_is_the_source_with_the_value_written_in() -> None:
+    """The key's value is replaced where the declaration has it, added where not, and an
+    SLO is written whole; the edited file checks."""
+    program = load(REFERENCE)
+    source = REFERENCE.read_text()
+
+    def edited(spec: str, value: float) -> str:
+        sweep = whatif.parse_sweep(spec, program)
+        text = whatif.edit_source(source, str(REFERENCE), [sweep], {sweep.path: value},
+                                  program)
+        assert check_text(text, str(REFERENCE)).program is not None
+        return text
+
+    text = edited("link.plant_server<->gpu_pool.bandwidth=10Mbps..1Gbps", 333_333_333.5)
+    assert "link plant_server <-> gpu_pool { bandwidth = 333.3333335 Mbps," in text
+    assert "link line_gw <-> plant_server { bandwidth = 1 Gbps," in text
+    text = edited("pipeline.inspect.slo.latency=20ms..80ms", 0.02)
+    assert "  slo  = [latency < 20 ms]\n" in text
+    text = edited("pipeline.audit.slo.latency=1s..3s", 1.5)  # its throughput bound stays
+    assert "  slo  = [latency < 1.5 s, throughput >= 30 Hz]\n" in text
+    text = edited("device.line_gw.power=1W..9W", 7.5)  # the key was not declared
+    assert load(REFERENCE).devices["line_gw"].power_w != 7.5
+    assert check_text(text, str(REFERENCE)).program.devices["line_gw"].power_w == 7.5  # type: ignore[union-attr]
+    assert source.count("\n") == text.count("\n")  # nothing else moved
 
 
 def _same(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
 
 
+def _independent_edit(text: str, kind: str, name: str, value: float) -> str:
+    """The random app's text with one value replaced by a regular expression (sharing nothing
+    with `edit_source`)."""
+    patterns = {
+        "rate": (rf"(sensor {name} \{{[^}}]*?rate = )[^,}}]+", f"{value:.12g} Hz"),
+        "bandwidth": (rf"(link {name} \{{ bandwidth = )[^,}}]+", f"{value:.12g} bps"),
+        "compute": (rf"(device {name} \{{[^}}]*?compute = )[^,}}]+", f"{value / 1e9:.12g} GFLOPS"),
+        "count": (rf"(device {name} \{{[^}}]*?count = )\d+", f"{round(value)}"),
+        "slo": (rf"(pipeline {name} \{{[^}}]*?slo = latency < )[^,}}]+", f"{value * 1e3:.12g} ms"),
+    }
+    pattern, replacement = patterns[kind]
+    edited, n = re.subn(pattern, lambda m: m.group(1) + replacement, text)
+    assert n == 1, (pattern, text)
+    return edited
+
+
 @given(random_app(), st.data())
-@settings(derandomize=True, max_examples=12, deadline=None,
+@settings(derandomize=True, max_examples=16, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
-def test_each_point_equals_an_independent_plan(text: str, data: st.DataObject) -> None:
-    """Status and objective of every point equal those of `plan` run on the changed app
-    alone (placements may differ where they tie)."""
-    result = check_text(text, str(ROOT / "examples" / "random.ef"))
+def test_each_point_equals_an_independent_check_and_plan(text: str,
+                                                           data: st.DataObject) -> None:
+    """Every point equals `check` + `plan` of the app's text with the value written in by
+    other means: the same error code where the checker refuses it, else the same status and
+    first objective term (placements may differ where they tie)."""
+    file = str(ROOT / "examples" / "random.ef")
+    result = check_text(text, file)
     assert result.program is not None
     program = result.program
-    options = [f"sensor.{s}.rate=1Hz..60Hz:4:log" for s in program.sensors]
-    options += [f"link.{x.a}<->{x.b}.bandwidth=1Mbps..1Gbps:4:log" for x in program.links]
-    options += [f"device.{d}.compute=0.01TFLOPS..5TFLOPS:4:log" for d in program.devices]
-    spec = data.draw(st.sampled_from(options))
+    options = [(f"sensor.{s}.rate=1Hz..60Hz:4:log", "rate", s) for s in program.sensors]
+    options += [(f"link.{x.a}<->{x.b}.bandwidth=1Mbps..1Gbps:4:log", "bandwidth",
+                 f"{x.a} <-> {x.b}") for x in program.links]
+    options += [(f"device.{d}.compute=0.01TFLOPS..5TFLOPS:4:log", "compute", d)
+                for d in program.devices]
+    options += [("device.gw.count=1..3:3", "count", "gw")]
+    options += [(f"pipeline.{p}.slo.latency=1ms..400ms:4:log", "slo", p)
+                for p, x in program.pipelines.items() if x.slo.latency_s is not None]
+    spec, kind, name = data.draw(st.sampled_from(options))
     sweep = whatif.parse_sweep(spec, program)
-    for point in whatif.run(program, [sweep], 30.0):
-        alone = api.plan(whatif.apply(program, sweep, point.values[sweep.path])).plan
-        assert alone is not None
-        assert point.status == alone.status.value, spec
-        assert set(point.objective) == set(alone.objective)
+    for point in whatif.run(program, text, [sweep], 30.0):
+        alone = check_text(_independent_edit(text, kind, name, point.values[sweep.path]), file)
+        errors = [d for d in alone.diagnostics if d.severity.value == "error"]
+        if errors:
+            assert point.status == "invalid" and point.error is not None
+            assert point.error.startswith(errors[0].code), (spec, point.error)
+            continue
+        assert alone.program is not None
+        planned = api.plan(alone.program).plan
+        assert planned is not None
+        assert point.status == planned.status.value, spec
         first = program.app.objective[0]
         if point.status == "optimal":
-            assert _same(point.objective[first], alone.objective[first]), spec
+            assert _same(point.objective[first], planned.objective[first]), spec
+
+
+def test_a_throughput_above_the_sensor_rate_is_an_invalid_point() -> None:
+    program = load(REFERENCE)
+    sweep = whatif.parse_sweep("sensor.camera.rate=20Hz..40Hz:3", program)  # audit: 30 Hz
+    points = list(whatif.run(program, REFERENCE.read_text(), [sweep], 30.0))
+    assert [p.status for p in points] == ["invalid", "optimal", "optimal"]
+    assert points[0].error is not None and points[0].error.startswith("E0507")
+
+
+def test_a_count_sweep_reports_new_replicas_not_false_moves() -> None:
+    program = load(REFERENCE)
+    sweep = whatif.parse_sweep("device.line_gw.count=1..4:4", program)
+    points = list(whatif.run(program, REFERENCE.read_text(), [sweep], 30.0))
+    assert all(p.status == "optimal" for p in points)
+    for before, after in itertools.pairwise(points):
+        assert not after.moved  # the same devices; only more of them
+        assert len(after.added) > 0 and not after.removed
+        assert set(before.placement) < set(after.placement)
 
 
 def test_a_sweep_reports_what_moved_and_prints_a_table() -> None:
@@ -123,18 +198,18 @@ def test_a_sweep_reports_what_moved_and_prints_a_table() -> None:
 
 def test_two_sweeps_plan_every_pair() -> None:
     program = load(REFERENCE)
-    sweeps = [whatif.parse_sweep("sensor.camera.rate=10Hz..30Hz:3", program),
+    sweeps = [whatif.parse_sweep("sensor.camera.rate=30Hz..50Hz:3", program),
               whatif.parse_sweep("device.plant_server.compute=5TFLOPS..20TFLOPS:2", program)]
-    points = list(whatif.run(program, sweeps, 30.0))
+    points = list(whatif.run(program, REFERENCE.read_text(), sweeps, 30.0))
     assert [(p.values["sensor.camera.rate"], p.values["device.plant_server.compute"])
-            for p in points] == [(r, c) for r in (10.0, 20.0, 30.0) for c in (5e12, 20e12)]
+            for p in points] == [(r, c) for r in (30.0, 40.0, 50.0) for c in (5e12, 20e12)]
 
 
 def test_charts_are_valid_deterministic_svg_and_png(tmp_path: Path) -> None:
     program = load(REFERENCE)
     sweeps = [whatif.parse_sweep("device.plant_server.compute=1TFLOPS..200TFLOPS:8:log",
                                  program)]
-    points = list(whatif.run(program, sweeps, 30.0))
+    points = list(whatif.run(program, REFERENCE.read_text(), sweeps, 30.0))
     slos = {p: program.pipelines[p].slo.latency_s for p in program.pipelines}
     svg = sweep_chart("svg", program.app.name, sweeps, points, slos, ["latency", "cost"])
     again = sweep_chart("svg", program.app.name, sweeps, points, slos, ["latency", "cost"])
@@ -151,7 +226,7 @@ def test_charts_are_valid_deterministic_svg_and_png(tmp_path: Path) -> None:
 
 
 def test_plot_is_written_atomically_and_never_over_a_users_file(tmp_path: Path) -> None:
-    spec = "sensor.camera.rate=10Hz..30Hz:3"
+    spec = "sensor.camera.rate=30Hz..40Hz:3"
     mine = tmp_path / "mine.svg"
     mine.write_text("<svg/>")
     refused = run("plan", "examples/reference.ef", "--sweep", spec, "--plot", str(mine))

@@ -27,8 +27,9 @@ IMAGES = {
 def main() -> int:
     for name, (example, specs) in IMAGES.items():
         program = load(ROOT / "examples" / f"{example}.ef")
+        source = (ROOT / "examples" / f"{example}.ef").read_text()
         sweeps = [whatif.parse_sweep(s, program) for s in specs]
-        points = list(whatif.run(program, sweeps, 30.0))
+        points = list(whatif.run(program, source, sweeps, 30.0))
         data = sweep_chart("svg", program.app.name, sweeps, points,
                            {p: program.pipelines[p].slo.latency_s for p in program.pipelines},
                            list(program.app.objective))

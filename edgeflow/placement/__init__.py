@@ -217,8 +217,10 @@ def choose_method(problem: Problem) -> Method:
 
 @dataclass
 class WarmStart:
-    """What one plan hands the next of a series (a what-if sweep): its placement, which the
-    next solve starts from when it places the same steps and still meets every constraint."""
+    """What one plan hands the next of a series (a what-if sweep): its placement, offered to
+    the next solve when it places the same steps on devices they may use. The solver takes it
+    only if it still meets every constraint, and only if it is the best of its candidate
+    starts (`milp._best_start`), so it can make a solve faster, never its result different."""
 
     assignment: dict[Step, Placement] | None = None
 
