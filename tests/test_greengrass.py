@@ -102,7 +102,8 @@ def recipes_of(files: dict[str, bytes]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def check_greengrass(files: dict[str, bytes], prefix: str | None = None) -> int:
+def check_greengrass(files: dict[str, bytes], prefix: str | None = None,
+                     wheel: bytes | None = None) -> int:
     """Every check on every recipe and deployment of a bundle whose artifacts are uploaded
     under `prefix` (the default: s3://YOUR-BUCKET/edgeflow/APP/); the number of deployments."""
     recipes = recipes_of(files)
@@ -133,8 +134,11 @@ def check_greengrass(files: dict[str, bytes], prefix: str | None = None) -> int:
         for art in manifest.get("Artifacts", []):
             assert art["URI"].startswith(prefix)
             path = art["URI"].removeprefix(prefix.rstrip("/") + "/")
-            if path.startswith("dist/"):  # the wheel the user builds: the service digests it
-                assert "Digest" not in art
+            if path.startswith("dist/"):  # the wheel the user builds: pinned when given
+                assert ("Digest" in art) == (wheel is not None)
+                if wheel is not None:
+                    assert art["Digest"] == base64.b64encode(hashlib.sha256(wheel).digest()
+                                                             ).decode()
                 continue
             assert art["Algorithm"] == "SHA-256"
             assert art["Digest"] == base64.b64encode(hashlib.sha256(files[path]).digest()
@@ -239,6 +243,29 @@ def test_recipes_are_deterministic_and_versions_follow_content(bundles) -> None:
     before, after = recipes_of(bundles["reference"]), recipes_of(moved)
     assert all(before[n]["ComponentVersion"] != after[n]["ComponentVersion"] for n in before
                if before[n]["Manifests"][0].get("Artifacts"))  # new URIs, new versions
+
+
+def test_a_given_wheel_pins_the_runtime_by_its_digest(tmp_path: Path) -> None:
+    program = load(ROOT / "examples" / "reference.ef")
+    plan = api.plan(program).plan
+    wheel = tmp_path / "edgeflow-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"a wheel's bytes")
+    pinned = api.bundle(program, plan, TARGET, "reference.ef", options={"wheel": str(wheel)})
+    check_greengrass(pinned, wheel=wheel.read_bytes())
+    loose = recipes_of(api.bundle(program, plan, TARGET, "reference.ef"))
+    runtime = "edgeflow.factory_inspection.runtime"
+    assert recipes_of(pinned)[runtime]["ComponentVersion"] != loose[runtime]["ComponentVersion"]
+    wheel.write_bytes(b"another build")  # a new wheel: a new version
+    again = recipes_of(api.bundle(program, plan, TARGET, "reference.ef",
+                                  options={"wheel": str(wheel)}))
+    assert again[runtime]["ComponentVersion"] != recipes_of(pinned)[runtime]["ComponentVersion"]
+    refused = run("compile", "examples/reference.ef", "--target", TARGET, "--target-option",
+                  f"wheel={tmp_path / 'missing.whl'}", "-o", str(tmp_path / "out"))
+    assert refused.returncode == 1 and "error[E1004]" in refused.stderr
+    assert "is not an edgeflow wheel" in refused.stderr and not (tmp_path / "out").exists()
+    missing = run("compile", "examples/reference.ef", "--target", TARGET, "--target-option",
+                  f"wheel={tmp_path / 'edgeflow-9-py3-none-any.whl'}", "-o", str(tmp_path / "o"))
+    assert missing.returncode == 1 and "cannot read the wheel" in missing.stderr
 
 
 def test_target_options_are_checked(tmp_path: Path) -> None:

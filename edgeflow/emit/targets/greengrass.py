@@ -24,7 +24,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 from edgeflow import __version__
@@ -46,6 +48,7 @@ RECIPE_FORMAT = "2020-01-25"
 RUNTIME_USER = "ggc_user:ggc_group"  # Greengrass' default component user, for the runtime
 NAME_MAX = 128  # characters of a component name
 WHEEL = f"edgeflow-{__version__}-py3-none-any.whl"
+_WHEEL_HELP = "build it with `pip wheel --no-deps -w dist .` and give its path"
 
 
 def posix_user(component: str) -> str:
@@ -76,13 +79,21 @@ class Greengrass(Target):
     # the default names no bucket anyone could own (bucket names are lower case)
     options: ClassVar[Mapping[str, tuple[str, str]]] = {
         "artifacts": ("s3://YOUR-BUCKET/edgeflow/{app}",
-                      "the S3 URI the bundle's files are uploaded under")}
+                      "the S3 URI the bundle's files are uploaded under"),
+        "wheel": ("", ("the edgeflow wheel the runtime component installs, read to pin its "
+                       "digest (and the runtime's version) to it"))}
 
     def warnings(self, options: Mapping[str, str]) -> list[str]:
-        if "artifacts" in options:
-            return []
-        return [("the Greengrass recipes name artifacts under s3://YOUR-BUCKET/, which is no "
-                 "bucket: compile with --target-option artifacts=s3://BUCKET/PREFIX to deploy")]
+        out = []
+        if "artifacts" not in options:
+            out.append("the Greengrass recipes name artifacts under s3://YOUR-BUCKET/, which is "
+                       "no bucket: compile with --target-option artifacts=s3://BUCKET/PREFIX "
+                       "to deploy")
+        if "wheel" not in options:
+            out.append("the runtime component installs the edgeflow wheel unpinned: compile "
+                       "with --target-option wheel=dist/edgeflow-VERSION-py3-none-any.whl to "
+                       "pin it by its digest")
+        return out
 
     def broker_host(self, bundle: Bundle, client: Client) -> str:
         return "127.0.0.1"  # components share their core device's network
@@ -93,6 +104,17 @@ class Greengrass(Target):
         prefix = r.option(self, "artifacts").rstrip("/")
         app = bundle.app
         venv = f"{HOST_ROOT}/{k8s_name(app)}/venv"
+        wheel, pinned = WHEEL, None
+        if given := r.option(self, "wheel"):
+            wheel = Path(given).name
+            if not re.fullmatch(r"edgeflow-[^/-]+-py3-none-any\.whl", wheel):
+                raise TargetError(f"`{given}` is not an edgeflow wheel (edgeflow-VERSION-py3-"
+                                  "none-any.whl)", "", _WHEEL_HELP)
+            try:
+                pinned = Path(given).read_bytes()
+            except OSError as exc:
+                raise TargetError(f"cannot read the wheel `{given}`: "
+                                  f"{exc.strerror or exc}", "", _WHEEL_HELP) from None
         runtime_name = self._component(app, "runtime")
         runtime = self._recipe(
             runtime_name, f"edgeflow {__version__} in a virtual environment, for the workers "
@@ -100,11 +122,12 @@ class Greengrass(Target):
             # (in a folder every component's user may read, which setup/DEVICE.sh makes)
             {"Install": {"Script": f"python3 -m venv --clear {venv} && {venv}/bin/pip install "
                                    "--no-cache-dir --disable-pip-version-check "
-                                   f"{{artifacts:path}}/{WHEEL}",
+                                   f"{{artifacts:path}}/{wheel}",
                          "RequiresPrivilege": False, "Timeout": 900}},
-            # the wheel is built from this checkout (docs/bundles.md, "The worker image"): its
-            # digest is the service's to compute
-            [{"URI": f"{prefix}/dist/{WHEEL}",
+            # the wheel is built from this checkout (docs/bundles.md, "The worker image"):
+            # pinned by its digest when given, else the service computes one at publishing
+            [self._artifact(prefix, f"dist/{wheel}", pinned) if pinned is not None else
+             {"URI": f"{prefix}/dist/{wheel}",
               "Permission": {"Read": "OWNER", "Execute": "NONE"}}], {})
         recipes: dict[str, dict[str, Any]] = {runtime_name: runtime}
         for b in bundle.brokers.values():
