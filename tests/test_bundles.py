@@ -198,6 +198,13 @@ def test_compose_files_parse_and_reference_secrets_as_files(bundles) -> None:  #
             assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
             # certificates come from outside the bundle, from the folder the operator names
             assert any(v.startswith("${EDGEFLOW_SECRETS:?") for v in service["volumes"])
+        # the broker keeps its data on a volume at the image's own data folder (its user owns
+        # it, so a new volume takes that owner), where its configuration puts it
+        broker = doc["services"]["broker"]
+        assert "broker-data:/mosquitto/data" in broker["volumes"]
+        conf = files[path.replace("compose.yaml", "mosquitto.conf")].decode()
+        assert "persistence_location /mosquitto/data/" in conf
+        assert "./mosquitto.conf:/etc/mosquitto/mosquitto.conf:ro" in broker["volumes"]
 
 
 def test_compile_cli_writes_atomically_and_never_over_user_files(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from edgeflow.unit_config import (
 
 WORKER_IMAGE = f"edgeflow-worker:{__version__}"
 BROKER_IMAGE = "eclipse-mosquitto:2.0.18"
+BROKER_DATA_DIR = "/mosquitto/data"  # the broker image's data folder, owned by its user
 
 
 QUEUE = 16

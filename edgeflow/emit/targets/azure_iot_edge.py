@@ -32,7 +32,13 @@ from edgeflow.emit.identities import (
 from edgeflow.emit.mqtt import BUNDLE_ACL, render_acl, render_conf
 from edgeflow.emit.targets.base import Rendering, Target, TargetError
 from edgeflow.emit.targets.k8s import cloud_part
-from edgeflow.emit.units import BROKER_IMAGE, WORKER_IMAGE, driver_spec, unit_spec
+from edgeflow.emit.units import (
+    BROKER_DATA_DIR,
+    BROKER_IMAGE,
+    WORKER_IMAGE,
+    driver_spec,
+    unit_spec,
+)
 from edgeflow.plan import Part
 from edgeflow.unit_config import CONFIG_DIGEST_ENV, TWIN_KEY, config_digest
 
@@ -48,7 +54,6 @@ UIDS = {"worker": 10001, "broker": 1883}
 _FEWER = "compile for another target (`--target k8s` has no such limit), or place fewer units " \
     "on this device"
 STORE_DATA = "/var/lib/edgeflow/data"
-BROKER_DATA_DIR = "/mosquitto/data"  # eclipse-mosquitto's, owned by its user
 
 
 def chunk_create_options(options: dict[str, Any]) -> dict[str, str]:
