@@ -44,17 +44,22 @@ DEPLOYMENT, AGENT, HUB = (_schema("azure-iot-edge-deployment-2.0"),
                           _schema("azure-iot-edgehub-deployment-1.2"))
 
 
-@pytest.fixture(scope="module")
-def bundles() -> dict[str, dict[str, bytes]]:
+def example_bundles(target: str) -> dict[str, dict[str, bytes]]:
+    """The bundle of every feasible example and of the split demo for `target`, by app."""
     out = {}
     for name in FEASIBLE:
         program = load(ROOT / "examples" / f"{name}.ef")
-        out[name] = api.bundle(program, api.plan(program).plan, TARGET, f"examples/{name}.ef")
+        out[name] = api.bundle(program, api.plan(program).plan, target, f"examples/{name}.ef")
     split = check_text(SPLIT_APP, str(ROOT / "examples" / "split_demo.ef"))
     assert split.program is not None
-    out["split_demo"] = api.bundle(split.program, api.plan(split.program).plan, TARGET,
+    out["split_demo"] = api.bundle(split.program, api.plan(split.program).plan, target,
                                    "split_demo.ef")
     return out
+
+
+@pytest.fixture(scope="module")
+def bundles() -> dict[str, dict[str, bytes]]:
+    return example_bundles(TARGET)
 
 
 def create_options(settings: dict[str, Any]) -> dict[str, Any]:

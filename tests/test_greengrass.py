@@ -29,16 +29,15 @@ import pytest
 from botocore.validate import ParamValidator
 from hypothesis import HealthCheck, given, settings
 
-from edgeflow import api, check_text, load, pki
+from edgeflow import api, load, pki
 from edgeflow.emit.bundle import build_bundle, device_label, k8s_name
 from edgeflow.emit.identities import read_secrets_json, write_identities
 from edgeflow.execution import build_execution
 from edgeflow.unit_config import CONFIG_ENV, DriverConfig, UnitConfig
 from tests.conftest import FIXTURES, ROOT
-from tests.test_azure_iot_edge import _acl, check_cloud_part, random_bundle
-from tests.test_bundles import FEASIBLE
+from tests.test_azure_iot_edge import _acl, check_cloud_part, example_bundles, random_bundle
 from tests.test_cli import run
-from tests.test_placement import SPLIT_APP, random_app
+from tests.test_placement import random_app
 
 TARGET = "greengrass"
 RECIPE = jsonschema.Draft7Validator(json.loads(
@@ -52,15 +51,7 @@ VARIABLE = re.compile(r"\{(?:([.\w-]+):)?([.\w-]+):([^:}]*)\}")
 
 @pytest.fixture(scope="module")
 def bundles() -> dict[str, dict[str, bytes]]:
-    out = {}
-    for name in FEASIBLE:
-        program = load(ROOT / "examples" / f"{name}.ef")
-        out[name] = api.bundle(program, api.plan(program).plan, TARGET, f"examples/{name}.ef")
-    split = check_text(SPLIT_APP, str(ROOT / "examples" / "split_demo.ef"))
-    assert split.program is not None
-    out["split_demo"] = api.bundle(split.program, api.plan(split.program).plan, TARGET,
-                                   "split_demo.ef")
-    return out
+    return example_bundles(TARGET)
 
 
 def _lower(obj: Any) -> Any:
