@@ -5,8 +5,8 @@ changes (docs/whatif.md).
 A property is named by one path, the declaration's kind, its name and its key as the language
 spells them: `device.gpu_pool.compute`, `link.line_gw<->plant_server.bandwidth`,
 `sensor.camera.rate`, `pipeline.inspect.slo.latency`. `PROPERTIES` is the one table of the
-numeric keys a path may name, with the IR field each sets and the dimension its values are read
-in (`20Mbps..1Gbps`); a key missing from it is a usage error that lists the table.
+numeric keys a path may name, with the dimension its values are read in (`20Mbps..1Gbps`) and
+the least value each takes; a key missing from it is a usage error that lists the table.
 
 Every point is the app's source with the property's value written in (`edit_source`), checked
 and planned exactly as `edgeflow plan` checks and plans a file: a value the checker refuses (a
@@ -53,32 +53,31 @@ SIGNIFICANT = 4  # digits a log-spaced value is rounded to, so that it reads wel
 class Property:
     kind: str                    # device, link, sensor, operator, pipeline
     key: str                     # as the language spells it: `compute`, `slo.latency`
-    field: str                   # the IR field it sets, dotted when nested: `slo.latency_s`
     dimension: Dimension | None  # its values' dimension; None: a whole number
     least: float = 0.0           # the smallest value it takes ...
     strict: bool = True          # ... itself excluded (a compute, a rate) or not (a latency)
 
 
 PROPERTIES: tuple[Property, ...] = (
-    Property("device", "compute", "compute_flops", COMPUTE),
-    Property("device", "memory", "memory_bytes", SIZE),
-    Property("device", "count", "count", None, 1, False),
-    Property("device", "power", "power_w", POWER, 0, False),
-    Property("device", "cost", "cost_usd_per_s", COST_RATE, 0, False),
-    Property("device", "message_latency", "message_latency_s", TIME, 0, False),
-    Property("device", "message_bandwidth", "message_bandwidth_bps", BANDWIDTH),
-    Property("device", "cpus", "cpus", None, 1, False),
-    Property("device", "worker_memory", "worker_memory_bytes", SIZE, 0, False),
-    Property("device", "broker_memory", "broker_memory_bytes", SIZE, 0, False),
-    Property("device", "driver_memory", "driver_memory_bytes", SIZE, 0, False),
-    Property("link", "bandwidth", "bandwidth_bps", BANDWIDTH),
-    Property("link", "latency", "latency_s", TIME, 0, False),
-    Property("link", "cost", "cost_usd_per_byte", COST_DATA, 0, False),
-    Property("sensor", "rate", "rate_hz", RATE),
-    Property("operator", "work", "work_flop", WORK, 0, False),
-    Property("operator", "memory", "memory_bytes", SIZE, 0, False),
-    Property("pipeline", "slo.latency", "slo.latency_s", TIME),
-    Property("pipeline", "slo.throughput", "slo.throughput_hz", RATE),
+    Property("device", "compute", COMPUTE),
+    Property("device", "memory", SIZE),
+    Property("device", "count", None, 1, False),
+    Property("device", "power", POWER, 0, False),
+    Property("device", "cost", COST_RATE, 0, False),
+    Property("device", "message_latency", TIME, 0, False),
+    Property("device", "message_bandwidth", BANDWIDTH),
+    Property("device", "cpus", None, 1, False),
+    Property("device", "worker_memory", SIZE, 0, False),
+    Property("device", "broker_memory", SIZE, 0, False),
+    Property("device", "driver_memory", SIZE, 0, False),
+    Property("link", "bandwidth", BANDWIDTH),
+    Property("link", "latency", TIME, 0, False),
+    Property("link", "cost", COST_DATA, 0, False),
+    Property("sensor", "rate", RATE),
+    Property("operator", "work", WORK, 0, False),
+    Property("operator", "memory", SIZE, 0, False),
+    Property("pipeline", "slo.latency", TIME),
+    Property("pipeline", "slo.throughput", RATE),
 )
 _KINDS = {"device": "devices", "sensor": "sensors", "operator": "operators",
           "pipeline": "pipelines"}
@@ -203,12 +202,12 @@ def _find(program: ir.Program, prop: Property, name: str) -> Any:
     return table[name]
 
 
-def value_text(sweep: Sweep, value: float) -> str:
-    """`value` (SI) as the language reads it back exactly: a count as a number, a quantity to
-    12 significant digits in the unit `human` chose."""
-    if sweep.prop.dimension is None:
+def value_text(value: float, dimension: Dimension | None) -> str:
+    """`value` (SI) as the language reads it back exactly: a count (no dimension) as a number,
+    a quantity to 12 significant digits in the unit `human` chose."""
+    if dimension is None:
         return str(round(value))
-    unit = human(value, sweep.prop.dimension).split(" ", 1)[1]
+    unit = human(value, dimension).split(" ", 1)[1]
     return f"{number_text(value / UNITS[unit][1])} {unit}"
 
 
@@ -224,13 +223,13 @@ def _decl(module: ast.Module, prop: Property, name: str) -> ast.Decl:
     raise SweepError(f"no {prop.kind} `{name}` declared in this file")
 
 
-def edit_source(text: str, file: str, sweeps: list[Sweep], values: dict[str, float],
+def edit_source(text: str, module: ast.Module, sweeps: list[Sweep], values: dict[str, float],
                 program: ir.Program) -> str:
-    """The source `text` with each swept property set to its value in `values`: the key's
-    value replaced where the declaration has the key, `key = value` added to its block where
-    not (a pipeline's `slo` written whole, with the swept bound and the others it had)."""
+    """The source `text` (parsed: `module`) with each swept property set to its value in
+    `values`: the key's value replaced where the declaration has the key, `key = value` added
+    to its block where not (a pipeline's `slo` written whole, with the swept bound and the
+    others it had)."""
     edits: list[tuple[int, int, str]] = []
-    module, _ = parse(text, file)
     for sweep in sweeps:
         prop, value = sweep.prop, values[sweep.path]
         decl = _decl(module, prop, sweep.name)
@@ -244,11 +243,10 @@ def edit_source(text: str, file: str, sweeps: list[Sweep], values: dict[str, flo
             items = []
             for bound, op, dimension in (("latency", "<", TIME), ("throughput", ">=", RATE)):
                 if (limit := bounds[bound]) is not None:
-                    exact = Sweep("", Property("", "", "", dimension), "", ())
-                    items.append(f"{bound} {op} {value_text(exact, limit)}")
+                    items.append(f"{bound} {op} {value_text(limit, dimension)}")
             new = "[" + ", ".join(items) + "]"
         else:
-            new = value_text(sweep, value)
+            new = value_text(value, prop.dimension)
         entry = next((e for e in decl.entries if e.key.value == key), None)
         if entry is not None:
             edits.append((entry.value.span.start, entry.value.span.end, new))
@@ -341,11 +339,12 @@ def run(program: ir.Program, source: str, sweeps: list[Sweep], time_limit: float
     from edgeflow.placement import WarmStart, make_plan, size_diagnostics
 
     points = grid(sweeps)
+    module, _ = parse(source, program.file)  # (once: every point edits the same declarations)
     warm = WarmStart()
     before: dict[tuple[float, ...], Point] = {}  # by the other parameters' values
     for k, values in enumerate(points):
         started = time.perf_counter()
-        checked = check_text(edit_source(source, program.file, sweeps, values, program),
+        checked = check_text(edit_source(source, module, sweeps, values, program),
                              program.file)
         errors = [d for d in checked.diagnostics if d.severity.value == "error"]
         if checked.program is None or errors:

@@ -20,6 +20,7 @@ from edgeflow import api, check_text, load, whatif
 from edgeflow.plots import sweep_chart
 from edgeflow.semantics.lower import _schemas
 from edgeflow.semantics.values import Reader
+from edgeflow.syntax.parser import parse
 from tests.conftest import ROOT
 from tests.test_cli import run
 from tests.test_placement import random_app
@@ -85,8 +86,8 @@ def test_a_point_is_the_source_with_the_value_written_in() -> None:
 
     def edited(spec: str, value: float) -> str:
         sweep = whatif.parse_sweep(spec, program)
-        text = whatif.edit_source(source, str(REFERENCE), [sweep], {sweep.path: value},
-                                  program)
+        text = whatif.edit_source(source, parse(source, str(REFERENCE))[0], [sweep],
+                                  {sweep.path: value}, program)
         assert check_text(text, str(REFERENCE)).program is not None
         return text
 

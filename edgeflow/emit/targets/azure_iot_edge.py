@@ -88,14 +88,15 @@ class AzureIotEdge(Target):
             if b.device in cloud:
                 continue
             folder = f"azure-iot-edge/{device_label(b.device)}"
-            files[f"{folder}/mosquitto.conf"] = render_conf(
-                bundle, b, bind="0.0.0.0", persistence_dir=BROKER_DATA_DIR).encode()
-            manifest = self._manifest(r, b, folder)
+            # listening on the device's module network, its data on the image's own folder
+            conf = render_conf(bundle, b, bind="0.0.0.0", persistence_dir=BROKER_DATA_DIR)
+            files[f"{folder}/mosquitto.conf"] = conf.encode()
+            manifest = self._manifest(r, b, folder, conf)
             files[f"{folder}/deployment.json"] = (json.dumps(manifest, indent=2, sort_keys=True)
                                                   + "\n").encode()
         return files
 
-    def _manifest(self, r: Rendering, b: Broker, folder: str) -> dict[str, Any]:
+    def _manifest(self, r: Rendering, b: Broker, folder: str, conf: str) -> dict[str, Any]:
         bundle = r.bundle
         root = f"{HOST_ROOT}/{k8s_name(bundle.app) or 'app'}"
         device = bundle.program.devices[b.device.split("[")[0]]
@@ -120,7 +121,6 @@ class AzureIotEdge(Target):
             broker_host["PortBindings"] = {f"{MQTT_PORT}/tcp": [{"HostPort": str(MQTT_PORT)}]}
         # edgeAgent restarts a module when its definition changes, not when a file on the
         # device or its twin does: the digest of what it runs makes a new plan restart it
-        conf = render_conf(bundle, b, bind="0.0.0.0", persistence_dir=BROKER_DATA_DIR)
         conf_digest = hashlib.sha256((conf + render_acl(b)).encode()).hexdigest()
         modules: dict[str, Any] = {b.name: self._module(
             BROKER_IMAGE, broker_options, startup=0,
