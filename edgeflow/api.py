@@ -151,13 +151,40 @@ def plan(program: ir.Program, time_limit: float = 30.0, compare: bool = False) -
     return PlanResult(placed, baselines, explanation_diagnostics(placed, program), execution)
 
 
+@dataclass
+class ReportResult:
+    """`edgeflow report`: the page (None when the app was too large to place) and the plan."""
+
+    page: str | None
+    plan: Plan | None
+    diagnostics: list[Diagnostic]
+
+    @property
+    def ok(self) -> bool:
+        return not has_errors(self.diagnostics)
+
+
+def report(program: ir.Program, time_limit: float = 30.0, source: str = "") -> ReportResult:
+    """report.html of a checked program: planned, with the baselines, whatever the plan's
+    status (an infeasible app's page says why). `source` names the .ef file on the page."""
+    from edgeflow.emit.report_html import render_html_report
+
+    planned = plan(program, time_limit, compare=True)
+    if planned.plan is None or planned.execution is None:
+        return ReportResult(None, None, planned.diagnostics)
+    page = render_html_report(planned.execution, planned.plan, planned.baselines,
+                              source or program.file)
+    return ReportResult(page, planned.plan, planned.diagnostics)
+
+
 def bundle(program: ir.Program, placed: Plan, target: str = "k8s", source: str = "",
            execution: ExecutionGraph | None = None,
-           options: Mapping[str, str] | None = None) -> dict[str, bytes]:
+           options: Mapping[str, str] | None = None,
+           baselines: Sequence[Baseline] = ()) -> dict[str, bytes]:
     """Every file of the deployment bundle of a feasible plan, by relative path, in memory.
     `target` is a name in `edgeflow.emit.targets.TARGETS`, `options` its options (unknown keys
-    raise ValueError); `source` names the .ef file in the report; `execution` is the graph the
-    plan placed (built again when not given)."""
+    raise ValueError); `source` names the .ef file in the reports; `execution` is the graph the
+    plan placed (built again when not given); `baselines` are compared in report.html."""
     from edgeflow.emit import bundle_files
     from edgeflow.emit.targets import TARGETS
 
@@ -167,7 +194,7 @@ def bundle(program: ir.Program, placed: Plan, target: str = "k8s", source: str =
         raise ValueError(f"target {target} has no option {', '.join(unknown)}; its options "
                          f"are: {', '.join(TARGETS[target].options) or 'none'}")
     return bundle_files(execution or build_execution(program), placed, target,
-                        source or program.file, options)
+                        source or program.file, options, baselines)
 
 
 def _known_target(target: str) -> None:
@@ -207,7 +234,7 @@ def compile(path: str | Path, target: str = "k8s", output: str | Path | None = N
     result = CompileResult(checked)
     if checked.program is None:
         return result
-    planned = plan(checked.program, time_limit)
+    planned = plan(checked.program, time_limit, compare=True)  # report.html compares
     result.plan = planned.plan
     result.diagnostics += planned.diagnostics
     if planned.plan is None or not planned.ok:
@@ -216,7 +243,7 @@ def compile(path: str | Path, target: str = "k8s", output: str | Path | None = N
         Path("build") / checked.program.app.name
     try:
         result.files = bundle(checked.program, planned.plan, target, str(path),
-                              planned.execution, options)
+                              planned.execution, options, planned.baselines)
     except NameClash as clash:
         result.diagnostics.append(Diagnostic("E1003", str(clash), clash.span, "declared here",
                                              help="rename one of the two declarations"))

@@ -539,6 +539,44 @@ def _target_help() -> str:
     return "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values())
 
 
+@app.command()
+def report(
+    file: Annotated[Path, typer.Argument(help="The .ef file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the page, "
+                                         "e.g. report.html.")],
+    time_limit: Annotated[float, typer.Option(min=0.1, help="Seconds the solver may take; "
+                                              "then the best plan found is shown.")] = 30.0,
+    force: Annotated[bool, typer.Option(help="Replace an output file edgeflow did not "
+                                       "write.")] = False,
+    out_format: FormatOption = OutputFormat.text,
+    json_out: JsonOption = False,
+) -> None:
+    """Draw the plan as one self-contained HTML page: devices in tiers, units on devices, data
+    across links, latency against the SLOs, utilisation, splits, baselines (docs/report.md)."""
+    as_json = _as_json(out_format, json_out)
+    checked = _checked(file, as_json, "report")
+    assert checked.program is not None
+    program = checked.program
+    result = _busy(lambda: api.report(program, time_limit, str(file)), _placing(program))
+    diagnostics = list(result.diagnostics)
+    written = False
+    if result.page is not None:
+        if (problem := write_atomic(output, result.page.encode(), force)) is not None:
+            diagnostics.append(problem)
+        else:
+            written = True
+    if as_json:
+        data = None if result.plan is None else {
+            "output": str(output) if written else None, "status": result.plan.status.value}
+        sys.stdout.write(envelope("report", data, checked.diagnostics + diagnostics))
+        raise typer.Exit(EXIT_OK if written and result.ok else EXIT_ERRORS)
+    if diagnostics:
+        _report_more(checked, diagnostics)
+    if written and result.plan is not None:
+        typer.echo(f"wrote {output} ({result.plan.status.value} plan)", err=True)
+    raise typer.Exit(EXIT_OK if written and result.ok else EXIT_ERRORS)
+
+
 @app.command("compile")
 def compile_cmd(
     file: Annotated[Path, typer.Argument(help="The .ef file.")],

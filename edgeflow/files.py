@@ -1,6 +1,6 @@
-"""Writing the files edgeflow produces (`fmt`, `split --emit`, `profile -o`, `init`): each file
-(a temporary file beside it, then `os.replace`), never replacing a file that edgeflow did not
-write unless forced. Failures are diagnostics on the output path: E1001 when the system refuses
+"""Writing the files edgeflow produces (`fmt`, `split --emit`, `profile -o`, `report -o`,
+`init`): each file (a temporary file beside it, then `os.replace`), never replacing a file
+that edgeflow did not write unless forced. Failures are diagnostics on the output path: E1001 when the system refuses
 the write, E1002 when it would replace a file another tool wrote.
 """
 
@@ -21,10 +21,14 @@ from edgeflow.span import file_span
 
 
 def written_by_edgeflow(path: Path) -> bool:
-    """Whether `path` is an ONNX model edgeflow emitted, a profile or a chart it wrote."""
+    """Whether `path` is an ONNX model edgeflow emitted, a profile, a chart or a report it
+    wrote."""
     try:
         if path.suffix in (".svg", ".png"):  # the mark is in the metadata, near the start
             return b"edgeflow chart" in path.read_bytes()[:8192]
+        if path.suffix in (".html", ".htm"):  # <meta name="generator"> in the head
+            return b'<meta name="generator" content="edgeflow report' in \
+                path.read_bytes()[:1024]
         if path.suffix == ".onnx":
             return bool(onnx.load(str(path), load_external_data=False).producer_name
                         == "edgeflow")

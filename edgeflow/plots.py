@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from edgeflow.whatif import changes, human
 
 if TYPE_CHECKING:
+    from edgeflow import ir
+    from edgeflow.plan import Plan
     from edgeflow.whatif import Point, Sweep
 
 FORMATS = {".svg": "svg", ".png": "png"}
@@ -237,3 +239,102 @@ def profile_chart(kind: str, model: str, node_seconds: dict[str, float], top: in
         ax.margins(x=0.15)
         fig.tight_layout()
         return _save(fig, kind)
+
+
+TIER_COLOURS = {"edge": "#2e7d32", "fog": "#ef6c00", "cloud": "#1565c0"}  # as report.html
+TRANSFER_LOCAL, TRANSFER_NETWORK = "#cfd8dc", "#78909c"
+
+
+def latency_chart(program: ir.Program, plan: Plan) -> bytes:
+    """report.html: the latency of each pipeline's worst replica as a stacked bar, a segment per
+    step (compute coloured by the tier that runs it, transfers grey: light on one device, dark
+    across a link), and the pipeline's latency SLO as a red mark. A panel per pipeline, each on
+    its own scale; an SLO far above the latency is named at the panel's edge instead."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    tier_of = {inst: d.tier.value for d in program.devices.values() for inst in d.instances()}
+    worst = plan.worst_pipelines()
+    with matplotlib.rc_context(_STYLE):
+        fig, axes = plt.subplots(len(worst), 1, squeeze=False,
+                                 figsize=(10, 0.9 + 0.75 * len(worst)))
+        for k, p in enumerate(worst):
+            ax = axes[k][0]
+            latency = p.latency_s * 1e3
+            slo = p.slo_latency_s * 1e3 if p.slo_latency_s is not None else None
+            shown = slo is not None and slo <= 10 * latency
+            top = max(latency, slo if shown and slo is not None else 0.0) * 1.15 or 1.0
+            left = 0.0
+            for b in p.breakdown:
+                ms = b.seconds * 1e3
+                if b.kind == "compute":
+                    colour, text = TIER_COLOURS[tier_of[b.device]], b.unit
+                else:
+                    colour = TRANSFER_LOCAL if len(b.route) == 1 else TRANSFER_NETWORK
+                    text = "" if len(b.route) == 1 else f"{b.route[0]}→{b.route[-1]}"
+                ax.barh(0, ms, left=left, height=0.6, color=colour, edgecolor="white",
+                        linewidth=0.6)
+                room = int(ms / top * 150)  # characters that fit the segment, about
+                if text and room >= 3:
+                    ax.text(left + ms / 2, 0, text if len(text) <= room else
+                            text[:room - 1] + "…", ha="center", va="center", fontsize=7,
+                            color="white" if b.kind == "compute" else "#102027")
+                left += ms
+            ax.text(left + top * 0.005, 0, f"{latency:.3g} ms", va="center", fontsize=7)
+            if slo is not None and shown:
+                ax.plot([slo, slo], [-0.45, 0.45], color="#c62828", lw=2)
+                ax.text(slo, 0.5, f"SLO {slo:g} ms", color="#c62828", fontsize=7,
+                        ha="center", va="bottom")
+            elif slo is not None:
+                ax.text(top, 0.5, f"SLO {slo:g} ms (off scale) →", color="#c62828",
+                        fontsize=7, ha="right", va="bottom")
+            ax.set_yticks([0], [p.name])
+            ax.set_ylim(-0.5, 1.1)
+            ax.set_xlim(0, top)
+            ax.grid(True, axis="x", alpha=0.3)
+            ax.tick_params(axis="x", labelsize=7)
+        axes[-1][0].set_xlabel("latency of the worst replica (ms)")
+        tiers = {tier_of[b.device] for p in worst for b in p.breakdown if b.kind == "compute"}
+        handles = [Patch(color=TIER_COLOURS[t], label=f"compute on {t}")
+                   for t in TIER_COLOURS if t in tiers]
+        handles += [Patch(color=TRANSFER_LOCAL, label="message on one device"),
+                    Patch(color=TRANSFER_NETWORK, label="message across a link")]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7,
+                   frameon=False)
+        fig.tight_layout(rect=(0, 0.35 / (0.9 + 0.75 * len(worst)), 1, 1))
+        return _save(fig, "svg")
+
+
+def utilisation_chart(rows: list[tuple[str, str, float, float, float]]) -> bytes:
+    """report.html: per declared device (its busiest instance), the share of its compute its
+    units use, of its CPU reserved and of its memory reserved; 100 % marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measures = (("compute", "#1565c0"), ("CPU reserved", "#8e24aa"),
+                ("memory reserved", "#00897b"))
+    with matplotlib.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(10, 1.0 + 0.5 * len(rows)))
+        height = 0.26
+        top = max([1.0] + [v for r in rows for v in r[2:]]) * 100 * 1.15
+        for k, (name, _tier, *values) in enumerate(rows):
+            y = len(rows) - 1 - k
+            for m, ((label, colour), value) in enumerate(zip(measures, values, strict=True)):
+                yy = y + (1 - m) * height
+                ax.barh(yy, value * 100, height=height * 0.9, color=colour,
+                        label=label if k == 0 else None)
+                ax.text(value * 100 + top * 0.005, yy, f"{value:.1%}", va="center",
+                        fontsize=6.5)
+        ax.axvline(100, color="#c62828", lw=1, ls="--")
+        ax.set_yticks(range(len(rows)), [f"{r[0]} ({r[1]})" for r in reversed(rows)])
+        ax.set_xlim(0, top)
+        ax.set_xlabel("share of the busiest instance (%)")
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=7)
+        fig.tight_layout()
+        return _save(fig, "svg")

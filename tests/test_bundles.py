@@ -183,6 +183,9 @@ def test_golden_bundle(bundles, app: str, target: str) -> None:  # type: ignore[
     for path, data in files.items():
         if path.endswith(".onnx"):
             parts.append(f"==> {path} (sha256 {hashlib.sha256(data).hexdigest()})\n")
+        elif path == "report.html":  # its charts are matplotlib's drawing, which its releases
+            # change: tests/test_report_html.py checks what the page says instead
+            parts.append(f"==> {path}\n")
         else:
             parts.append(f"==> {path}\n{data.decode()}")
     assert_golden(FIXTURES / "bundles" / f"{app}.{target}.txt", "".join(parts))

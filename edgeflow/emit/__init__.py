@@ -2,7 +2,7 @@
 bundle model, then written atomically: into a temporary sibling folder renamed over the output
 folder, so an error leaves nothing behind and a reader never sees half a bundle.
 
-Layout (see docs/bundles.md): plan.json, report.md, models/ (+ manifest.json), mqtt/<broker>/,
+Layout (see docs/bundles.md): plan.json, report.md, report.html, models/ (+ manifest.json), mqtt/<broker>/,
 and k8s/ (kustomization) or compose/<device>/compose.yaml, plus `.edgeflow-bundle`, the marker
 that says which files edgeflow generated there.
 """
@@ -13,8 +13,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from edgeflow import __version__
 from edgeflow.diagnostics import Diagnostic
@@ -23,11 +24,15 @@ from edgeflow.emit.bundle import build_bundle
 from edgeflow.emit.identities import secrets_json
 from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.report import render_report
+from edgeflow.emit.report_html import render_html_report
 from edgeflow.emit.targets import TARGETS, Rendering
 from edgeflow.execution import ExecutionGraph
 from edgeflow.files import reason, write_all
 from edgeflow.plan import Plan
 from edgeflow.span import file_span
+
+if TYPE_CHECKING:
+    from edgeflow.placement import Baseline
 
 MARKER = ".edgeflow-bundle"
 
@@ -45,15 +50,17 @@ def _refuse(code: str, message: str, out: Path, help: str | None = None) -> Bund
 
 
 def bundle_files(execution: ExecutionGraph, plan: Plan, target: str,
-                 source: str, options: Mapping[str, str] | None = None) -> dict[str, bytes]:
+                 source: str, options: Mapping[str, str] | None = None,
+                 baselines: Sequence[Baseline] = ()) -> dict[str, bytes]:
     """Every file of the bundle, by relative path: what every target shares (plan.json,
-    report.md, models/, mqtt/) and the target's own files."""
+    report.md, report.html, models/, mqtt/) and the target's own files."""
     program = execution.program
     bundle = build_bundle(execution, plan)
     sources = read_models(program, plan)
     artefacts = build_artefacts(program, plan, sources)
     files: dict[str, bytes] = {"plan.json": plan.to_json().encode()}
     files["report.md"] = render_report(bundle, target, source).encode()
+    files["report.html"] = render_html_report(execution, plan, baselines, source).encode()
     for art in artefacts.values():
         files[art.path] = art.data
     files.update(external_files(plan, sources))
