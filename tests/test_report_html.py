@@ -230,3 +230,15 @@ def test_compile_writes_report_html_beside_report_md(tmp_path: Path) -> None:
     page = result.files["report.html"].decode()
     assert page == page_of((ROOT / "examples" / "reference.ef").read_text(),
                            str(ROOT / "examples" / "reference.ef"))[0]
+
+
+def test_an_app_with_nothing_to_place_still_gets_a_page() -> None:
+    """No devices, no pipelines: the page says so rather than failing (found by the fuzzer)."""
+    cases = {"app empty { objective = minimize(latency) }\n": 0,
+             "app idle { objective = minimize(latency) }\n"
+             "device gw { tier = edge, compute = 1 TFLOPS, memory = 1 GiB }\n": 1}
+    for text, charts in cases.items():
+        page, planned = page_of(text, str(ROOT / "examples" / "empty.ef"))
+        assert planned.plan is not None and planned.plan.feasible
+        assert page.count(' class="chart"') == charts  # utilisation only: no pipeline
+        assert len(svgs(page)) == 1 + charts  # the drawing, well-formed, and the charts

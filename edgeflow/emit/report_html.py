@@ -340,8 +340,8 @@ def dataflow_svg(program: ir.Program, plan: Plan, groups: dict[str, Group],
             boxes[name] = Box(x, y, lane_w[t], h, k, rows)
             y += h + BOX_GAP
         x += lane_w[t] + LANE_GAP
-    width = x - LANE_GAP + 60
-    height = max(b.y + b.h for b in boxes.values()) + 30
+    width = max(x - LANE_GAP + 60, MIN_BOX + 80)
+    height = max([b.y + b.h for b in boxes.values()], default=20.0 + LANE_HEAD) + 30
     # as wide as drawn, narrower (scaled) where the page is: every box stays in view
     out = [(f'<svg xmlns="http://www.w3.org/2000/svg" class="dataflow" width="100%" '
             f'style="max-width:{width:.0f}px" viewBox="0 0 {width:.0f} {height:.0f}" '
@@ -561,8 +561,9 @@ def render_html_report(execution: ExecutionGraph, plan: Plan,
     order = program.app.objective
     head, comparison = _comparison(plan, baselines, order)
     latency = utilisation = ""
-    if plan.feasible:
+    if plan.feasible and plan.pipelines:
         latency = _inline(latency_chart(program, plan))
+    if plan.feasible and groups:
         utilisation = _inline(utilisation_chart(
             [(n, g.device.tier.value, g.compute, g.cpu, g.memory_bytes / g.device.memory_bytes)
              for n, g in groups.items()]))
