@@ -24,6 +24,7 @@ from edgeflow.syntax.fmt import format_module
 from edgeflow.syntax.parser import parse
 
 if TYPE_CHECKING:  # placement imports the MILP solver: only where a plan is made
+    from edgeflow.models.quantize import Report as QuantReport
     from edgeflow.placement import Baseline
 
 
@@ -325,6 +326,67 @@ def split(model_path: str | Path, inputs: BoundInputs, setting: Setting,
                            help="measure it: `edgeflow profile`, then `split --edge-profile`")
                 for op, count in sorted(analysis.no_formula.items())]
     return SplitResult(setting, warnings, data, list(chosen.tensors), list(outputs))
+
+
+@dataclass
+class QuantizeResult:
+    """`edgeflow quantize`: the report (None on errors) and where the model was written."""
+
+    output: Path
+    diagnostics: list[Diagnostic]
+    report: QuantReport | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not has_errors(self.diagnostics)
+
+    def to_json(self) -> dict[str, object] | None:
+        return None if self.report is None else {**self.report.to_json(),
+                                                 "output": str(self.output)}
+
+
+def quantize(model_path: str | Path, inputs: BoundInputs, output: Path,
+             calibration: Path | None = None, synthetic: int | None = None,
+             validation: Path | None = None, runs: int = 20,
+             force: bool = False) -> QuantizeResult:
+    """Quantize a model to int8 (docs/split.md, "Quantized models") on the frames in
+    `calibration`, or on `synthetic` generated ones, write it to `output`, and measure it
+    against the model: fidelity on `validation` (else frames held out), size, speed-up."""
+    from edgeflow.models import quantize as q
+
+    model_file = Path(model_path)
+    try:
+        model = split_mod.load_model(model_file)
+        split_mod.analyse_model(model, inputs)  # the bindings, checked as `split` checks them
+        given = q.read_frames(validation, inputs, "validation") if validation else None
+        frames = q.read_frames(calibration, inputs, "calibration") if calibration else \
+            q.synthetic_frames(inputs, synthetic or 0)
+    except SplitError as exc:
+        return QuantizeResult(output, [_diagnostic(exc, model_file)])
+    except q.QuantizeError as exc:
+        return QuantizeResult(output, [Diagnostic(exc.code, exc.message, file_span(exc.file),
+                                                  help=exc.help)])
+    check: list[q.Frame]
+    if calibration is None and given is None:
+        calibrate, check = frames, []
+    else:
+        calibrate, check = q.split_frames(frames, given)
+    data = q.quantize(model, calibrate)
+    report = q.measure(model.SerializeToString(deterministic=True), data, check, frames[0],
+                       len(calibrate), runs)
+    problems = files.write_all({output: data}, force)
+    if problems:
+        return QuantizeResult(output, problems)
+    warnings = []
+    if report.fidelity is None:
+        why = "it was calibrated on synthetic frames" if calibration is None else \
+            f"fewer than {q.HOLD_OUT_EVERY} calibration frames leave none to hold out"
+        warnings.append(Diagnostic(
+            "W0612", f"no fidelity claimed for `{output.name}`: {why}, and no validation "
+                     "frames were given; its speed and size are real, its accuracy unknown",
+            file_span(str(output)), help="give --validation DIR with frames kept apart from "
+                                         "the calibration frames"))
+    return QuantizeResult(output, warnings, report)
 
 
 class RuntimeMissing(Exception):

@@ -785,6 +785,53 @@ def profile_cmd(
 
 
 @app.command()
+def quantize(
+    model: Annotated[Path, typer.Argument(help="The ONNX model (float).")],
+    inputs: Annotated[list[str], typer.Option("--input", help="Bind an input: NAME=TYPE.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the int8 "
+                                         "model.")],
+    calibration: Annotated[Path | None, typer.Option(
+        help="A folder of frames to calibrate on: .npy (one input) or .npz (an array per "
+        "input).")] = None,
+    synthetic: Annotated[int | None, typer.Option(
+        min=1, help="Calibrate on N generated frames instead: a speed estimate, no fidelity "
+        "claimed without --validation.")] = None,
+    validation: Annotated[Path | None, typer.Option(
+        help="A folder of frames kept apart from the calibration frames, to measure fidelity "
+        "on (default: every fifth calibration frame).")] = None,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs of each model for the "
+                                      "speed-up.")] = 20,
+    force: Annotated[bool, typer.Option(help="Overwrite an output file edgeflow did not "
+                                       "write.")] = False,
+    out_format: FormatOption = OutputFormat.text,
+    json_out: JsonOption = False,
+) -> None:
+    """Quantize a model to int8 (onnxruntime, QDQ, per-channel) and measure what it costs:
+    fidelity against the float model, size and speed-up on this machine."""
+    if (calibration is None) == (synthetic is None):
+        raise _usage("give one of --calibration DIR and --synthetic N")
+    bound = _parse_inputs(inputs)
+    result = _busy(lambda: api.quantize(model, bound, output, calibration, synthetic,
+                                        validation, runs, force), f"quantizing {model}")
+    report = result.report
+    text = ""
+    if report is not None:
+        typer.echo(f"wrote {output}", err=True)
+        fidelity = "not measured" if report.fidelity is None else \
+            f"{report.fidelity:.4f} (" + ", ".join(
+                f"{name}: {o['metric']} {float(o['fidelity']):.4f}"  # type: ignore[arg-type]
+                for name, o in report.outputs.items()) + \
+            f"; {report.validation_frames} validation frames)"
+        text = (f"fidelity   {fidelity}\n"
+                f"size       {report.int8_bytes:,} B, {report.int8_bytes / report.base_bytes:.0%}"
+                f" of {report.base_bytes:,} B\n"
+                f"speed-up   {report.speedup:.2f}x ({report.base_seconds * 1e3:.3f} ms -> "
+                f"{report.int8_seconds * 1e3:.3f} ms per run, one thread, this machine)\n")
+    _finish("quantize", model, _as_json(out_format, json_out), result.to_json(),
+            result.diagnostics, text)
+
+
+@app.command()
 def init(
     folder: Annotated[Path, typer.Argument(help="The folder of the new app.")],
     example: Annotated[str | None, typer.Option(

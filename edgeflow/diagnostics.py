@@ -278,6 +278,25 @@ built on it less exact. `split --format json` lists such operators in `no_formul
 `edgeflow profile` measures the real time of every node, and `split --edge-profile` /
 `--cloud-profile` use it instead of the estimate.
 """),
+    "E0610": _e("no frames to quantize with", """
+`edgeflow quantize --calibration DIR` (or `--validation DIR`) names a folder that does not exist
+or holds no frames. A frame is a `.npy` file (a model with one input: that input) or a `.npz`
+file (an array per input name, as `numpy.savez(f, images=...)` writes), read in file-name order.
+Quantization needs real frames to fit the int8 scales to the data; `--synthetic N` calibrates on
+generated ones, for a speed estimate only.
+"""),
+    "E0611": _e("frame does not match the model", """
+A calibration or validation frame cannot be used: it is not numpy data (pickled objects are never
+loaded), it lacks an array for one of the model's inputs, or an array's element type or shape is
+not exactly the input's bound type (`--input NAME=TYPE`). The message names the file and the
+array.
+"""),
+    "W0612": _w("no fidelity claimed", """
+The int8 model was written, but how closely it follows the float model was not measured: it was
+calibrated on synthetic frames (`--synthetic N`) with no `--validation` frames, or on fewer than
+five calibration frames (so none could be held out). Its speed and size are real; its accuracy is
+unknown. Give `--validation DIR` with frames kept apart from the calibration frames.
+"""),
     # ---------------------------------------------------------------- privacy
     "E0701": _e("undeclared privacy label", """
 A sensor's `privacy` or an operator's `removes` names a label with no `privacy LABEL { allow = ... }`

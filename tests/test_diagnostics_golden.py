@@ -42,7 +42,8 @@ def test_golden_rendering(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_every_code_has_a_golden() -> None:
-    cli_goldens = [*(DIAG.parent / "split").glob("*.out"), *(DIAG.parent / "plans").glob("*.out")]
+    cli_goldens = [*(DIAG.parent / "split").glob("*.out"), *(DIAG.parent / "plans").glob("*.out"),
+                   *(DIAG.parent / "quantize").glob("*.out")]
     covered = {p.name.split("_")[0] for p in [*CASES, *cli_goldens]}
     assert set(CODES) <= covered, f"codes without a golden test: {sorted(set(CODES) - covered)}"
 
