@@ -22,9 +22,10 @@ from edgeflow.models.cuts import CutProblem
 from edgeflow.models.signature import external_data
 
 
-def compute_s(work_flop: float, device: ir.Device) -> float:
-    """Seconds one run of `work_flop` takes on `device`."""
-    return work_flop / device.compute_flops
+def compute_s(work_flop: float, device: ir.Device, int8: bool = False) -> float:
+    """Seconds one run of `work_flop` takes on `device`; an int8 model variant's work at the
+    device's int8 rate (`compute_int8`, else its float rate)."""
+    return work_flop / device.rate(int8)
 
 
 def hop_s(nbytes: int, link: ir.Link) -> float:

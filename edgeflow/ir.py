@@ -95,6 +95,12 @@ class Device(Declared):
     worker_memory_bytes: int = Field(ge=0, default=WORKER_MEMORY_BYTES)
     broker_memory_bytes: int = Field(ge=0, default=BROKER_MEMORY_BYTES)
     driver_memory_bytes: int = Field(ge=0, default=DRIVER_MEMORY_BYTES)
+    # int8 operations per second (`compute_int8`); None: an int8 model runs at `compute_flops`
+    compute_int8_ops: float | None = Field(gt=0, default=None)
+
+    def rate(self, int8: bool) -> float:
+        """Operations per second of a model variant's work: int8 or float."""
+        return (self.compute_int8_ops or self.compute_flops) if int8 else self.compute_flops
 
     def instance(self, index: int) -> str:
         """The name of instance `index`: `NAME` for a single device (whatever the index, so a
@@ -126,11 +132,23 @@ class Sink(Declared):
     device: str
 
 
+class ModelVariant(_Node):
+    """Another version of a model that placement may run instead of it: the same inputs and
+    outputs, another ONNX file (a smaller model, or the model quantized to int8)."""
+
+    name: str
+    source: str                     # absolute path of its ONNX file
+    int8: bool = False              # its work runs at the device's int8 rate (`compute_int8`)
+    fidelity: float | None = Field(ge=0, le=1, default=None)  # measured; None: not measured
+
+
 class Model(Declared):
     source: str  # absolute path of the ONNX file
     inputs: dict[str, TensorType]
     outputs: dict[str, TensorType]  # from the ONNX file, shapes inferred from `inputs`
     split: Literal["auto", "none"] = "auto"
+    variants: tuple[ModelVariant, ...] = ()  # besides the model itself (fidelity 1)
+    min_fidelity: float | None = Field(gt=0, le=1, default=None)  # the floor variants must keep
 
 
 class Operator(Declared):

@@ -66,6 +66,7 @@ class PlacedUnit(_Frozen):
     cut: tuple[str, ...] = ()    # head and tail: the tensors the head sends the tail
     compute_share: float         # of its device's compute (runs per second x seconds per run)
     memory_bytes: float
+    variant: str | None = None   # a model's: the variant it runs (None: the model itself)
 
     @property
     def name(self) -> str:
@@ -79,6 +80,7 @@ class SplitChoice(_Frozen):
     transfer_bytes: int
     head_work_flop: int          # the ONNX analysis counts whole FLOP
     tail_work_flop: int
+    variant: str | None = None   # the variant that is cut (None: the model itself)
 
 
 class Compute(_Frozen):
@@ -180,11 +182,15 @@ class Plan(_Frozen):
         out["bound"] = plan_objective(self.bound)
         out["objective"] = plan_objective(self.objective)
         out["placements"] = [{"unit": u.name, "replica": u.replica, "device": u.device,
-                              "tier": u.tier.value} for u in self.units]
+                              "tier": u.tier.value,
+                              **({"variant": u.variant} if u.variant is not None else {})}
+                             for u in self.units]
         out["splits"] = [{"model": s.model, "replica": s.replica, "cut": list(s.cut),
                           "transfer_bytes": s.transfer_bytes,
                           "head_work_flop": s.head_work_flop,
-                          "tail_work_flop": s.tail_work_flop} for s in self.splits]
+                          "tail_work_flop": s.tail_work_flop,
+                          **({"variant": s.variant} if s.variant is not None else {})}
+                         for s in self.splits]
         out["pipelines"] = [{"name": p.name, "replica": p.replica,
                              "latency_ms": p.latency_s * 1e3,
                              "slo_latency_ms": p.slo_latency_s * 1e3

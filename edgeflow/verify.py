@@ -31,21 +31,31 @@ def _close(a: float, b: float) -> bool:
 
 
 class _Models:
-    """Work and weights of whole models and of cuts, from the ONNX files."""
+    """Work and weights of whole models (and their variants) and of cuts, from the ONNX
+    files; whether a variant runs at int8 speed, and whether it may run at all."""
 
     def __init__(self, program: ir.Program) -> None:
-        self.problems: dict[str, CutProblem] = {}
+        self.problems: dict[tuple[str, str | None], CutProblem] = {}
+        self.int8: dict[tuple[str, str | None], bool] = {}
+        self.allowed: dict[tuple[str, str | None], bool] = {}
         for name, model in program.models.items():
-            analysis = analyse(onnx.load(model.source), {n: t.shape for n, t in
-                                                         model.inputs.items()})
-            self.problems[name] = CutProblem(analysis)
+            shapes = {n: t.shape for n, t in model.inputs.items()}
+            files = [(None, model.source, False, 1.0)] + [
+                (v.name, v.source, v.int8, v.fidelity) for v in model.variants]
+            for variant, source, int8, fidelity in files:
+                key = (name, variant)
+                self.problems[key] = CutProblem(analyse(onnx.load(source), shapes))
+                self.int8[key] = int8
+                floor = model.min_fidelity
+                self.allowed[key] = floor is None or (fidelity is not None and fidelity >= floor)
 
-    def whole(self, name: str) -> tuple[int, int]:
-        p = self.problems[name]
+    def whole(self, name: str, variant: str | None = None) -> tuple[int, int]:
+        p = self.problems[(name, variant)]
         return p.total_work, weight_bytes_of(p.analysis, p.nodes.values())
 
-    def cut(self, name: str, tensors: list[str]) -> tuple[int, int, int, int, int]:
-        p = self.problems[name]
+    def cut(self, name: str, tensors: list[str], variant: str | None = None,
+            ) -> tuple[int, int, int, int, int]:
+        p = self.problems[(name, variant)]
         c = p.from_tensors(tensors)
         head = [p.nodes[v] for v in c.head]
         tail = [n for v, n in p.nodes.items() if v not in c.head]
@@ -65,13 +75,28 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
     device_of = {inst: dev for dev in program.devices.values() for inst in dev.instances()}
     models = _Models(program)
     where: dict[tuple[str, int], str] = {}
+    variant: dict[tuple[str, int], str | None] = {}  # of each model replica
     for p in plan["placements"]:
         where[(p["unit"], p["replica"])] = p["device"]
+        variant[(p["unit"].removesuffix(".head").removesuffix(".tail"), p["replica"])] = \
+            p.get("variant")
+        if (p["unit"].split(".")[0], p.get("variant")) not in models.problems and \
+                p["unit"].split(".")[0] in program.models:
+            problems.append(f"{p['unit']}: unknown variant {p.get('variant')}")
+        elif p["unit"].split(".")[0] in program.models and \
+                not models.allowed[(p["unit"].split(".")[0], p.get("variant"))]:
+            problems.append(f"{p['unit']} replica {p['replica']}: variant {p.get('variant')} "
+                            "is below the model's fidelity floor")
         if p["device"] not in device_of:
             problems.append(f"unknown device instance {p['device']}")
         elif tiers[p["device"]] != p["tier"]:
             problems.append(f"{p['unit']}: tier of {p['device']} misreported")
     splits = {(s["model"], s["replica"]): s for s in plan["splits"]}
+
+    def speed(inst: str, int8: bool) -> float:
+        """Operations per second of `inst` for float work, or an int8 variant's."""
+        dev = device_of[inst]
+        return (dev.compute_int8_ops or dev.compute_flops) if int8 else dev.compute_flops
 
     def allowed(inst: str, labels: frozenset[str]) -> bool:
         return all(tiers[inst] in {t.value for t in program.privacy[lb].allow} for lb in labels)
@@ -116,7 +141,7 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
 
     # locations (in, out) of every step of every replica, and the units' own costs
     loc: dict[tuple[str, int], tuple[str, str]] = {}
-    comp_ms: dict[tuple[str, int], list[tuple[str, str, float]]] = {}
+    comp_ms: dict[tuple[str, int], list[tuple[str, str, float, bool]]] = {}  # unit, at, work, int8
     inner: dict[tuple[str, int], tuple[float, list[str], int]] = {}
     needs: dict[tuple[str, int], tuple[float, float, tuple[str, ...]]] = {}  # work, memory, cut
     for comp in df.components:
@@ -135,13 +160,19 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
                     if head is None or tail is None:
                         problems.append(f"split model {name} replica {r} is not placed")
                         continue
-                    hw, tw, nbytes, hm, tm = models.cut(name, s["cut"])
+                    var = variant.get((name, r))
+                    if s.get("variant") != var:
+                        problems.append(f"{name} replica {r}: split variant {s.get('variant')}"
+                                        f" is not the placed {var}")
+                    hw, tw, nbytes, hm, tm = models.cut(name, s["cut"], var)
+                    fast = models.int8[(name, var)]
                     for key, mine in (("head_work_flop", hw), ("tail_work_flop", tw),
                                       ("transfer_bytes", nbytes)):
                         if not _close(float(s[key]), float(mine)):
                             problems.append(f"{name} replica {r}: {key} {s[key]} != {mine}")
                     loc[(name, r)] = (head, tail)
-                    comp_ms[(name, r)] = [(f"{name}.head", head, hw), (f"{name}.tail", tail, tw)]
+                    comp_ms[(name, r)] = [(f"{name}.head", head, hw, fast),
+                                          (f"{name}.tail", tail, tw, fast)]
                     memory[head] += -(-hm // 1024) * 1024
                     memory[tail] += -(-tm // 1024) * 1024
                     needs[(f"{name}.head", r)] = (hw, hm, tuple(s["cut"]))
@@ -156,17 +187,19 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
                     if at is None:
                         problems.append(f"{name} replica {r} is not placed")
                         continue
+                    fast = False
                     if name in program.operators:
                         work, mem = program.operators[name].work_flop, \
                             program.operators[name].memory_bytes
                     else:
-                        work, mem = models.whole(name)
+                        work, mem = models.whole(name, variant.get((name, r)))
+                        fast = models.int8[(name, variant.get((name, r)))]
                     loc[(name, r)] = (at, at)
-                    comp_ms[(name, r)] = [(name, at, work)]
+                    comp_ms[(name, r)] = [(name, at, work, fast)]
                     memory[at] += -(-mem // 1024) * 1024  # whole KiB, as requested
                     needs[(name, r)] = (work, mem, ())
-                for unit, at, work in comp_ms.get((name, r), []):
-                    util[at] += rates[name] * work / device_of[at].compute_flops
+                for unit, at, work, fast in comp_ms.get((name, r), []):
+                    util[at] += rates[name] * work / speed(at, fast)
                     hosts.add(at)
                     workers[at] += 1
                     brokers.add(at)
@@ -179,7 +212,8 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
     # what each unit replica asks of its device (the bundle's resource requests come from it)
     for pu in placed.units:
         work, mem, cut = needs[(pu.name, pu.replica)]
-        share = rates[pu.step] * work / device_of[pu.device].compute_flops
+        fast = pu.step in program.models and models.int8[(pu.step, pu.variant)]
+        share = rates[pu.step] * work / speed(pu.device, fast)
         if not (_close(pu.compute_share, share) and _close(pu.memory_bytes, mem)) or pu.cut != cut:
             problems.append(f"{pu.name} replica {pu.replica}: compute share, memory or cut "
                             "misreported")
@@ -212,8 +246,8 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
                         total += route(loc[(prev, r)][1], loc[(name, r)][0],
                                        program.output_bytes(prev),
                                        df.graph.nodes[prev]["labels"])[0]
-                    for _, at, work in comp_ms.get((name, r), []):
-                        total += work / device_of[at].compute_flops
+                    for _, at, work, fast in comp_ms.get((name, r), []):
+                        total += work / speed(at, fast)
                     if (name, r) in inner:
                         total += inner[(name, r)][0]
                 worst[p.name] = max(worst[p.name], total)

@@ -57,22 +57,24 @@ def _mermaid(bundle: Bundle) -> str:
 def _placement(bundle: Bundle) -> list[dict[str, str]]:
     """The placement table, a row per unit and shape: a unit whose replica r runs on
     `NAME[r]` for every r is one row, like one whose replicas all share a device."""
-    by_unit: dict[str, list[tuple[int, str, str]]] = {}
-    for u in bundle.plan.units:
-        by_unit.setdefault(u.name, []).append((u.replica, u.device, u.tier.value))
+    by_unit: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
+    for u in bundle.plan.units:  # a model's replicas running a variant are rows of their own
+        by_unit.setdefault((u.name, u.variant or ""), []).append(
+            (u.replica, u.device, u.tier.value))
     rows = []
-    for name in sorted(by_unit, key=natural):
-        placed = sorted(by_unit[name])
+    for name, variant in sorted(by_unit, key=lambda k: (natural(k[0]), k[1])):
+        placed = sorted(by_unit[(name, variant)])
         replicas = [r for r, _, _ in placed]
         span = f"{replicas[0]}–{replicas[-1]}" if len(replicas) > 1 else str(replicas[0])
         contiguous = replicas == list(range(replicas[0], replicas[0] + len(replicas)))
         shapes = {(_pattern(d) if d.endswith(f"[{r}]") else d, t) for r, d, t in placed}
         if contiguous and len(shapes) == 1:
             device, tier = shapes.pop()
-            rows.append({"unit": name, "replicas": span, "device": device, "tier": tier})
+            rows.append({"unit": name, "variant": variant, "replicas": span, "device": device,
+                         "tier": tier})
             continue
-        rows.extend({"unit": name, "replicas": str(r), "device": d, "tier": t}
-                    for r, d, t in placed)
+        rows.extend({"unit": name, "variant": variant, "replicas": str(r), "device": d,
+                     "tier": t} for r, d, t in placed)
     return rows
 
 

@@ -4,6 +4,7 @@ infeasibility; compare with baselines. `make_plan` returns the typed `edgeflow.p
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -14,10 +15,17 @@ from edgeflow.execution import ExecutionGraph
 from edgeflow.objectives import plan_objective
 from edgeflow.placement.baselines import BASELINES
 from edgeflow.placement.decompose import decompose
-from edgeflow.placement.evaluate import Placement, Split, best_feasible, evaluate
+from edgeflow.placement.evaluate import (
+    Placement,
+    Split,
+    best_feasible,
+    evaluate,
+    in_instance,
+    variant_of,
+)
 from edgeflow.placement.explain import explain
 from edgeflow.placement.milp import solve
-from edgeflow.placement.problem import Problem, Step, build_problem
+from edgeflow.placement.problem import Problem, Step, Variant, build_problem
 from edgeflow.plan import (
     DeviceUse,
     LinkUse,
@@ -46,26 +54,29 @@ def _plan(problem: Problem, status: Status, assignment: dict[Step, Placement],
         replica = step[1]
         assert replica is not None  # units are never shared between replicas
 
+        chosen = info.variant(variant_of(place))
+
         def placed(part: Part, inst: str, work: float, memory: float,
                    cut: tuple[str, ...] = (), name: str = info.name, r: int = replica,
-                   rate: float = info.rate) -> PlacedUnit:
+                   rate: float = info.rate, var: Variant = chosen) -> PlacedUnit:
             return PlacedUnit(step=name, part=part, replica=r, device=inst,
                               tier=problem.device(inst).tier, cut=cut,
-                              compute_share=rate * problem.compute_s(work, inst),
-                              memory_bytes=memory)
+                              compute_share=rate * problem.compute_s(work, inst, var.int8),
+                              memory_bytes=memory, variant=var.name)
 
-        if isinstance(place, Split):
-            cut = info.cuts[place.cut]
+        if isinstance(place, Split) and place.head != place.tail:
+            cut = chosen.cuts[place.cut]
             units.append(placed(Part.HEAD, place.head, cut.head_work, float(cut.head_weights),
                                 cut.tensors))
             units.append(placed(Part.TAIL, place.tail, cut.tail_work, float(cut.tail_weights),
                                 cut.tensors))
             splits.append(SplitChoice(model=info.name, replica=replica, cut=cut.tensors,
                                       transfer_bytes=cut.transfer_bytes,
-                                      head_work_flop=cut.head_work, tail_work_flop=cut.tail_work))
+                                      head_work_flop=cut.head_work, tail_work_flop=cut.tail_work,
+                                      variant=chosen.name))
         else:
             part = Part.OPERATOR if info.kind == "operator" else Part.WHOLE
-            units.append(placed(part, place, info.work, info.memory))
+            units.append(placed(part, in_instance(place), chosen.work, chosen.memory))
     pipelines = []
     for name, r, _ in problem.pipelines:
         slo = program.pipelines[name].slo.latency_s
@@ -230,8 +241,11 @@ class WarmStart:
             return None
         for step, place in a.items():
             hosts = (place.head, place.tail) if isinstance(place, Split) else (place,)
-            if any(h not in problem.steps[step].candidates for h in hosts) or (
-                    isinstance(place, Split) and place.cut >= len(problem.steps[step].cuts)):
+            info = problem.steps[step]
+            if any(h not in info.candidates for h in hosts) or (
+                    isinstance(place, Split) and (
+                        place.variant >= len(info.options) or place.head != place.tail and
+                        place.cut >= len(info.variant(place.variant).cuts))):
                 return None
         return a
 
@@ -269,8 +283,8 @@ def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,
                                 "optima and one pass placing the parts one by one all break a "
                                 "constraint), and none is proven impossible"),))
     elif solution.assignment is None:
-        reasons = explain(explained, max(EXPLAIN_MIN_S,
-                                         time_limit - (time.perf_counter() - started)))
+        reasons = _floors_binding(execution, time_limit) + explain(
+            explained, max(EXPLAIN_MIN_S, time_limit - (time.perf_counter() - started)))
         plan = Plan(app=program.app.name, status=Status.INFEASIBLE, method=method,
                     explanation=tuple(reasons))
     elif violations and (fallback := _best_baseline(problem)) is not None:
@@ -292,7 +306,47 @@ def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,
         ev = evaluate(problem, assignment) if assignment is not None else None
         baselines.append(Baseline(name, ev.objective if ev else None, bool(ev and ev.feasible),
                                   ev.violations[0] if ev and ev.violations else None))
+    if compare and any(info.chooses for info in problem.steps.values()):
+        baselines.append(_without_variants(problem, time_limit))
     return plan, baselines
+
+
+def _without_variants(problem: Problem, time_limit: float) -> Baseline:
+    """The baseline `without variants`: the same exact placement, every model run as itself
+    (what the plan would be had no variant been declared)."""
+    alone = dataclasses.replace(problem, steps={
+        step: dataclasses.replace(info, variants=()) for step, info in problem.steps.items()})
+    solution = solve(alone, time_limit)
+    if solution.assignment is None:
+        return Baseline("without variants", None, False, "no plan exists without variants")
+    ev = evaluate(problem, solution.assignment)
+    return Baseline("without variants", ev.objective, ev.feasible,
+                    ev.violations[0] if ev.violations else None)
+
+
+def _floors_binding(execution: ExecutionGraph, time_limit: float) -> list[Reason]:
+    """For an app with no plan: each model whose fidelity floor excludes a variant, when
+    without the floors a plan exists (so a floor is what binds); [] otherwise."""
+    program = execution.program
+    floored = {name: [v for v in m.variants if v.fidelity is None or v.fidelity < m.min_fidelity]
+               for name, m in program.models.items() if m.min_fidelity is not None}
+    floored = {name: out for name, out in floored.items() if out}
+    if not floored:
+        return []
+    relaxed = program.model_copy(update={"models": {
+        name: m.model_copy(update={"min_fidelity": None}) for name, m in program.models.items()}})
+    free = dataclasses.replace(execution, program=relaxed)
+    if solve(build_problem(free), min(time_limit, 10.0)).assignment is None:
+        return []
+    def measured(v: ir.ModelVariant) -> str:
+        return "not measured" if v.fidelity is None else f"fidelity {v.fidelity:.4g}"
+
+    return [Reason(message=f"the fidelity floor of `{name}` (min_fidelity = "
+                           f"{program.models[name].min_fidelity:g}) excludes "
+                           + ", ".join(f"`{v.name}` ({measured(v)})" for v in out)
+                           + "; without the floor a plan exists",
+                   spans=(program.models[name].span,))
+            for name, out in floored.items()]
 
 
 __all__ = ["Baseline", "WarmStart", "explanation_diagnostics", "make_plan", "size_diagnostics"]

@@ -39,7 +39,7 @@ import numpy as np
 from edgeflow.cost import unit_cpu, unit_memory_bytes
 from edgeflow.objectives import TERMS, Combine
 from edgeflow.placement.baselines import BASELINES
-from edgeflow.placement.evaluate import Placement, Split, best_feasible, evaluate
+from edgeflow.placement.evaluate import Placement, Split, best_feasible, evaluate, variant_of
 from edgeflow.placement.explain import fastest, placement_options
 from edgeflow.placement.heuristic import greedy
 from edgeflow.placement.milp import Solution, solve
@@ -128,17 +128,19 @@ def use_of(sub: Problem, assignment: dict[Step, Placement]) -> Use:
         if not info.is_unit:
             continue
         place = assignment[step]
+        chosen = info.variant(variant_of(place))
         if isinstance(place, Split) and place.head != place.tail:
-            cut = info.cuts[place.cut]
+            cut = chosen.cuts[place.cut]
             parts: list[tuple[str, float, float]] = [
                 (place.head, cut.head_work, float(cut.head_weights)),
                      (place.tail, cut.tail_work, float(cut.tail_weights))]
         else:
             inst = place.head if isinstance(place, Split) else place
-            parts = [(inst, info.work, info.memory)]
+            parts = [(inst, chosen.work, chosen.memory)]
         for inst, work, memory in parts:
             dev = sub.device(inst)
-            out.taken[("cpu", inst)] += unit_cpu(info.rate * sub.compute_s(work, inst), dev)
+            out.taken[("cpu", inst)] += unit_cpu(info.rate * sub.compute_s(work, inst,
+                                                                            chosen.int8), dev)
             out.taken[("memory", inst)] += unit_memory_bytes(memory, dev)
     for link, load in ev.link_load_bps.items():
         out.taken[link] += load

@@ -25,9 +25,18 @@ from edgeflow.plan import Compute, Part, Transfer, unit_name
 
 @dataclass(frozen=True)
 class Split:
-    cut: int          # index into the step's cut options
+    """A model split at cut `cut` of its variant `variant` (0: the model itself), head and tail
+    on two instances; with head == tail, that variant run whole on one instance (how a model
+    with variants runs whole as another variant: a plain instance means the model itself)."""
+
+    cut: int          # index into the variant's cut options
     head: str         # instance
     tail: str
+    variant: int = 0  # index into the step's variants
+
+
+def variant_of(place: Placement) -> int:
+    return place.variant if isinstance(place, Split) else 0
 
 
 Placement = str | Split
@@ -102,8 +111,9 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
                                      f"labels {', '.join(sorted(info.labels))} do not allow")
         if not info.is_unit:
             continue
+        chosen = info.variant(variant_of(place))
         if isinstance(place, Split) and place.head != place.tail:
-            cut = info.cuts[place.cut]
+            cut = chosen.cuts[place.cut]
             parts: list[tuple[str, str, float, float]] = [
                 (unit_name(info.name, Part.HEAD), place.head, cut.head_work,
                  float(cut.head_weights)),
@@ -114,10 +124,10 @@ def evaluate(problem: Problem, assignment: dict[Step, Placement]) -> Evaluation:
                                              f"the cut of `{info.name}`"), cut)
         else:
             inst = in_instance(place)
-            parts = [(info.name, inst, info.work, info.memory)]
+            parts = [(info.name, inst, chosen.work, chosen.memory)]
         entries = []
         for unit, inst, work, memory in parts:
-            seconds = problem.compute_s(work, inst)
+            seconds = problem.compute_s(work, inst, chosen.int8)
             ev.utilization[inst] += info.rate * seconds
             ev.cpu[inst] += unit_cpu(info.rate * seconds, problem.device(inst))
             ev.memory[inst] += unit_memory_bytes(memory, problem.device(inst))

@@ -16,7 +16,7 @@ import itertools
 import numpy as np
 
 from edgeflow.cost import stream_bps, unit_memory_bytes
-from edgeflow.placement.evaluate import Placement, Split, evaluate, out_instance
+from edgeflow.placement.evaluate import Placement, Split, evaluate, out_instance, variant_of
 from edgeflow.placement.milp import assignment_from, formulate
 from edgeflow.placement.problem import Problem, Step, StepInfo, out_labels
 from edgeflow.plan import Part, Reason, unit_name
@@ -39,15 +39,20 @@ def placement_options(problem: Problem, step: Step) -> list[Option]:
     if not info.is_unit:
         return [(i, i, 0.0, i) for i in info.candidates]
     allowed = [i for i in info.candidates if problem.tier_allows(i, info.labels)]
-    options: list[Option] = [(i, i, problem.compute_s(info.work, i), i) for i in allowed]
-    for k, cut in enumerate(info.cuts):
-        for i in allowed:
-            for j in allowed:
-                route = problem.route(i, j, cut.transfer_bytes, info.labels)
-                if i == j or route is None:
-                    continue
-                options.append((i, j, problem.compute_s(cut.head_work, i) + route.seconds
-                                + problem.compute_s(cut.tail_work, j), Split(k, i, j)))
+    options: list[Option] = []
+    for n, var in enumerate(info.options):  # each variant (0: the model itself) whole, cut
+        options += [(i, i, problem.compute_s(var.work, i, var.int8),
+                     i if n == 0 else Split(max(len(var.cuts) - 1, 0), i, i, n))
+                    for i in allowed]
+        for k, cut in enumerate(var.cuts):
+            for i in allowed:
+                for j in allowed:
+                    route = problem.route(i, j, cut.transfer_bytes, info.labels)
+                    if i == j or route is None:
+                        continue
+                    options.append((i, j, problem.compute_s(cut.head_work, i, var.int8) +
+                                    route.seconds + problem.compute_s(cut.tail_work, j, var.int8),
+                                    Split(k, i, j, n)))
     return options
 
 
@@ -95,17 +100,19 @@ def fastest(problem: Problem, path: tuple[Step, ...],
                               problem.dataflow.graph.nodes[prev[0]]["labels"])
         assert route is not None
         terms.append((route.seconds, _route_text(problem, route.hops)))
-        if isinstance(place, Split):
-            cut = info.cuts[place.cut]
+        picked = info.variant(variant_of(place))
+        what = info.name if picked.name is None else f"{info.name} ({picked.name})"
+        if isinstance(place, Split) and place.head != place.tail:
+            cut = picked.cuts[place.cut]
             inner = problem.route(i, j, cut.transfer_bytes, info.labels)
             assert inner is not None
-            terms += [(problem.compute_s(cut.head_work, i),
+            terms += [(problem.compute_s(cut.head_work, i, picked.int8),
                        f"`{unit_name(info.name, Part.HEAD)}` on `{i}`"),
-                      (inner.seconds, f"sending the cut of `{info.name}` from `{i}` to `{j}`"),
-                      (problem.compute_s(cut.tail_work, j),
+                      (inner.seconds, f"sending the cut of `{what}` from `{i}` to `{j}`"),
+                      (problem.compute_s(cut.tail_work, j, picked.int8),
                        f"`{unit_name(info.name, Part.TAIL)}` on `{j}`")]
         elif info.is_unit:
-            terms.append((problem.compute_s(info.work, i), f"`{info.name}` on `{i}`"))
+            terms.append((problem.compute_s(picked.work, i, picked.int8), f"`{what}` on `{i}`"))
     return total, terms, placement
 
 
@@ -186,9 +193,11 @@ def _elastic(problem: Problem, time_limit: float) -> list[Reason]:
         info = problem.steps[step]
         if not info.is_unit:
             continue
+        chosen = info.variant(variant_of(place))
         for inst in {place.head, place.tail} if isinstance(place, Split) else {place}:
-            for kind, amount in (("compute", info.rate * problem.compute_s(info.work, inst)),
-                                 ("memory", info.memory)):
+            for kind, amount in (("compute", info.rate * problem.compute_s(chosen.work, inst,
+                                                                           chosen.int8)),
+                                 ("memory", chosen.memory)):
                 per_unit = load.setdefault((kind, inst), {})
                 per_unit[info.name] = per_unit.get(info.name, 0.0) + amount
     # what the runtime's processes take on each instance (docs/placement.md, "Runtime")

@@ -45,7 +45,14 @@ from edgeflow.objectives import TERMS, Combine
 from edgeflow.placement.baselines import BASELINES
 from edgeflow.placement.evaluate import Placement, Split, best_feasible, evaluate
 from edgeflow.placement.heuristic import greedy
-from edgeflow.placement.problem import Problem, Step, StepInfo, build_problem, out_labels
+from edgeflow.placement.problem import (
+    Problem,
+    Step,
+    StepInfo,
+    Variant,
+    build_problem,
+    out_labels,
+)
 from edgeflow.span import Span
 
 Expr = tuple[dict[int, float], float]  # (coefficients by variable, constant)
@@ -147,7 +154,8 @@ class Formulation:
     problem: Problem
     lp: LinearModel = field(default_factory=LinearModel)
     x: dict[Step, dict[str, int]] = field(default_factory=dict)
-    s: dict[Step, dict[tuple[int, str, str], int]] = field(default_factory=dict)
+    # a model with a choice: (variant, cut, head, tail) -> its column; head == tail: whole
+    s: dict[Step, dict[tuple[int, int, str, str], int]] = field(default_factory=dict)
     used: dict[str, int] = field(default_factory=dict)
     terms: dict[str, Expr] = field(default_factory=dict)
     # what the objective terms are made of (edgeflow.objectives reads them)
@@ -217,7 +225,7 @@ class Formulation:
         if step in self.x:
             return {i: ({v: 1.0}, 0.0) for i, v in self.x[step].items()}
         out: dict[str, dict[int, float]] = defaultdict(dict)
-        for (k, i, j), v in self.s[step].items():
+        for (_, _, i, j), v in self.s[step].items():
             out[i if side == "in" else j][v] = 1.0
         return {i: (c, 0.0) for i, c in out.items()}
 
@@ -253,40 +261,43 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
             continue
         if not info.is_unit:
             continue
-        if info.splittable:
-            options = []
-            for k, cut in enumerate(info.cuts):
-                for i in allowed:
-                    for j in allowed:
-                        if i != j and problem.route(i, j, cut.transfer_bytes, info.labels) \
-                                is None:
-                            continue
-                        if i == j and k != len(info.cuts) - 1:
-                            continue  # on one device every cut is the same: keep one
-                        options.append((k, i, j))
+        if info.splittable or info.chooses:
+            # a key (variant, cut, head, tail); head == tail: that variant whole on one device
+            options: list[tuple[int, int, str, str]] = []
+            for n, var in enumerate(info.options):
+                if not var.cuts:
+                    options.extend((n, 0, i, i) for i in allowed)
+                for k, cut in enumerate(var.cuts):
+                    for i in allowed:
+                        for j in allowed:
+                            if i != j and problem.route(i, j, cut.transfer_bytes,
+                                                        info.labels) is None:
+                                continue
+                            if i == j and k != len(var.cuts) - 1:
+                                continue  # on one device every cut is the same: keep one
+                            options.append((n, k, i, j))
             # options a part cannot take even alone are dropped (unless that drops all: the
             # explanation then names the limit): their huge coefficients only mislead HiGHS.
             # The elastic model of the explanations keeps them: it may exceed limits.
-            options = [(k, i, j) for k, i, j in options if elastic or
-                       (_fits(problem, info, info.work, info.memory, i) if i == j else
-                        _fits(problem, info, info.cuts[k].head_work, info.cuts[k].head_weights, i)
-                        and _fits(problem, info, info.cuts[k].tail_work,
-                                  info.cuts[k].tail_weights, j))] or options
+            options = [(n, k, i, j) for n, k, i, j in options if elastic or _fits_option(
+                problem, info, info.variant(n), k, i, j)] or options
             f.s[step] = {key: lp.var() for key in options}
             lp.row(({v: 1.0 for v in f.s[step].values()}, 0.0), 1.0, 1.0)
             comp: dict[int, float] = {}
             inner: dict[int, float] = {}
-            for (k, i, j), v in f.s[step].items():
-                cut = info.cuts[k]
-                head_s = problem.compute_s(cut.head_work, i)
-                tail_s = problem.compute_s(cut.tail_work, j)
+            for (n, k, i, j), v in f.s[step].items():
+                var = info.variant(n)
                 if i == j:
-                    head_s, tail_s = problem.compute_s(info.work, i), 0.0
+                    head_s, tail_s = problem.compute_s(var.work, i, var.int8), 0.0
+                else:
+                    cut = var.cuts[k]
+                    head_s = problem.compute_s(cut.head_work, i, var.int8)
+                    tail_s = problem.compute_s(cut.tail_work, j, var.int8)
                 comp[v] = head_s + tail_s
                 util[i].append(({v: info.rate * head_s}, 0.0))
                 util[j].append(({v: info.rate * tail_s}, 0.0))
                 if i == j:
-                    memory[i].append(({v: float(reserved_bytes(info.memory))}, 0.0))
+                    memory[i].append(({v: float(reserved_bytes(var.memory))}, 0.0))
                     occupies[i].append(({v: 1.0}, 0.0))
                     continue
                 memory[i].append(({v: float(reserved_bytes(cut.head_weights))}, 0.0))
@@ -371,11 +382,22 @@ def formulate(problem: Problem, elastic: bool = False) -> Formulation:
     return f
 
 
-def _fits(problem: Problem, info: StepInfo, work: float, memory: float, inst: str) -> bool:
+def _fits(problem: Problem, info: StepInfo, work: float, memory: float, inst: str,
+          int8: bool = False) -> bool:
     """Whether a unit doing `work` with `memory` could run on `inst` were it alone there."""
     dev = problem.device(inst)
-    return unit_cpu(info.rate * problem.compute_s(work, inst), dev) <= 1 and \
+    return unit_cpu(info.rate * problem.compute_s(work, inst, int8), dev) <= 1 and \
         unit_memory_bytes(memory, dev) <= dev.memory_bytes
+
+
+def _fits_option(problem: Problem, info: StepInfo, var: Variant, k: int, i: str,
+                 j: str) -> bool:
+    """Whether variant `var` of a model, whole on i (i == j) or cut at k, fits alone."""
+    if i == j:
+        return _fits(problem, info, var.work, var.memory, i, var.int8)
+    cut = var.cuts[k]
+    return _fits(problem, info, cut.head_work, cut.head_weights, i, var.int8) and \
+        _fits(problem, info, cut.tail_work, cut.tail_weights, j, var.int8)
 
 
 def _broker(f: Formulation, inst: str) -> Expr:
@@ -530,10 +552,7 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
             if start_value <= bound * (1 + gap) + 1e-12:  # the warm start is proven optimal
                 found[term], stage_gaps[term], lower = start_value, 0.0, bound
                 if stage + 1 < len(order):
-                    tol = max(abs(start_value) * 1e-9, 1e-12)
-                    h.addRow(-np.inf, start_value - const + tol, len(coeffs),
-                             np.array(list(coeffs), dtype=np.int32),
-                             np.array(list(coeffs.values())))
+                    _keep(h, coeffs, start_value - const)
                     continue
                 return Solution("optimal", start, 0.0, time.perf_counter() - started, found,
                                 stage_gaps, lower)
@@ -577,9 +596,7 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
             stage_gaps[term] = min(1.0, float(info.mip_gap))
             worst_gap = max(worst_gap, stage_gaps[term])
         if stage + 1 < len(order):  # keep this term at its optimum in the next stages
-            tol = max(abs(best) * 1e-9, 1e-12)
-            h.addRow(-np.inf, best - const + tol, len(coeffs),
-                     np.array(list(coeffs), dtype=np.int32), np.array(list(coeffs.values())))
+            _keep(h, coeffs, best - const)
     if values is None:  # the time ran out before the solver had a plan of its own
         if start is None:
             return Solution("unknown", None, seconds=time.perf_counter() - started)
@@ -589,6 +606,18 @@ def solve(problem: Problem, time_limit: float = 30.0, gap: float = 1e-7,
                          if t in order}, {t: 1.0 for t in order}, lower)
     return Solution(status, assignment_from(f, values), worst_gap, time.perf_counter() - started,
                     found, stage_gaps, lower)
+
+
+def _keep(h: highspy.Highs, coeffs: Mapping[int, float], best: float) -> None:
+    """Add the row `coeffs . x <= best` (within 1e-9 of it, relatively), divided by its largest
+    coefficient: HiGHS accepts a MIP row violated by up to its feasibility tolerance (1e-6), which
+    would let a term whose values are all tiny (the energy of a few FLOP) drift off its optimum
+    in later stages; scaled to a largest coefficient of 1, its values are compared in
+    proportion to the term's own size."""
+    scale = max((abs(c) for c in coeffs.values()), default=1.0) or 1.0
+    tol = max(abs(best) * 1e-9, 1e-12)
+    h.addRow(-np.inf, (best + tol) / scale, len(coeffs), np.array(list(coeffs), dtype=np.int32),
+             np.array(list(coeffs.values())) / scale)
 
 
 def start_values(f: Formulation, assignment: dict[Step, Placement]) -> tuple[np.ndarray,
@@ -603,11 +632,14 @@ def start_values(f: Formulation, assignment: dict[Step, Placement]) -> tuple[np.
     for step, split_vars in f.s.items():
         place = assignment[step]
         info = f.problem.steps[step]
-        key = (place.cut, place.head, place.tail) if isinstance(place, Split) else \
-            (len(info.cuts) - 1, place, place)
+        if isinstance(place, Split) and place.head != place.tail:
+            key = (place.variant, place.cut, place.head, place.tail)
+        else:  # whole: the one key of its variant on that device
+            n, inst = (place.variant, place.head) if isinstance(place, Split) else (0, place)
+            key = (n, max(len(info.variant(n).cuts) - 1, 0), inst, inst)
         for k, v in split_vars.items():
             values[v] = 1.0 if k == key else 0.0
-        hosted.update({key[1], key[2]})
+        hosted.update({key[2], key[3]})
     for inst, v in f.used.items():
         values[v] = 1.0 if inst in hosted else 0.0
     if f.brokers:
@@ -680,8 +712,8 @@ def symmetric_start(problem: Problem, time_limit: float) -> dict[Step, Placement
         name, r = step
         place = solution.assignment.get((name, 0)) or solution.assignment[(name, None)]
         rr = r if r is not None else 0
-        out[step] = Split(place.cut, widen(place.head, rr), widen(place.tail, rr)) \
-            if isinstance(place, Split) else widen(place, rr)
+        out[step] = Split(place.cut, widen(place.head, rr), widen(place.tail, rr),
+                          place.variant) if isinstance(place, Split) else widen(place, rr)
     return out
 
 
@@ -700,6 +732,6 @@ def assignment_from(f: Formulation, values: np.ndarray) -> dict[Step, Placement]
         elif step in f.x:
             out[step] = max(f.x[step], key=lambda i: values[f.x[step][i]])
         else:
-            k, i, j = max(f.s[step], key=lambda key: values[f.s[step][key]])
-            out[step] = i if i == j else Split(k, i, j)
+            n, k, i, j = max(f.s[step], key=lambda key: values[f.s[step][key]])
+            out[step] = i if i == j and n == 0 else Split(k, i, j, n)
     return out

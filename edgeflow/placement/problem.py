@@ -31,6 +31,19 @@ Step = StepKey  # (declared name, replica); None for a sink shared by all replic
 
 
 @dataclass(frozen=True)
+class Variant:
+    """A version of a model placement may run: the model itself (`name` None) or a declared
+    variant whose fidelity meets the model's floor."""
+
+    name: str | None
+    work: float                   # FLOP (or int8 operations) per run
+    memory: float                 # weight bytes
+    cuts: tuple[CutOption, ...]   # its Pareto cuts (`split = auto`)
+    int8: bool = False            # runs at its device's int8 rate
+    fidelity: float | None = 1.0  # None: a variant not measured (allowed without a floor)
+
+
+@dataclass(frozen=True)
 class StepInfo:
     """A step of the execution graph with what placing it needs."""
 
@@ -39,6 +52,23 @@ class StepInfo:
     memory: float                 # bytes
     candidates: list[str]         # device instances it may run on
     cuts: tuple[CutOption, ...] = ()  # a `split = auto` model's Pareto cuts
+    # a model with variants to choose from: the model itself first, then the variants that
+    # meet its fidelity floor; empty when there is no choice (then work, memory, cuts are it)
+    variants: tuple[Variant, ...] = ()
+
+    def variant(self, index: int) -> Variant:
+        """Variant `index` (0: the model itself)."""
+        return self.variants[index] if self.variants else \
+            Variant(None, self.work, self.memory, self.cuts)
+
+    @property
+    def options(self) -> tuple[Variant, ...]:
+        return self.variants or (self.variant(0),)
+
+    @property
+    def chooses(self) -> bool:
+        """Whether placement chooses among variants of this model."""
+        return len(self.variants) > 1
 
     @property
     def step(self) -> Step:
@@ -140,8 +170,8 @@ class Problem:
         tier = self.device(inst).tier
         return all(tier in self.program.privacy[lb].allow for lb in labels)
 
-    def compute_s(self, work: float, inst: str) -> float:
-        return compute_s(work, self.device(inst))
+    def compute_s(self, work: float, inst: str, int8: bool = False) -> float:
+        return compute_s(work, self.device(inst), int8)
 
     def route(self, a: str, b: str, nbytes: int, labels: frozenset[str]) -> Route | None:
         """The fastest route for a message of `nbytes` from `a` to `b` through instances whose
@@ -240,6 +270,7 @@ def build_problem(graph: ExecutionGraph) -> Problem:
             pools[(n, r)] = [d.instance(r) for d in [*own, *shared]]
         return pools[(n, r)]
 
+    choices = {name: variants_of(program.models[name]) for name in costs}
     steps: dict[Step, StepInfo] = {}
     for key, step in graph.steps.items():
         name, r = key
@@ -254,7 +285,7 @@ def build_problem(graph: ExecutionGraph) -> Problem:
             else:
                 work, memory = costs[name].work, float(costs[name].weights)
         steps[key] = StepInfo(step, work, memory, cands,
-                              costs[name].cuts if name in costs else ())
+                              costs[name].cuts if name in costs else (), choices.get(name, ()))
     _prune_by_slo(graph, steps)
     drivers: dict[str, int] = {}
     all_replicas: dict[str, int] = {}
@@ -264,6 +295,25 @@ def build_problem(graph: ExecutionGraph) -> Problem:
             if replica is None:
                 all_replicas[info.candidates[0]] = all_replicas.get(info.candidates[0], 0) + 1
     return Problem(graph, steps, drivers=drivers, shared_drivers=all_replicas)
+
+
+def variants_of(model: ir.Model) -> tuple[Variant, ...]:
+    """The versions of `model` placement may choose from: itself, then each declared variant
+    whose measured fidelity meets the model's `min_fidelity` (without a floor, every variant;
+    with one, a variant not measured never meets it). Empty when only the model remains."""
+    found = [Variant(None, *_costs(model))]
+    for v in model.variants:
+        if model.min_fidelity is not None and (v.fidelity is None or
+                                               v.fidelity < model.min_fidelity):
+            continue
+        found.append(Variant(v.name, *_costs(model.model_copy(update={"source": v.source})),
+                             int8=v.int8, fidelity=v.fidelity))
+    return tuple(found) if len(found) > 1 else ()
+
+
+def _costs(model: ir.Model) -> tuple[float, float, tuple[CutOption, ...]]:
+    cost = model_cost(model)
+    return cost.work, float(cost.weights), cost.cuts
 
 
 def _prune_by_slo(graph: ExecutionGraph, steps: dict[Step, StepInfo]) -> None:
@@ -297,7 +347,7 @@ def _prune_by_slo(graph: ExecutionGraph, steps: dict[Step, StepInfo]) -> None:
         into, out_of = reach(first), reach(last)  # links are symmetric
         for step in path:
             info = steps[step]
-            if not info.is_unit or info.splittable:
+            if not info.is_unit or info.splittable or info.chooses:
                 continue
             fine = {i for i in info.candidates if i in into and i in out_of and
                     into[i] + compute_s(info.work, graph.device(i)) + out_of[i]
@@ -307,7 +357,8 @@ def _prune_by_slo(graph: ExecutionGraph, steps: dict[Step, StepInfo]) -> None:
         info = steps[step]
         if fine and len(fine) < len(info.candidates):
             steps[step] = StepInfo(info.node, info.work, info.memory,
-                                   [i for i in info.candidates if i in fine], info.cuts)
+                                   [i for i in info.candidates if i in fine], info.cuts,
+                                   info.variants)
 
 
 def out_labels(problem: Problem, step: Step) -> frozenset[str]:

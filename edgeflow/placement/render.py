@@ -36,16 +36,22 @@ def render(plan: Plan, explain: bool = False) -> str:
     lines.append(f"objective: {objective_text(plan.objective)}")
     lines += ["", "placement (unit -> device per replica r):"]
     by_unit: dict[str, list[str]] = defaultdict(list)
+    variants: dict[str, list[str | None]] = defaultdict(list)
     for u in plan.units:
         by_unit[u.name].append(u.device)
+        variants[u.name].append(u.variant)
     width = max((len(u) for u in by_unit), default=4)
     for unit, devices in by_unit.items():
-        lines.append(f"  {unit:<{width}}  {_devices_text(devices)}")
+        chosen = variants[unit]
+        which = "" if set(chosen) == {None} else \
+            f"  variant {chosen[0]}" if len(set(chosen)) == 1 else \
+            "  variants " + ", ".join(f"r{r}: {v or 'the model'}" for r, v in enumerate(chosen))
+        lines.append(f"  {unit:<{width}}  {_devices_text(devices)}{which}")
     if not by_unit:
         lines.append("  (no operators or models to place)")
     for s in plan.splits:
-        lines.append(f"  cut of {s.model} (replica {s.replica}): {', '.join(s.cut)} "
-                     f"({s.transfer_bytes} B)")
+        lines.append(f"  cut of {s.model}{f' ({s.variant})' if s.variant else ''} "
+                     f"(replica {s.replica}): {', '.join(s.cut)} ({s.transfer_bytes} B)")
     lines += ["", "pipelines (worst replica):" if plan.pipelines else "pipelines: none"]
     for p in plan.worst_pipelines():
         slo = f"< {p.slo_latency_s * 1e3:g} ms" if p.slo_latency_s is not None else "no SLO"
