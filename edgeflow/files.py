@@ -26,9 +26,9 @@ def written_by_edgeflow(path: Path) -> bool:
     try:
         if path.suffix in (".svg", ".png"):  # the mark is in the metadata, near the start
             return b"edgeflow chart" in path.read_bytes()[:8192]
-        if path.suffix in (".html", ".htm"):  # <meta name="generator"> in the head
-            return b'<meta name="generator" content="edgeflow report' in \
-                path.read_bytes()[:1024]
+        head = path.read_bytes()[:1024]
+        if head.startswith(b"<!DOCTYPE html>"):  # a page: <meta name="generator"> in its head
+            return b'<meta name="generator" content="edgeflow report' in head
         if path.suffix == ".onnx":
             return bool(onnx.load(str(path), load_external_data=False).producer_name
                         == "edgeflow")

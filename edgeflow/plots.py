@@ -136,6 +136,16 @@ def sweep_chart(kind: str, app: str, sweeps: list[Sweep], points: list[Point],
         return _save(fig, kind)
 
 
+def _tight(fig: Any, **options: Any) -> None:
+    """`fig.tight_layout`, without its warning when long labels leave it no room (the chart
+    is drawn as it is rather than printing a warning to the user)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout(**options)
+
+
 def _log_ticks(axis: Any, low: float, high: float) -> None:
     """Ticks of a log x axis that do not collide: at 1, 2 and 5 of each decade over a range
     of two decades or less, at each decade over more."""
@@ -291,7 +301,7 @@ def latency_chart(program: ir.Program, plan: Plan) -> bytes:
             elif slo is not None:
                 ax.text(top, 0.5, f"SLO {slo:g} ms (off scale) →", color="#c62828",
                         fontsize=7, ha="right", va="bottom")
-            ax.set_yticks([0], [p.name])
+            ax.set_yticks([0], [_cut_label([p.name])])
             ax.set_ylim(-0.5, 1.1)
             ax.set_xlim(0, top)
             ax.grid(True, axis="x", alpha=0.3)
@@ -304,7 +314,7 @@ def latency_chart(program: ir.Program, plan: Plan) -> bytes:
                     Patch(color=TRANSFER_NETWORK, label="message across a link")]
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7,
                    frameon=False)
-        fig.tight_layout(rect=(0, 0.35 / (0.9 + 0.75 * len(worst)), 1, 1))
+        _tight(fig, rect=(0, 0.35 / (0.9 + 0.75 * len(worst)), 1, 1))
         return _save(fig, "svg")
 
 
@@ -331,10 +341,11 @@ def utilisation_chart(rows: list[tuple[str, str, float, float, float]]) -> bytes
                 ax.text(value * 100 + top * 0.005, yy, f"{value:.1%}", va="center",
                         fontsize=6.5)
         ax.axvline(100, color="#c62828", lw=1, ls="--")
-        ax.set_yticks(range(len(rows)), [f"{r[0]} ({r[1]})" for r in reversed(rows)])
+        ax.set_yticks(range(len(rows)), [_cut_label([f"{r[0]} ({r[1]})"])
+                                          for r in reversed(rows)])
         ax.set_xlim(0, top)
         ax.set_xlabel("share of the busiest instance (%)")
         ax.grid(True, axis="x", alpha=0.3)
         ax.legend(loc="lower right", fontsize=7)
-        fig.tight_layout()
+        _tight(fig)
         return _save(fig, "svg")

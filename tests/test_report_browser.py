@@ -42,6 +42,25 @@ def _apps() -> list[tuple[str, str, str]]:
                         ("normalize", "normalize_to_the_mean_and_deviation_of_imagenet")):
         reference = reference.replace(short, long)
     out.append(("long_names", reference, str(ROOT / "examples" / "reference.ef")))
+    # connections that skip the fog lane, and links and flows within one lane
+    out.append(("skipping", """
+app skip { objective = minimize(latency) }
+device cam { tier = edge, count = 2, compute = 1 TFLOPS, memory = 1 GiB }
+device cam_b { tier = edge, compute = 1 TFLOPS, memory = 1 GiB }
+device hub { tier = fog, count = 2, compute = 2 TFLOPS, memory = 8 GiB }
+device dc  { tier = cloud, count = 2, compute = 100 TFLOPS, memory = 64 GiB }
+link cam <-> hub { bandwidth = 100 Mbps, latency = 2 ms }
+link cam <-> cam_b { bandwidth = 100 Mbps, latency = 2 ms }
+link hub <-> dc  { bandwidth = 1 Gbps, latency = 10 ms }
+link cam <-> dc  { bandwidth = 10 Mbps, latency = 30 ms }
+sensor camera { on = cam, rate = 10 Hz, emits = float32[1, 3, 64, 64] }
+actuator arm { on = hub }
+actuator light { on = cam_b }
+store log { on = dc }
+pipeline a { flow = camera -> arm }
+pipeline b { flow = camera -> log }
+pipeline c { flow = camera -> light }
+""", str(ROOT / "examples" / "skip.ef")))
     return out
 
 
@@ -91,7 +110,11 @@ GEOMETRY = """() => {
   for (const tr of document.querySelectorAll('tr[data-pipeline]')) {
     pipelines[tr.dataset.pipeline] = {box: rect(tr), visible: tr.checkVisibility()};
   }
-  return {page, devices, pipelines, drawing: rect(document.querySelector('div.drawing')),
+  const labels = [...document.querySelectorAll('g.flow-label rect, g.link-label rect')]
+    .map(rect);
+  return {page, devices, pipelines, labels,
+          drawing: rect(document.querySelector('div.drawing')),
+          svg: rect(document.querySelector('svg.dataflow')),
           charts: document.querySelectorAll('svg.chart').length};
 }"""
 
@@ -142,6 +165,10 @@ def test_the_report_renders_in_chromium(browser: Any, shots: Path, tmp_path: Pat
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
             assert not _overlap(a, b), (a, b)
+    # every label of an arrow or a link is in the drawing, whole, and covers no device
+    for label in found["labels"]:
+        assert _inside(label, found["svg"]), (label, found["svg"], f"screenshot in {shots}")
+        assert not any(_overlap(label, box) for box in boxes), (label, f"screenshot in {shots}")
     assert set(found["pipelines"]) == set(program.pipelines)
     for pipeline, seen in found["pipelines"].items():
         assert seen["visible"] and seen["box"]["w"] > 0 and seen["box"]["h"] > 0, pipeline

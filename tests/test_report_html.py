@@ -51,9 +51,9 @@ def boxes(drawing: ET.Element) -> dict[str, dict[str, int]]:
         for row in g.iter(f"{SVG}g"):
             if row.get("class") == "row":
                 text = "".join(row.find(f"{SVG}text").itertext())  # type: ignore[union-attr]
-                m = re.fullmatch(r"(.*) ×([0-9]+)", text)
-                rows[row.get("data-row", "")] = int(m[2]) if m else 1
-                assert (m[1] if m else text) == row.get("data-row")
+                m = re.fullmatch(r"(.*?)(?: ×([0-9]+))?(?: \(([^)]*)\))?", text)
+                assert m is not None and m[1] == row.get("data-row")
+                rows[row.get("data-row", "")] = int(m[2]) if m[2] else 1
     return out
 
 
@@ -242,3 +242,20 @@ def test_an_app_with_nothing_to_place_still_gets_a_page() -> None:
         assert planned.plan is not None and planned.plan.feasible
         assert page.count(' class="chart"') == charts  # utilisation only: no pipeline
         assert len(svgs(page)) == 1 + charts  # the drawing, well-formed, and the charts
+
+
+def test_rows_follow_the_dataflow_and_pages_are_recognised_by_content(tmp_path: Path) -> None:
+    """In the car of autonomous_vehicle, the lidar path's steps come before `fuse`, which they
+    feed, and the actuator last; a page is edgeflow's whatever its file is called."""
+    file = ROOT / "examples" / "autonomous_vehicle.ef"
+    page, _ = page_of(file.read_text(), str(file))
+    drawing = dataflow(page)
+    (car,) = [g for g in drawing.iter(f"{SVG}g") if g.get("data-device") == "car"]
+    rows = [r.get("data-row") for r in car.iter(f"{SVG}g") if r.get("class") == "row"]
+    assert rows.index("lidar") < rows.index("fuse") and rows.index("lidar_encoder") < \
+        rows.index("fuse") and rows[-1] == "brake_controller"
+    out = tmp_path / "page"
+    proc = run("report", "examples/reference.ef", "-o", str(out))
+    assert proc.returncode == 0 and written_by_edgeflow(out)
+    again = run("report", "examples/reference.ef", "-o", str(out))
+    assert again.returncode == 0, again.stderr

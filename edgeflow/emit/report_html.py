@@ -134,6 +134,7 @@ class Row:
     kind: str
     order: tuple[int, int]
     replicas: set[tuple[str, int | None]] = field(default_factory=set)  # (instance, replica)
+    variants: set[str] = field(default_factory=set)  # a model's variants run here
 
 
 @dataclass
@@ -159,6 +160,7 @@ class Flow:
 
 
 Endpoint = tuple[str, str, str, tuple[int, int]]  # instance, row label, kind, order
+THE_MODEL = "the model"  # how a model's own version is named beside its variants
 
 
 def _endpoints(execution: ExecutionGraph, plan: Plan
@@ -168,8 +170,10 @@ def _endpoints(execution: ExecutionGraph, plan: Plan
     for u in plan.units:
         placed.setdefault((u.step, u.replica), {})[u.part] = u.device
     out = {}
-    for index, (key, step) in enumerate(execution.steps.items()):
+    graph = execution.dataflow.graph
+    for key, step in execution.steps.items():
         name, replica = key
+        index = graph.nodes[name]["order"]  # rows in dataflow order
         if step.device is not None:  # a sensor or sink sits on its device
             here: Endpoint = (step.device, name, step.kind, (index, 0))
             out[key] = (here, here, [here])
@@ -192,10 +196,13 @@ def build_picture(execution: ExecutionGraph, plan: Plan) -> tuple[dict[str, Grou
     group_of = {inst: d.name for inst, (d, _) in execution.instances.items()}
     groups = {name: Group(d) for name, d in program.devices.items()}
     ends = _endpoints(execution, plan)
+    variant = {(u.step, u.replica): u.variant for u in plan.units}
     for key, (_, _, parts) in ends.items():
         for inst, label, kind, order in parts:
             row = groups[group_of[inst]].rows.setdefault(label, Row(label, kind, order))
             row.replicas.add((inst, key[1]))
+            if program.models.get(key[0]) is not None and program.models[key[0]].variants:
+                row.variants.add(variant.get((key[0], key[1] or 0)) or THE_MODEL)
     for use in plan.devices:
         g = groups[group_of[use.device]]
         g.compute, g.cpu = max(g.compute, use.utilization), max(g.cpu, use.cpu)
@@ -263,62 +270,87 @@ def _box_title(g: Group, feasible: bool) -> str:
 
 def _row_text(row: Row) -> str:
     n = len(row.replicas)
-    return f"{row.label} ×{n}" if n > 1 else row.label
+    text = f"{row.label} ×{n}" if n > 1 else row.label
+    return text + (f" ({', '.join(sorted(row.variants))})" if row.variants else "")
 
 
 def _esc(text: str) -> str:
     return html.escape(text, quote=True)
 
 
-class _Labels:
-    """Arrow and link labels placed without overlapping each other."""
+class _Canvas:
+    """What the drawing covers (for its viewBox) and where labels are: each label is put where
+    it overlaps no box and no other label, the nearest free place above or below its spot."""
 
     def __init__(self) -> None:
         self.taken: list[tuple[float, float, float, float]] = []
+        self.low = [float("inf"), float("inf")]
+        self.high = [float("-inf"), float("-inf")]
+
+    def cover(self, x: float, y: float, w: float = 0.0, h: float = 0.0) -> None:
+        self.low = [min(self.low[0], x), min(self.low[1], y)]
+        self.high = [max(self.high[0], x + w), max(self.high[1], y + h)]
+
+    def block(self, x: float, y: float, w: float, h: float) -> None:
+        self.taken.append((x, y, w, h))
+        self.cover(x, y, w, h)
 
     def place(self, x: float, y: float, w: float, h: float) -> tuple[float, float]:
-        for k in range(40):
+        for k in range(60):
             dy = (k + 1) // 2 * (h + 2) * (1 if k % 2 else -1)
             rect = (x - w / 2, y + dy - h / 2, w, h)
             if not any(rect[0] < t[0] + t[2] and t[0] < rect[0] + rect[2] and
                        rect[1] < t[1] + t[3] and t[1] < rect[1] + rect[3] for t in self.taken):
-                self.taken.append(rect)
+                self.block(*rect)
                 return x, y + dy
-        self.taken.append((x - w / 2, y - h / 2, w, h))
+        self.block(x - w / 2, y - h / 2, w, h)
         return x, y
 
-
-def _label(labels: _Labels, x: float, y: float, text: str, css: str, colour: str = "#222"
-           ) -> str:
-    w, h = text_width(text, SMALL_FONT) + 8, SMALL_FONT + 6
-    x, y = labels.place(x, y, w, h)
-    return (f'<g class="{css}"><rect x="{x - w / 2:.1f}" y="{y - h / 2:.1f}" width="{w:.1f}" '
-            f'height="{h:.1f}" rx="3" fill="#fff" fill-opacity="0.92"/>'
-            f'<text x="{x:.1f}" y="{y + SMALL_FONT * 0.35:.1f}" text-anchor="middle" '
-            f'font-size="{SMALL_FONT}" fill="{colour}">{_esc(text)}</text></g>')
+    def label(self, x: float, y: float, text: str, css: str, colour: str = "#222") -> str:
+        w, h = text_width(text, SMALL_FONT) + 8, SMALL_FONT + 6
+        x, y = self.place(x, y, w, h)
+        return (f'<g class="{css}"><rect x="{x - w / 2:.1f}" y="{y - h / 2:.1f}" '
+                f'width="{w:.1f}" height="{h:.1f}" rx="3" fill="#fff" fill-opacity="0.92"/>'
+                f'<text x="{x:.1f}" y="{y + SMALL_FONT * 0.35:.1f}" text-anchor="middle" '
+                f'font-size="{SMALL_FONT}" fill="{colour}">{_esc(text)}</text></g>')
 
 
-def _connector(a: Box, ya: float, b: Box, yb: float, bulge: float) -> tuple[str, float, float]:
-    """An SVG path from box `a` at height `ya` to box `b` at `yb`: rightwards between lanes in
-    order, leftwards against it, a loop on the right within one lane; and its midpoint."""
-    if a.lane < b.lane:
-        x1, x2 = a.x + a.w, b.x
-    elif a.lane > b.lane:
-        x1, x2 = a.x, b.x + b.w
-    else:
-        x1 = x2 = a.x + a.w
-        out = x1 + bulge
-        return (f"M{x1:.1f},{ya:.1f} C{out:.1f},{ya:.1f} {out:.1f},{yb:.1f} {x2:.1f},{yb:.1f}",
-                x1 + bulge * 0.75, (ya + yb) / 2)
-    dx = (x2 - x1) / 2
-    path = f"M{x1:.1f},{ya:.1f} C{x1 + dx:.1f},{ya:.1f} {x2 - dx:.1f},{yb:.1f} {x2:.1f},{yb:.1f}"
-    return path, (x1 + x2) / 2, (ya + yb) / 2
+CHANNEL = 16  # px between the tracks, above the boxes, of connections that skip a lane
+
+
+def _connector(canvas: _Canvas, a: Box, ya: float, b: Box, yb: float, loop: float,
+               track: float | None) -> tuple[str, float, float]:
+    """An SVG path from box `a` at height `ya` to box `b` at `yb`, and where its label goes:
+    between neighbouring lanes a curve across the gap (rightwards in lane order, leftwards
+    against it); across a lane, up to its `track` above the boxes, along it and down, so it
+    crosses no box; within one lane, a loop `loop` px out of the boxes' side (left if < 0)."""
+    if a.lane == b.lane:
+        x1 = a.x + a.w if loop > 0 else a.x
+        out = x1 + loop
+        canvas.cover(min(x1, out), min(ya, yb), abs(loop), abs(yb - ya))
+        return (f"M{x1:.1f},{ya:.1f} C{out:.1f},{ya:.1f} {out:.1f},{yb:.1f} {x1:.1f},{yb:.1f}",
+                x1 + loop * 0.75, (ya + yb) / 2)
+    x1, x2 = (a.x + a.w, b.x) if a.lane < b.lane else (a.x, b.x + b.w)
+    if track is None:
+        dx = (x2 - x1) / 2
+        return ((f"M{x1:.1f},{ya:.1f} C{x1 + dx:.1f},{ya:.1f} {x2 - dx:.1f},{yb:.1f} "
+                f"{x2:.1f},{yb:.1f}"), (x1 + x2) / 2, (ya + yb) / 2)
+    step = 30.0 if x2 > x1 else -30.0
+    return ((f"M{x1:.1f},{ya:.1f} C{x1 + step:.1f},{ya:.1f} {x1 + step:.1f},{track:.1f} "
+            f"{x1 + 2 * step:.1f},{track:.1f} L{x2 - 2 * step:.1f},{track:.1f} "
+            f"C{x2 - step:.1f},{track:.1f} {x2 - step:.1f},{yb:.1f} {x2:.1f},{yb:.1f}"),
+            (x1 + x2) / 2, track)
 
 
 def dataflow_svg(program: ir.Program, plan: Plan, groups: dict[str, Group],
                  flows: list[Flow]) -> str:
     """The placed dataflow: tier lanes, device boxes with their rows, links, flows."""
     lanes = [t for t in TIERS if any(g.device.tier.value == t for g in groups.values())]
+    lane_of = {name: lanes.index(g.device.tier.value) for name, g in groups.items()}
+    skipping = [(link.a, link.b) for link in program.links] + \
+        [(f.source[0], f.target[0]) for f in flows]
+    tracks = sum(abs(lane_of[a] - lane_of[b]) > 1 for a, b in skipping)
+    top = 20.0 + LANE_HEAD + (tracks * CHANNEL + 8 if tracks else 0)  # boxes below the tracks
     widths = {}
     for name, g in groups.items():
         title, figures = _box_lines(g)
@@ -328,36 +360,29 @@ def dataflow_svg(program: ir.Program, plan: Plan, groups: dict[str, Group],
                             for r in g.rows.values()])
     lane_w = {t: max(widths[n] for n, g in groups.items() if g.device.tier.value == t)
               for t in lanes}
+    canvas = _Canvas()
+    canvas.cover(0, 0, MIN_BOX + 80, top)
     boxes: dict[str, Box] = {}
     x = 20.0
+    lane_x = {}
     for k, t in enumerate(lanes):
-        y = 20.0 + LANE_HEAD
+        lane_x[t] = x
+        y = top
         for name, g in groups.items():
             if g.device.tier.value != t:
                 continue
             rows = sorted(g.rows.values(), key=lambda r: r.order)
             h = _HEAD_H + max(1, len(rows)) * LINE + PAD
             boxes[name] = Box(x, y, lane_w[t], h, k, rows)
+            canvas.block(x - 4, y - 4, lane_w[t] + 8, h + 8)  # no label over a box
             y += h + BOX_GAP
         x += lane_w[t] + LANE_GAP
-    width = max(x - LANE_GAP + 60, MIN_BOX + 80)
-    height = max([b.y + b.h for b in boxes.values()], default=20.0 + LANE_HEAD) + 30
-    # as wide as drawn, narrower (scaled) where the page is: every box stays in view
-    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" class="dataflow" width="100%" '
-            f'style="max-width:{width:.0f}px" viewBox="0 0 {width:.0f} {height:.0f}" '
-            f'role="img" aria-label="placed dataflow of {_esc(program.app.name)}">'),
-           ('<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
-            'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
-            'fill="#37474f"/></marker></defs>')]
-    x = 20.0
-    for t in lanes:  # the lanes, behind everything
-        out.append(f'<g class="lane" data-tier="{t}"><rect x="{x - 12:.1f}" y="8" '
-                   f'width="{lane_w[t] + 24:.1f}" height="{height - 16:.1f}" rx="8" '
-                   f'fill="{TIER_COLOURS[t]}" fill-opacity="0.06"/>'
-                   f'<text x="{x:.1f}" y="{20 + LANE_HEAD / 2:.1f}" font-size="{TITLE_FONT}" '
-                   f'font-weight="bold" fill="{TIER_COLOURS[t]}">{t.upper()}</text></g>')
-        x += lane_w[t] + LANE_GAP
-    labels = _Labels()
+    track = iter(20.0 + LANE_HEAD + 8 + CHANNEL * k for k in range(tracks))
+
+    def track_for(a: Box, b: Box) -> float | None:
+        return next(track) if abs(a.lane - b.lane) > 1 else None
+
+    body: list[str] = []
     link_use: dict[frozenset[str], float] = {}
     group_of = {inst: name for name, d in program.devices.items() for inst in d.instances()}
     for use in plan.links:
@@ -369,76 +394,96 @@ def dataflow_svg(program: ir.Program, plan: Plan, groups: dict[str, Group],
             a, b = b, a
         share = link_use.get(frozenset((link.a, link.b)), 0.0)
         colour = utilisation_colour(share) if plan.feasible else "#9e9e9e"
-        path, mx, my = _connector(a, a.y + a.h / 2, b, b.y + b.h / 2, -60)
-        if a.lane == b.lane:  # loop on the left, so flows keep the right
-            x1 = a.x
-            path = (f"M{x1:.1f},{a.y + a.h / 2:.1f} C{x1 - 60:.1f},{a.y + a.h / 2:.1f} "
-                    f"{x1 - 60:.1f},{b.y + b.h / 2:.1f} {x1:.1f},{b.y + b.h / 2:.1f}")
-            mx = x1 - 45
+        # within a lane: a loop on the left, so that the flows keep the right
+        path, mx, my = _connector(canvas, a, a.y + a.h / 2, b, b.y + b.h / 2, -60,
+                                  track_for(a, b))
         text = f"{human_rate(link.bandwidth_bps)} · {link.latency_s * 1e3:g} ms"
         if plan.feasible:
             text += f" · {share:.0%} used"
-        out.append(f'<g class="link" data-link="{_esc(link.a)}&lt;-&gt;{_esc(link.b)}">'
-                   f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="7" '
-                   f'stroke-opacity="0.45" stroke-linecap="round"/>'
-                   f'<title>{_esc(link.a)} ↔ {_esc(link.b)}: {_esc(text)}</title></g>')
-        out.append(_label(labels, mx, my + 22, text, "link-label", colour))
+        body.append(f'<g class="link" data-link="{_esc(link.a)}&lt;-&gt;{_esc(link.b)}">'
+                    f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="7" '
+                    f'stroke-opacity="0.45" stroke-linecap="round"/>'
+                    f'<title>{_esc(link.a)} ↔ {_esc(link.b)}: {_esc(text)}</title></g>')
+        body.append(canvas.label(mx, my + (22 if a.lane != b.lane else 0), text,
+                                 "link-label", colour))
     for name, box in boxes.items():  # the devices
-        g = groups[name]
-        title, figures = _box_lines(g)
-        tier = g.device.tier.value
-        bar_w = box.w - 2 * PAD
-        out.append(f'<g class="device" data-device="{_esc(name)}">'
-                   f'<rect class="box" x="{box.x:.1f}" y="{box.y:.1f}" width="{box.w:.1f}" '
-                   f'height="{box.h:.1f}" rx="6" fill="#fff" stroke="{TIER_COLOURS[tier]}" '
-                   f'stroke-width="1.5"/>'
-                   f'<rect x="{box.x:.1f}" y="{box.y:.1f}" width="{box.w:.1f}" height="4" '
-                   f'fill="{TIER_COLOURS[tier]}"/>'
-                   f'<text x="{box.x + PAD:.1f}" y="{box.y + PAD + 13:.1f}" '
-                   f'font-size="{TITLE_FONT}" font-weight="bold">{_esc(title)}</text>'
-                   f'<text x="{box.x + PAD:.1f}" y="{box.y + PAD + 30:.1f}" '
-                   f'font-size="{SMALL_FONT}" fill="#555">{_esc(figures)}</text>'
-                   f'<title>{_esc(_box_title(g, plan.feasible))}</title>')
-        if plan.feasible:
-            share = min(g.compute, 1.0)
-            out.append(f'<rect x="{box.x + PAD:.1f}" y="{box.y + PAD + 38:.1f}" '
-                       f'width="{bar_w:.1f}" height="6" rx="3" fill="#eceff1"/>'
-                       f'<rect x="{box.x + PAD:.1f}" y="{box.y + PAD + 38:.1f}" '
-                       f'width="{bar_w * share:.1f}" height="6" rx="3" '
-                       f'fill="{utilisation_colour(g.compute)}"><title>compute '
-                       f'{g.compute:.1%} on the busiest instance</title></rect>')
-        for i, row in enumerate(box.rows):
-            y = box.y + _HEAD_H + i * LINE
-            where = _span(sorted(r for _, r in row.replicas if r is not None)) \
-                if any(r is not None for _, r in row.replicas) else "shared"
-            out.append(f'<g class="row" data-row="{_esc(row.label)}">'
-                       f'<rect x="{box.x + PAD:.1f}" y="{y + 4:.1f}" width="9" height="9" '
-                       f'rx="2" fill="{KIND_COLOURS.get(row.kind, "#546e7a")}"/>'
-                       f'<text x="{box.x + PAD + 14:.1f}" y="{y + 13:.1f}" '
-                       f'font-size="{FONT}">{_esc(_row_text(row))}</text>'
-                       f'<title>{_esc(row.kind)} {_esc(row.label)}, replicas {where}</title>'
-                       f'</g>')
-        if not box.rows:
-            out.append(f'<text x="{box.x + PAD:.1f}" y="{box.y + _HEAD_H + 13:.1f}" '
-                       f'font-size="{FONT}" font-style="italic" fill="#888">'
-                       f'{"nothing placed here" if plan.feasible else "no plan"}</text>')
-        out.append("</g>")
+        body.append(_device_svg(groups[name], box, plan.feasible))
     for k, flow in enumerate(flows):  # the messages across devices, on top
         a, b = boxes[flow.source[0]], boxes[flow.target[0]]
         ya, yb = a.row_y(flow.source[1]), b.row_y(flow.target[1])
-        path, mx, my = _connector(a, ya, b, yb, 36 + 10 * (k % 4))
+        path, mx, my = _connector(canvas, a, ya, b, yb, 36 + 10 * (k % 4), track_for(a, b))
         sizes = sorted(flow.sizes)
         size = human_bytes(sizes[0]) if len(sizes) == 1 else \
             f"{human_bytes(sizes[0])}–{human_bytes(sizes[-1])}"
         n = len(flow.replicas)
         text = f"{flow.rate_hz:g} Hz × {size}" + (f" (×{n})" if n > 1 else "")
-        out.append(f'<g class="flow" data-from="{_esc(flow.source[1])}" '
-                   f'data-to="{_esc(flow.target[1])}"><path d="{path}" fill="none" '
-                   f'stroke="#37474f" stroke-width="1.4" marker-end="url(#arrow)"/>'
-                   f'<title>{_esc(flow.source[1])} on {_esc(flow.source[0])} → '
-                   f'{_esc(flow.target[1])} on {_esc(flow.target[0])}: {_esc(text)}</title></g>')
-        out.append(_label(labels, mx, my, text, "flow-label"))
-    out.append("</svg>")
+        body.append(f'<g class="flow" data-from="{_esc(flow.source[1])}" '
+                    f'data-to="{_esc(flow.target[1])}"><path d="{path}" fill="none" '
+                    f'stroke="#37474f" stroke-width="1.4" marker-end="url(#arrow)"/>'
+                    f'<title>{_esc(flow.source[1])} on {_esc(flow.source[0])} → '
+                    f'{_esc(flow.target[1])} on {_esc(flow.target[0])}: {_esc(text)}</title>'
+                    f'</g>')
+        body.append(canvas.label(mx, my, text, "flow-label"))
+    # the viewBox covers every box, loop and label; lanes span it from top to bottom
+    left, upper = canvas.low[0] - 12, 0.0
+    width, height = canvas.high[0] + 24 - left, canvas.high[1] + 22
+    lanes_svg = [f'<g class="lane" data-tier="{t}"><rect x="{lane_x[t] - 12:.1f}" y="8" '
+                 f'width="{lane_w[t] + 24:.1f}" height="{height - 16:.1f}" rx="8" '
+                 f'fill="{TIER_COLOURS[t]}" fill-opacity="0.06"/>'
+                 f'<text x="{lane_x[t]:.1f}" y="{20 + LANE_HEAD / 2:.1f}" '
+                 f'font-size="{TITLE_FONT}" font-weight="bold" fill="{TIER_COLOURS[t]}">'
+                 f'{t.upper()}</text></g>' for t in lanes]
+    # as wide as drawn, narrower (scaled) where the page is: every box stays in view
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" class="dataflow" width="100%" '
+            f'style="max-width:{width:.0f}px" viewBox="{left:.0f} {upper:.0f} {width:.0f} '
+            f'{height:.0f}" role="img" aria-label="placed dataflow of '
+            f'{_esc(program.app.name)}">'
+            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
+            'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
+            'fill="#37474f"/></marker></defs>')
+    return "".join([head, *lanes_svg, *body, "</svg>"])
+
+
+def _device_svg(g: Group, box: Box, feasible: bool) -> str:
+    """A device's box: its name and figures, its compute bar, a line per row."""
+    title, figures = _box_lines(g)
+    tier = g.device.tier.value
+    bar_w = box.w - 2 * PAD
+    out = [(f'<g class="device" data-device="{_esc(g.device.name)}">'
+           f'<rect class="box" x="{box.x:.1f}" y="{box.y:.1f}" width="{box.w:.1f}" '
+           f'height="{box.h:.1f}" rx="6" fill="#fff" stroke="{TIER_COLOURS[tier]}" '
+           f'stroke-width="1.5"/>'
+           f'<rect x="{box.x:.1f}" y="{box.y:.1f}" width="{box.w:.1f}" height="4" '
+           f'fill="{TIER_COLOURS[tier]}"/>'
+           f'<text x="{box.x + PAD:.1f}" y="{box.y + PAD + 13:.1f}" '
+           f'font-size="{TITLE_FONT}" font-weight="bold">{_esc(title)}</text>'
+           f'<text x="{box.x + PAD:.1f}" y="{box.y + PAD + 30:.1f}" '
+           f'font-size="{SMALL_FONT}" fill="#555">{_esc(figures)}</text>'
+           f'<title>{_esc(_box_title(g, feasible))}</title>')]
+    if feasible:
+        share = min(g.compute, 1.0)
+        out.append(f'<rect x="{box.x + PAD:.1f}" y="{box.y + PAD + 38:.1f}" '
+                   f'width="{bar_w:.1f}" height="6" rx="3" fill="#eceff1"/>'
+                   f'<rect x="{box.x + PAD:.1f}" y="{box.y + PAD + 38:.1f}" '
+                   f'width="{bar_w * share:.1f}" height="6" rx="3" '
+                   f'fill="{utilisation_colour(g.compute)}"><title>compute '
+                   f'{g.compute:.1%} on the busiest instance</title></rect>')
+    for i, row in enumerate(box.rows):
+        y = box.y + _HEAD_H + i * LINE
+        where = _span(sorted(r for _, r in row.replicas if r is not None)) \
+            if any(r is not None for _, r in row.replicas) else "shared"
+        out.append(f'<g class="row" data-row="{_esc(row.label)}">'
+                   f'<rect x="{box.x + PAD:.1f}" y="{y + 4:.1f}" width="9" height="9" '
+                   f'rx="2" fill="{KIND_COLOURS.get(row.kind, "#546e7a")}"/>'
+                   f'<text x="{box.x + PAD + 14:.1f}" y="{y + 13:.1f}" '
+                   f'font-size="{FONT}">{_esc(_row_text(row))}</text>'
+                   f'<title>{_esc(row.kind)} {_esc(row.label)}, replicas {where}</title>'
+                   f'</g>')
+    if not box.rows:
+        out.append(f'<text x="{box.x + PAD:.1f}" y="{box.y + _HEAD_H + 13:.1f}" '
+                   f'font-size="{FONT}" font-style="italic" fill="#888">'
+                   f'{"nothing placed here" if feasible else "no plan"}</text>')
+    out.append("</g>")
     return "".join(out)
 
 
@@ -456,13 +501,14 @@ def _splits(execution: ExecutionGraph, plan: Plan) -> list[dict[str, str]]:
             if u.step != name or u.part is Part.TAIL:
                 continue
             s = cuts.get((name, u.replica))
+            which = f" (variant {u.variant})" if u.variant else ""
             if s is None:
-                key: tuple[str, ...] = ("whole", group_of[u.device])
+                key: tuple[str, ...] = ("whole", group_of[u.device] + which)
             else:
                 tail = next(t.device for t in plan.units if t.step == name and
                             t.replica == u.replica and t.part is Part.TAIL)
                 total = s.head_work_flop + s.tail_work_flop
-                key = ("split", group_of[u.device], group_of[tail], ", ".join(s.cut),
+                key = ("split", group_of[u.device] + which, group_of[tail], ", ".join(s.cut),
                        human_bytes(s.transfer_bytes),
                        f"{s.head_work_flop / total:.0%}" if total else "—")
             decisions.setdefault(key, []).append(u.replica)
@@ -558,7 +604,7 @@ def render_html_report(execution: ExecutionGraph, plan: Plan,
 
     program = execution.program
     groups, flows = build_picture(execution, plan)
-    order = program.app.objective
+    order = (*program.app.objective, *(t for t in TERMS if t not in program.app.objective))
     head, comparison = _comparison(plan, baselines, order)
     latency = utilisation = ""
     if plan.feasible and plan.pipelines:
