@@ -142,11 +142,17 @@ class PlanResult:
 
 
 def plan(program: ir.Program, time_limit: float = 30.0, compare: bool = False) -> PlanResult:
-    """Place a checked program (exact MILP, `time_limit` seconds at most for the solver)."""
+    """Place a checked program (exact MILP, `time_limit` seconds at most for the solver),
+    after making and measuring its model variants (the plan's execution graph holds the
+    program with them made)."""
+    from edgeflow.models.variants import materialise
     from edgeflow.placement import explanation_diagnostics, make_plan, size_diagnostics
 
     if too_large := size_diagnostics(program):
         return PlanResult(None, [], too_large, None)
+    program, problems = materialise(program)
+    if problems:
+        return PlanResult(None, [], problems, None)
     execution = build_execution(program)
     placed, baselines = make_plan(execution, time_limit, compare)
     return PlanResult(placed, baselines, explanation_diagnostics(placed, program), execution)

@@ -1,6 +1,7 @@
 """edgeflow's one cache folder: what is costly to compute, keyed by the content it comes from,
-and harmless to lose. Today it holds the tensor shapes measured by running a model
-(`edgeflow.models.measure`), keyed by the model's sha256 and the bound input shapes.
+and harmless to lose. It holds the tensor shapes measured by running a model
+(`edgeflow.models.measure`), keyed by the model's sha256 and the bound input shapes, and the
+quantized model variants `plan` makes (`edgeflow.models.variants`), keyed by what made them.
 
 The folder is `$EDGEFLOW_CACHE_DIR`, else `$XDG_CACHE_HOME/edgeflow`, else
 `~/.cache/edgeflow`: the only place edgeflow writes outside the output folder a command is given.

@@ -297,6 +297,12 @@ calibrated on synthetic frames (`--synthetic N`) with no `--validation` frames, 
 five calibration frames (so none could be held out). Its speed and size are real; its accuracy is
 unknown. Give `--validation DIR` with frames kept apart from the calibration frames.
 """),
+    "E0613": _e("variant does not match its model", """
+A model's variant (`variants = { tiny = "models/tiny.onnx" }`) must be interchangeable with the
+model: the same input names with the same element types, and the same outputs — names, element
+types and shapes under the model's bound `inputs`. Placement may run either in the model's place,
+so the steps before and after it must not see a difference. The message says what differs.
+"""),
     # ---------------------------------------------------------------- privacy
     "E0701": _e("undeclared privacy label", """
 A sensor's `privacy` or an operator's `removes` names a label with no `privacy LABEL { allow = ... }`

@@ -132,14 +132,27 @@ class Sink(Declared):
     device: str
 
 
+class Quantize(_Node):
+    """How edgeflow makes an int8 variant of a model (`quantize(...)`, edgeflow.models.quantize):
+    calibrated on the frames in `calibration` (absolute folder) or on `synthetic` generated ones,
+    its fidelity measured on `validation` (else the model's `validation`, else frames held out
+    of the calibration frames)."""
+
+    calibration: str | None = None
+    synthetic: int | None = Field(ge=1, default=None)
+    validation: str | None = None
+
+
 class ModelVariant(_Node):
     """Another version of a model that placement may run instead of it: the same inputs and
     outputs, another ONNX file (a smaller model, or the model quantized to int8)."""
 
     name: str
-    source: str                     # absolute path of its ONNX file
+    source: str                     # absolute path of its ONNX file ("" until `quantize` made it)
     int8: bool = False              # its work runs at the device's int8 rate (`compute_int8`)
     fidelity: float | None = Field(ge=0, le=1, default=None)  # measured; None: not measured
+    quantize: Quantize | None = None  # made by edgeflow from the model (then int8)
+    span: Span | None = Field(default=None, exclude=True, repr=False)
 
 
 class Model(Declared):
@@ -149,6 +162,7 @@ class Model(Declared):
     split: Literal["auto", "none"] = "auto"
     variants: tuple[ModelVariant, ...] = ()  # besides the model itself (fidelity 1)
     min_fidelity: float | None = Field(gt=0, le=1, default=None)  # the floor variants must keep
+    validation: str | None = None   # frames (absolute folder) its variants' fidelity is measured on
 
 
 class Operator(Declared):

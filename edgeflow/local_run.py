@@ -202,14 +202,21 @@ def emulated_seconds(program: ir.Program, plan: Plan, c: Client) -> float:
     unit = c.placed
     assert unit is not None
     device = program.devices[unit.device.split("[")[0]]
+    int8 = False
     if unit.part is Part.OPERATOR:
         work = program.operators[unit.step].work_flop
     elif unit.part is Part.WHOLE:
-        work = model_cost(program.models[unit.step]).work
+        model = program.models[unit.step]
+        if unit.variant is not None:  # the variant the plan chose (made: its file exists)
+            chosen = next(v for v in model.variants if v.name == unit.variant)
+            model, int8 = model.model_copy(update={"source": chosen.source}), chosen.int8
+        work = model_cost(model).work
     else:
         split = next(s for s in plan.splits if s.model == unit.step and s.replica == unit.replica)
         work = split.head_work_flop if unit.part is Part.HEAD else split.tail_work_flop
-    return compute_s(work, device)
+        int8 = unit.variant is not None and next(
+            v for v in program.models[unit.step].variants if v.name == unit.variant).int8
+    return compute_s(work, device, int8)
 
 
 def prepare_output(out: Path) -> None:

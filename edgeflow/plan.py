@@ -97,6 +97,17 @@ class Transfer(_Frozen):
     seconds: float
 
 
+class VariantUse(_Frozen):
+    """A declared model variant: what it costs in fidelity and where the plan runs it."""
+
+    model: str
+    variant: str
+    fidelity: float | None       # measured against the model; None: not measured
+    int8: bool
+    eligible: bool               # meets the model's fidelity floor (or there is none)
+    replicas: tuple[int, ...]    # the model replicas that run it
+
+
 class PipelineLatency(_Frozen):
     name: str
     replica: int
@@ -146,6 +157,7 @@ class Plan(_Frozen):
     pipelines: tuple[PipelineLatency, ...] = ()
     devices: tuple[DeviceUse, ...] = ()
     links: tuple[LinkUse, ...] = ()
+    variants: tuple[VariantUse, ...] = ()
     explanation: tuple[Reason, ...] = ()
 
     @property
@@ -203,6 +215,10 @@ class Plan(_Frozen):
                           for d in self.devices]
         out["links"] = [{"from": lk.source, "to": lk.target, "utilization": lk.utilization}
                         for lk in self.links]
+        if self.variants:  # only for an app whose models have variants
+            out["variants"] = [{"model": v.model, "variant": v.variant, "fidelity": v.fidelity,
+                                "int8": v.int8, "eligible": v.eligible,
+                                "replicas": list(v.replicas)} for v in self.variants]
         out["explanation"] = []
         return out
 

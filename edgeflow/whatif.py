@@ -24,6 +24,7 @@ from typing import Any
 
 from edgeflow import ir
 from edgeflow.execution import build_execution
+from edgeflow.models.variants import materialise
 from edgeflow.plan import Plan
 from edgeflow.syntax import ast
 from edgeflow.syntax.parser import parse
@@ -32,6 +33,7 @@ from edgeflow.syntax.units import (
     COMPUTE,
     COST_DATA,
     COST_RATE,
+    OPS,
     POWER,
     RATE,
     SIZE,
@@ -70,6 +72,7 @@ PROPERTIES: tuple[Property, ...] = (
     Property("device", "worker_memory", SIZE, 0, False),
     Property("device", "broker_memory", SIZE, 0, False),
     Property("device", "driver_memory", SIZE, 0, False),
+    Property("device", "compute_int8", OPS),
     Property("link", "bandwidth", BANDWIDTH),
     Property("link", "latency", TIME, 0, False),
     Property("link", "cost", COST_DATA, 0, False),
@@ -353,8 +356,11 @@ def run(program: ir.Program, source: str, sweeps: list[Sweep], time_limit: float
                           error=f"{first.code}: {first.message}" if first else "invalid")
         elif size_diagnostics(checked.program):
             point = Point(values, "too large", {}, {}, {}, {})
+        elif (made := materialise(checked.program))[1]:
+            point = Point(values, "invalid", {}, {}, {}, {},
+                          error=f"{made[1][0].code}: {made[1][0].message}")
         else:
-            plan, _ = make_plan(build_execution(checked.program), time_limit,
+            plan, _ = make_plan(build_execution(made[0]), time_limit,
                                 warm=warm if warm_start else None)
             latency, placement, cuts = _summary(plan)
             point = Point(values, plan.status.value, dict(plan.objective), latency, placement,

@@ -6,6 +6,7 @@ independent verifier, which also rejects a variant below the floor."""
 from __future__ import annotations
 
 import itertools
+import json
 import tempfile
 from pathlib import Path
 
@@ -201,7 +202,7 @@ def test_int8_on_the_edge_when_float32_cannot_meet_the_slo() -> None:
     assert first.message == ("the fidelity floor of `net` (min_fidelity = 0.98) excludes "
                              "`int8` (fidelity 0.97); without the floor a plan exists")
     assert first.spans == (program.models["net"].span,)
-    assert [d.code for d in refused.diagnostics][0] == "E0901"
+    assert next(d.code for d in refused.diagnostics) == "E0901"
     # `plan --compare` shows what the plan gains over the model alone
     compared = api.plan(program, compare=True)
     (alone,) = [b for b in compared.baselines if b.name == "without variants"]
@@ -219,3 +220,157 @@ def test_the_verifier_rejects_a_variant_below_the_floor() -> None:
     assert [u.variant for u in planned.units] == ["int8"]
     stricter = with_variants(program, "net", [variant], 0.98)
     assert any("fidelity floor" in p for p in verify(planned, stricter))
+
+
+WARD_APP = """
+app ward { objective = minimize(latency) }
+device monitor { tier = edge, compute = 0.002 GFLOPS, compute_int8 = 0.008 GOPS, memory = 1 GiB }
+sensor ecg { on = monitor, rate = 1 Hz, emits = float32[1, 6, 250], privacy = [health] }
+model net {
+  source       = "models/vitals.onnx"
+  inputs       = { window = float32[1, 6, 250] }
+  split        = none
+  variants     = { int8 = quantize(calibration = "data/calib") }
+  min_fidelity = FLOOR
+}
+actuator alarm { on = monitor }
+pipeline p { flow = ecg -> net -> alarm, slo = latency < 400 ms }
+privacy health { allow = [edge] }
+"""
+
+
+def ward(folder: Path, floor: str = "0.5") -> Path:
+    """The ward app with its model and ten calibration frames in `folder`."""
+    (folder / "models").mkdir(parents=True, exist_ok=True)
+    (folder / "models" / "vitals.onnx").write_bytes(VITALS.read_bytes())
+    calib = folder / "data" / "calib"
+    calib.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(11)
+    for k in range(10):
+        np.save(calib / f"f{k:02d}.npy", rng.random((1, 6, 250)).astype(np.float32))
+    app = folder / "app.ef"
+    app.write_text(WARD_APP.replace("FLOOR", floor))
+    return app
+
+
+def test_a_quantize_variant_is_made_measured_placed_and_shipped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    app = ward(tmp_path / "app")
+    checked = api.check_file(app)
+    assert checked.program is not None, checked.diagnostics
+    (variant,) = checked.program.models["net"].variants
+    assert variant.quantize is not None and variant.source == "" and variant.int8
+    planned = api.plan(checked.program)
+    assert planned.plan is not None and planned.plan.feasible, planned.diagnostics
+    (unit,) = [u for u in planned.plan.units if u.step == "net"]
+    assert unit.variant == "int8"  # float32 cannot meet the SLO on the monitor
+    (use,) = planned.plan.variants
+    assert use.fidelity is not None and 0.5 <= use.fidelity <= 1 and use.replicas == (0,)
+    assert use.eligible and planned.plan.to_dict()["variants"][0]["variant"] == "int8"
+    assert verify(planned.plan, planned.execution.program) == []  # type: ignore[union-attr]
+    # made once, kept in the cache folder by content
+    kept = sorted((tmp_path / "cache" / "variants").glob("*.onnx"))
+    assert len(kept) == 1 and onnx.load(str(kept[0])).producer_name == "edgeflow"
+    # the bundle ships the variant and the unit runs it; the same input, the same bundle
+    first = api.compile(app, "compose", tmp_path / "b1")
+    second = api.compile(app, "compose", tmp_path / "b2")
+    assert first.ok and second.ok and first.files == second.files
+    path = "models/net/variant-int8/model.onnx"
+    assert first.files[path] == kept[0].read_bytes()
+    manifest = json.loads(first.files["models/manifest.json"])
+    (row,) = manifest["models"]
+    assert row["variant"] == "int8" and row["path"] == path
+    config = json.loads(first.files["compose/monitor/net-r0.json"])
+    assert config["model"]["file"].endswith("/net/variant-int8/model.onnx")
+    assert "| `net` | `int8` |" in first.files["report.md"].decode()
+
+
+def test_without_the_cache_nothing_is_kept(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EDGEFLOW_NO_CACHE", "1")
+    checked = api.check_file(ward(tmp_path / "app"))
+    assert checked.program is not None
+    planned = api.plan(checked.program)
+    assert planned.plan is not None and planned.plan.feasible
+    assert not (tmp_path / "cache").exists()
+
+
+CAMERA_APP = """
+app line { objective = minimize(latency) }
+device cam { tier = edge, compute = 0.01 GFLOPS, compute_int8 = 0.1 GOPS, memory = 1 GiB }
+sensor camera { on = cam, rate = 0.5 Hz, emits = float32[1, 3, 64, 64], privacy = [pii] }
+model detector {
+  source       = "models/detector.onnx"
+  inputs       = { images = float32[1, 3, 64, 64] }
+  split        = none
+  variants     = { int8 = quantize(calibration = "data/calib") }
+  min_fidelity = FLOOR
+}
+store hits { on = cam }
+pipeline p { flow = camera -> detector -> hits, slo = latency < 500 ms }
+privacy pii { allow = [edge] }
+"""
+
+
+def test_a_floor_above_the_measured_fidelity_is_named_when_it_binds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The detector's output is no class score: its fidelity is 1 - relative L2 error, below 1
+    for an int8 model. float32 misses the SLO on the camera, int8 meets it."""
+    monkeypatch.setenv("EDGEFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "app"
+    (folder / "models").mkdir(parents=True)
+    (folder / "models" / "detector.onnx").write_bytes(
+        (ROOT / "examples" / "models" / "detector.onnx").read_bytes())
+    frames = folder / "data" / "calib"
+    frames.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for k in range(10):
+        np.save(frames / f"f{k:02d}.npy", rng.random((1, 3, 64, 64)).astype(np.float32))
+    app = folder / "app.ef"
+    app.write_text(CAMERA_APP.replace("FLOOR", "0.5"))
+    checked = api.check_file(app)
+    assert checked.program is not None, checked.diagnostics
+    planned = api.plan(checked.program)
+    assert planned.plan is not None and planned.plan.feasible
+    (use,) = planned.plan.variants
+    assert use.replicas == (0,) and use.fidelity is not None and 0.5 < use.fidelity < 1
+    app.write_text(CAMERA_APP.replace("FLOOR", f"{use.fidelity + 0.001:.4f}"))
+    strict = api.check_file(app)
+    assert strict.program is not None
+    refused = api.plan(strict.program)
+    assert refused.plan is not None and not refused.plan.feasible
+    assert refused.plan.explanation[0].message == (
+        f"the fidelity floor of `detector` (min_fidelity = {use.fidelity + 0.001:.4f}) "
+        f"excludes `int8` (fidelity {use.fidelity:.4g}); without the floor a plan exists")
+
+
+@pytest.mark.parametrize(("text", "code"), [
+    ("min_fidelity = 1.5", "E0303"), ("min_fidelity = 0", "E0303"),
+    ("min_fidelity = 98 ms", "E0302"),
+    ('variants = { int8 = quantize("data/calib") }', "E0305"),
+    ('variants = { int8 = quantize(frames = "data/calib") }', "E0305"),
+    ("variants = { int8 = quantize(synthetic = 4, calibration = \"data/calib\") }", "E0305"),
+    ('variants = { int8 = quantize(calibration = "nowhere") }', "E0610"),
+    ('variants = { tiny = "models/missing.onnx" }', "E0601"),
+    ("variants = [int8]", "E0204"),
+])
+def test_variant_keys_are_checked(tmp_path: Path, text: str, code: str) -> None:
+    app = ward(tmp_path / "app")
+    source = app.read_text().replace("  min_fidelity = FLOOR\n", "").replace(
+        '  variants     = { int8 = quantize(calibration = "data/calib") }\n', f"  {text}\n")
+    source = source.replace("  min_fidelity = 0.5\n", "")
+    app.write_text(source)
+    result = api.check_file(app)
+    assert code in [d.code for d in result.diagnostics], (text, result.diagnostics)
+    assert result.program is None
+
+
+def test_the_formatter_keeps_named_arguments() -> None:
+    text = ('app a { objective = minimize(latency) }\nmodel m { source = "x.onnx", variants = '
+            '{ int8 = quantize(calibration="c", validation = "v"), tiny = "t.onnx" } }\n')
+    formatted, _ = api.format_text(text)
+    assert formatted is not None
+    assert 'quantize(calibration = "c", validation = "v")' in formatted
+    assert api.format_text(formatted)[0] == formatted

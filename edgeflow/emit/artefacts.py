@@ -26,6 +26,7 @@ class Artefact:
     cut: tuple[str, ...]
     path: str            # relative to the bundle
     data: bytes
+    variant: str | None = None  # the model variant it is a file of
 
     @property
     def sha256(self) -> str:
@@ -36,55 +37,81 @@ class Artefact:
         return f"{MODELS_MOUNT}/{self.path.removeprefix('models/')}"
 
 
-def read_models(program: ir.Program, plan: Plan) -> dict[str, ModelSource]:
-    """The content of every model the plan runs, read once for the whole bundle."""
-    used = {u.step for u in plan.units if u.part is not Part.OPERATOR}
-    return {name: read_model(m) for name, m in program.models.items() if name in used}
+Variant = tuple[str, str | None]  # (model, variant): None for the model itself
 
 
-def build_artefacts(program: ir.Program, plan: Plan, sources: Mapping[str, ModelSource],
+def _folder(model: str, variant: str | None) -> str:
+    """`models/MODEL` for the model itself, `models/MODEL/variant-NAME` for a variant's files."""
+    return f"models/{model}" + (f"/variant-{variant}" if variant else "")
+
+
+def read_models(program: ir.Program, plan: Plan) -> dict[Variant, ModelSource]:
+    """The content of every model (and model variant) the plan runs, read once for the whole
+    bundle."""
+    used = {(u.step, u.variant) for u in plan.units if u.part is not Part.OPERATOR}
+    out = {}
+    for name, variant in sorted(used, key=lambda k: (k[0], k[1] or "")):
+        model = program.models[name]
+        if variant is not None:
+            chosen = next(v for v in model.variants if v.name == variant)
+            model = model.model_copy(update={"source": chosen.source})
+        out[(name, variant)] = read_model(model)
+    return out
+
+
+def build_artefacts(program: ir.Program, plan: Plan, sources: Mapping[Variant, ModelSource],
                     ) -> dict[tuple[str, Part, int], Artefact]:
-    """(model, part, replica) -> the file that replica's unit runs."""
+    """(model, part, replica) -> the file that replica's unit runs (the model's, or that of the
+    variant the plan chose for the replica)."""
     out: dict[tuple[str, Part, int], Artefact] = {}
-    cuts_of: dict[str, dict[tuple[str, ...], list[int]]] = {}
+    cuts_of: dict[Variant, dict[tuple[str, ...], list[int]]] = {}
     for s in plan.splits:
-        cuts_of.setdefault(s.model, {}).setdefault(s.cut, []).append(s.replica)
-    whole = sorted((u.step, u.replica) for u in plan.units if u.part is Part.WHOLE)
-    for name, source in sources.items():
-        for unit, r in whole:
-            if unit == name:
+        cuts_of.setdefault((s.model, s.variant), {}).setdefault(s.cut, []).append(s.replica)
+    whole = sorted((u.step, u.variant or "", u.replica) for u in plan.units
+                   if u.part is Part.WHOLE)
+    for (name, variant), source in sources.items():
+        folder = _folder(name, variant)
+        for unit, chosen, r in whole:
+            if unit == name and (chosen or None) == variant:
                 out[(name, Part.WHOLE, r)] = Artefact(name, Part.WHOLE, (),
-                                                      f"models/{name}/model.onnx", source.data)
-        if name not in cuts_of:
+                                                      f"{folder}/model.onnx", source.data,
+                                                      variant)
+        if (name, variant) not in cuts_of:
             continue
         # the analysis placement made (cached on the content), not a new one
-        analysis, problem = analysed(program.models[name], source)
-        for cut, replicas in sorted(cuts_of[name].items()):
+        analysed_as = program.models[name] if variant is None else \
+            program.models[name].model_copy(update={"source": str(source.path)})
+        analysis, problem = analysed(analysed_as, source)
+        for cut, replicas in sorted(cuts_of[(name, variant)].items()):
             head, tail = split_model(analysis, problem.from_tensors(list(cut)))
             tag = hashlib.sha256("\n".join(cut).encode()).hexdigest()[:10]
             for part, proto in ((Part.HEAD, head), (Part.TAIL, tail)):
-                art = Artefact(name, part, cut, f"models/{name}/cut-{tag}/{part.value}.onnx",
-                               proto.SerializeToString(deterministic=True))
+                art = Artefact(name, part, cut, f"{folder}/cut-{tag}/{part.value}.onnx",
+                               proto.SerializeToString(deterministic=True), variant)
                 for r in replicas:
                     out[(name, part, r)] = art
     return out
 
 
-def external_files(plan: Plan, sources: Mapping[str, ModelSource]) -> dict[str, bytes]:
+def external_files(plan: Plan, sources: Mapping[Variant, ModelSource]) -> dict[str, bytes]:
     """The external data files of the models run whole, beside their model.onnx (halves carry
     their weights inside)."""
-    whole = {u.step for u in plan.units if u.part is Part.WHOLE}
-    return {f"models/{name}/{posixpath.normpath(location)}": data
-            for name, source in sources.items() if name in whole
+    whole = {(u.step, u.variant) for u in plan.units if u.part is Part.WHOLE}
+    return {f"{_folder(*key)}/{posixpath.normpath(location)}": data
+            for key, source in sources.items() if key in whole
             for location, data in source.external.items()}
 
 
-def manifest(sources: Mapping[str, ModelSource],
+def manifest(sources: Mapping[Variant, ModelSource],
              artefacts: dict[tuple[str, Part, int], Artefact]) -> bytes:
-    versions = {name: source.digest[:12] for name, source in sources.items()}
+    """models/manifest.json: a row per file, with the version (the first 12 hex of the sha256
+    of the model's or variant's source) and, for a variant's files, `variant`."""
+    versions = {key: source.digest[:12] for key, source in sources.items()}
     rows: dict[str, dict[str, Any]] = {}
     for (model, _, r), art in sorted(artefacts.items()):
-        row = rows.setdefault(art.path, {"model": model, "version": versions[model],
+        row = rows.setdefault(art.path, {"model": model,
+                                         **({"variant": art.variant} if art.variant else {}),
+                                         "version": versions[(model, art.variant)],
                                          "part": art.part.value, "cut": list(art.cut),
                                          "path": art.path, "sha256": art.sha256,
                                          "bytes": len(art.data), "replicas": []})

@@ -545,7 +545,8 @@ def _comparison(plan: Plan, baselines: Sequence[Baseline], order: Sequence[str]
                 value += f" (×{objective[t] / best[t]:.2f})"
             cells.append(value)
         rows.append({"name": name, "cells": cells,
-                     "status": "not applicable (no cloud device)" if objective is None else
+                     "status": (reason or "not applicable (no cloud device)")
+                     if objective is None else
                      "feasible" if feasible else f"infeasible: {reason}" if reason else
                      "infeasible"})
     return head, rows

@@ -29,7 +29,7 @@ def _names_in(value: ast.Value, key: str) -> Iterator[Occurrence]:
             yield from _names_in(item, key)
     elif isinstance(value, ast.Call):
         for arg in value.args:
-            yield from _names_in(arg, key)
+            yield from _names_in(arg.value if isinstance(arg, ast.Entry) else arg, key)
 
 
 def occurrences(module: ast.Module) -> list[Occurrence]:

@@ -37,6 +37,7 @@ from edgeflow.plan import (
     Reason,
     SplitChoice,
     Status,
+    VariantUse,
 )
 from edgeflow.span import Span
 
@@ -99,7 +100,24 @@ def _plan(problem: Problem, status: Status, assignment: dict[Step, Placement],
                       for inst, (dev, _) in problem.instances.items()),
         links=tuple(LinkUse(source=a, target=b,
                             utilization=load / problem.link_of(a, b).bandwidth_bps)
-                    for (a, b), load in sorted(ev.link_load_bps.items())))
+                    for (a, b), load in sorted(ev.link_load_bps.items())),
+        variants=_variant_uses(program, units))
+
+
+def _variant_uses(program: ir.Program, units: list[PlacedUnit]) -> tuple[VariantUse, ...]:
+    """Every declared variant of the plan's models, with its fidelity and where it runs."""
+    runs: dict[tuple[str, str], set[int]] = {}
+    for u in units:
+        if u.variant is not None:
+            runs.setdefault((u.step, u.variant), set()).add(u.replica)
+    def eligible(floor: float | None, fidelity: float | None) -> bool:
+        return floor is None or (fidelity is not None and fidelity >= floor)
+
+    return tuple(VariantUse(model=name, variant=v.name, fidelity=v.fidelity, int8=v.int8,
+                            eligible=eligible(m.min_fidelity, v.fidelity),
+                            replicas=tuple(sorted(runs.get((name, v.name), ()))))
+                 for name, m in program.models.items() for v in m.variants
+                 if any(u.step == name for u in units))
 
 
 def _span_labels(program: ir.Program) -> dict[Span, str]:

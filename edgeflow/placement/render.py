@@ -20,6 +20,17 @@ def _devices_text(devices: list[str]) -> str:
     return ", ".join(f"r{r}: {d}" for r, d in enumerate(devices))
 
 
+def _ranges(replicas: tuple[int, ...]) -> str:
+    """0–3, 5"""
+    out: list[str] = []
+    for r in replicas:
+        if out and out[-1].split("–")[-1] == str(r - 1):
+            out[-1] = f"{out[-1].split('–')[0]}–{r}"
+        else:
+            out.append(str(r))
+    return ", ".join(out)
+
+
 def render(plan: Plan, explain: bool = False) -> str:
     bound = ", ".join(TERMS[t].text(v) for t, v in plan.bound.items())
     lines = [f"app {plan.app}: {plan.status.value}"
@@ -52,6 +63,13 @@ def render(plan: Plan, explain: bool = False) -> str:
     for s in plan.splits:
         lines.append(f"  cut of {s.model}{f' ({s.variant})' if s.variant else ''} "
                      f"(replica {s.replica}): {', '.join(s.cut)} ({s.transfer_bytes} B)")
+    if plan.variants:
+        lines += ["", "model variants (fidelity against the model):"]
+    for v in plan.variants:
+        fidelity = "not measured" if v.fidelity is None else f"fidelity {v.fidelity:.4f}"
+        where = f"runs replicas {_ranges(v.replicas)}" if v.replicas else \
+            "runs nowhere" if v.eligible else "below the fidelity floor"
+        lines.append(f"  {v.model} {v.variant}: {fidelity}{', int8' if v.int8 else ''}; {where}")
     lines += ["", "pipelines (worst replica):" if plan.pipelines else "pipelines: none"]
     for p in plan.worst_pipelines():
         slo = f"< {p.slo_latency_s * 1e3:g} ms" if p.slo_latency_s is not None else "no SLO"
@@ -84,12 +102,13 @@ def render_comparison(plan: Plan, baselines: list[Baseline], order: tuple[str, .
     rows = ([("edgeflow", plan.objective, True, None)] if plan.feasible else []) + \
         [(b.name, b.objective, b.feasible, b.reason) for b in baselines]
     lines = ["", f"comparison (objective minimize({', '.join(order)})):"]
+    width = max([13, *(len(r[0]) for r in rows)])
     for name, objective, feasible, reason in rows:
         if objective is None:
-            lines.append(f"  {name:<13} not applicable (no cloud device)")
+            lines.append(f"  {name:<{width}} {reason or 'not applicable (no cloud device)'}")
             continue
         values = "  ".join(TERMS[t].text(v, TERMS[t].width) for t, v in objective.items())
-        lines.append(f"  {name:<13} {values}  {'feasible' if feasible else 'INFEASIBLE'}")
+        lines.append(f"  {name:<{width}} {values}  {'feasible' if feasible else 'INFEASIBLE'}")
         if reason is not None:
-            lines.append(f"  {'':<13} because {reason}")
+            lines.append(f"  {'':<{width}} because {reason}")
     return "\n".join(lines) + "\n"

@@ -36,6 +36,7 @@ from edgeflow.syntax.units import (
     COMPUTE,
     COST_DATA,
     COST_RATE,
+    OPS,
     POWER,
     RATE,
     SIZE,
@@ -84,6 +85,8 @@ def _schemas(r: Reader) -> dict[str, dict[str, Key]]:
                                  "broker_memory = 64 MiB"),
             "driver_memory": Key(r.quantity(SIZE, positive=False), False,
                                  "driver_memory = 64 MiB"),
+            "compute_int8": Key(r.quantity(OPS, positive=True), False,
+                                "compute_int8 = 2 TOPS"),
         },
         "link": {
             "bandwidth": Key(r.quantity(BANDWIDTH, positive=True), True, "bandwidth = 100 Mbps"),
@@ -102,6 +105,10 @@ def _schemas(r: Reader) -> dict[str, dict[str, Key]]:
             "source": Key(r.string, True, 'source = "models/net.onnx"'),
             "inputs": Key(_tensor_map(r), True, "inputs = { input = float32[1, 3, 224, 224] }"),
             "split": Key(r.choice(("auto", "none")), False, "split = auto"),
+            "variants": Key(_variants(r), False,
+                            'variants = { int8 = quantize(calibration = "data/calib") }'),
+            "min_fidelity": Key(_fraction(r), False, "min_fidelity = 0.98"),
+            "validation": Key(r.string, False, 'validation = "data/val"'),
         },
         "operator": {
             "work": Key(r.quantity(WORK, positive=False), True, "work = 0.1 GFLOP"),
@@ -173,6 +180,9 @@ def _objective(r: Reader) -> Callable[[str, ast.Value], Any]:
             return BAD
         terms: list[str] = []
         for arg in value.args:
+            if isinstance(arg, ast.Entry):
+                return r.shape_error(arg.value, "an objective term, not a named argument",
+                                     "latency")
             if not isinstance(arg, ast.Word):
                 return r.shape_error(arg, "an objective term", "latency")
             term = r._choice_word("objective term", arg, tuple(TERMS))
@@ -181,6 +191,86 @@ def _objective(r: Reader) -> Callable[[str, ast.Value], Any]:
                 return BAD
             terms.append(term)
         return BAD if BAD in terms else tuple(terms)
+    return read
+
+
+def _fraction(r: Reader) -> Callable[[str, ast.Value], Any]:
+    """A plain number above 0 and at most 1 (a fidelity)."""
+    def read(key: str, value: ast.Value) -> Any:
+        if not isinstance(value, ast.Quantity):
+            return r.shape_error(value, "a number between 0 and 1", f"{key} = 0.98")
+        if value.unit is not None:
+            r.sink.error("E0302", f"`{key}` is a plain number, found a unit", value.span,
+                         "a number with a unit", help=f"write a fraction, e.g. `{key} = 0.98`")
+            return BAD
+        if not 0 < value.number <= 1:
+            r.sink.error("E0303", f"`{key}` must be above 0 and at most 1", value.span,
+                         "not a fraction", help=f"e.g. `{key} = 0.98` keeps 98 % fidelity")
+            return BAD
+        return float(value.number)
+    return read
+
+
+@dataclass(frozen=True)
+class VariantDecl:
+    """A variant as written: a file (`source`) or `quantize(...)` (`quantize` holds its
+    arguments: calibration and validation folders as written, or the synthetic count)."""
+
+    name: str
+    entry: ast.Entry
+    source: str | None = None
+    quantize: dict[str, Any] | None = None
+
+
+QUANTIZE_ARGS = {"calibration": "a folder of frames", "synthetic": "a number of frames",
+                 "validation": "a folder of frames"}
+
+
+def _variants(r: Reader) -> Callable[[str, ast.Value], Any]:
+    """`{ NAME = "file.onnx" | quantize(calibration = "DIR" | synthetic = N,
+    [validation = "DIR"]), ... }`; what the names and files mean is checked in `lower`."""
+    example = 'variants = { int8 = quantize(calibration = "data/calib"), tiny = "tiny.onnx" }'
+
+    def read(key: str, value: ast.Value) -> Any:
+        if not isinstance(value, ast.MapValue):
+            return r.shape_error(value, "a map of variant names to model files or "
+                                 "`quantize(...)`", example)
+        out = []
+        for entry in r.unique_entries(value.entries):
+            name = entry.key.value
+            if not _NAME.fullmatch(name):
+                r.sink.error("E0105", f"`{name}` is not a valid variant name", entry.key.span,
+                             "not a name", help="names are lowercase letters, digits and `_`, "
+                                                "starting with a letter or `_`")
+                return BAD
+            v = entry.value
+            if isinstance(v, ast.String):
+                out.append(VariantDecl(name, entry, source=v.value))
+                continue
+            if not isinstance(v, ast.Call) or v.func.value != "quantize":
+                return r.shape_error(v, "a model file or `quantize(...)`", example)
+            args: dict[str, Any] = {}
+            for arg in v.args:
+                if not isinstance(arg, ast.Entry) or arg.key.value not in QUANTIZE_ARGS:
+                    where = arg.key.span if isinstance(arg, ast.Entry) else arg.span
+                    r.sink.error("E0305", "`quantize` takes `calibration = \"DIR\"` or "
+                                 "`synthetic = N`, and `validation = \"DIR\"`", where,
+                                 "not one of them", help='e.g. `quantize(calibration = '
+                                                         '"data/calib")`')
+                    return BAD
+                read_arg = r.count if arg.key.value == "synthetic" else r.string
+                args[arg.key.value] = read_arg(arg.key.value, arg.value)
+                if args[arg.key.value] is BAD:
+                    return BAD
+            if ("calibration" in args) == ("synthetic" in args):
+                r.sink.error("E0305", "`quantize` needs one of `calibration = \"DIR\"` and "
+                             "`synthetic = N`", v.span,
+                             "both given" if "calibration" in args else "calibrated on what?",
+                             help="frames from a folder of .npy/.npz files, or N generated "
+                                  "ones (a speed estimate only: no fidelity is claimed)")
+                return BAD
+            out.append(VariantDecl(name, entry, quantize=args))
+        return BAD if len(out) != len(value.entries) else out
     return read
 
 
@@ -382,6 +472,8 @@ def lower(module: ast.Module) -> tuple[ir.Program | None, Lowered, list[Diagnost
                                                            span, sink)
             fields["inputs"], fields["source"] = inputs, str(path)
             fields["outputs"] = outputs if outputs is not None else BAD
+            if outputs is not None:
+                _resolve_variants(decl, fields, base_dir, sink)
         clean = len(sink.items) == errors_before and BAD not in fields.values()
         if decl.kind == "operator" and fields.get("impl", BAD) is not BAD:
             impl_module = fields["impl"].partition(":")[0]
@@ -429,7 +521,8 @@ def _add_entity(out: Lowered, decl: ast.Decl, f: dict[str, Any]) -> None:
             cpus=f.get("cpus", 1),
             worker_memory_bytes=math.ceil(f.get("worker_memory", ir.WORKER_MEMORY_BYTES)),
             broker_memory_bytes=math.ceil(f.get("broker_memory", ir.BROKER_MEMORY_BYTES)),
-            driver_memory_bytes=math.ceil(f.get("driver_memory", ir.DRIVER_MEMORY_BYTES)))
+            driver_memory_bytes=math.ceil(f.get("driver_memory", ir.DRIVER_MEMORY_BYTES)),
+            compute_int8_ops=f.get("compute_int8"))
     elif decl.kind == "link":
         out.links.append(ir.Link(a=f["a"], b=f["b"], bandwidth_bps=f["bandwidth"],
                                  latency_s=f["latency"], cost_usd_per_byte=f.get("cost", 0.0),
@@ -443,7 +536,10 @@ def _add_entity(out: Lowered, decl: ast.Decl, f: dict[str, Any]) -> None:
     elif decl.kind == "model":
         out.models[name] = ir.Model(name=name, span=span, source=f["source"],
                                     inputs=f["inputs"], outputs=f["outputs"],
-                                    split=f.get("split", "auto"))
+                                    split=f.get("split", "auto"),
+                                    variants=f.get("variants", ()),
+                                    min_fidelity=f.get("min_fidelity"),
+                                    validation=f.get("validation"))
     elif decl.kind == "operator":
         out.operators[name] = ir.Operator(
             name=name, span=span, work_flop=f["work"], emits=f["emits"],
@@ -457,6 +553,104 @@ def _add_entity(out: Lowered, decl: ast.Decl, f: dict[str, Any]) -> None:
             slo_spans={k: c.span for k, c in constraints.items()})
     elif decl.kind == "privacy":
         out.privacy[name] = ir.PrivacyRule(name=name, span=span, allow=f["allow"])
+
+
+def _frames_folder(text: str, base_dir: Path, span: Span, sink: DiagnosticSink,
+                   role: str) -> str | None:
+    """The absolute folder of frames `text` names (relative to the app's folder), or None with
+    E0610 when it is no folder or holds no .npy/.npz file (the frames themselves are read when
+    the variant is made, by `plan`)."""
+    folder = (base_dir / text).resolve()
+    if not folder.is_dir():
+        sink.error("E0610", f"{role} folder `{text}` not found", span, "no such folder",
+                   help="frames are .npy or .npz files in a folder, relative to the .ef file")
+        return None
+    if not any(p.suffix in (".npy", ".npz") for p in folder.iterdir()):
+        sink.error("E0610", f"{role} folder `{text}` holds no .npy or .npz frames", span,
+                   "no frames", help="save each frame with numpy.save (one input) or "
+                                     "numpy.savez (an array per input name)")
+        return None
+    return str(folder)
+
+
+def _string_span(entry: ast.Entry | None, default: Span) -> Span:
+    return entry.value.span if entry is not None else default
+
+
+def _resolve_variants(decl: ast.Decl, fields: dict[str, Any], base_dir: Path,
+                      sink: DiagnosticSink) -> None:
+    """`variants` and `validation` of a model whose own file checked: each variant file located
+    and matching the model's inputs and outputs (E0613), each frames folder present (E0610);
+    `fields["variants"]` becomes the IR's variants (or BAD)."""
+    validation = fields.get("validation")
+    if validation is not None and validation is not BAD:
+        span = entry_span(decl, "validation") or decl.name.span
+        fields["validation"] = _frames_folder(validation, base_dir, span, sink, "validation") \
+            or BAD
+    declared = fields.get("variants")
+    if declared is None or declared is BAD:
+        return
+    inputs, outputs = fields["inputs"], fields["outputs"]
+    out: list[ir.ModelVariant] = []
+    for v in declared:
+        span = v.entry.value.span
+        if v.source is not None:
+            path = locate(v.source, base_dir, span, sink)
+            if path is not None and _same_interface(decl.name.value, v.name, path, inputs,
+                                                    outputs, span, sink):
+                out.append(ir.ModelVariant(name=v.name, source=str(path), span=v.entry.span))
+            continue
+        args = dict(v.quantize or {})
+        call = v.entry.value
+        arg_spans = {a.key.value: a.value.span for a in call.args
+                     if isinstance(a, ast.Entry)}
+        for role in ("calibration", "validation"):
+            if role in args:
+                args[role] = _frames_folder(args[role], base_dir, arg_spans[role], sink, role)
+        if None not in args.values():
+            out.append(ir.ModelVariant(name=v.name, source="", int8=True, span=v.entry.span,
+                                       quantize=ir.Quantize(**args)))
+    fields["variants"] = tuple(out) if len(out) == len(declared) else BAD
+
+
+def _same_interface(model: str, variant: str, path: Path, inputs: dict[str, ir.TensorType],
+                    outputs: dict[str, ir.TensorType], span: Span, sink: DiagnosticSink) -> bool:
+    """Whether the variant file takes the model's inputs and gives its outputs (names, element
+    types, shapes under the model's bound inputs); E0613 saying how it differs otherwise."""
+    from edgeflow.models import signature
+
+    def differ(why: str) -> bool:
+        sink.error("E0613", f"variant `{variant}` of model `{model}` {why}", span,
+                   "not interchangeable with the model",
+                   help="a variant must take the model's inputs and give its outputs, with the "
+                        "same names, element types and shapes")
+        return False
+
+    try:
+        onnx_model = signature.load(str(path))
+    except signature.ModelLoadError as exc:
+        sink.error("E0602", f"`{path.name}` is not a valid ONNX model", span, str(exc),
+                   help=exc.help)
+        return False
+    actual = {sig.name: sig for sig in signature.graph_inputs(onnx_model)}
+    def names(found: set[str]) -> str:
+        return ", ".join(f"`{n}`" for n in sorted(found)) or "none"
+
+    if set(actual) != set(inputs):
+        return differ(f"takes input {names(set(actual))}, the model {names(set(inputs))}")
+    for name, sig in actual.items():
+        if sig.dtype != inputs[name].dtype:
+            return differ(f"takes `{name}` as {sig.dtype}, the model as {inputs[name].dtype}")
+    got = {o.name: o for o in signature.output_types(onnx_model, {n: t.shape for n, t
+                                                                  in inputs.items()})}
+    if set(got) != set(outputs):
+        return differ(f"gives output {names(set(got))}, the model {names(set(outputs))}")
+    for name, o in got.items():
+        want = outputs[name]
+        if o.dtype != want.dtype or tuple(o.dims or ()) != want.shape:
+            return differ(f"gives `{name}` as {o.dtype}{list(o.dims or ())}, the model as "
+                          f"{want}")
+    return True
 
 
 @lru_cache(maxsize=1)

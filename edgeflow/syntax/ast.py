@@ -54,10 +54,11 @@ class Tensor:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """`minimize(latency, cost)`."""
+    """`minimize(latency, cost)`, `quantize(calibration = "data/calib")`: positional arguments
+    are values, named ones entries."""
 
     func: Name
-    args: tuple[Value, ...]
+    args: tuple[Value | Entry, ...]
     span: Span
 
 

@@ -35,6 +35,11 @@ def _key(name: ast.Name) -> str:
     return name.value if _IDENT.fullmatch(name.value) else _string(name.value)
 
 
+def _arg_text(a: ast.Value | ast.Entry) -> str:
+    return f"{_key(a.key)} = {value_text(a.value)}" if isinstance(a, ast.Entry) else \
+        value_text(a)
+
+
 def value_text(v: ast.Value) -> str:
     if isinstance(v, ast.Quantity):
         return v.number_text + (f" {v.unit}" if v.unit else "")
@@ -45,7 +50,7 @@ def value_text(v: ast.Value) -> str:
     if isinstance(v, ast.Tensor):
         return f"{v.dtype.value}[{', '.join(value_text(d) for d in v.dims)}]"
     if isinstance(v, ast.Call):
-        return f"{v.func.value}({', '.join(value_text(a) for a in v.args)})"
+        return f"{v.func.value}({', '.join(_arg_text(a) for a in v.args)})"
     if isinstance(v, ast.Flow):
         return " -> ".join(s.value for s in v.steps)
     if isinstance(v, ast.Constraint):

@@ -255,7 +255,10 @@ class _Builder(Transformer):  # type: ignore[type-arg]
     def dims(self, children: list[object]) -> tuple[ast.Value, ...]:
         return _values(children)
 
-    items = args = dims
+    items = dims
+
+    def args(self, children: list[object]) -> tuple[ast.Value | ast.Entry, ...]:
+        return tuple(c for c in children if not isinstance(c, Token))  # type: ignore[misc]
 
     def call(self, children: list) -> ast.Call:  # type: ignore[type-arg]
         func, _open, args, close = children

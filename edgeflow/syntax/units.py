@@ -26,6 +26,7 @@ RATE = Dimension("rate", "Hz")
 BANDWIDTH = Dimension("bandwidth", "bit/s")
 SIZE = Dimension("data size", "B")
 COMPUTE = Dimension("compute", "FLOP/s")
+OPS = Dimension("int8 compute", "OP/s")  # `compute_int8`: integer operations, not FLOP
 WORK = Dimension("work", "FLOP")
 POWER = Dimension("power", "W")
 COST_RATE = Dimension("money per hour", "USD/s")
@@ -39,6 +40,7 @@ UNITS: dict[str, tuple[Dimension, float]] = {
     "B": (SIZE, 1.0), "KB": (SIZE, 1e3), "MB": (SIZE, 1e6), "GB": (SIZE, 1e9),
     "KiB": (SIZE, 1024.0), "MiB": (SIZE, 1024.0**2), "GiB": (SIZE, 1024.0**3),
     "FLOPS": (COMPUTE, 1.0), "GFLOPS": (COMPUTE, 1e9), "TFLOPS": (COMPUTE, 1e12),
+    "GOPS": (OPS, 1e9), "TOPS": (OPS, 1e12),
     "FLOP": (WORK, 1.0), "MFLOP": (WORK, 1e6), "GFLOP": (WORK, 1e9), "TFLOP": (WORK, 1e12),
     "mW": (POWER, 1e-3), "W": (POWER, 1.0),
     "USD/h": (COST_RATE, 1 / 3600), "USD/GB": (COST_DATA, 1e-9),
@@ -48,7 +50,8 @@ UNITS: dict[str, tuple[Dimension, float]] = {
 # The largest value (in SI units) each dimension takes: far beyond any real device or app, and
 # small enough that sums and products over an app stay finite and exact enough in float64.
 MAXIMUM: dict[Dimension, float] = {
-    TIME: 1e6, RATE: 1e6, BANDWIDTH: 1e15, SIZE: 1e15, COMPUTE: 1e21, WORK: 1e18, POWER: 1e9,
+    TIME: 1e6, RATE: 1e6, BANDWIDTH: 1e15, SIZE: 1e15, COMPUTE: 1e21, OPS: 1e21, WORK: 1e18,
+    POWER: 1e9,
     COST_RATE: 1e6, COST_DATA: 1e3,
 }
 MAX_COUNT = 10_000        # instances of one device
@@ -139,6 +142,7 @@ _BASES: dict[str, tuple[Dimension, float | None, frozenset[str]]] = {
     "b": (SIZE, None, _DECIMAL_UP | _BINARY),  # bits, or bytes written carelessly
     # `FLOPs` is a count of FLOP, or FLOPS written carelessly: it reads as both
     **{b: (COMPUTE, 1.0, _DECIMAL_UP | {"exa"}) for b in ("FLOPS", "FLOP/s", "FLOPs")},
+    **{b: (OPS, 1.0, _DECIMAL_UP | {"exa"}) for b in ("OPS", "OP/s")},
     **{b: (WORK, 1.0, _DECIMAL_UP) for b in ("FLOP", "FLOPs")},
     **{b: (POWER, 1.0, frozenset({"milli", "kilo"})) for b in ("W", "watt", "watts")},
     **{b: (COST_RATE, 1 / 3600, frozenset()) for b in ("USD/h", "USD/hr", "USD/hour")},
@@ -279,7 +283,7 @@ def unit_list(dim: Dimension) -> str:
     units = [f"`{u}`" for u in units_of(dim)]
     text = units[0] if len(units) == 1 else ", ".join(units[:-1]) + " or " + units[-1]
     note = {BANDWIDTH: " (bits per second)", SIZE: " (bytes)", COMPUTE: " (FLOP per second)",
-            WORK: " (FLOP per message)"}.get(dim, "")
+            OPS: " (int8 operations per second)", WORK: " (FLOP per message)"}.get(dim, "")
     return text + note
 
 
@@ -305,6 +309,8 @@ def unit_advice(number: str, unit: str, dim: Dimension, key: str) -> UnitAdvice:
             other = others.pop()
             hint = (" (a bandwidth is per second)" if dim is BANDWIDTH and other is SIZE else
                     " (compute is FLOP per second)" if dim is COMPUTE and other is WORK else
+                    " (an int8 rate, for `compute_int8`: float compute is in FLOPS)"
+                    if dim is COMPUTE and other is OPS else
                     " (work is FLOP per message, without `/s`)" if dim is WORK and other is COMPUTE
                     else "")
             return UnitAdvice(f"`{unit}` would be a unit of {other.name}{hint}; {takes}",
