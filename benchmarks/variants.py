@@ -14,8 +14,10 @@ Target: quantize + measure of a 20 MB model under 30 s here.
 
 Frames are random images (uniform in [0, 1)): the weights are random too, so what the fidelity
 shows is how much the quantization moves the scores, not how a trained model's accuracy moves.
-The plan-level figure (the latency an app gains when placement may pick the int8 variant) needs
-variants in the language and in placement: it is printed as not yet measured until they land.
+Then the example app examples/healthcare_vitals.ef: a table of its model's versions (the model
+and its int8 variant) with each one's fidelity, the app's latency objective with placement free
+to run the variant (its fidelity floor lifted) against the model alone, and what is sent at a
+cut. docs/split.md shows it.
 """
 
 from __future__ import annotations
@@ -105,9 +107,52 @@ def main() -> int:
     print(f"quantize {quantized - started:.1f} s + measure {measured - quantized:.1f} s = "
           f"{measured - started:.1f} s (target < 30 s for a 20 MB model)")
     print(f"deterministic: {'yes' if again == int8 else 'NO'} (quantized twice, same bytes)")
-    print("plan latency with an int8 variant vs float32 only: not yet measured (variants in "
-          "the language and placement are the rest of the issue)")
+    print()
+    print(tradeoff(ROOT / "examples" / "healthcare_vitals.ef"))
     return 0 if again == int8 and measured - started < 30 else 1
+
+
+def tradeoff(app: Path) -> str:
+    """The example's model variants as a markdown table: each variant's fidelity, int8 or not,
+    the app's latency objective with placement free to run it (the fidelity floor lifted, so
+    every variant is eligible) against the model alone (`plan --compare`'s `without variants`
+    baseline), and what the plan sends at a cut of the model (or `whole`)."""
+    from edgeflow import api
+    from edgeflow.objectives import TERMS
+
+    checked = api.check_file(app)
+    assert checked.program is not None, checked.diagnostics
+    program = checked.program
+    free = program.model_copy(update={"models": {
+        n: m.model_copy(update={"min_fidelity": None}) for n, m in program.models.items()}})
+    floor = {n: m.min_fidelity for n, m in program.models.items() if m.variants}
+    planned = api.plan(free, compare=True)
+    assert planned.plan is not None and planned.plan.feasible, planned.diagnostics
+    plan = planned.plan
+    alone = next(b for b in planned.baselines if b.name == "without variants")
+    term = program.app.objective[0]
+
+    def shown(value: float | None) -> str:
+        return "—" if value is None else f"{TERMS[term].shown(value):.3f} {TERMS[term].unit}"
+
+    lines = [f"{app.name}: {term} with the fidelity floor lifted (the app's floor: "
+             + ", ".join(f"{n} {f:g}" for n, f in floor.items() if f is not None) + ")", "",
+             (f"| model | version | fidelity | int8 | {term} of the app | replicas running it "
+             "| sent at the cut |"), "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name in floor:
+        cuts = {s.variant: s.transfer_bytes for s in plan.splits if s.model == name}
+        whole_alone = alone.objective[term] if alone.objective else None
+        lines.append(f"| `{name}` | the model (float32) | 1 | no | {shown(whole_alone)} | "
+                     f"{sum(1 for u in plan.units if u.step == name and u.variant is None)} | "
+                     f"{cuts.get(None, 'whole')} |")
+        for v in plan.variants:
+            if v.model != name:
+                continue
+            fidelity = "not measured" if v.fidelity is None else f"{v.fidelity:.4f}"
+            lines.append(f"| `{name}` | `{v.variant}` | {fidelity} | {'yes' if v.int8 else 'no'}"
+                         f" | {shown(plan.objective[term])} (placement free to run it) | "
+                         f"{len(v.replicas)} | {cuts.get(v.variant, 'whole')} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

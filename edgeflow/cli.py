@@ -847,7 +847,11 @@ def init(
     except api.UnknownExample as exc:
         raise _usage(str(exc)) from None
     if result.files:
-        typer.echo(f"wrote {', '.join(map(str, result.files))}\nnext: edgeflow check "
+        frames = [f for f in result.files if f.suffix == ".npy"]
+        shown = [str(f) for f in result.files if f.suffix != ".npy"] + [
+            f"{len(frames)} frames in {', '.join(sorted({str(f.parent) for f in frames}))}"
+        ] * bool(frames)
+        typer.echo(f"wrote {', '.join(shown)}\nnext: edgeflow check "
                    f"{folder / 'app.ef'} && edgeflow plan {folder / 'app.ef'}", err=True)
     _finish("init", folder, _as_json(out_format, json_out), result.to_json(),
             result.diagnostics)

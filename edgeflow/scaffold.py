@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeflow.models.samples import model_bytes
+from edgeflow.models.samples import FRAMES, frame_files, model_bytes
 from edgeflow.resources import data_path
 from edgeflow.syntax import ast
 from edgeflow.syntax.parser import parse
@@ -86,9 +86,12 @@ def app_files(folder: Path, example: str | None = None) -> dict[Path, bytes]:
     original = STARTER if example is None else \
         (examples_dir() / f"{example}.ef").read_text(encoding="utf-8")
     text, models = with_local_models(original)
+    frames = {folder / frames_dir / name: data for frames_dir in FRAMES
+              if f'"{frames_dir}"' in text for name, data in frame_files(frames_dir).items()}
     readme = (f"# {example or 'my_app'}\n\nCheck, place and build this app (from this folder): "
               "`edgeflow check app.ef && edgeflow plan app.ef && edgeflow compile app.ef "
               "--target k8s`\n")
     return {folder / "app.ef": text.encode(),
             **{folder / "models" / f"{m}.onnx": model_bytes(m) for m in models},
+            **frames,  # the frames its quantized variants are made and measured on
             folder / "README.md": readme.encode()}

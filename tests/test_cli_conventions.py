@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 from edgeflow import api
 from edgeflow.cost import model_cost
 from edgeflow.diagnostics import CODES
-from edgeflow.models.samples import MODELS, model_bytes
+from edgeflow.models.samples import FRAMES, MODELS, frame_files, model_bytes
 from tests.conftest import FIXTURES, ROOT
 from tests.test_cli import run
 
@@ -280,6 +280,21 @@ def test_examples_are_packaged_and_their_models_are_the_samples() -> None:
         assert packaged[f"examples/{name}.ef"] == f"edgeflow/_data/examples/{name}.ef"
     for name in MODELS:  # examples/models/make_models.py writes exactly these
         assert model_bytes(name) == (ROOT / "examples" / "models" / f"{name}.onnx").read_bytes()
+    for folder in FRAMES:  # examples/data/make_frames.py writes exactly these
+        files = frame_files(folder)
+        assert sorted(p.name for p in (ROOT / "examples" / folder).iterdir()) == sorted(files)
+        for name, data in files.items():
+            assert (ROOT / "examples" / folder / name).read_bytes() == data
+
+
+def test_init_of_an_example_writes_the_frames_its_variants_need(tmp_path: Path) -> None:
+    proc = run("init", str(tmp_path / "ward"), "--example", "healthcare_vitals")
+    assert proc.returncode == 0, proc.stderr
+    assert "24 frames in" in proc.stderr
+    for folder in FRAMES:
+        assert sorted(p.name for p in (tmp_path / "ward" / folder).iterdir()) == \
+            sorted(frame_files(folder))
+    assert run("check", str(tmp_path / "ward" / "app.ef")).returncode == 0
 
 
 # ---------------------------------------------------------------- models inspect

@@ -279,5 +279,6 @@ def test_the_benchmark_runs_and_prints_its_figures() -> None:
                            "8", "--size", "64", "--runs", "2"], capture_output=True, text=True,
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for figure in ("fidelity: top-1 agreement", "size:", "speed-up", "deterministic: yes"):
+    for figure in ("fidelity: top-1 agreement", "size:", "speed-up", "deterministic: yes",
+                   "| `risk_classifier` | `int8` |"):
         assert figure in proc.stdout

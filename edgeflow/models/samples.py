@@ -168,3 +168,40 @@ def model_bytes(name: str) -> bytes:
     """The serialized model `name` (a key of MODELS), byte for byte the same on every call."""
     return bytes(MODELS[name]().SerializeToString(deterministic=True))
 
+
+
+# ---- frames: what the examples calibrate and validate their quantized variants on -------------
+
+def _vital_windows(n: int, seed: int) -> list[np.ndarray]:
+    """`n` windows of 6 vital-sign channels x 250 samples (a second at 250 Hz, float32): ECG-,
+    pulse- and respiration-like waves at rates that differ between windows, with noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(250) / 250.0
+    windows = []
+    for _ in range(n):
+        heart, breath = rng.uniform(0.8, 2.5), rng.uniform(0.15, 0.5)   # Hz
+        channels = [np.sin(2 * np.pi * heart * k * t + rng.uniform(0, 2 * np.pi)) / k
+                    for k in (1, 2, 3)]
+        channels += [np.sin(2 * np.pi * breath * t + rng.uniform(0, 2 * np.pi)),
+                     np.full(250, rng.uniform(0.9, 1.0)),               # oxygen saturation
+                     np.full(250, rng.uniform(-0.5, 0.5))]              # temperature offset
+        window = np.stack(channels) + rng.normal(0, 0.05, (6, 250))
+        windows.append(window[np.newaxis].astype(np.float32))
+    return windows
+
+
+# folder (relative to the example's .ef file) -> (how many windows, seed)
+FRAMES: dict[str, tuple[int, int]] = {"data/vitals/calib": (16, 101), "data/vitals/val": (8, 202)}
+
+
+def frame_files(folder: str) -> dict[str, bytes]:
+    """The .npy files of a frames folder of `FRAMES`, by file name, the same bytes every call."""
+    import io
+
+    n, seed = FRAMES[folder]
+    out = {}
+    for k, window in enumerate(_vital_windows(n, seed)):
+        buffer = io.BytesIO()
+        np.save(buffer, window, allow_pickle=False)
+        out[f"window{k:03d}.npy"] = buffer.getvalue()
+    return out
