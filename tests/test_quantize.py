@@ -282,3 +282,52 @@ def test_the_benchmark_runs_and_prints_its_figures() -> None:
     for figure in ("fidelity: top-1 agreement", "size:", "speed-up", "deterministic: yes",
                    "| `risk_classifier` | `int8` |"):
         assert figure in proc.stdout
+
+
+def output_steps(model: onnx.ModelProto) -> list[float]:
+    """One quantization step of each output: the scale of the DequantizeLinear that makes it."""
+    made_by = {n.output[0]: n for n in model.graph.node}
+    scales = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    steps = []
+    for o in model.graph.output:
+        node = made_by[o.name]
+        assert node.op_type == "DequantizeLinear", (o.name, node.op_type)
+        steps.append(float(np.max(scales[node.input[1]])))
+    return steps
+
+
+@pytest.mark.parametrize("build", ["vgg_chain", "resnet", "mobilenet", "inception", "fpn"])
+def test_the_test_models_quantize_and_their_halves_equal_their_whole(build: str,
+                                                                    tmp_path: Path) -> None:
+    """The split machinery's test models (tests/onnx_models.py): each quantizes, runs, has a
+    measured fidelity, and the halves of every candidate cut equal its quantized whole within
+    one quantization step of each output (onnxruntime's graph optimisations may fuse or drop
+    quantize/dequantize pairs differently once the graph is cut: the FPN's skip connections
+    do, by one step on a few elements)."""
+    from tests import onnx_models
+
+    model, shapes = getattr(onnx_models, build)()
+    onnx.save(model, tmp_path / "m.onnx")
+    inputs = {n: ("float32", s) for n, s in shapes.items()}
+    cal = frames(tmp_path / "cal", inputs, 10, seed=7)
+    out = tmp_path / "int8.onnx"
+    result = api.quantize(tmp_path / "m.onnx", inputs, out, cal, runs=1)
+    assert result.ok and result.report is not None and result.report.fidelity is not None
+    quantized = load_model(out)
+    steps = output_steps(quantized)
+    setting = Setting(edge_flops=1e9, cloud_flops=1e12, bandwidth_bps=1e6, latency_s=0.0)
+    split = api.split(out, inputs, setting)
+    assert split.ok and split.data is not None and split.data["candidates"]
+    whole = session(out)
+    rng = np.random.default_rng(3)
+    x = {n: rng.random(s).astype(np.float32) for n, s in shapes.items()}
+    expected = whole.run(None, x)
+    for k, c in enumerate(split.data["candidates"]):
+        halves = tmp_path / f"cut{k}"
+        assert api.split(out, inputs, setting, cut=c["cut"], emit=halves).ok
+        head, tail = session(halves / "head.onnx"), session(halves / "tail.onnx")
+        sent = dict(zip([o.name for o in head.get_outputs()], head.run(None, x)))
+        got = tail.run(None, {i.name: sent.get(i.name, x.get(i.name))
+                              for i in tail.get_inputs()})
+        for a, b, step in zip(expected, got, steps, strict=True):
+            np.testing.assert_allclose(b, a, rtol=0, atol=step * 1.001)
