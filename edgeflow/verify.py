@@ -35,27 +35,39 @@ class _Models:
     files; whether a variant runs at int8 speed, and whether it may run at all."""
 
     def __init__(self, program: ir.Program) -> None:
-        self.problems: dict[tuple[str, str | None], CutProblem] = {}
+        self.sources: dict[tuple[str, str | None], tuple[str, dict[str, tuple[int, ...]]]] = {}
         self.int8: dict[tuple[str, str | None], bool] = {}
         self.allowed: dict[tuple[str, str | None], bool] = {}
+        self._problems: dict[tuple[str, str | None], CutProblem] = {}
         for name, model in program.models.items():
             shapes = {n: t.shape for n, t in model.inputs.items()}
             files = [(None, model.source, False, 1.0)] + [
                 (v.name, v.source, v.int8, v.fidelity) for v in model.variants]
             for variant, source, int8, fidelity in files:
                 key = (name, variant)
-                self.problems[key] = CutProblem(analyse(onnx.load(source), shapes))
+                self.sources[key] = (source, shapes)
                 self.int8[key] = int8
                 floor = model.min_fidelity
                 self.allowed[key] = floor is None or (fidelity is not None and fidelity >= floor)
 
+    def problem(self, key: tuple[str, str | None]) -> CutProblem:
+        """The cut problem of a model or variant file, analysed when first needed (a variant
+        no plan runs need not be made)."""
+        if key not in self._problems:
+            source, shapes = self.sources[key]
+            if not source:
+                raise ValueError(f"variant {key[1]} of {key[0]} was never made: verify against "
+                                 "the program the plan was made from")
+            self._problems[key] = CutProblem(analyse(onnx.load(source), shapes))
+        return self._problems[key]
+
     def whole(self, name: str, variant: str | None = None) -> tuple[int, int]:
-        p = self.problems[(name, variant)]
+        p = self.problem((name, variant))
         return p.total_work, weight_bytes_of(p.analysis, p.nodes.values())
 
     def cut(self, name: str, tensors: list[str], variant: str | None = None,
             ) -> tuple[int, int, int, int, int]:
-        p = self.problems[(name, variant)]
+        p = self.problem((name, variant))
         c = p.from_tensors(tensors)
         head = [p.nodes[v] for v in c.head]
         tail = [n for v, n in p.nodes.items() if v not in c.head]
@@ -78,15 +90,21 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
     variant: dict[tuple[str, int], str | None] = {}  # of each model replica
     for p in plan["placements"]:
         where[(p["unit"], p["replica"])] = p["device"]
-        variant[(p["unit"].removesuffix(".head").removesuffix(".tail"), p["replica"])] = \
-            p.get("variant")
-        if (p["unit"].split(".")[0], p.get("variant")) not in models.problems and \
-                p["unit"].split(".")[0] in program.models:
+        model = p["unit"].split(".")[0]
+        if model not in program.models:
+            continue
+        replica = (model, p["replica"])
+        if replica in variant and variant[replica] != p.get("variant"):
+            problems.append(f"{model} replica {p['replica']}: its head and tail run different "
+                            f"variants ({variant[replica]}, {p.get('variant')})")
+        variant[replica] = p.get("variant")
+        if (model, p.get("variant")) not in models.sources:
             problems.append(f"{p['unit']}: unknown variant {p.get('variant')}")
-        elif p["unit"].split(".")[0] in program.models and \
-                not models.allowed[(p["unit"].split(".")[0], p.get("variant"))]:
+        elif not models.allowed[(model, p.get("variant"))]:
             problems.append(f"{p['unit']} replica {p['replica']}: variant {p.get('variant')} "
                             "is below the model's fidelity floor")
+    if problems:
+        return problems
         if p["device"] not in device_of:
             problems.append(f"unknown device instance {p['device']}")
         elif tiers[p["device"]] != p["tier"]:
@@ -164,7 +182,11 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
                     if s.get("variant") != var:
                         problems.append(f"{name} replica {r}: split variant {s.get('variant')}"
                                         f" is not the placed {var}")
-                    hw, tw, nbytes, hm, tm = models.cut(name, s["cut"], var)
+                    try:
+                        hw, tw, nbytes, hm, tm = models.cut(name, s["cut"], var)
+                    except ValueError as exc:  # not a cut of that variant's graph
+                        problems.append(f"{name} replica {r}: {exc}")
+                        continue
                     fast = models.int8[(name, var)]
                     for key, mine in (("head_work_flop", hw), ("tail_work_flop", tw),
                                       ("transfer_bytes", nbytes)):
@@ -192,7 +214,11 @@ def verify(placed: Plan, program: ir.Program) -> list[str]:
                         work, mem = program.operators[name].work_flop, \
                             program.operators[name].memory_bytes
                     else:
-                        work, mem = models.whole(name, variant.get((name, r)))
+                        try:
+                            work, mem = models.whole(name, variant.get((name, r)))
+                        except ValueError as exc:  # a variant that was never made
+                            problems.append(f"{name} replica {r}: {exc}")
+                            continue
                         fast = models.int8[(name, variant.get((name, r)))]
                     loc[(name, r)] = (at, at)
                     comp_ms[(name, r)] = [(name, at, work, fast)]

@@ -289,7 +289,8 @@ def _summary(plan: Plan) -> tuple[dict[str, float], dict[str, str], dict[str, li
     latency: dict[str, float] = {}
     for p in plan.pipelines:
         latency[p.name] = max(latency.get(p.name, 0.0), p.latency_s)
-    placement = {f"{u.name}[{u.replica}]": u.device for u in plan.units}
+    placement = {f"{u.name}[{u.replica}]": u.device + (f" ({u.variant})" if u.variant else "")
+                 for u in plan.units}  # a change of variant is a change of placement
     cuts = {f"{s.model}[{s.replica}]": list(s.cut) for s in plan.splits}
     return latency, placement, cuts
 

@@ -346,6 +346,7 @@ def test_a_tiny_time_limit_on_a_large_app_gives_a_plan_or_unknown_never_infeasib
     app = tmp_path / "beds.ef"
     app.write_text(text.replace(count[0], "count = 1024"))
     shutil.copytree(ROOT / "examples" / "models", tmp_path / "models")
+    shutil.copytree(ROOT / "examples" / "data", tmp_path / "data")  # its variant's frames
     proc = run("plan", str(app), "--time-limit", limit, "--format", "json")
     assert proc.returncode in (0, 1), proc.stderr
     out = json.loads(proc.stdout)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
@@ -89,6 +90,25 @@ def brute_force(problem, only_the_model: bool = False):  # type: ignore[no-untyp
     """The lexicographic optimum over every (variant, cut, head, tail) of every unit."""
     units = [s for s, i in problem.steps.items() if i.is_unit]
     pinned = {s: i.candidates[0] for s, i in problem.steps.items() if not i.is_unit}
+    options = all_options(problem, units, only_the_model)
+    order = problem.program.app.objective
+    feasible = []
+    for combo in itertools.product(*options):
+        ev = evaluate(problem, {**pinned, **dict(zip(units, combo, strict=True))})
+        if ev.feasible:
+            feasible.append(ev.terms(order))
+    if not feasible:
+        return None
+    for stage in range(len(order)):
+        best = min(t[stage] for t in feasible)
+        feasible = [t for t in feasible if t[stage] <= best + max(abs(best) * 1e-6, 1e-9)]
+    return feasible[0]
+
+
+MAX_ASSIGNMENTS = 3_000  # of a brute force: more is skipped (a second each on 2 cores)
+
+
+def all_options(problem, units, only_the_model: bool = False) -> list[list[object]]:  # type: ignore[no-untyped-def]
     options = []
     for s in units:
         info = problem.steps[s]
@@ -102,18 +122,7 @@ def brute_force(problem, only_the_model: bool = False):  # type: ignore[no-untyp
                 opts += [Split(k, a, b, n) for a in info.candidates for b in info.candidates
                          if a != b]
         options.append(opts)
-    order = problem.program.app.objective
-    feasible = []
-    for combo in itertools.product(*options):
-        ev = evaluate(problem, {**pinned, **dict(zip(units, combo, strict=True))})
-        if ev.feasible:
-            feasible.append(ev.terms(order))
-    if not feasible:
-        return None
-    for stage in range(len(order)):
-        best = min(t[stage] for t in feasible)
-        feasible = [t for t in feasible if t[stage] <= best + max(abs(best) * 1e-6, 1e-9)]
-    return feasible[0]
+    return options
 
 
 @st.composite
@@ -134,13 +143,16 @@ def app_with_variants(draw: st.DrawFn) -> tuple[str, list[ir.ModelVariant], floa
 
 
 @given(app_with_variants())
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.filter_too_much])
 def test_the_choice_equals_brute_force_and_never_loses_to_the_model_alone(case) -> None:  # type: ignore[no-untyped-def]
     text, variants, floor, int8_speed = case
     checked = check_text(text, str(ROOT / "examples" / "random.ef"))
     assert checked.program is not None, checked.diagnostics
     program = with_int8_rate(with_variants(checked.program, "net", variants, floor), int8_speed)
     problem = build_problem(build_execution(program))
+    units = [s for s, i in problem.steps.items() if i.is_unit]
+    assume(math.prod(len(o) for o in all_options(problem, units)) <= MAX_ASSIGNMENTS)
     expected = brute_force(problem)
     alone = brute_force(problem, only_the_model=True)
     solution = solve(problem, time_limit=60)
@@ -374,3 +386,77 @@ def test_the_formatter_keeps_named_arguments() -> None:
     assert formatted is not None
     assert 'quantize(calibration = "c", validation = "v")' in formatted
     assert api.format_text(formatted)[0] == formatted
+
+
+def test_review_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a review of the variants found, each now handled: a quantized file variant runs at
+    the int8 rate; a variant whose inputs do not fit is E0613; NaN frames are E0611 on the
+    variant; an opset-12 model quantizes (per tensor) to a model onnxruntime loads; int8
+    weights count as int8; a tampered plan gets messages from the verifier, not exceptions;
+    a sweep that changes the variant says so."""
+    from edgeflow import whatif
+    from edgeflow.models.analysis import weight_bytes_of
+    from edgeflow.models.split import analyse_model, load_model
+
+    monkeypatch.setenv("EDGEFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    app = ward(tmp_path / "app")
+    folder = app.parent
+    frames = q.read_frames(folder / "data" / "calib", {"window": ("float32", (1, 6, 250))},
+                           "calibration")
+    (folder / "models" / "int8.onnx").write_bytes(q.quantize(onnx.load(str(VITALS)), frames))
+    app.write_text(app.read_text().replace(
+        'quantize(calibration = "data/calib")', '"models/int8.onnx"').replace(
+        "min_fidelity = 0.5", "min_fidelity = 0.5\n  validation = \"data/calib\""))
+    checked = api.check_file(app)
+    assert checked.program is not None, checked.diagnostics
+    (variant,) = checked.program.models["net"].variants
+    assert variant.int8  # a quantized file is timed at the int8 rate
+    planned = api.plan(checked.program)
+    assert planned.plan is not None and planned.plan.feasible
+    assert [u.variant for u in planned.plan.units] == ["int8"]
+    # int8 weights count as int8: a quarter of the float model's, about
+    quantized = analyse_model(load_model(folder / "models" / "int8.onnx"),
+                              {"window": ("float32", (1, 6, 250))})
+    base = analyse_model(load_model(VITALS), {"window": ("float32", (1, 6, 250))})
+    assert weight_bytes_of(quantized, quantized.dynamic_nodes()) < \
+        0.4 * weight_bytes_of(base, base.dynamic_nodes())
+    # a tampered plan: messages, never an exception
+    data = planned.plan.model_copy(update={"units": tuple(
+        u.model_copy(update={"variant": "nope"}) for u in planned.plan.units)})
+    assert any("unknown variant nope" in p for p in verify(data, planned.execution.program))  # type: ignore[union-attr]
+    # inputs that do not fit the model's binding
+    narrow = folder / "models" / "narrow.onnx"
+    model = onnx.load(str(VITALS))
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 125
+    onnx.save(model, narrow)
+    app.write_text(app.read_text().replace('"models/int8.onnx"', '"models/narrow.onnx"'))
+    assert "E0613" in [d.code for d in api.check_file(app).diagnostics]
+    # NaN frames: located on the variant
+    bad = folder / "data" / "nan"
+    bad.mkdir()
+    np.save(bad / "f.npy", np.full((1, 6, 250), np.nan, np.float32))
+    app.write_text(WARD_APP.replace("FLOOR", "0.5").replace("data/calib", "data/nan"))
+    checked = api.check_file(app)
+    assert checked.program is not None
+    refused = api.plan(checked.program)
+    assert refused.plan is None and [d.code for d in refused.diagnostics] == ["E0611"]
+    assert refused.diagnostics[0].span == checked.program.models["net"].variants[0].span
+    # an opset-12 model: per-tensor scales, a model onnxruntime loads
+    old = onnx.load(str(VITALS))
+    old.opset_import[0].version = 12
+    assert not q.per_channel(old)
+    session(q.quantize(old, frames))  # loads
+    # a sweep over the int8 rate names the change of variant
+    app.write_text(WARD_APP.replace("FLOOR", "0.5").replace("latency < 400 ms", "latency < 2 s"))
+    checked = api.check_file(app)
+    assert checked.program is not None
+    sweeps = [whatif.parse_sweep("device.monitor.compute_int8=0.0001GOPS..0.01GOPS:3:log",
+                                 checked.program)]
+    points = list(whatif.run(checked.program, app.read_text(), sweeps, 30.0))
+    assert any("int8" in " ".join(whatif.changes(p)) for p in points if p.moved)
+
+
+def session(data: bytes):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])

@@ -676,8 +676,19 @@ def _weight_bytes(name: str, initializers: Mapping[str, onnx.TensorProto],
 
 
 def weight_bytes_of(analysis: Analysis, nodes: Iterable[Node]) -> int:
-    """Bytes of the distinct static tensors (weights) the given nodes read."""
+    """Bytes of the distinct static tensors (weights) the given nodes read. A weight that a
+    static DequantizeLinear makes from int8 data counts as that data and its scales, as
+    onnxruntime holds it (the dequantization goes into the int8 kernel), not as the float
+    tensor it folds to."""
     seen: set[str] = set()
     for node in nodes:
         seen.update(i for i in node.inputs if i in analysis.static)
-    return sum(analysis.tensors[t].nbytes for t in seen if t in analysis.tensors)
+    stored: set[str] = set()
+    for t in seen:
+        k = analysis.producer.get(t)
+        maker = analysis.nodes[k] if k is not None else None
+        if maker is not None and maker.op == "DequantizeLinear" and maker.static:
+            stored.update(i for i in maker.inputs if i)
+        else:
+            stored.add(t)
+    return sum(analysis.tensors[t].nbytes for t in stored if t in analysis.tensors)

@@ -104,6 +104,9 @@ def _frame(path: Path, inputs: BoundInputs) -> Frame:
             raise QuantizeError("E0611", f"`{path.name}`: `{name}` is {array.dtype}"
                                 f"{list(array.shape)}, the model takes {dtype}{list(shape)}",
                                 str(path))
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise QuantizeError("E0611", f"`{path.name}`: `{name}` holds NaN or infinite "
+                                "values", str(path), "calibrate on frames of real, finite data")
         frame[name] = array
     return frame
 
@@ -141,7 +144,7 @@ def quantize(model: onnx.ModelProto, frames: list[Frame]) -> bytes:
             base.write_bytes(model.SerializeToString(deterministic=True))
             quant_pre_process(str(base), str(pre), skip_symbolic_shape=True)
             quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QInt8,
+                            per_channel=per_channel(model), activation_type=QuantType.QInt8,
                             weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
             quantized = onnx.load(str(out))
@@ -152,6 +155,13 @@ def quantize(model: onnx.ModelProto, frames: list[Frame]) -> bytes:
     quantized.metadata_props.add(key="edgeflow.quantized_from", value=model.graph.name)
     data: bytes = quantized.SerializeToString(deterministic=True)
     return data
+
+
+def per_channel(model: onnx.ModelProto) -> bool:
+    """Whether weights get a scale per output channel: DequantizeLinear takes an `axis` from
+    opset 13; an older model is quantized per tensor (coarser, but a model onnxruntime loads)."""
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return version >= 13
 
 
 def is_class_scores(shape: tuple[int, ...]) -> bool:

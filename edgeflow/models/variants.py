@@ -30,6 +30,7 @@ from edgeflow import __version__, cache, ir
 from edgeflow.diagnostics import Diagnostic
 from edgeflow.models import quantize as q
 from edgeflow.models.split import load_model
+from edgeflow.span import Span
 
 KIND = "variants"
 _SCRATCH: list[Path] = []  # the process's folder for variants when the cache is off
@@ -73,50 +74,68 @@ def materialise(program: ir.Program) -> tuple[ir.Program, list[Diagnostic]]:
             continue
         try:
             models[name] = _made(model)
-        except q.QuantizeError as exc:
-            problems.append(Diagnostic(exc.code, exc.message, model.span, "this model's frames",
-                                       help=exc.help))
+        except _Failed as failed:  # located on the variant whose frames these are
+            exc = failed.error
+            problems.append(Diagnostic(exc.code, exc.message, failed.span or model.span,
+                                       "these frames", help=exc.help))
     if problems:
         return program, problems
     return program.model_copy(update={"models": models}), []
 
 
-def _made(model: ir.Model) -> ir.Model:
-    import onnxruntime  # the variants are made and run with it
+class _Failed(Exception):
+    def __init__(self, error: q.QuantizeError, span: Span | None) -> None:
+        super().__init__(error.message)
+        self.error, self.span = error, span
 
+
+def _made(model: ir.Model) -> ir.Model:
     inputs = _bound(model)
     base = load_model(Path(model.source))
     base_bytes = base.SerializeToString(deterministic=True)
-    shared = q.read_frames(Path(model.validation), inputs, "validation") \
-        if model.validation else None
+    try:
+        shared = q.read_frames(Path(model.validation), inputs, "validation") \
+            if model.validation else None
+    except q.QuantizeError as exc:
+        raise _Failed(exc, model.span) from None
     variants = []
     for v in model.variants:
-        if v.quantize is None:  # a file: measured on the model's validation frames, if any
-            if shared:
-                fidelity = _fidelity(base_bytes, Path(v.source).read_bytes(), shared)
-                v = v.model_copy(update={"fidelity": fidelity})
-            variants.append(v)
-            continue
-        if v.source:  # made already (a program materialised before)
-            variants.append(v)
-            continue
-        spec = v.quantize
-        frames = q.read_frames(Path(spec.calibration), inputs, "calibration") \
-            if spec.calibration else q.synthetic_frames(inputs, spec.synthetic or 0)
-        own = q.read_frames(Path(spec.validation), inputs, "validation") \
-            if spec.validation else None
-        given = own if own is not None else shared
-        calibrate, check = (frames, given or []) if spec.calibration is None else \
-            q.split_frames(frames, given)
-        key = _digest("quantize", base_bytes, _frames_digest(calibrate), _frames_digest(check),
-                      __version__, onnxruntime.__version__)
-        path, fidelity = _cached(key)
-        if path is None:
-            data = q.quantize(base, calibrate)
-            fidelity = _fidelity(base_bytes, data, check or None)
-            path = _keep(key, data, fidelity)
-        variants.append(v.model_copy(update={"source": str(path), "fidelity": fidelity}))
+        try:
+            variants.append(_made_variant(model, v, base, base_bytes, inputs, shared))
+        except q.QuantizeError as exc:
+            raise _Failed(exc, v.span) from None
     return model.model_copy(update={"variants": tuple(variants)})
+
+
+def _made_variant(model: ir.Model, v: ir.ModelVariant, base: Any, base_bytes: bytes,
+                  inputs: dict[str, tuple[str, tuple[int, ...]]],
+                  shared: list[q.Frame] | None) -> ir.ModelVariant:
+    """Variant `v` made (a `quantize(...)` one) and measured."""
+    import onnxruntime  # the variants are made and run with it
+
+    if v.quantize is None:  # a file: measured on the model's validation frames, if any
+        if shared:
+            return v.model_copy(update={"fidelity": _fidelity(
+                base_bytes, Path(v.source).read_bytes(), shared)})
+        return v
+    if v.source:  # made already (a program materialised before)
+        return v
+    spec = v.quantize
+    frames = q.read_frames(Path(spec.calibration), inputs, "calibration") \
+        if spec.calibration else q.synthetic_frames(inputs, spec.synthetic or 0)
+    own = q.read_frames(Path(spec.validation), inputs, "validation") \
+        if spec.validation else None
+    given = own if own is not None else shared
+    calibrate, check = (frames, given or []) if spec.calibration is None else \
+        q.split_frames(frames, given)
+    key = _digest("quantize", base_bytes, _frames_digest(calibrate), _frames_digest(check),
+                  __version__, onnxruntime.__version__)
+    path, fidelity = _cached(key)
+    if path is None:
+        data = q.quantize(base, calibrate)
+        fidelity = _fidelity(base_bytes, data, check or None)
+        path = _keep(key, data, fidelity)
+    return v.model_copy(update={"source": str(path), "fidelity": fidelity})
 
 
 def _fidelity(base: bytes, variant: bytes, frames: list[q.Frame] | None) -> float | None:

@@ -325,16 +325,17 @@ def make_plan(execution: ExecutionGraph, time_limit: float = 30.0,
         baselines.append(Baseline(name, ev.objective if ev else None, bool(ev and ev.feasible),
                                   ev.violations[0] if ev and ev.violations else None))
     if compare and any(info.chooses for info in problem.steps.values()):
-        baselines.append(_without_variants(problem, time_limit))
+        baselines.append(_without_variants(problem, time_limit, method))
     return plan, baselines
 
 
-def _without_variants(problem: Problem, time_limit: float) -> Baseline:
-    """The baseline `without variants`: the same exact placement, every model run as itself
-    (what the plan would be had no variant been declared)."""
+def _without_variants(problem: Problem, time_limit: float, method: Method) -> Baseline:
+    """The baseline `without variants`: the same placement, by the same method (one MILP or by
+    parts), every model run as itself (what the plan would be had no variant been declared)."""
     alone = dataclasses.replace(problem, steps={
         step: dataclasses.replace(info, variants=()) for step, info in problem.steps.items()})
-    solution = solve(alone, time_limit)
+    solution = decompose(alone, time_limit).solution if method is Method.DECOMPOSITION else \
+        solve(alone, time_limit)
     if solution.assignment is None:
         return Baseline("without variants", None, False, "no plan exists without variants")
     ev = evaluate(problem, solution.assignment)

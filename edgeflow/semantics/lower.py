@@ -596,9 +596,10 @@ def _resolve_variants(decl: ast.Decl, fields: dict[str, Any], base_dir: Path,
         span = v.entry.value.span
         if v.source is not None:
             path = locate(v.source, base_dir, span, sink)
-            if path is not None and _same_interface(decl.name.value, v.name, path, inputs,
-                                                    outputs, span, sink):
-                out.append(ir.ModelVariant(name=v.name, source=str(path), span=v.entry.span))
+            if path is not None and (int8 := _same_interface(
+                    decl.name.value, v.name, path, inputs, outputs, span, sink)) is not None:
+                out.append(ir.ModelVariant(name=v.name, source=str(path), int8=int8,
+                                           span=v.entry.span))
             continue
         args = dict(v.quantize or {})
         call = v.entry.value
@@ -613,25 +614,31 @@ def _resolve_variants(decl: ast.Decl, fields: dict[str, Any], base_dir: Path,
     fields["variants"] = tuple(out) if len(out) == len(declared) else BAD
 
 
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                           "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"})
+
+
 def _same_interface(model: str, variant: str, path: Path, inputs: dict[str, ir.TensorType],
-                    outputs: dict[str, ir.TensorType], span: Span, sink: DiagnosticSink) -> bool:
-    """Whether the variant file takes the model's inputs and gives its outputs (names, element
-    types, shapes under the model's bound inputs); E0613 saying how it differs otherwise."""
+                    outputs: dict[str, ir.TensorType], span: Span,
+                    sink: DiagnosticSink) -> bool | None:
+    """Whether the variant file is quantized (its work then runs at a device's int8 rate), if
+    it takes the model's inputs and gives its outputs (names, element types, shapes under the
+    model's bound inputs); None, with E0613 saying how it differs, otherwise."""
     from edgeflow.models import signature
 
-    def differ(why: str) -> bool:
+    def differ(why: str) -> bool | None:
         sink.error("E0613", f"variant `{variant}` of model `{model}` {why}", span,
                    "not interchangeable with the model",
                    help="a variant must take the model's inputs and give its outputs, with the "
                         "same names, element types and shapes")
-        return False
+        return None
 
     try:
         onnx_model = signature.load(str(path))
     except signature.ModelLoadError as exc:
         sink.error("E0602", f"`{path.name}` is not a valid ONNX model", span, str(exc),
                    help=exc.help)
-        return False
+        return None
     actual = {sig.name: sig for sig in signature.graph_inputs(onnx_model)}
     def names(found: set[str]) -> str:
         return ", ".join(f"`{n}`" for n in sorted(found)) or "none"
@@ -641,6 +648,11 @@ def _same_interface(model: str, variant: str, path: Path, inputs: dict[str, ir.T
     for name, sig in actual.items():
         if sig.dtype != inputs[name].dtype:
             return differ(f"takes `{name}` as {sig.dtype}, the model as {inputs[name].dtype}")
+        bound = inputs[name].shape
+        if sig.dims is not None and (len(sig.dims) != len(bound) or any(
+                isinstance(d, int) and d != b for d, b in zip(sig.dims, bound, strict=False))):
+            return differ(f"takes `{name}` as {sig.dtype}{list(sig.dims)}, which "
+                          f"{inputs[name]} does not fit")
     got = {o.name: o for o in signature.output_types(onnx_model, {n: t.shape for n, t
                                                                   in inputs.items()})}
     if set(got) != set(outputs):
@@ -650,7 +662,7 @@ def _same_interface(model: str, variant: str, path: Path, inputs: dict[str, ir.T
         if o.dtype != want.dtype or tuple(o.dims or ()) != want.shape:
             return differ(f"gives `{name}` as {o.dtype}{list(o.dims or ())}, the model as "
                           f"{want}")
-    return True
+    return any(n.op_type in QUANTIZED_OPS for n in onnx_model.graph.node)
 
 
 @lru_cache(maxsize=1)
