@@ -93,19 +93,15 @@ def random_app(draw: st.DrawFn) -> str:
     return "\n".join(lines) + "\n"
 
 
-def brute_force(problem):  # type: ignore[no-untyped-def]
+def brute_force(problem, only_the_model: bool = False):  # type: ignore[no-untyped-def]
+    """The lexicographic optimum over every placement of every unit: each variant of a model
+    (the model itself first; `only_the_model` leaves the others out) whole on a candidate, or
+    cut at each of its cuts with head and tail on two candidates."""
     units = [s for s, i in problem.steps.items() if i.is_unit]
     pinned = {s: i.candidates[0] for s, i in problem.steps.items() if not i.is_unit}
-    options = []
-    for s in units:
-        info = problem.steps[s]
-        opts = list(info.candidates)
-        for k in range(len(info.cuts)):
-            opts += [Split(k, a, b) for a in info.candidates for b in info.candidates if a != b]
-        options.append(opts)
     order = problem.program.app.objective
     feasible = []
-    for combo in itertools.product(*options):
+    for combo in itertools.product(*all_options(problem, units, only_the_model)):
         ev = evaluate(problem, {**pinned, **dict(zip(units, combo, strict=True))})
         if ev.feasible:
             feasible.append(ev.terms(order))
@@ -115,6 +111,23 @@ def brute_force(problem):  # type: ignore[no-untyped-def]
         best = min(t[stage] for t in feasible)
         feasible = [t for t in feasible if t[stage] <= best + max(abs(best) * 1e-6, 1e-9)]
     return feasible[0]
+
+
+def all_options(problem, units, only_the_model: bool = False) -> list[list[object]]:  # type: ignore[no-untyped-def]
+    options = []
+    for s in units:
+        info = problem.steps[s]
+        opts: list[object] = list(info.candidates)
+        for n, var in enumerate(info.options):
+            if n and only_the_model:
+                continue
+            if n:
+                opts += [Split(max(len(var.cuts) - 1, 0), a, a, n) for a in info.candidates]
+            for k in range(len(var.cuts)):
+                opts += [Split(k, a, b, n) for a in info.candidates for b in info.candidates
+                         if a != b]
+        options.append(opts)
+    return options
 
 
 @given(random_app())

@@ -54,6 +54,16 @@ def session(path: Path | bytes) -> Any:
                                 providers=["CPUExecutionProvider"])
 
 
+def run_halves(model: Path, inputs: dict[str, tuple[str, tuple[int, ...]]], setting: Setting,
+               cut: list[str], folder: Path, x: dict[str, Any]) -> list[Any]:
+    """The outputs of the model's halves at `cut` (emitted into `folder`), head then tail."""
+    assert api.split(model, inputs, setting, cut=cut, emit=folder).ok
+    head, tail = session(folder / "head.onnx"), session(folder / "tail.onnx")
+    sent = dict(zip([o.name for o in head.get_outputs()], head.run(None, x)))
+    return list(tail.run(None, {i.name: sent.get(i.name, x.get(i.name))
+                                for i in tail.get_inputs()}))
+
+
 def classifier(path: Path) -> Path:
     """A small image classifier: conv, relu, global pool, a linear layer to 10 scores."""
     rng = np.random.default_rng(7)
@@ -150,12 +160,7 @@ def test_int8_tensors_cross_as_one_byte_and_every_cut_splits_exactly(tmp_path: P
     step = [float(np.max(scales[made_by[o.name].input[1]])) for o in model.graph.output]
     exact = 0
     for k, c in enumerate(candidates):
-        halves = tmp_path / f"cut{k}"
-        assert api.split(out, inputs, setting, cut=c["cut"], emit=halves).ok
-        head, tail = session(halves / "head.onnx"), session(halves / "tail.onnx")
-        sent = dict(zip([o.name for o in head.get_outputs()], head.run(None, x)))
-        got = tail.run(None, {i.name: sent.get(i.name, x.get(i.name))
-                              for i in tail.get_inputs()})
+        got = run_halves(out, inputs, setting, c["cut"], tmp_path / f"cut{k}", x)
         for a, b, one in zip(expected, got, step, strict=True):
             np.testing.assert_allclose(b, a, rtol=0, atol=one * 1.001)
         exact += all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))
@@ -323,11 +328,6 @@ def test_the_test_models_quantize_and_their_halves_equal_their_whole(build: str,
     x = {n: rng.random(s).astype(np.float32) for n, s in shapes.items()}
     expected = whole.run(None, x)
     for k, c in enumerate(split.data["candidates"]):
-        halves = tmp_path / f"cut{k}"
-        assert api.split(out, inputs, setting, cut=c["cut"], emit=halves).ok
-        head, tail = session(halves / "head.onnx"), session(halves / "tail.onnx")
-        sent = dict(zip([o.name for o in head.get_outputs()], head.run(None, x)))
-        got = tail.run(None, {i.name: sent.get(i.name, x.get(i.name))
-                              for i in tail.get_inputs()})
+        got = run_halves(out, inputs, setting, c["cut"], tmp_path / f"cut{k}", x)
         for a, b, step in zip(expected, got, steps, strict=True):
             np.testing.assert_allclose(b, a, rtol=0, atol=step * 1.001)

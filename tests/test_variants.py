@@ -5,7 +5,6 @@ independent verifier, which also rejects a variant below the floor."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import tempfile
@@ -23,11 +22,11 @@ from edgeflow.api import check_text
 from edgeflow.execution import build_execution
 from edgeflow.models import quantize as q
 from edgeflow.models.samples import Builder
-from edgeflow.placement.evaluate import Split, evaluate
+from edgeflow.placement.evaluate import evaluate
 from edgeflow.placement.milp import solve
 from edgeflow.placement.problem import build_problem
 from edgeflow.verify import verify
-from tests.test_placement import random_app
+from tests.test_placement import all_options, brute_force, random_app
 
 ROOT = Path(__file__).resolve().parent.parent
 VITALS = ROOT / "examples" / "models" / "vitals.onnx"
@@ -86,43 +85,7 @@ def with_int8_rate(program: ir.Program, ops: float) -> ir.Program:
     return program.model_copy(update={"devices": devices})
 
 
-def brute_force(problem, only_the_model: bool = False):  # type: ignore[no-untyped-def]
-    """The lexicographic optimum over every (variant, cut, head, tail) of every unit."""
-    units = [s for s, i in problem.steps.items() if i.is_unit]
-    pinned = {s: i.candidates[0] for s, i in problem.steps.items() if not i.is_unit}
-    options = all_options(problem, units, only_the_model)
-    order = problem.program.app.objective
-    feasible = []
-    for combo in itertools.product(*options):
-        ev = evaluate(problem, {**pinned, **dict(zip(units, combo, strict=True))})
-        if ev.feasible:
-            feasible.append(ev.terms(order))
-    if not feasible:
-        return None
-    for stage in range(len(order)):
-        best = min(t[stage] for t in feasible)
-        feasible = [t for t in feasible if t[stage] <= best + max(abs(best) * 1e-6, 1e-9)]
-    return feasible[0]
-
-
 MAX_ASSIGNMENTS = 3_000  # of a brute force: more is skipped (a second each on 2 cores)
-
-
-def all_options(problem, units, only_the_model: bool = False) -> list[list[object]]:  # type: ignore[no-untyped-def]
-    options = []
-    for s in units:
-        info = problem.steps[s]
-        opts: list[object] = list(info.candidates)
-        for n, var in enumerate(info.options):
-            if n and only_the_model:
-                continue
-            if n:
-                opts += [Split(max(len(var.cuts) - 1, 0), a, a, n) for a in info.candidates]
-            for k in range(len(var.cuts)):
-                opts += [Split(k, a, b, n) for a in info.candidates for b in info.candidates
-                         if a != b]
-        options.append(opts)
-    return options
 
 
 @st.composite
