@@ -5,8 +5,16 @@ first use, so that importing a light module (`edgeflow.unit_config` in a worker,
 does not load the compiler.
 """
 
+import os
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
+
+# onnxruntime (1.29 and later) writes a device id under ~/.cache/Microsoft and sends usage
+# events unless told not to: edgeflow writes nowhere but its output and its cache folder, and
+# sends nothing. Set before any onnxruntime import (every edgeflow process, workers included,
+# imports this package first); a user's own setting is kept.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("ORT_TELEMETRY_DISABLED", "1")
 
 try:
     __version__ = version("edgeflow")

@@ -26,6 +26,7 @@ from tests.conftest import FIXTURES, ROOT, assert_golden
 from tests.test_cli import run
 
 MODELS = ROOT / "examples" / "models"
+VITALS_MODEL = MODELS / "vitals.onnx"
 GOLDEN = FIXTURES / "quantize"
 # every example model, bound as the examples bind them (smaller where the model allows)
 EXAMPLES = {"detector": {"images": ("float32", (1, 3, 64, 64))},
@@ -331,3 +332,24 @@ def test_the_test_models_quantize_and_their_halves_equal_their_whole(build: str,
         got = run_halves(out, inputs, setting, c["cut"], tmp_path / f"cut{k}", x)
         for a, b, step in zip(expected, got, steps, strict=True):
             np.testing.assert_allclose(b, a, rtol=0, atol=step * 1.001)
+
+
+def test_onnxruntime_writes_nothing_in_the_home_folder(tmp_path: Path) -> None:
+    """onnxruntime 1.29+ keeps a device id under ~/.cache/Microsoft unless told not to:
+    edgeflow tells it (ORT_DISABLE_TELEMETRY), so a command that runs models writes only its
+    output and edgeflow's cache folder."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CI", "ORT_DISABLE_TELEMETRY", "ORT_TELEMETRY_DISABLED")}
+    env.update(HOME=str(home), EDGEFLOW_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "edgeflow", "quantize", str(VITALS_MODEL),
+                           "--input", "window=float32[1,6,250]", "--synthetic", "3", "-o",
+                           str(tmp_path / "out.onnx"), "--runs", "1"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert [p for p in home.rglob("*")] == []
