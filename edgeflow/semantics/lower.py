@@ -19,7 +19,7 @@ from edgeflow.objectives import TERMS
 from edgeflow.semantics import flows
 from edgeflow.semantics.impl import REFERENCE, module_file, search_path
 from edgeflow.semantics.lowered import Lowered
-from edgeflow.semantics.model_files import check_model, locate
+from edgeflow.semantics.model_files import check_model, check_variant, locate
 from edgeflow.semantics.values import (
     BAD,
     TIERS,
@@ -596,7 +596,7 @@ def _resolve_variants(decl: ast.Decl, fields: dict[str, Any], base_dir: Path,
         span = v.entry.value.span
         if v.source is not None:
             path = locate(v.source, base_dir, span, sink)
-            if path is not None and (int8 := _same_interface(
+            if path is not None and (int8 := check_variant(
                     decl.name.value, v.name, path, inputs, outputs, span, sink)) is not None:
                 out.append(ir.ModelVariant(name=v.name, source=str(path), int8=int8,
                                            span=v.entry.span))
@@ -612,57 +612,6 @@ def _resolve_variants(decl: ast.Decl, fields: dict[str, Any], base_dir: Path,
             out.append(ir.ModelVariant(name=v.name, source="", int8=True, span=v.entry.span,
                                        quantize=ir.Quantize(**args)))
     fields["variants"] = tuple(out) if len(out) == len(declared) else BAD
-
-
-QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-                           "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"})
-
-
-def _same_interface(model: str, variant: str, path: Path, inputs: dict[str, ir.TensorType],
-                    outputs: dict[str, ir.TensorType], span: Span,
-                    sink: DiagnosticSink) -> bool | None:
-    """Whether the variant file is quantized (its work then runs at a device's int8 rate), if
-    it takes the model's inputs and gives its outputs (names, element types, shapes under the
-    model's bound inputs); None, with E0613 saying how it differs, otherwise."""
-    from edgeflow.models import signature
-
-    def differ(why: str) -> bool | None:
-        sink.error("E0613", f"variant `{variant}` of model `{model}` {why}", span,
-                   "not interchangeable with the model",
-                   help="a variant must take the model's inputs and give its outputs, with the "
-                        "same names, element types and shapes")
-        return None
-
-    try:
-        onnx_model = signature.load(str(path))
-    except signature.ModelLoadError as exc:
-        sink.error("E0602", f"`{path.name}` is not a valid ONNX model", span, str(exc),
-                   help=exc.help)
-        return None
-    actual = {sig.name: sig for sig in signature.graph_inputs(onnx_model)}
-    def names(found: set[str]) -> str:
-        return ", ".join(f"`{n}`" for n in sorted(found)) or "none"
-
-    if set(actual) != set(inputs):
-        return differ(f"takes input {names(set(actual))}, the model {names(set(inputs))}")
-    for name, sig in actual.items():
-        if sig.dtype != inputs[name].dtype:
-            return differ(f"takes `{name}` as {sig.dtype}, the model as {inputs[name].dtype}")
-        bound = inputs[name].shape
-        if sig.dims is not None and (len(sig.dims) != len(bound) or any(
-                isinstance(d, int) and d != b for d, b in zip(sig.dims, bound, strict=False))):
-            return differ(f"takes `{name}` as {sig.dtype}{list(sig.dims)}, which "
-                          f"{inputs[name]} does not fit")
-    got = {o.name: o for o in signature.output_types(onnx_model, {n: t.shape for n, t
-                                                                  in inputs.items()})}
-    if set(got) != set(outputs):
-        return differ(f"gives output {names(set(got))}, the model {names(set(outputs))}")
-    for name, o in got.items():
-        want = outputs[name]
-        if o.dtype != want.dtype or tuple(o.dims or ()) != want.shape:
-            return differ(f"gives `{name}` as {o.dtype}{list(o.dims or ())}, the model as "
-                          f"{want}")
-    return any(n.op_type in QUANTIZED_OPS for n in onnx_model.graph.node)
 
 
 @lru_cache(maxsize=1)

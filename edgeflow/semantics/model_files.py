@@ -1,12 +1,14 @@
 """Checks a `model` declaration against its ONNX file: the file exists and is a valid model, the
 declared `inputs` bind exactly the graph's inputs with compatible types, and the outputs' types can
-be inferred from them.
+be inferred from them; and each file variant against the model (`check_variant`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import onnx
 
 from edgeflow import ir
 from edgeflow.diagnostics import DiagnosticSink
@@ -69,11 +71,8 @@ def check_model(decl: ast.Decl, path: Path, inputs: dict[str, ir.TensorType],
     """Report every mismatch of the model file `path` (located by `locate`); return the output
     types when the model is usable, else None."""
     name = decl.name.value
-    try:
-        model = signature.load(str(path))
-    except signature.ModelLoadError as exc:
-        sink.error("E0602", f"`{path.name}` is not a valid ONNX model", source_span, str(exc),
-                   help=exc.help)
+    model = _load(path, source_span, sink)
+    if model is None:
         return None
     actual = {sig.name: sig for sig in signature.graph_inputs(model)}
     inputs_span = next(e.value.span for e in decl.entries if e.key.value == "inputs")
@@ -146,3 +145,58 @@ def _compatible(model: str, sig: signature.TensorSig, declared: ir.TensorType, e
                         f"{got}", "wrong size", onnx_type)
     return True
 
+
+def _load(path: Path, span: Span, sink: DiagnosticSink) -> onnx.ModelProto | None:
+    """The ONNX model at `path`, or None with E0602 (at `span`) when it is not one."""
+    try:
+        return signature.load(str(path))
+    except signature.ModelLoadError as exc:
+        sink.error("E0602", f"`{path.name}` is not a valid ONNX model", span, str(exc),
+                   help=exc.help)
+        return None
+
+
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                           "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"})
+
+
+def check_variant(model: str, variant: str, path: Path, inputs: dict[str, ir.TensorType],
+                    outputs: dict[str, ir.TensorType], span: Span,
+                    sink: DiagnosticSink) -> bool | None:
+    """Whether the variant file is quantized (its work then runs at a device's int8 rate), if
+    it takes the model's inputs and gives its outputs (names, element types, shapes under the
+    model's bound inputs); None, with E0613 saying how it differs, otherwise."""
+    def differ(why: str) -> bool | None:
+        sink.error("E0613", f"variant `{variant}` of model `{model}` {why}", span,
+                   "not interchangeable with the model",
+                   help="a variant must take the model's inputs and give its outputs, with the "
+                        "same names, element types and shapes")
+        return None
+
+    onnx_model = _load(path, span, sink)
+    if onnx_model is None:
+        return None
+    actual = {sig.name: sig for sig in signature.graph_inputs(onnx_model)}
+    def names(found: set[str]) -> str:
+        return ", ".join(f"`{n}`" for n in sorted(found)) or "none"
+
+    if set(actual) != set(inputs):
+        return differ(f"takes input {names(set(actual))}, the model {names(set(inputs))}")
+    for name, sig in actual.items():
+        if sig.dtype != inputs[name].dtype:
+            return differ(f"takes `{name}` as {sig.dtype}, the model as {inputs[name].dtype}")
+        bound = inputs[name].shape
+        if sig.dims is not None and (len(sig.dims) != len(bound) or any(
+                isinstance(d, int) and d != b for d, b in zip(sig.dims, bound, strict=False))):
+            return differ(f"takes `{name}` as {sig.dtype}{list(sig.dims)}, which "
+                          f"{inputs[name]} does not fit")
+    got = {o.name: o for o in signature.output_types(onnx_model, {n: t.shape for n, t
+                                                                  in inputs.items()})}
+    if set(got) != set(outputs):
+        return differ(f"gives output {names(set(got))}, the model {names(set(outputs))}")
+    for name, o in got.items():
+        want = outputs[name]
+        if o.dtype != want.dtype or tuple(o.dims or ()) != want.shape:
+            return differ(f"gives `{name}` as {o.dtype}{list(o.dims or ())}, the model as "
+                          f"{want}")
+    return any(n.op_type in QUANTIZED_OPS for n in onnx_model.graph.node)
