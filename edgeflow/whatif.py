@@ -344,6 +344,9 @@ def run(program: ir.Program, source: str, sweeps: list[Sweep], time_limit: float
 
     points = grid(sweeps)
     module, _ = parse(source, program.file)  # (once: every point edits the same declarations)
+    # no property of a model is swept (PROPERTIES), so every point has the program's models:
+    # its variants are made and measured once, not once a point
+    made, unmade = materialise(program)
     warm = WarmStart()
     before: dict[tuple[float, ...], Point] = {}  # by the other parameters' values
     for k, values in enumerate(points):
@@ -357,11 +360,12 @@ def run(program: ir.Program, source: str, sweeps: list[Sweep], time_limit: float
                           error=f"{first.code}: {first.message}" if first else "invalid")
         elif size_diagnostics(checked.program):
             point = Point(values, "too large", {}, {}, {}, {})
-        elif (made := materialise(checked.program))[1]:
+        elif unmade:
             point = Point(values, "invalid", {}, {}, {}, {},
-                          error=f"{made[1][0].code}: {made[1][0].message}")
+                          error=f"{unmade[0].code}: {unmade[0].message}")
         else:
-            plan, _ = make_plan(build_execution(made[0]), time_limit,
+            point_program = checked.program.model_copy(update={"models": made.models})
+            plan, _ = make_plan(build_execution(point_program), time_limit,
                                 warm=warm if warm_start else None)
             latency, placement, cuts = _summary(plan)
             point = Point(values, plan.status.value, dict(plan.objective), latency, placement,
