@@ -12,6 +12,29 @@ route over several links is a chain of pacers, store-and-forward: the arrival at
 ready time at hop k + 1. Pacers are shared, one per (link, direction) in a process, so routes
 over the same link direction contend for its bandwidth.
 
+Time-varying links
+------------------
+A link may have a `schedule` (`Schedule`, shared by both its directions): from `at_s` seconds
+after the schedule clock starts, the link has another bandwidth and, optionally, another
+latency, or it is down. The rate is piecewise constant: a message's serialisation starts at
+`max(t, busy_until)` and ends once its `8 n` bits have been sent at the rate in force at each
+instant, rate 0 while the link is down (a message caught by an outage halfway resumes when the
+link is back, where it stopped); it arrives after the latency in force when its last bit was
+sent. A link that a schedule leaves down for good delivers nothing more (the arrival is
+infinite). Before the clock starts, and with no schedule, the declared values hold.
+
+Down means: nothing is delivered in either direction. Items wait in the sender's bounded buffer
+(a proxy stops reading from its socket once it is full, a relay drops the oldest message), and
+what was being serialised resumes when the link is back. TCP connections through a proxy are
+not closed, and no new connection is refused (the bytes of its first packets wait like any
+other); an endpoint's own keepalive may give up on an outage longer than its timeout, as it
+would over a real network. A relay's MQTT connections to its brokers stay up too.
+
+The schedule clock starts when the process receives SIGUSR1 (`edgeflow run` sends it when the
+sensors start; later SIGUSR1s are ignored): schedule time 0 is that instant on the event loop's
+clock (`time.monotonic()`). `Schedule.start(t0)` starts it without a signal. An arrival computed
+before the clock starts keeps the declared values, even if it falls after the start.
+
 Emulated:
   * latency (propagation delay) per link direction;
   * serialisation delay (size / bandwidth) per hop, store-and-forward on multi-link routes;
@@ -31,12 +54,20 @@ Sharing a link is approximated this way: a sender's item is admitted to its rout
 pacer only when that link direction is (about to be) idle, so concurrent senders interleave
 item by item (roughly fair, never overlapping). Later hops of a chain are computed when the item
 is admitted, in admission order (FIFO per pacer), so contention at a later hop is modelled
-conservatively: an item never arrives earlier than the model allows, sometimes later.
+conservatively: an item never arrives earlier than the model allows, sometimes later. (An
+outage of a route's first link thus also holds up, until after the outage, other traffic over
+its later links; the routes `edgeflow run` writes cross one link each.) When a schedule lowers
+the latency, a message may be computed to arrive before the one ahead of it: a lane still
+delivers in order, the later message waits for the earlier.
 
 The emulated arrival is a lower bound in practice: the event loop's timers fire late by up to
 about a millisecond, never early (a release is re-checked against the clock). The relay's
 clients disable Nagle's algorithm; mosquitto needs `set_tcp_nodelay true` for the same reason,
 else a PUBLISH it writes after a PUBACK not yet acknowledged waits for the delayed ACK (40 ms).
+That option leaves a bridge's own (outgoing) connection with Nagle's algorithm, which over TLS
+holds the tail of a large message until the peer acknowledges its first record: the proxy, the
+bridge's TCP peer, therefore acknowledges whatever it reads at once (TCP_QUICKACK, Linux), so
+the bytes reach the link model when the bridge writes them, not a delayed ACK (20-40 ms) later.
 
 Two transports use the pacers:
   * `PacingProxy`, a TCP proxy put in front of a mosquitto bridge listener (bridged mode): it
@@ -47,7 +78,8 @@ Two transports use the pacers:
 The process entry point, `python -m edgeflow.runtime.links --config links.json [--stats FILE]`,
 reads::
 
-    {"links": [{"id": str, "latency_s": float, "bandwidth_bps": float}],
+    {"links": [{"id": str, "latency_s": float, "bandwidth_bps": float,
+                "schedule": [CHANGE, ...] (optional)}],
      "proxies": [{"listen": [host, port], "target": [host, port],
                   "forward": [[link_id, "ab" | "ba"], ...], "backward": [...],
                   "max_inflight_bytes": int (optional)}],
@@ -56,10 +88,17 @@ reads::
                  "max_inflight_bytes": int (optional)}]}
     END = {"host": str, "port": int, "client_id": str,
            "ca": path | null, "cert": path | null, "key": path | null}
+    CHANGE = {"at_s": float >= 0, "bandwidth_bps": float > 0 | null (down),
+              "latency_s": float >= 0 (optional: the latency in force is kept)}
 
+A schedule's `at_s` strictly increase; `bandwidth_bps` is required (null: the link is down from
+`at_s` until the next change). Before the first change the link's own values hold.
 `forward` is the route from the listener / A towards the target / B, `backward` the reverse.
-It prints `ready` once every proxy listens, exits 0 on SIGTERM or SIGINT, and on exit writes
-counters to the `--stats` file. A bad configuration is one line on stderr and exit status 2; a
+It prints `ready` once every proxy listens, starts the schedule clock on SIGUSR1 (send it after
+`ready`: before the handler is installed, SIGUSR1 would end the process), exits 0 on SIGTERM or
+SIGINT, and on exit writes counters to the `--stats` file: per link and direction the bytes and
+messages admitted, and per link `down_s` (seconds spent down, by the schedule, until the exit)
+and `changes` (schedule changes applied). A bad configuration is one line on stderr and exit status 2; a
 proxy that cannot listen, one line and exit status 1.
 """
 
@@ -67,6 +106,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import math
@@ -92,56 +132,188 @@ DEFAULT_MAX_INFLIGHT_BYTES = 4 * 1024 * 1024
 DEFAULT_CHUNK_BYTES = 16 * 1024
 # an item is admitted to its first link this long before the link becomes idle (timers are late)
 ADMIT_SLACK_S = 0.0005
+# a lane sleeping until a time (an arrival, a link becoming idle) looks again at least this often:
+# the time may be far, or infinite while a schedule leaves the link down for good
+MAX_SLEEP_S = 0.1
 
 
 # --------------------------------------------------------------------------------------------
 # the model
 
 
-class Pacer:
-    """One direction of one link: a FIFO serialiser of `bandwidth_bps` followed by `latency_s`
-    of propagation. Deterministic: the caller passes the time in; `arrival` advances
-    `busy_until` and the counters, nothing else."""
+def _check_link(latency_s: float, bandwidth_bps: float) -> None:
+    if not (isinstance(latency_s, int | float) and math.isfinite(latency_s)
+            and latency_s >= 0):
+        raise ValueError(f"latency_s must be a finite number >= 0, not {latency_s!r}")
+    if not (isinstance(bandwidth_bps, int | float) and bandwidth_bps > 0):
+        raise ValueError(f"bandwidth_bps must be a number > 0, not {bandwidth_bps!r}")
 
-    __slots__ = ("bandwidth_bps", "busy_until", "bytes", "latency_s", "messages")
 
-    def __init__(self, latency_s: float, bandwidth_bps: float) -> None:
-        if not (isinstance(latency_s, int | float) and math.isfinite(latency_s)
-                and latency_s >= 0):
-            raise ValueError(f"latency_s must be a finite number >= 0, not {latency_s!r}")
-        if not (isinstance(bandwidth_bps, int | float) and bandwidth_bps > 0):
-            raise ValueError(f"bandwidth_bps must be a number > 0, not {bandwidth_bps!r}")
+@dataclass(frozen=True)
+class Change:
+    """One entry of a link's schedule: from `at_s` seconds after the schedule clock starts, the
+    link has `bandwidth_bps` (None: it is down) and `latency_s` (None: the latency in force)."""
+
+    at_s: float
+    bandwidth_bps: float | None
+    latency_s: float | None = None
+
+
+class Schedule:
+    """The bandwidth and latency of one link over time, shared by both its directions: the
+    declared values, then each `Change` from its `at_s` on, once the clock has started
+    (`start`). Deterministic: the caller passes the time in."""
+
+    __slots__ = ("_segments", "bandwidth_bps", "changes", "latency_s", "started_at")
+
+    def __init__(self, latency_s: float, bandwidth_bps: float,
+                 changes: Sequence[Change] = ()) -> None:
+        _check_link(latency_s, bandwidth_bps)
+        previous = -math.inf
+        for i, change in enumerate(changes):
+            at_s, bandwidth, latency = change.at_s, change.bandwidth_bps, change.latency_s
+            if not (isinstance(at_s, int | float) and math.isfinite(at_s) and at_s >= 0):
+                raise ValueError(f"changes[{i}].at_s must be a finite number >= 0, not {at_s!r}")
+            if at_s <= previous:
+                raise ValueError(f"changes[{i}].at_s must be greater than {previous!r}")
+            previous = at_s
+            if bandwidth is not None:
+                _check_link(0.0, bandwidth)
+            if latency is not None:
+                _check_link(latency, 1.0)
         self.latency_s = float(latency_s)
         self.bandwidth_bps = float(bandwidth_bps)
+        self.changes = tuple(changes)
+        self.started_at: float | None = None
+        # (segment starts, rates (0: down), latencies): segment i holds from starts[i] on; one
+        # tuple, replaced whole by `start` (which a signal handler may call at any bytecode)
+        self._segments: tuple[list[float], list[float], list[float]] = (
+            [-math.inf], [self.bandwidth_bps], [self.latency_s])
+
+    def start(self, t0: float) -> bool:
+        """Start the clock: change `i` applies from `t0 + changes[i].at_s` on. Only the first
+        call counts; whether this one did."""
+        if self.started_at is not None:
+            return False
+        if not math.isfinite(t0):
+            raise ValueError(f"t0 must be finite, not {t0!r}")
+        starts, rates, latencies = [-math.inf], [self.bandwidth_bps], [self.latency_s]
+        latency = self.latency_s
+        for change in self.changes:
+            if change.latency_s is not None:
+                latency = float(change.latency_s)
+            starts.append(t0 + change.at_s)
+            rates.append(0.0 if change.bandwidth_bps is None else float(change.bandwidth_bps))
+            latencies.append(latency)
+        self._segments = (starts, rates, latencies)
+        self.started_at = t0
+        return True
+
+    def state(self, at: float) -> tuple[float | None, float]:
+        """The bandwidth (None: down) and latency in force at `at`."""
+        starts, rates, latencies = self._segments
+        i = bisect.bisect_right(starts, at) - 1
+        return (rates[i] or None), latencies[i]
+
+    def send(self, start: float, bits: float) -> tuple[float, float]:
+        """When `bits`, whose serialisation starts at `start`, have all been sent (at the rate
+        in force at each instant, nothing while down; even no bits wait for the link to be up),
+        and the latency in force then: `(inf, latency)` if never. O(log changes + changes
+        crossed)."""
+        starts, rates, latencies = self._segments
+        last = len(starts) - 1
+        i = max(0, bisect.bisect_right(starts, start) - 1)
+        t = start
+        while True:
+            rate = rates[i]
+            until = starts[i + 1] if i < last else math.inf
+            if rate > 0:
+                need = bits / rate
+                if t + need <= until:
+                    return t + need, latencies[i]
+                bits = max(0.0, bits - rate * (until - t))
+            elif i == last:
+                return math.inf, latencies[i]
+            t = until
+            i += 1
+
+    def changes_applied(self, now: float) -> int:
+        """How many changes are in force or past at `now` (0 before the clock starts)."""
+        return bisect.bisect_right(self._segments[0], now) - 1
+
+    def down_s(self, now: float) -> float:
+        """How long the link has been down, up to `now`."""
+        starts, rates, _ = self._segments
+        total = 0.0
+        for i in range(1, len(starts)):
+            if starts[i] >= now:
+                break
+            if rates[i] == 0:
+                until = starts[i + 1] if i + 1 < len(starts) else math.inf
+                total += min(until, now) - starts[i]
+        return total
+
+    def __repr__(self) -> str:
+        return (f"Schedule(latency_s={self.latency_s!r}, bandwidth_bps={self.bandwidth_bps!r}, "
+                f"changes={list(self.changes)!r})")
+
+
+class Pacer:
+    """One direction of one link: a FIFO serialiser of `bandwidth_bps` followed by `latency_s`
+    of propagation, or, with a `schedule` (whose declared values must be the same), of the
+    bandwidth and latency the schedule gives over time. Deterministic: the caller passes the
+    time in; `arrival` advances `busy_until` and the counters, nothing else."""
+
+    __slots__ = ("bandwidth_bps", "busy_until", "bytes", "latency_s", "messages", "schedule")
+
+    def __init__(self, latency_s: float, bandwidth_bps: float,
+                 schedule: Schedule | None = None) -> None:
+        _check_link(latency_s, bandwidth_bps)
+        self.latency_s = float(latency_s)
+        self.bandwidth_bps = float(bandwidth_bps)
+        if schedule is not None and (schedule.latency_s, schedule.bandwidth_bps) != (
+                self.latency_s, self.bandwidth_bps):
+            raise ValueError(f"{schedule!r} does not start from the pacer's own values")
+        self.schedule = schedule
         self.busy_until = -math.inf
         self.bytes = 0
         self.messages = 0
 
     def serialisation_s(self, nbytes: int) -> float:
-        """The time `nbytes` occupy this direction."""
+        """The time `nbytes` occupy this direction at the declared bandwidth."""
         return 8.0 * nbytes / self.bandwidth_bps
 
     def arrival(self, ready_at: float, nbytes: int) -> float:
         """When `nbytes`, ready to go at `ready_at`, have all arrived at the far end.
         Serialisation starts at max(ready_at, busy_until); the direction is busy until it ends;
-        the bytes arrive `latency_s` later."""
+        the bytes arrive `latency_s` later (with a schedule: the latency in force when it ends;
+        `math.inf` if the schedule leaves the link down before it ends)."""
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, not {nbytes}")
         start = max(ready_at, self.busy_until)
-        end = start + self.serialisation_s(nbytes)
+        if self.schedule is None:
+            end = start + self.serialisation_s(nbytes)
+            latency = self.latency_s
+        else:
+            end, latency = self.schedule.send(start, 8.0 * nbytes)
         self.busy_until = end
         self.bytes += nbytes
         self.messages += 1
-        return end + self.latency_s
+        return end + latency
 
     def __repr__(self) -> str:
-        return f"Pacer(latency_s={self.latency_s!r}, bandwidth_bps={self.bandwidth_bps!r})"
+        extra = "" if self.schedule is None else f", schedule={self.schedule!r}"
+        return (f"Pacer(latency_s={self.latency_s!r}, bandwidth_bps={self.bandwidth_bps!r}"
+                f"{extra})")
 
 
 def route_arrival(route: Sequence[Pacer], ready_at: float, nbytes: int) -> float:
-    """The arrival over a chain of pacers, store-and-forward (an empty route: `ready_at`)."""
+    """The arrival over a chain of pacers, store-and-forward (an empty route: `ready_at`).
+    An item that never leaves a link (down for good) is not offered to the next."""
     at = ready_at
     for pacer in route:
+        if at == math.inf:  # never gets this far: later links are not held up
+            break
         at = pacer.arrival(at, nbytes)
     return at
 
@@ -164,7 +336,8 @@ T = TypeVar("T")
 class _Lane(Generic[T]):
     """Items wait in `pending` (the sender's buffer) until the route's first link direction is
     about to be idle; they are then admitted (their arrival computed over the whole route) into
-    `scheduled`, and delivered one at a time, in order, no sooner than their arrival.
+    `scheduled`, and delivered one at a time, in order, no sooner than their arrival (never, if
+    it is infinite: a link down for good).
 
     `put` (blocking, for byte streams) waits while more than `limit` bytes are held; `offer`
     (non-blocking, for messages) instead drops the oldest pending message, or failing that the
@@ -268,7 +441,7 @@ class _Lane(Generic[T]):
             if self.route:
                 wait = self.route[0].busy_until - loop.time() - ADMIT_SLACK_S
                 if wait > 0:
-                    await asyncio.sleep(wait)
+                    await asyncio.sleep(min(wait, MAX_SLEEP_S))
                     continue
             ready_at, item, nbytes = self._pending.popleft()
             if self._merge is not None and self._pending:
@@ -298,7 +471,7 @@ class _Lane(Generic[T]):
             delay = arrival - loop.time()
             if delay > 0:
                 # the head may be dropped meanwhile: look again after the sleep
-                await asyncio.sleep(delay)
+                await asyncio.sleep(min(delay, MAX_SLEEP_S))
                 continue
             self._scheduled.popleft()
             try:
@@ -344,7 +517,10 @@ class PacingProxy:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.listen[0], self.listen[1])
+        def protocol() -> _QuickAckProtocol:
+            return _QuickAckProtocol(asyncio.StreamReader(), self._accept)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(protocol, self.listen[0], self.listen[1])
 
     @property
     def address(self) -> tuple[str, int]:
@@ -384,7 +560,7 @@ class PacingProxy:
     async def _connection(self, creader: asyncio.StreamReader,
                           cwriter: asyncio.StreamWriter) -> None:
         try:
-            treader, twriter = await asyncio.open_connection(*self.target)
+            treader, twriter = await _open_connection(*self.target)
         except OSError:
             self.failed_connections += 1
             cwriter.close()
@@ -430,6 +606,55 @@ class PacingProxy:
         if writer.can_write_eof():
             with contextlib.suppress(OSError):
                 writer.write_eof()
+
+
+# Linux's TCP_QUICKACK (elsewhere: None, and ACKs are left to the system)
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
+def _quickack(sock: Any) -> None:
+    """Have `sock` acknowledge what it has received at once (an ACK the kernel was delaying
+    goes out now) and leave delayed-ACK mode. Not permanent: the kernel may delay ACKs again
+    after the socket sends, so this is set again after every read."""
+    if _TCP_QUICKACK is None or sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+
+
+class _QuickAckProtocol(asyncio.StreamReaderProtocol):
+    """A stream protocol whose socket acknowledges every read at once.
+
+    The proxy is the TCP peer of a mosquitto bridge, and mosquitto never disables Nagle's
+    algorithm on a bridge's outgoing socket (`set_tcp_nodelay` covers accepted sockets only).
+    Over TLS the bridge writes a message as records of at most 16 KiB, each a segment smaller
+    than the loopback MSS, so Nagle holds every record after the first until the first is
+    acknowledged. Once that socket has received full-sized segments and sent data back
+    (PUBACKs, replies), Linux delays the ACK of a lone record, and the tail of the message
+    reaches the proxy 20-40 ms late, before the link model even sees it. The emulated link, not the loopback's ACK timing, is
+    to set when bytes arrive, so the proxy acknowledges everything as soon as it reads it.
+    (asyncio already sets TCP_NODELAY on the proxy's own sockets.)"""
+
+    _sock: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._sock = transport.get_extra_info("socket")
+        _quickack(self._sock)
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        _quickack(self._sock)
+        super().data_received(data)
+
+
+async def _open_connection(host: str, port: int) -> tuple[asyncio.StreamReader,
+                                                          asyncio.StreamWriter]:
+    """`asyncio.open_connection` with a `_QuickAckProtocol`."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    protocol = _QuickAckProtocol(reader)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 def _writer_of(writer: asyncio.StreamWriter) -> Callable[[bytes], Awaitable[None]]:
@@ -638,6 +863,7 @@ class LinkSpec:
     id: str
     latency_s: float
     bandwidth_bps: float
+    schedule: tuple[Change, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -668,9 +894,31 @@ class Config:
     relays: tuple[RelaySpec, ...]
 
     def pacers(self) -> dict[Hop, Pacer]:
-        """One pacer per (link id, direction), to be shared by every route over it."""
-        return {(link.id, d): Pacer(link.latency_s, link.bandwidth_bps)
-                for link in self.links for d in ("ab", "ba")}
+        """One pacer per (link id, direction), to be shared by every route over it; both
+        directions of a link with a schedule share one `Schedule` (not yet started)."""
+        out: dict[Hop, Pacer] = {}
+        for link in self.links:
+            schedule = Schedule(link.latency_s, link.bandwidth_bps, link.schedule) \
+                if link.schedule else None
+            for d in ("ab", "ba"):
+                out[(link.id, d)] = Pacer(link.latency_s, link.bandwidth_bps, schedule)
+        return out
+
+
+def schedules(pacers: dict[Hop, Pacer]) -> list[Schedule]:
+    """The distinct schedules of `pacers` (one per link that has one)."""
+    out: dict[int, Schedule] = {}
+    for pacer in pacers.values():
+        if pacer.schedule is not None:
+            out.setdefault(id(pacer.schedule), pacer.schedule)
+    return list(out.values())
+
+
+def start_schedules(pacers: dict[Hop, Pacer], t0: float) -> None:
+    """Start the clock of every schedule of `pacers` at `t0` (the event loop's clock) unless
+    started already: what SIGUSR1 does."""
+    for schedule in schedules(pacers):
+        schedule.start(t0)
 
 
 def _fields(value: object, where: str, required: Sequence[str],
@@ -769,16 +1017,36 @@ def _topics(value: object, where: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _schedule(value: object, where: str) -> tuple[Change, ...]:
+    changes: list[Change] = []
+    for j, item in enumerate(_list(value, where)):
+        at = f"{where}[{j}]"
+        raw = _fields(item, at, ("at_s", "bandwidth_bps"), ("latency_s",))
+        at_s = _number(raw["at_s"], f"{at}.at_s", positive=False)
+        if changes and at_s <= changes[-1].at_s:
+            raise ConfigError(f"{at}.at_s: must be greater than the previous at_s "
+                              f"({changes[-1].at_s}), not {at_s}")
+        bandwidth = raw["bandwidth_bps"]
+        changes.append(Change(
+            at_s,
+            None if bandwidth is None else _number(bandwidth, f"{at}.bandwidth_bps",
+                                                   positive=True),
+            _number(raw["latency_s"], f"{at}.latency_s", positive=False)
+            if "latency_s" in raw else None))
+    return tuple(changes)
+
+
 def parse_config(data: object) -> Config:
     """The configuration in `data` (parsed JSON), checked; `ConfigError` names what is wrong."""
     raw = _fields(data, "config", (), ("links", "proxies", "relays"))
     links: list[LinkSpec] = []
     for i, item in enumerate(_list(raw.get("links", []), "links")):
         where = f"links[{i}]"
-        link = _fields(item, where, ("id", "latency_s", "bandwidth_bps"))
+        link = _fields(item, where, ("id", "latency_s", "bandwidth_bps"), ("schedule",))
         spec = LinkSpec(_text(link["id"], f"{where}.id"),
                         _number(link["latency_s"], f"{where}.latency_s", positive=False),
-                        _number(link["bandwidth_bps"], f"{where}.bandwidth_bps", positive=True))
+                        _number(link["bandwidth_bps"], f"{where}.bandwidth_bps", positive=True),
+                        _schedule(link.get("schedule", []), f"{where}.schedule"))
         if any(spec.id == other.id for other in links):
             raise ConfigError(f"{where}.id: duplicate link id {spec.id!r}")
         links.append(spec)
@@ -836,12 +1104,23 @@ class _ListenError(Exception):
     pass
 
 
-async def _serve(config: Config, stats_path: Path | None) -> int:
+def _start_on_sigusr1(pacers: dict[Hop, Pacer]) -> None:
+    """Start the schedules' clock when SIGUSR1 comes. A plain handler, not the loop's: it is in
+    place before the loop runs and stays after it ends (SIGUSR1's default ends the process).
+    `Schedule.start` only swaps in one tuple, so it is safe at any point of the main thread."""
+    def handler(signum: int, frame: object) -> None:
+        start_schedules(pacers, time.monotonic())  # the event loop's clock
+    signal.signal(signal.SIGUSR1, handler)
+
+
+async def _serve(config: Config, stats_path: Path | None,
+                 pacers: dict[Hop, Pacer] | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    pacers = config.pacers()
+    if pacers is None:
+        pacers = config.pacers()
     proxies = [PacingProxy(p.listen, p.target, [pacers[h] for h in p.forward],
                            [pacers[h] for h in p.backward],
                            max_inflight_bytes=p.max_inflight_bytes) for p in config.proxies]
@@ -863,16 +1142,19 @@ async def _serve(config: Config, stats_path: Path | None) -> int:
         await asyncio.gather(*(p.close() for p in proxies), *(r.stop() for r in relays),
                              return_exceptions=True)
         if stats_path is not None:
-            _write_stats(stats_path, pacers, proxies, relays)
+            _write_stats(stats_path, pacers, proxies, relays, loop.time())
     return 0
 
 
-def _write_stats(path: Path, pacers: dict[Hop, Pacer],
-                 proxies: Sequence[PacingProxy], relays: Sequence[Relay]) -> None:
-    links: dict[str, dict[str, dict[str, int]]] = {}
+def _write_stats(path: Path, pacers: dict[Hop, Pacer], proxies: Sequence[PacingProxy],
+                 relays: Sequence[Relay], now: float) -> None:
+    links: dict[str, dict[str, Any]] = {}
     for (link, direction), pacer in pacers.items():
-        links.setdefault(link, {})[direction] = {"bytes": pacer.bytes,
-                                                 "messages": pacer.messages}
+        entry = links.setdefault(link, {})
+        entry[direction] = {"bytes": pacer.bytes, "messages": pacer.messages}
+        schedule = pacer.schedule
+        entry["down_s"] = 0.0 if schedule is None else round(schedule.down_s(now), 6)
+        entry["changes"] = 0 if schedule is None else schedule.changes_applied(now)
     stats = {"links": links, "proxies": [p.stats() for p in proxies],
              "relays": [r.stats() for r in relays], "drops": sum(r.dropped for r in relays)}
     tmp = path.with_name(path.name + ".tmp")
@@ -896,8 +1178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"edgeflow links: {args.config}: {error}", file=sys.stderr)
         return 2
+    pacers = config.pacers()
+    _start_on_sigusr1(pacers)
     try:
-        return asyncio.run(_serve(config, args.stats))
+        return asyncio.run(_serve(config, args.stats, pacers))
     except _ListenError as error:
         print(f"edgeflow links: {error}", file=sys.stderr)
         return 1
