@@ -145,6 +145,7 @@ def plan(program: ir.Program, time_limit: float = 30.0, compare: bool = False) -
     """Place a checked program (exact MILP, `time_limit` seconds at most for the solver),
     after making and measuring its model variants (the plan's execution graph holds the
     program with them made)."""
+    from edgeflow.adapt import adaptations
     from edgeflow.models.variants import materialise
     from edgeflow.placement import explanation_diagnostics, make_plan, size_diagnostics
 
@@ -155,7 +156,11 @@ def plan(program: ir.Program, time_limit: float = 30.0, compare: bool = False) -
         return PlanResult(None, [], problems, None)
     execution = build_execution(program)
     placed, baselines = make_plan(execution, time_limit, compare)
-    return PlanResult(placed, baselines, explanation_diagnostics(placed, program), execution)
+    adapted, adapt_problems = adaptations(execution, placed)
+    if adapted:
+        placed = placed.model_copy(update={"adaptations": adapted})
+    return PlanResult(placed, baselines,
+                      explanation_diagnostics(placed, program) + adapt_problems, execution)
 
 
 @dataclass

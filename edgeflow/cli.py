@@ -389,6 +389,10 @@ def run_cmd(
                                                 "(default run/APP).")] = None,
     time_limit: Annotated[float, typer.Option(min=0.1, help="Seconds the placement solver "
                                               "may take.")] = 30.0,
+    link: Annotated[list[str] | None, typer.Option(
+        help="A<->B=bandwidth:200Mbps@0s,20Mbps@5s,down@10s[;latency:5ms@5s] or A<->B=@TRACE: "
+             "change an emulated link during the run (times from the sensors' start). "
+             "Repeatable.")] = None,
     out_format: FormatOption = OutputFormat.text,
     json_out: JsonOption = False,
 ) -> None:
@@ -407,6 +411,12 @@ def run_cmd(
         if not sep or not name or not Path(folder).is_dir():
             raise _usage(f"--replay takes SENSOR=DIR with an existing folder DIR; got `{spec}`")
         replays[name.strip()] = Path(folder)
+    from edgeflow.link_schedule import ScheduleError, parse
+
+    try:
+        schedules = tuple(parse(spec) for spec in link or [])
+    except ScheduleError as e:
+        raise _usage(f"--link: {e}") from None
     checked = _checked(file, as_json, "run")
     assert checked.program is not None
     if unknown := sorted(set(replays) - set(checked.program.sensors)):
@@ -425,7 +435,7 @@ def run_cmd(
             typer.echo("error: no placement meets the constraints; nothing was run", err=True)
         raise typer.Exit(EXIT_ERRORS)
     out = output or Path("run") / checked.program.app.name
-    options = local_run.Options(seconds, broker, replays, out)
+    options = local_run.Options(seconds, broker, replays, out, schedules)
     from rich.console import Console
 
     console = Console(stderr=True)

@@ -303,6 +303,32 @@ model: the same input names with the same element types, and the same outputs â€
 types and shapes under the model's bound `inputs`. Placement may run either in the model's place,
 so the steps before and after it must not see a difference. The message says what differs.
 """),
+    "E0614": _e("empty bandwidth range", """
+`adapt = { bandwidth = [LOW, HIGH] }` names the bandwidths the compiled decision table covers: the
+head of a split model picks, at run time, the cut that is fastest for the bandwidth it measures in
+that range. The low end must be below the high end.
+"""),
+    "E0615": _e("adaptation on a model that is never split", """
+`adapt` and `on_disconnect` act on the two halves of a split model: the head picks the cut, and
+what the head does while the link to its tail is down. A model with `split = none` always runs
+whole, so they have nothing to act on. Remove `split = none` to let placement split the model, or
+remove the key.
+"""),
+    "W0616": _w("nothing to adapt in this plan", """
+The model declares `adapt` or `on_disconnect`, but the plan gives them nothing to act on: it runs
+the model whole (no replica is split), or it puts the two halves more than one link apart (the
+decision table covers the one link between them). The plan still runs; the message names the model
+and why. Weaker edge devices or a faster link make a split worthwhile; `edgeflow plan --explain`
+shows why the plan chose as it did.
+"""),
+    "E0617": _e("outage fallback does not fit", """
+`on_disconnect = local` runs the whole model on the head's device while the link to its tail is
+down, so the device must run it at the pipeline's rate beside what the plan and the other models
+falling back there already put on it, and every consumer of the model's output must be on that
+device (the head sends the output on its own broker, which bridges none of it). `on_disconnect = buffer(frames = N)` must hold N of the head's largest
+messages in the device's free memory. The message gives the numbers. Use `buffer` or `drop`, a
+smaller `frames`, or a larger device.
+"""),
     # ---------------------------------------------------------------- privacy
     "E0701": _e("undeclared privacy label", """
 A sensor's `privacy` or an operator's `removes` names a label with no `privacy LABEL { allow = ... }`

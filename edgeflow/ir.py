@@ -155,6 +155,28 @@ class ModelVariant(_Node):
     span: Span | None = Field(default=None, exclude=True, repr=False)
 
 
+class Adapt(_Node):
+    """`adapt = { bandwidth = [LOW, HIGH], margin = 0.1, hold = 1 s }`: at run time the head
+    picks the cut the compiled decision table gives for the bandwidth it measures, within
+    [low, high]; it switches only when the predicted gain exceeds `margin` (a fraction of the
+    current cut's latency) for `hold_s` seconds."""
+
+    low_bps: float = Field(gt=0)
+    high_bps: float = Field(gt=0)
+    margin: float = Field(ge=0, lt=1, default=0.1)
+    hold_s: float = Field(ge=0, default=1.0)
+    span: Span | None = Field(default=None, exclude=True, repr=False)
+
+
+class OnDisconnect(_Node):
+    """`on_disconnect = local | drop | buffer(frames = N)`: what the head side of a split model
+    does while the link to its tail is down (docs/runtime.md, "Adaptation")."""
+
+    action: Literal["local", "buffer", "drop"]
+    buffer_frames: int = Field(ge=1, default=64)  # `buffer`: frames held before the oldest go
+    span: Span | None = Field(default=None, exclude=True, repr=False)
+
+
 class Model(Declared):
     source: str  # absolute path of the ONNX file
     inputs: dict[str, TensorType]
@@ -163,6 +185,8 @@ class Model(Declared):
     variants: tuple[ModelVariant, ...] = ()  # besides the model itself (fidelity 1)
     min_fidelity: float | None = Field(gt=0, le=1, default=None)  # the floor variants must keep
     validation: str | None = None   # frames (absolute folder) its variants' fidelity is measured on
+    adapt: Adapt | None = None      # run-time choice of the cut by measured bandwidth
+    on_disconnect: OnDisconnect | None = None  # what the head does while its tail is unreachable
 
 
 class Operator(Declared):

@@ -33,7 +33,7 @@ import psutil
 
 from edgeflow import ir, pki
 from edgeflow.cost import compute_s, model_cost
-from edgeflow.emit.artefacts import build_artefacts, read_models
+from edgeflow.emit.artefacts import adapt_artefacts, build_artefacts, read_models
 from edgeflow.emit.bundle import TIER_ORDER, Broker, Bundle, Client, build_bundle
 from edgeflow.emit.identities import (
     bridge_secret,
@@ -46,6 +46,7 @@ from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.targets.base import Rendering
 from edgeflow.emit.units import driver_spec, unit_spec
 from edgeflow.execution import ExecutionGraph
+from edgeflow.link_schedule import LinkSchedule
 from edgeflow.plan import Part, Plan
 
 MARKER = ".edgeflow-run"
@@ -197,6 +198,14 @@ def _link_id(a: str, b: str) -> tuple[str, str]:
     return f"{x}<->{y}", "ab" if (a, b) == (x, y) else "ba"
 
 
+def _joins(sched: LinkSchedule, a: str, b: str) -> bool:
+    """Whether `sched` names the link between instances `a` and `b` (by instance or by the
+    declared device)."""
+    def names(end: str, inst: str) -> bool:
+        return end in (inst, inst.split("[")[0])
+    return names(sched.a, a) and names(sched.b, b) or names(sched.a, b) and names(sched.b, a)
+
+
 def emulated_seconds(program: ir.Program, plan: Plan, c: Client) -> float:
     """What one run of `c` takes on its declared device, as the plan's cost model says."""
     unit = c.placed
@@ -242,8 +251,10 @@ class Deployment:
     """The processes of a run, from a plan."""
 
     def __init__(self, execution: ExecutionGraph, plan: Plan, out: Path, engine: str,
-                 replay: dict[str, Path], app_dir: Path) -> None:
+                 replay: dict[str, Path], app_dir: Path,
+                 schedules: tuple[LinkSchedule, ...] = ()) -> None:
         self.execution, self.plan, self.out, self.engine = execution, plan, out, engine
+        self.schedules = schedules
         self.program = execution.program
         self.bundle: Bundle = build_bundle(execution, plan)
         self.replay, self.app_dir = replay, app_dir
@@ -291,18 +302,23 @@ class Deployment:
     def write_models(self) -> dict[tuple[str, Part, int], Path]:
         sources = read_models(self.program, self.plan)
         artefacts = build_artefacts(self.program, self.plan, sources)
+        self.adapt_files = adapt_artefacts(self.program, self.plan, sources)
         paths: dict[tuple[str, Part, int], Path] = {}
-        for key, art in artefacts.items():
+        tables = [a for cuts in self.adapt_files.values() for pair in cuts.values() for a in pair]
+        for art in [*artefacts.values(), *tables]:
             path = self.out / art.path
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():
                 path.write_bytes(art.data)
-            paths[key] = path
+        for key, art in artefacts.items():
+            paths[key] = self.out / art.path
+        self.local_path = {art.mount_path: str(self.out / art.path)
+                           for art in [*artefacts.values(), *tables]}
         self.artefacts = artefacts
         return paths
 
     def unit_configs(self, model_paths: dict[tuple[str, Part, int], Path]) -> dict[str, Path]:
-        rendering = Rendering(self.bundle, self.artefacts)
+        rendering = Rendering(self.bundle, self.artefacts, adapt=self.adapt_files)
         out: dict[str, Path] = {}
         for c in self.bundle.units():
             spec = unit_spec(rendering, c, "127.0.0.1")
@@ -317,6 +333,10 @@ class Deployment:
             if spec.model is not None:
                 path = model_paths[(unit.step, unit.part, unit.replica)]
                 update["model"] = spec.model.model_copy(update={"file": str(path)})
+            if spec.adapt is not None:
+                update["adapt"] = spec.adapt.model_copy(update={"cuts": [
+                    cut.model_copy(update={"file": self.local_path[cut.file]})
+                    for cut in spec.adapt.cuts]})
             path = self.out / "config" / f"{c.name}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(spec.model_copy(update=update).to_json())
@@ -411,9 +431,15 @@ class Deployment:
             link = self.execution.network[a][b]["link"]
             links[link_id] = {"id": link_id, "latency_s": link.latency_s,
                               "bandwidth_bps": link.bandwidth_bps}
+            for i, sched in enumerate(self.schedules):
+                if _joins(sched, a, b):
+                    links[link_id]["schedule"] = sched.entries(link.bandwidth_bps,
+                                                               link.latency_s)
+                    self.scheduled.add(i)
             return [[link_id, direction]]
 
         proxies, relays = [], []
+        self.scheduled: set[int] = set()
         for b in self.bundle.brokers.values():
             for bridge in b.bridges:
                 forward, backward = hops(b.device, bridge.peer), hops(bridge.peer, b.device)
@@ -431,6 +457,11 @@ class Deployment:
                                "b": end | {"port": self.ports[bridge.peer]},
                                "out_topics": bridge.out_topics, "in_topics": bridge.in_topics,
                                "forward": forward, "backward": backward})
+        for i, sched in enumerate(self.schedules):
+            if i not in self.scheduled:
+                raise RunError(f"--link {sched.a}<->{sched.b}: no emulated link joins them",
+                               help="the run emulates the links messages cross: " + (", ".join(
+                                   sorted(links)) or "none"))
         return {"links": sorted(links.values(), key=lambda x: x["id"]), "proxies": proxies,
                 "relays": relays}
 
@@ -449,7 +480,8 @@ def scrape(port: int) -> dict[str, float]:
         for s in family.samples:
             if s.name.endswith("_bucket") or s.name.endswith("_created"):
                 continue
-            key = s.name + (f"{{{s.labels['reason']}}}" if "reason" in s.labels else "")
+            label = s.labels.get("reason") or s.labels.get("cut")
+            key = s.name + (f"{{{label}}}" if label else "")
             out[key] = s.value
     return out
 
@@ -471,10 +503,12 @@ def sink_rows(out: Path) -> list[dict[str, Any]]:
             for topic, unit, replica, frame, captured, received, nbytes, header, checksum in \
                     db.execute("SELECT topic, unit, replica, frame, captured, received, bytes, "
                                "header, checksum FROM messages ORDER BY rowid"):
+                fields = json.loads(header)
                 rows.append({"sink": db_path.stem, "topic": topic, "unit": unit,
                              "replica": replica, "frame": frame, "captured": captured,
                              "received": received, "bytes": nbytes,
-                             "trace": json.loads(header)["trace"], "checksum": checksum})
+                             "trace": fields["trace"], "cut": fields.get("cut"),
+                             "checksum": checksum})
         finally:
             db.close()
     return rows
@@ -562,6 +596,13 @@ def unit_report(p: Proc) -> dict[str, Any]:
         "end_to_end_mean_ms": mean_ms("edgeflow_end_to_end_seconds"),
         "emulation_overruns": int(c.get("edgeflow_emulation_overruns_total", 0)),
         "restarts": p.restarts,
+        **({"adaptation": {
+            "cut_switches": int(c.get("edgeflow_cut_switches_total", 0)),
+            "outages": int(c.get("edgeflow_outages_total", 0)),
+            "frames_by_cut": {k.split("{")[1].rstrip("}"): int(v) for k, v in sorted(c.items())
+                              if k.startswith("edgeflow_frames_by_cut_total{")},
+            "bandwidth_estimate_bps": p.last.get("edgeflow_bandwidth_estimate_bps")}}
+           if any(k.startswith("edgeflow_frames_by_cut_total{") for k in c) else {}),
     }
 
 
@@ -574,6 +615,7 @@ class Options:
     engine: str = "embedded"
     replay: dict[str, Path] = field(default_factory=dict)
     out: Path = Path("run")
+    links: tuple[LinkSchedule, ...] = ()   # `--link`: how links change during the run
 
 
 def _alive(p: Proc) -> bool:
@@ -600,7 +642,7 @@ def execute(execution: ExecutionGraph, plan: Plan, app_file: Path, options: Opti
     out = options.out.resolve()
     prepare_output(out)
     dep = Deployment(execution, plan, out, options.engine, options.replay,
-                     app_file.resolve().parent)
+                     app_file.resolve().parent, options.links)
     status("making certificates and configurations")
     dep.write_pki()
     unit_files = dep.unit_configs(dep.write_models())
@@ -666,6 +708,9 @@ def execute(execution: ExecutionGraph, plan: Plan, app_file: Path, options: Opti
                     name, [python, "-m", "edgeflow.runtime.drivers", "--config", str(path)],
                     logs / f"{name}.log", "sensor", _port(path))))
         t0 = time.time()
+        for p in infrastructure:  # the links' schedules count from now
+            if p.role == "links" and p.popen is not None and options.links:
+                p.popen.send_signal(signal.SIGUSR1)
         cpu = _supervise(procs, started + infrastructure, t0, options, status)
         t1 = time.time()
         for p in started:
@@ -691,6 +736,12 @@ def execute(execution: ExecutionGraph, plan: Plan, app_file: Path, options: Opti
                 count = _counters(p).get("edgeflow_frames_out_total", 0.0)
             sent[step] = sent.get(step, 0) + count
     sink_of = {c.name: c.step for c in dep.bundle.clients if not c.is_unit}
+    link_stats: dict[str, Any] = {}
+    if options.links:
+        try:
+            link_stats = json.loads((logs / "links.json").read_text())["links"]
+        except (OSError, ValueError, KeyError):
+            link_stats = {}
     report: dict[str, Any] = {
         "app": dep.bundle.app, "broker": options.engine, "duration_s": round(t1 - t0, 3),
         "plan_status": plan.status.value,
@@ -705,6 +756,12 @@ def execute(execution: ExecutionGraph, plan: Plan, app_file: Path, options: Opti
                     "cpu_percent_mean": round(float(np.mean(cpu)), 1) if cpu else None,
                     "cpu_percent_max": round(max(cpu), 1) if cpu else None},
     }
+    if options.links:
+        report["link_schedules"] = [
+            {"link": link["id"], "schedule": link["schedule"],
+             "down_s": round(float(link_stats.get(link["id"], {}).get("down_s", 0.0)), 3),
+             "changes": int(link_stats.get(link["id"], {}).get("changes", 0))}
+            for link in links["links"] if "schedule" in link]
     slower = sorted(n for n, u in report["units"].items() if u["emulation_overruns"])
     report["emulation"] = {
         "compute": "each unit's run is padded to its compute time on its declared device",
@@ -787,6 +844,14 @@ def render(report: dict[str, Any]) -> str:
     for name, r in restarts:
         lines.append(f"  restarted {name} at {r['at_s']} s (exit {r['exit_status']}, down "
                      f"{r.get('downtime_s', '?')} s)")
+    for name, u in sorted(report["units"].items()):
+        if (a := u.get("adaptation")) and u["unit"].endswith(".head"):
+            lines.append(f"  {name}: {a['cut_switches']} cut switch(es), {a['outages']} "
+                         "outage(s), frames by cut: " + ", ".join(
+                             f"{k} {v}" for k, v in a["frames_by_cut"].items()))
+    for sched in report.get("link_schedules", []):
+        lines.append(f"  link {sched['link']}: {sched['changes']} change(s) applied, down "
+                     f"{sched['down_s']:g} s")
     machine = report["machine"]
     if (machine["cpu_percent_mean"] or 0) >= BUSY_PERCENT:
         lines.append(f"  this machine was busy (CPU {machine['cpu_percent_mean']:g} % of "

@@ -11,6 +11,7 @@ view `to_json` writes (docs/placement.md documents it): milliseconds there, as u
 
 from __future__ import annotations
 
+import hashlib
 import json
 from enum import Enum
 from typing import Any, Literal
@@ -138,6 +139,64 @@ class Reason(_Frozen):
     spans: tuple[Span, ...] = ()
 
 
+def cut_id(cut: tuple[str, ...] | list[str]) -> str:
+    """The id of a cut: 10 hex of the sha256 of its tensor names, one per line. It names the
+    cut's folder in a bundle (`cut-ID`) and travels in every message a head sends."""
+    return hashlib.sha256("\n".join(cut).encode()).hexdigest()[:10]
+
+
+class CutCost(_Frozen):
+    """One cut of a decision table, timed on the plan's head and tail devices."""
+
+    id: str                      # cut_id(cut)
+    cut: tuple[str, ...]
+    transfer_bytes: int
+    head_s: float                # the head's compute on the head's device
+    tail_s: float                # the tail's compute on the tail's device
+
+    def latency_s(self, bandwidth_bps: float, link_latency_s: float) -> float:
+        """Head, transfer and tail at `bandwidth_bps` (as `edgeflow split` times a cut)."""
+        return self.head_s + 8 * self.transfer_bytes / bandwidth_bps + link_latency_s + \
+            self.tail_s
+
+
+class Band(_Frozen):
+    """Bandwidths from `from_bps` to `to_bps` in which cut `cut` is the fastest."""
+
+    from_bps: float
+    to_bps: float
+    cut: str                     # a CutCost id
+
+
+class Adaptation(_Frozen):
+    """A split model replica's run-time adaptation (docs/runtime.md, "Adaptation"): the decision
+    table (the fastest cut per bandwidth of the link between its halves, as `edgeflow split
+    --sweep` computes it) and what its head does while that link is down."""
+
+    model: str
+    replica: int
+    variant: str | None = None
+    head_device: str
+    tail_device: str
+    latency_s: float             # the link's declared latency
+    bandwidth_bps: float         # the link's declared bandwidth (the plan's)
+    low_bps: float | None = None  # the table's range (None: no `adapt`, the plan's cut only)
+    high_bps: float | None = None
+    margin: float = 0.1
+    hold_s: float = 1.0
+    start: str                   # the plan's cut: the head starts with it
+    cuts: tuple[CutCost, ...]    # every cut the head may send, the fallback's included
+    bands: tuple[Band, ...] = ()  # ascending bandwidth
+    on_disconnect: Literal["local", "buffer", "drop"] | None = None
+    buffer_frames: int = 0
+    fallback: str | None = None  # `local`: the cut whose head is the whole model
+    bypass: bool = False         # the head may send the model's output to its consumers itself
+    whole: str | None = None     # the cut whose head is the whole model (a table's or fallback)
+
+    def cut(self, id: str) -> CutCost:
+        return next(c for c in self.cuts if c.id == id)
+
+
 class Method(str, Enum):
     """How the plan was found (docs/placement.md, "At fleet scale")."""
 
@@ -158,6 +217,7 @@ class Plan(_Frozen):
     devices: tuple[DeviceUse, ...] = ()
     links: tuple[LinkUse, ...] = ()
     variants: tuple[VariantUse, ...] = ()
+    adaptations: tuple[Adaptation, ...] = ()
     explanation: tuple[Reason, ...] = ()
 
     @property
@@ -219,11 +279,30 @@ class Plan(_Frozen):
             out["variants"] = [{"model": v.model, "variant": v.variant, "fidelity": v.fidelity,
                                 "int8": v.int8, "eligible": v.eligible,
                                 "replicas": list(v.replicas)} for v in self.variants]
+        if self.adaptations:  # only for an app whose split models adapt
+            out["adaptations"] = [_adaptation(a) for a in self.adaptations]
         out["explanation"] = []
         return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def _adaptation(a: Adaptation) -> dict[str, Any]:
+    return {"model": a.model, "replica": a.replica,
+            **({"variant": a.variant} if a.variant is not None else {}),
+            "head_device": a.head_device, "tail_device": a.tail_device,
+            "latency_ms": a.latency_s * 1e3, "bandwidth_bps": a.bandwidth_bps,
+            "range_bps": None if a.low_bps is None else [a.low_bps, a.high_bps],
+            "margin": a.margin, "hold_ms": a.hold_s * 1e3, "start": a.start,
+            "cuts": [{"id": c.id, "cut": list(c.cut), "transfer_bytes": c.transfer_bytes,
+                      "head_ms": c.head_s * 1e3, "tail_ms": c.tail_s * 1e3} for c in a.cuts],
+            "bands": [{"from_bps": b.from_bps, "to_bps": b.to_bps, "cut": b.cut}
+                      for b in a.bands],
+            "on_disconnect": a.on_disconnect,
+            **({"buffer_frames": a.buffer_frames} if a.on_disconnect == "buffer" else {}),
+            **({"fallback": a.fallback} if a.fallback is not None else {}),
+            "bypass": a.bypass}
 
 
 def _row(b: Compute | Transfer) -> dict[str, Any]:

@@ -48,12 +48,15 @@ def _kind_rules() -> list[JsonValue]:
     """The kind rules of `UnitConfig._section_matches_kind` and `ModelSpec._cut_matches_part`, as
     JSON schema: the schema alone accepts exactly what the validators accept."""
     rules: list[JsonValue] = [{"properties": {"kind": {"const": "operator"}},
-                               "required": ["operator"], "not": {"required": ["model"]}}]
+                               "required": ["operator"], "not": {"anyOf": [
+                                   {"required": ["model"]}, {"required": ["adapt"]}]}}]
     for kind, part in PART_OF_KIND.items():
         cut: JsonValue = {"maxItems": 0} if part == "whole" else {"minItems": 1}
+        absent: JsonValue = {"required": ["operator"]} if part != "whole" else {"anyOf": [
+            {"required": ["operator"]}, {"required": ["adapt"]}]}
         rules.append({"properties": {"kind": {"const": kind}, "model": {
             "properties": {"part": {"const": part}, "cut": cut}}},
-            "required": ["model"], "not": {"required": ["operator"]}})
+            "required": ["model"], "not": absent})
     return rules
 
 
@@ -116,6 +119,76 @@ class ModelSpec(_Spec):
         return self
 
 
+class AdaptCutSpec(_Spec):
+    """One cut an adapting split model may run: the half this unit runs, and the cut's timing
+    on the plan's devices (the head predicts with it)."""
+
+    id: str = Field(pattern=r"^[0-9a-f]{10}$",
+                    description="The cut's id (it travels in every message the head sends).")
+    cut: list[str] = Field(description="The tensors the head sends the tail.")
+    file: str = Field(description="This unit's half of the cut (absolute path).")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of `file`.")
+    transfer_bytes: int = Field(ge=0, description="Bytes the head sends per frame.")
+    head_s: float = Field(ge=0, allow_inf_nan=False,
+                          description="The head's compute on the head's device, seconds.")
+    tail_s: float = Field(ge=0, allow_inf_nan=False,
+                          description="The tail's compute on the tail's device, seconds.")
+    whole: bool = Field(description="The head is the whole model (the tail only passes the "
+                                    "output on).")
+
+
+class AdaptBandSpec(_Spec):
+    """Bandwidths in which one cut is the fastest."""
+
+    from_bps: float = Field(ge=0, allow_inf_nan=False)
+    to_bps: float = Field(gt=0, allow_inf_nan=False)
+    cut: str = Field(description="The id of the fastest cut in [`from_bps`, `to_bps`].")
+
+
+class AdaptSpec(_Spec):
+    """A split model's run-time adaptation (docs/runtime.md, "Adaptation"), in its head's and
+    its tail's unit.json."""
+
+    cuts: list[AdaptCutSpec] = Field(min_length=1, description="Every cut the head may send.")
+    bands: list[AdaptBandSpec] = Field(description="The decision table, ascending bandwidth; "
+                                                   "empty: no `adapt`, the plan's cut only.")
+    start: str = Field(description="The plan's cut: the head starts with it.")
+    latency_s: float = Field(ge=0, allow_inf_nan=False,
+                             description="Declared latency of the link between the halves.")
+    margin: float = Field(ge=0, lt=1, allow_inf_nan=False,
+                          description="The head switches cut only when the predicted gain is "
+                                      "above this fraction of the current cut's latency for "
+                                      "`hold_s` seconds.")
+    hold_s: float = Field(ge=0, allow_inf_nan=False,
+                          description="How long the gain must hold before the head switches.")
+    feedback: str = Field(description="Topic on which the tail tells the head the bandwidth it "
+                                      "measures, every `feedback_interval_s`.")
+    feedback_interval_s: float = Field(gt=0, allow_inf_nan=False)
+    outage_after_s: float = Field(gt=0, allow_inf_nan=False,
+                                  description="No feedback for this long: the link is down.")
+    on_disconnect: Literal["local", "buffer", "drop"] | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_no_default,
+        description="What the head does while the link is down; absent: nothing (its "
+                    "messages wait in the brokers).")
+    buffer_frames: int = Field(default=0, ge=0,
+                               description="`buffer`: frames held before the oldest is dropped.")
+    fallback: str | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_no_default,
+        description="`local`: the cut whose head is the whole model, run during an outage.")
+    bypass: list[str] = Field(description="Head: the tail's output topics, which the head "
+                                          "writes itself when it runs the whole model (empty: "
+                                          "it may not).")
+
+    @model_validator(mode="after")
+    def _ids_known(self) -> Self:
+        ids = {c.id for c in self.cuts}
+        named = [self.start, *(b.cut for b in self.bands),
+                 *([self.fallback] if self.fallback else [])]
+        if unknown := [i for i in named if i not in ids]:
+            raise ValueError(f"cut {unknown[0]} is not among `cuts`")
+        return self
+
+
 class UnitConfig(_Spec):
     """`unit.json` of one placed unit replica: exactly one of `operator` and `model` is present."""
 
@@ -158,8 +231,11 @@ class UnitConfig(_Spec):
         default=None, json_schema_extra=_no_default,
         description="Present exactly for kinds `model`, `head` and `tail`, whose `part` is "
                     "`whole`, `head` and `tail` respectively.")
+    adapt: AdaptSpec | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_no_default,
+        description="A head or tail of a model that adapts its cut or handles outages.")
 
-    @field_validator("operator", "model", "emulate_compute_s", mode="before")
+    @field_validator("operator", "model", "emulate_compute_s", "adapt", mode="before")
     @classmethod
     def _absent_not_null(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None and info.mode == "json":
@@ -177,6 +253,8 @@ class UnitConfig(_Spec):
             if self.model.part != PART_OF_KIND[self.kind]:
                 raise ValueError(f"kind `{self.kind}` runs model part "
                                  f"`{PART_OF_KIND[self.kind]}`, not `{self.model.part}`")
+        if self.adapt is not None and self.kind not in ("head", "tail"):
+            raise ValueError("only a head or a tail adapts")
         return self
 
     def to_json(self) -> str:

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,3 +37,17 @@ def folder() -> Iterator[Path]:
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def unit_topics(spec: Any) -> dict[str, set[str]]:
+    """The topics a unit's broker identity may read and write, from its unit.json alone: its
+    inputs and outputs, and for an adapting split model's head the tail's feedback (read) and
+    the tail's output (write, when it may run the whole model), for its tail the feedback."""
+    read, write = set(spec.subscribe), set(spec.publish)
+    if spec.adapt is not None:
+        if spec.kind == "head":
+            read.add(spec.adapt.feedback)
+            write.update(spec.adapt.bypass)
+        else:
+            write.add(spec.adapt.feedback)
+    return {"read": read, "write": write}

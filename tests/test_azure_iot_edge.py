@@ -25,7 +25,7 @@ from edgeflow.emit.targets import azure_iot_edge
 from edgeflow.execution import build_execution
 from edgeflow.unit_config import DriverConfig, UnitConfig
 from tests import kustomize, pss
-from tests.conftest import FIXTURES, ROOT, assert_golden
+from tests.conftest import FIXTURES, ROOT, assert_golden, unit_topics
 from tests.test_bundles import FEASIBLE, K8S_VERSIONS
 from tests.test_placement import SPLIT_APP, random_app
 
@@ -159,7 +159,7 @@ def check_manifests(files: dict[str, bytes]) -> int:
             assert spec.broker.host == broker and spec.broker.port == 8883
             own = acl[spec.broker.client_id]  # least privilege: exactly its own topics
             if is_unit:
-                assert own == {"read": set(spec.subscribe), "write": set(spec.publish)}
+                assert own == unit_topics(spec)
             elif spec.kind == "sensor":
                 assert own == {"read": set(), "write": set(spec.topics)}
             else:

@@ -34,7 +34,7 @@ from edgeflow.emit.bundle import build_bundle, device_label, k8s_name
 from edgeflow.emit.identities import read_secrets_json, write_identities
 from edgeflow.execution import build_execution
 from edgeflow.unit_config import CONFIG_ENV, DriverConfig, UnitConfig
-from tests.conftest import FIXTURES, ROOT
+from tests.conftest import FIXTURES, ROOT, unit_topics
 from tests.test_azure_iot_edge import _acl, check_cloud_part, example_bundles, random_bundle
 from tests.test_cli import run
 from tests.test_placement import random_app
@@ -182,7 +182,7 @@ def check_greengrass(files: dict[str, bytes], prefix: str | None = None,
             assert spec.broker.host == "127.0.0.1"  # the device's own broker
             own = acl[spec.broker.client_id]
             if is_unit:
-                assert own == {"read": set(spec.subscribe), "write": set(spec.publish)}
+                assert own == unit_topics(spec)
                 if spec.model is not None:
                     art = recipes[name]["Manifests"][0]["Artifacts"][0]
                     assert spec.model.file == "/a/" + art["URI"].rsplit("/", 1)[1]

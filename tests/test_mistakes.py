@@ -146,7 +146,7 @@ MUTATIONS: list[tuple[str, str, str, str, str, str | None]] = [
     (REF, "bandwidth = 1 Gbps", "bandwidth = 0.25 MB/s", "E0301", "unknown unit `MB/s`",
      ("`MB/s` is bytes per second and a bandwidth is in bits per second: write `2 Mbps` "
       "(0.25 MB/s × 8)")),
-    (REF, "work  = 0.1 GFLOP", "work  = 50 KFLOP", "E0301", "unknown unit `KFLOP`",
+    (REF, "work  = 0.01 GFLOP", "work  = 50 KFLOP", "E0301", "unknown unit `KFLOP`",
      "kilo is not a unit prefix of work here: write `0.05 MFLOP`"),
     (REF, "slo  = latency < 50 ms", "slo  = latency < 10", "E0302",
      "`latency` needs a time unit", "units are required: write one of `us`, `ms` or `s`"),
@@ -245,7 +245,7 @@ MUTATIONS: list[tuple[str, str, str, str, str, str | None]] = [
     (HC, "privacy phi {", "privacy secret {\n  allow = [edge]\n}\n\nprivacy phi {", "W0702",
      "privacy label `secret` is never used", "add it to a sensor's `privacy`"),
     # -- models
-    (REF, '"models/detector.onnx"', '"models/detecter.onnx"', "E0601",
+    (REF, '"models/bottleneck_detector.onnx"', '"models/detecter.onnx"', "E0601",
      "model file `models/detecter.onnx` not found", "relative to the folder of the .ef file"),
     (AR, "inputs = { frame = float32", "inputs = { frames = float32", "E0603",
      "input `frame` of model `hand_pose` is not bound", "add `frame = float32[1, 3, 192, 192]`"),
@@ -372,7 +372,7 @@ def _check_reference(old: str, new: str) -> CheckResult:
     ("tier    = fog", "teir    = fog", (
         "E0201", "device `plant_server` has no key `teir`", "unknown key",
         "did you mean `tier`? write `tier = fog`")),
-    ("work  = 0.1 GFLOP", "work  = 50 KFLOP", (
+    ("work  = 0.01 GFLOP", "work  = 50 KFLOP", (
         "E0301", "unknown unit `KFLOP`", "`KFLOP` is not a unit",
         "kilo is not a unit prefix of work here: write `0.05 MFLOP` (the same as 50 KFLOP)")),
     ("latency < 50 ms", "latency < 10", (

@@ -123,11 +123,14 @@ def test_the_reference_page_is_self_contained_and_complete() -> None:
         assert svg.tag == f"{SVG}svg"
     drawing = dataflow(page)
     assert boxes(drawing) == {
-        "line_gw": {"camera": 4, "normalize": 4, "detector": 4, "reject_arm": 4},
-        "plant_server": {"blur_faces": 4}, "gpu_pool": {"archive": 1}}
-    # the audit path crosses both links: blurred frames of 3 x 320 x 320 bytes at 30 Hz
+        "line_gw": {"camera": 4, "normalize": 4, "detector.head": 4, "reject_arm": 4},
+        "plant_server": {"blur_faces": 4, "detector.tail": 4}, "gpu_pool": {"archive": 1}}
+    # the audit path crosses both links: blurred frames of 3 x 320 x 320 bytes at 30 Hz; the
+    # detector's head sends its 4 x 80 x 80 float bottleneck, its tail the detections back
     assert flows(drawing) == {("camera", "blur_faces"): "30 Hz × 307 kB (×4)",
-                              ("blur_faces", "archive"): "30 Hz × 307 kB (×4)"}
+                              ("blur_faces", "archive"): "30 Hz × 307 kB (×4)",
+                              ("detector.head", "detector.tail"): "30 Hz × 102 kB (×4)",
+                              ("detector.tail", "reject_arm"): "30 Hz × 8.4 kB (×4)"}
     for name in ("inspect", "audit"):
         assert f'data-pipeline="{name}"' in page
     for name in ("sensor", "cloud", "neurosurgeon", "edgeward"):

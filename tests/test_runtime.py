@@ -118,7 +118,8 @@ def test_the_reference_example_runs_and_reports_every_field(folder: Path) -> Non
         assert p["predicted_ms"] is not None and "latency_ms" in p["slo"]
     assert set(report) >= {"app", "broker", "duration_s", "pipelines", "units", "drivers",
                            "emulation"}
-    assert len(report["units"]) == 4 * 3  # normalize, detector, blur_faces per line
+    # normalize, the detector's head and tail, blur_faces per line
+    assert len(report["units"]) == 4 * 4
     assert sum(u["frames_out"] for u in report["units"].values()) > 0
 
 

@@ -133,7 +133,30 @@ def _swap(config: dict[str, Any], section: str) -> None:
     config[section] = _golden(section)[section]
 
 
+def _adapt_section() -> dict[str, Any]:
+    cut = {"id": "85fa5261e1", "cut": ["t"], "file": "/m/h.onnx", "sha256": "0" * 64,
+           "transfer_bytes": 100, "head_s": 0.001, "tail_s": 0.0, "whole": False}
+    return {"cuts": [cut], "bands": [{"from_bps": 1e6, "to_bps": 1e9, "cut": cut["id"]}],
+            "start": cut["id"], "latency_s": 0.001, "margin": 0.1, "hold_s": 1.0,
+            "feedback": "edgeflow/a/r0/m.tail/feedback", "feedback_interval_s": 0.2,
+            "outage_after_s": 1.0, "buffer_frames": 0, "bypass": []}
+
+
+def test_a_split_half_may_adapt() -> None:
+    for kind in ("head", "tail"):
+        config = _split(kind)
+        config["adapt"] = _adapt_section()
+        SCHEMA.validate(config)
+        assert UnitConfig.from_json(json.dumps(config)).adapt is not None
+    with pytest.raises(ValidationError, match="not among"):  # (beyond the schema's reach)
+        UnitConfig.from_json(json.dumps(_split("head") | {"adapt": _adapt_section() | {
+            "start": "0123456789"}}))
+
+
 INVALID: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
+    "operator kind that adapts": ("operator", lambda c: c.update(adapt=_adapt_section())),
+    "whole model that adapts": ("model", lambda c: c.update(adapt=_adapt_section())),
+    "null adapt": ("head", lambda c: c.update(adapt=None)),
     "operator kind with a model section": ("operator", lambda c: c.update(model=_golden("model")
                                                                           ["model"])),
     "operator kind with only a model section": ("operator", lambda c: _swap(c, "model")),

@@ -182,18 +182,20 @@ def test_a_count_sweep_reports_new_replicas_not_false_moves() -> None:
 
 
 def test_a_sweep_reports_what_moved_and_prints_a_table() -> None:
+    # a faster gateway first runs the detector whole (no more split halves), then blurs there
     proc = run("plan", "examples/reference.ef", "--sweep",
-               "device.plant_server.compute=1TFLOPS..200TFLOPS:12:log")
+               "device.line_gw.compute=0.05TFLOPS..5TFLOPS:12:log")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split()[:4] == ["device.plant_server.compute", "status", "inspect", "ms"]
-    assert len(lines) == 13 and "blur_faces ×4 -> plant_server" in proc.stdout
+    assert lines[0].split()[:4] == ["device.line_gw.compute", "status", "inspect", "ms"]
+    assert len(lines) == 13 and "blur_faces ×4 -> line_gw" in proc.stdout
+    assert "+4 units; -8 units" in proc.stdout  # detector whole instead of head and tail
     as_json = json.loads(run("plan", "examples/reference.ef", "--json", "--sweep",
-                             "device.plant_server.compute=1TFLOPS..200TFLOPS:12:log").stdout)
+                             "device.line_gw.compute=0.05TFLOPS..5TFLOPS:12:log").stdout)
     points = as_json["result"]["points"]
     assert len(points) == 12 and points[0]["status"] == "optimal"
     moved = [p for p in points if p["moved"]]
-    assert len(moved) == 1 and all(p["placement"][u] == "plant_server"
+    assert len(moved) == 1 and all(p["placement"][u].startswith("line_gw[")
                                    for p in moved for u in p["moved"])
 
 
@@ -208,7 +210,7 @@ def test_two_sweeps_plan_every_pair() -> None:
 
 def test_charts_are_valid_deterministic_svg_and_png(tmp_path: Path) -> None:
     program = load(REFERENCE)
-    sweeps = [whatif.parse_sweep("device.plant_server.compute=1TFLOPS..200TFLOPS:8:log",
+    sweeps = [whatif.parse_sweep("device.line_gw.compute=0.05TFLOPS..5TFLOPS:8:log",
                                  program)]
     points = list(whatif.run(program, REFERENCE.read_text(), sweeps, 30.0))
     slos = {p: program.pipelines[p].slo.latency_s for p in program.pipelines}
@@ -219,7 +221,7 @@ def test_charts_are_valid_deterministic_svg_and_png(tmp_path: Path) -> None:
     assert root.tag.endswith("svg")
     text = svg.decode()
     for expected in ("inspect latency", "audit latency", "inspect SLO 50 ms",
-                     "blur_faces ×4 → plant_server", "device.plant_server.compute"):
+                     "blur_faces ×4 → line_gw", "device.line_gw.compute"):
         assert expected in text, expected
     png = sweep_chart("png", program.app.name, sweeps, points, slos, ["latency"])
     assert png.startswith(b"\x89PNG\r\n\x1a\n")

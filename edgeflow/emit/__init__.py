@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 
 from edgeflow import __version__
 from edgeflow.diagnostics import Diagnostic
-from edgeflow.emit.artefacts import build_artefacts, external_files, manifest, read_models
+from edgeflow.emit.artefacts import (
+    adapt_artefacts,
+    build_artefacts,
+    external_files,
+    manifest,
+    read_models,
+)
 from edgeflow.emit.bundle import build_bundle
 from edgeflow.emit.identities import secrets_json
 from edgeflow.emit.mqtt import render_acl, render_conf
@@ -58,19 +64,25 @@ def bundle_files(execution: ExecutionGraph, plan: Plan, target: str,
     bundle = build_bundle(execution, plan)
     sources = read_models(program, plan)
     artefacts = build_artefacts(program, plan, sources)
+    adapt = adapt_artefacts(program, plan, sources)
     files: dict[str, bytes] = {"plan.json": plan.to_json().encode()}
-    files["report.md"] = render_report(bundle, target, source).encode()
+    files["report.md"] = render_report(bundle, target, source,
+                                       {a.path for a in artefacts.values()}, adapt).encode()
     files["report.html"] = render_html_report(execution, plan, baselines, source).encode()
     for art in artefacts.values():
         files[art.path] = art.data
+    for cuts in adapt.values():
+        for pair in cuts.values():
+            files.update((art.path, art.data) for art in pair)
     files.update(external_files(plan, sources))
     if artefacts:
-        files["models/manifest.json"] = manifest(sources, artefacts)
+        files["models/manifest.json"] = manifest(sources, artefacts, adapt)
     files["secrets.json"] = secrets_json(bundle)
     for b in bundle.brokers.values():
         files[f"mqtt/{b.name}/mosquitto.conf"] = render_conf(bundle, b).encode()
         files[f"mqtt/{b.name}/edgeflow.acl"] = render_acl(b).encode()
-    files.update(TARGETS[target].render(Rendering(bundle, artefacts, dict(options or {}))))
+    files.update(TARGETS[target].render(Rendering(bundle, artefacts, dict(options or {}),
+                                                  adapt)))
     files[MARKER] = (json.dumps({"generator": f"edgeflow {__version__}", "app": bundle.app,
                                  "target": target, "files": sorted(files)}, indent=2)
                      + "\n").encode()

@@ -13,8 +13,10 @@ from typing import Any
 
 from edgeflow import ir
 from edgeflow.cost import ModelSource, analysed, read_model
+from edgeflow.models.analysis import Analysis
+from edgeflow.models.cuts import CutProblem
 from edgeflow.models.extract import split_model
-from edgeflow.plan import Part, Plan
+from edgeflow.plan import Part, Plan, cut_id
 
 MODELS_MOUNT = "/var/lib/edgeflow/models"
 
@@ -83,13 +85,45 @@ def build_artefacts(program: ir.Program, plan: Plan, sources: Mapping[Variant, M
             program.models[name].model_copy(update={"source": str(source.path)})
         analysis, problem = analysed(analysed_as, source)
         for cut, replicas in sorted(cuts_of[(name, variant)].items()):
-            head, tail = split_model(analysis, problem.from_tensors(list(cut)))
-            tag = hashlib.sha256("\n".join(cut).encode()).hexdigest()[:10]
-            for part, proto in ((Part.HEAD, head), (Part.TAIL, tail)):
-                art = Artefact(name, part, cut, f"{folder}/cut-{tag}/{part.value}.onnx",
-                               proto.SerializeToString(deterministic=True), variant)
+            halves = _halves(name, variant, cut, analysis, problem)
+            for part, art in zip((Part.HEAD, Part.TAIL), halves, strict=True):
                 for r in replicas:
                     out[(name, part, r)] = art
+    return out
+
+
+def _halves(name: str, variant: str | None, cut: tuple[str, ...], analysis: Analysis,
+            problem: CutProblem) -> tuple[Artefact, Artefact]:
+    """The head and tail files of `cut`, at `models/MODEL[/variant-V]/cut-ID/` (content
+    addressed: one pair per cut, whichever replicas run it)."""
+    head, tail = split_model(analysis, problem.from_tensors(list(cut)))
+    folder = f"{_folder(name, variant)}/cut-{cut_id(cut)}"
+    h, t = (Artefact(name, part, cut, f"{folder}/{part.value}.onnx",
+                     proto.SerializeToString(deterministic=True), variant)
+            for part, proto in ((Part.HEAD, head), (Part.TAIL, tail)))
+    return h, t
+
+
+AdaptFiles = dict[tuple[str, int], dict[str, tuple[Artefact, Artefact]]]
+"""(model, replica) -> cut id -> (head, tail): every cut an adapting split model may run."""
+
+
+def adapt_artefacts(program: ir.Program, plan: Plan,
+                    sources: Mapping[Variant, ModelSource]) -> AdaptFiles:
+    """The halves of every cut in the plan's decision tables (`Plan.adaptations`), made once
+    per distinct cut and shared by the replicas that may run it."""
+    out: AdaptFiles = {}
+    made: dict[tuple[str, str | None, tuple[str, ...]], tuple[Artefact, Artefact]] = {}
+    for a in plan.adaptations:
+        source = sources[(a.model, a.variant)]
+        analysed_as = program.models[a.model] if a.variant is None else \
+            program.models[a.model].model_copy(update={"source": str(source.path)})
+        analysis, problem = analysed(analysed_as, source)
+        for c in a.cuts:
+            key = (a.model, a.variant, c.cut)
+            if key not in made:
+                made[key] = _halves(a.model, a.variant, c.cut, analysis, problem)
+            out.setdefault((a.model, a.replica), {})[c.id] = made[key]
     return out
 
 
@@ -103,17 +137,23 @@ def external_files(plan: Plan, sources: Mapping[Variant, ModelSource]) -> dict[s
 
 
 def manifest(sources: Mapping[Variant, ModelSource],
-             artefacts: dict[tuple[str, Part, int], Artefact]) -> bytes:
+             artefacts: dict[tuple[str, Part, int], Artefact],
+             adapt: AdaptFiles | None = None) -> bytes:
     """models/manifest.json: a row per file, with the version (the first 12 hex of the sha256
-    of the model's or variant's source) and, for a variant's files, `variant`."""
+    of the model's or variant's source) and, for a variant's files, `variant`; the replicas
+    listed are those that may run the file (a decision table's included)."""
     versions = {key: source.digest[:12] for key, source in sources.items()}
     rows: dict[str, dict[str, Any]] = {}
-    for (model, _, r), art in sorted(artefacts.items()):
+    every = [((model, r), art) for (model, _, r), art in artefacts.items()] + [
+        ((model, r), art) for (model, r), cuts in (adapt or {}).items()
+        for pair in cuts.values() for art in pair]
+    for (model, r), art in sorted(every, key=lambda x: (x[1].path, x[0][1])):
         row = rows.setdefault(art.path, {"model": model,
                                          **({"variant": art.variant} if art.variant else {}),
                                          "version": versions[(model, art.variant)],
                                          "part": art.part.value, "cut": list(art.cut),
                                          "path": art.path, "sha256": art.sha256,
                                          "bytes": len(art.data), "replicas": []})
-        row["replicas"].append(r)
+        if r not in row["replicas"]:
+            row["replicas"].append(r)
     return (json.dumps({"models": [rows[p] for p in sorted(rows)]}, indent=2) + "\n").encode()

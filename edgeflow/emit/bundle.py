@@ -28,6 +28,7 @@ from edgeflow.span import Span
 
 TIER_ORDER = {t.value: i for i, t in enumerate(ir.Tier)}  # edge < fog < cloud
 MQTT_PORT = 8883
+FEEDBACK_BYTES = 256  # a tail's feedback message to its head, at most
 
 
 # ---- names ------------------------------------------------------------------------------------
@@ -213,6 +214,10 @@ class Client:
     identity: str             # certificate CN = MQTT user name
     reads: list[str] = field(default_factory=list)
     writes: list[str] = field(default_factory=list)
+    # an adapting split model's: the tail's feedback to its head (the tail writes it, the head
+    # reads it), and the tail's output topic for its head to write when it runs the whole model
+    control_reads: list[str] = field(default_factory=list)
+    control_writes: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     placed: PlacedUnit | None = None  # a unit's entry in the Plan
 
@@ -291,11 +296,18 @@ def topic(app: str, replica: int, step: str) -> str:
     return f"edgeflow/{app}/r{replica}/{step}"
 
 
+def feedback_topic(app: str, replica: int, model: str) -> str:
+    """Where an adapting split model's tail tells its head what it measures (docs/runtime.md,
+    "Adaptation"): the bandwidth estimate, and by arriving at all, that the link is up."""
+    return f"edgeflow/{app}/r{replica}/{model}.tail/feedback"
+
+
 def build_bundle(execution: ExecutionGraph, plan: Plan) -> Bundle:
     program = execution.program
     app = program.app.name
     placed = {(u.name, u.replica): u for u in plan.units}
     splits = {(s.model, s.replica): s for s in plan.splits}
+    adapting = {(a.model, a.replica): a for a in plan.adaptations}
     clients: dict[tuple[str, int | None], Client] = {}
     # per step: the client its input arrives at, and the topic, device and size of its output
     arrive: dict[StepKey, Client] = {}
@@ -337,6 +349,13 @@ def build_bundle(execution: ExecutionGraph, plan: Plan) -> Bundle:
             arrive[key] = head
             leave[key] = (out, tail.device, step.out_bytes)
             max_bytes = max(max_bytes, split.transfer_bytes)
+            if (adapt := adapting.get((name, r))) is not None:
+                feedback = feedback_topic(app, r, name)
+                tail.control_writes.append(feedback)
+                head.control_reads.append(feedback)
+                if adapt.bypass or adapt.fallback is not None:
+                    head.control_writes.append(out)
+                max_bytes = max(max_bytes, *(c.transfer_bytes for c in adapt.cuts))
         else:
             assert r is not None
             c = client(name, r, step.kind, placed[(name, r)].device)
@@ -355,6 +374,8 @@ def build_bundle(execution: ExecutionGraph, plan: Plan) -> Bundle:
     sizes = {t: nbytes for t, _, nbytes in leave.values()}
     for sp in plan.splits:  # a head's topic carries the cut
         sizes[topic(app, sp.replica, unit_name(sp.model, Part.HEAD))] = sp.transfer_bytes
+    for a in plan.adaptations:
+        sizes[feedback_topic(app, a.replica, a.model)] = FEEDBACK_BYTES
     brokers = _brokers(execution, ordered, sizes)
     bundle = Bundle(app, program, plan, ordered, brokers, max_bytes)
     check_names(bundle)
@@ -370,11 +391,14 @@ def _brokers(execution: ExecutionGraph, clients: list[Client],
     brokers: dict[str, Broker] = {}
     for c in clients:
         b = brokers.setdefault(c.device, Broker(c.device, c.tier))
-        for t in c.reads:
+        for t in c.reads + c.control_reads:
             b.allow(c.identity, "read", t)
-        for t in c.writes:
+        for t in c.writes + c.control_writes:
             b.allow(c.identity, "write", t)
+    # a topic's writer: a head writing its tail's output (control) is not where it comes from
     writer_at = {t: c.device for c in clients for t in c.writes}
+    writer_at.update({t: c.device for c in clients for t in c.control_writes
+                      if t not in writer_at})
     labels = _topic_labels(execution, clients)
     bridges: dict[tuple[str, str], Bridge] = {}
     direction: dict[tuple[str, str, str], str] = {}  # (pair, topic) -> the way it flows
@@ -384,7 +408,7 @@ def _brokers(execution: ExecutionGraph, clients: list[Client],
         return all(tier in program.privacy[lb].allow for lb in labels.get(topic, ()))
 
     for c in clients:
-        for t in c.reads:
+        for t in c.reads + c.control_reads:
             src, dst = writer_at[t], c.device
             if src == dst:
                 continue

@@ -1,13 +1,16 @@
-"""report.md: the plan for people — placement, latency budget per pipeline against its SLO,
-utilisation, objective, and a Mermaid diagram of the placed dataflow. Numbers are read from the
+"""report.md: the plan for people — placement, splits and their run-time adaptation, latency
+budget per pipeline against its SLO, utilisation, objective, and a Mermaid diagram of the placed
+dataflow. Numbers are read from the
 Plan, never recomputed."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from edgeflow import __version__
+from edgeflow.emit.artefacts import AdaptFiles
 from edgeflow.emit.bundle import Bundle
 from edgeflow.emit.templating import render
 from edgeflow.objectives import objective_text
@@ -107,9 +110,59 @@ def _grouped(rows: list[tuple[str, tuple[str, ...]]]) -> list[tuple[str, tuple[s
     return out
 
 
-def render_report(bundle: Bundle, target: str, source: str) -> str:
+def _adaptations(bundle: Bundle, static: set[str],
+                 files: AdaptFiles) -> list[dict[str, Any]]:
+    """One row per distinct decision table (replicas with the same table grouped): its bands,
+    its size, and the bytes of the files it ships beyond the plan's own halves."""
+    groups: dict[str, dict[str, Any]] = {}
+    for a in bundle.plan.adaptations:
+        key = json.dumps([a.model, a.variant, [c.id for c in a.cuts],
+                          [(b.from_bps, b.to_bps, b.cut) for b in a.bands], a.on_disconnect,
+                          a.head_device.split("[")[0], a.tail_device.split("[")[0]])
+        group = groups.setdefault(key, {"a": a, "replicas": [], "extra": {}})
+        group["replicas"].append(a.replica)
+        for pair in files.get((a.model, a.replica), {}).values():
+            for art in pair:
+                if art.path not in static:
+                    group["extra"][art.path] = len(art.data)
+    out = []
+    for g in groups.values():
+        a = g["a"]
+        cuts = {c.id: c for c in a.cuts}
+        out.append({
+            "model": a.model, "replicas": ", ".join(map(str, g["replicas"])),
+            "head": _pattern(a.head_device) if len(g["replicas"]) > 1 else a.head_device,
+            "tail": _pattern(a.tail_device) if len(g["replicas"]) > 1 else a.tail_device,
+            "link_ms": a.latency_s * 1e3,
+            "range": "—" if a.low_bps is None else f"{_bw(a.low_bps)} .. {_bw(a.high_bps)}",
+            "margin": a.margin, "hold_s": a.hold_s,
+            "bands": [{"range": f"{_bw(b.from_bps)} .. {_bw(b.to_bps)}", "cut": b.cut,
+                       "tensors": ", ".join(cuts[b.cut].cut), "bytes": cuts[b.cut].transfer_bytes,
+                       "at_from": cuts[b.cut].latency_s(b.from_bps, a.latency_s) * 1e3,
+                       "at_to": cuts[b.cut].latency_s(b.to_bps, a.latency_s) * 1e3}
+                      for b in a.bands],
+            "cuts": len(a.cuts), "extra_bytes": sum(g["extra"].values()),
+            "extra_files": len(g["extra"]), "start": a.start,
+            "policy": a.on_disconnect or "none",
+            "buffer": a.buffer_frames, "bypass": a.bypass})
+    return out
+
+
+def _bw(bps: float | None) -> str:
+    assert bps is not None
+    for unit, scale in (("Gbps", 1e9), ("Mbps", 1e6), ("Kbps", 1e3)):
+        if bps >= scale:
+            return f"{bps / scale:.4g} {unit}"
+    return f"{bps:.4g} bps"
+
+
+def render_report(bundle: Bundle, target: str, source: str,
+                  static: set[str] | None = None, adapt_files: AdaptFiles | None = None) -> str:
+    """report.md; `static` are the paths of the plan's own model files and `adapt_files` the
+    decision tables' (their extra bytes are reported)."""
     plan = bundle.plan
     return render("report/report.md.j2", app=bundle.app, version=__version__, source=source,
+                  adaptations=_adaptations(bundle, static or set(), adapt_files or {}),
                   target=target, plan=plan, objective=objective_text(plan.objective),
                   pipelines=plan.worst_pipelines(),
                   devices=[{"device": name, "tier": f[0], "compute": f[1], "cpu": f[2],

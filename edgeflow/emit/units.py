@@ -3,13 +3,19 @@ contract with the worker: docs/bundles.md)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from edgeflow import __version__
-from edgeflow.emit.bundle import MQTT_PORT, Bundle, Client
+from edgeflow.emit.artefacts import Artefact
+from edgeflow.emit.bundle import MQTT_PORT, Bundle, Client, feedback_topic
 from edgeflow.emit.mqtt import BUNDLE_TLS_DIR
 from edgeflow.emit.targets.base import Rendering, Target
-from edgeflow.plan import Part
+from edgeflow.plan import Part, unit_name
 from edgeflow.unit_config import (
     METRICS_PORT,
+    AdaptBandSpec,
+    AdaptCutSpec,
+    AdaptSpec,
     BrokerSpec,
     DriverConfig,
     ModelSpec,
@@ -75,7 +81,7 @@ def unit_spec(r: Rendering, c: Client, broker_host: str) -> UnitConfig:
         art = r.artefacts[(unit.step, unit.part, unit.replica)]
         model = ModelSpec(file=art.mount_path, sha256=art.sha256, part=unit.part.value,
                           cut=list(art.cut))
-    return UnitConfig(
+    return UnitConfig(adapt=adapt_spec(r, c),
         app=bundle.app, unit=c.step, replica=unit.replica, kind=unit.part.unit_kind,
         device=c.device,
         device_compute_flops=bundle.program.devices[_base(c.device)].compute_flops,
@@ -87,6 +93,40 @@ def unit_spec(r: Rendering, c: Client, broker_host: str) -> UnitConfig:
                                       cert=f"{BUNDLE_TLS_DIR}/tls.crt",
                                       key=f"{BUNDLE_TLS_DIR}/tls.key")),
         subscribe=c.reads, publish=c.writes, operator=operator, model=model)
+
+
+FEEDBACK_INTERVAL_S = 0.2
+
+
+def adapt_spec(r: Rendering, c: Client, path: Callable[[Artefact], str] | None = None,
+               ) -> AdaptSpec | None:
+    """The `adapt` section of a head's or tail's unit.json (None for any other unit, or a model
+    that does not adapt); `path` gives a file's path in the worker (default: the bundle's
+    mount)."""
+    unit = r.bundle.placed(c)
+    a = next((a for a in r.bundle.plan.adaptations
+              if a.model == unit.step and a.replica == unit.replica), None)
+    if a is None or unit.part not in (Part.HEAD, Part.TAIL):
+        return None
+    files = r.adapt[(a.model, a.replica)]
+    where = path or (lambda art: art.mount_path)
+    cuts = [AdaptCutSpec(id=cut.id, cut=list(cut.cut), file=where(art), sha256=art.sha256,
+                         transfer_bytes=cut.transfer_bytes, head_s=cut.head_s, tail_s=cut.tail_s,
+                         whole=cut.id == a.whole)
+            for cut in a.cuts
+            for art in [files[cut.id][0 if unit.part is Part.HEAD else 1]]]
+    tail = next(x for x in r.bundle.clients if x.kind == "tail" and x.replica == a.replica
+                and x.step == unit_name(a.model, Part.TAIL))
+    return AdaptSpec(
+        cuts=cuts, bands=[AdaptBandSpec(from_bps=b.from_bps, to_bps=b.to_bps, cut=b.cut)
+                          for b in a.bands],
+        start=a.start, latency_s=a.latency_s, margin=a.margin, hold_s=a.hold_s,
+        feedback=feedback_topic(r.bundle.app, a.replica, a.model),
+        feedback_interval_s=FEEDBACK_INTERVAL_S,
+        outage_after_s=max(1.0, 5 * FEEDBACK_INTERVAL_S + 4 * a.latency_s),
+        on_disconnect=a.on_disconnect, buffer_frames=a.buffer_frames, fallback=a.fallback,
+        bypass=list(tail.writes) if unit.part is Part.HEAD and (a.bypass or a.fallback)
+        else [])
 
 
 def _base(instance: str) -> str:

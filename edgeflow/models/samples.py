@@ -7,6 +7,11 @@ The models are small (well under 1 MB each) but shaped like the networks they st
                 (all three dynamic, as exporters write them); stride-2 conv stages with
                 BatchNorm, a residual block, and a 1x1 head: 3 anchors x (4 box + 1 obj +
                 2 classes) channels at stride 32
+- bottleneck_detector
+                a detector built for split computing: a light encoder squeezes the frame into
+                a 4-channel bottleneck at stride 4 (a third of the raw frame's bytes), a heavier
+                backbone with a residual block and the same 1x1 head decode it; input `images`
+                float32[batch, 3, height, width] (dynamic, like `detector`)
 - vitals        vital-sign classifier: 1-D conv over a window of 6 channels x 250 samples,
                 global pooling, two Gemm layers and a Softmax over 4 risk classes
 - pose          keypoint network for AR: conv stages down to stride 4, a depthwise-separable
@@ -106,6 +111,29 @@ def detector() -> onnx.ModelProto:
     return b.model("detector", [images], [out], "single-shot CNN detector, stride 32")
 
 
+def bottleneck_detector() -> onnx.ModelProto:
+    b = Builder(seed=5)
+    x = b.conv("images", 3, 12, 3, stride=2)          # /2   the encoder: run where the frame is
+    x = b.conv(x, 12, 24, 3, stride=2)                # /4
+    x = b.conv(x, 24, 4, 1, act=False)                # the bottleneck: 4 channels at /4
+    x = b.conv(x, 4, 48, 3)                           # the decoder: run where compute is
+    x = b.conv(x, 48, 64, 3, stride=2)                # /8
+    skip = x
+    y = b.conv(x, 64, 64, 3)
+    y = b.conv(y, 64, 64, 3, act=False)
+    x = b.node("Relu", [b.node("Add", [skip, y], "add")], "relu")
+    x = b.conv(x, 64, 128, 3, stride=2)               # /16
+    x = b.conv(x, 128, 128, 3)
+    x = b.conv(x, 128, 192, 3, stride=2)              # /32
+    head = b.conv(x, 192, 21, 1, bn=False, act=False)  # 3 anchors x (4 + 1 + 2)
+    rename_output(b, head, "detections")
+    images = helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                           ["batch", 3, "height", "width"])
+    out = helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["batch", 21, None, None])
+    return b.model("bottleneck_detector", [images], [out],
+                   "CNN detector with a bottleneck for split computing, stride 32")
+
+
 def vitals() -> onnx.ModelProto:
     b = Builder(seed=2)
     fan = 6 * 7
@@ -161,7 +189,8 @@ def lidar_encoder() -> onnx.ModelProto:
 
 
 MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
-    "detector": detector, "vitals": vitals, "pose": pose, "lidar_encoder": lidar_encoder}
+    "detector": detector, "bottleneck_detector": bottleneck_detector, "vitals": vitals,
+    "pose": pose, "lidar_encoder": lidar_encoder}
 
 
 def model_bytes(name: str) -> bytes:

@@ -49,6 +49,11 @@ class Metrics:
     bytes_out: Histogram
     connected: Gauge
     overruns: Counter
+    bandwidth: Gauge
+    switches: Counter
+    link_up: Gauge
+    outages: Counter
+    by_cut: Counter
 
     @classmethod
     def create(cls, app: str, unit: str, replica: int | None, device: str) -> Metrics:
@@ -57,9 +62,9 @@ class Metrics:
                   "device": device}
 
         def make(kind: Any, name: str, doc: str, **kw: Any) -> Any:
-            labels = (*LABELS, "reason") if name == "edgeflow_drops" else LABELS
-            metric = kind(name, doc, labels, registry=reg, **kw)
-            return metric if name == "edgeflow_drops" else metric.labels(**values)
+            extra = {"edgeflow_drops": ("reason",), "edgeflow_frames_by_cut": ("cut",)}
+            metric = kind(name, doc, (*LABELS, *extra.get(name, ())), registry=reg, **kw)
+            return metric if name in extra else metric.labels(**values)
 
         drops = make(Counter, "edgeflow_drops", "Messages dropped, by reason")
         m = cls(
@@ -80,12 +85,23 @@ class Metrics:
             make(Gauge, "edgeflow_connected", "1 while connected to the broker"),
             make(Counter, "edgeflow_emulation_overruns",
                  "Runs that took longer on this machine than on the declared device"),
+            make(Gauge, "edgeflow_bandwidth_estimate_bps",
+                 "An adapting split model's bandwidth estimate (bit/s): the tail's, and the "
+                 "one its head last received"),
+            make(Counter, "edgeflow_cut_switches", "Times an adapting head switched its cut"),
+            make(Gauge, "edgeflow_link_up",
+                 "An adapting head: 1 while its tail's feedback arrives, 0 during an outage"),
+            make(Counter, "edgeflow_outages", "Outages an adapting head saw begin"),
+            make(Counter, "edgeflow_frames_by_cut", "Frames an adapting head or tail ran, by cut"),
         )
         m._values = values  # type: ignore[attr-defined]
         return m
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops.labels(**self._values, reason=reason).inc(n)  # type: ignore[attr-defined]
+
+    def ran_cut(self, cut: str) -> None:
+        self.by_cut.labels(**self._values, cut=cut).inc()  # type: ignore[attr-defined]
 
     def serve(self, port: int, host: str) -> None:
         try:
@@ -98,8 +114,10 @@ class Connection:
     """A paho-mqtt client that keeps itself connected and subscribed."""
 
     def __init__(self, broker: BrokerSpec, subscribe: list[str], metrics: Metrics,
-                 on_message: Callable[[str, bytes, float], None]) -> None:
-        self.topics = subscribe
+                 on_message: Callable[[str, bytes, float], None],
+                 control: tuple[str, ...] = ()) -> None:
+        self.topics = [*subscribe, *control]
+        self.control = frozenset(control)  # not frames: not counted in frames_in
         self.metrics = metrics
         self._on_message = on_message
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
@@ -142,8 +160,9 @@ class Connection:
 
     def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         received = time.time()
-        self.metrics.frames_in.inc()
-        self.metrics.bytes_in.observe(len(msg.payload))
+        if msg.topic not in self.control:
+            self.metrics.frames_in.inc()
+            self.metrics.bytes_in.observe(len(msg.payload))
         self._on_message(msg.topic, bytes(msg.payload), received)
 
     def publish(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:

@@ -4,7 +4,8 @@
 - A sensor publishes a tensor of its declared type at its declared rate on a fixed schedule
   (frame n at start + n / rate; a late frame is sent at once and counted `late`, never bunched
   up later): synthetic data from a seeded generator (the same seed, the same frames), or the
-  `.npy` files of a replay folder in name order, looped.
+  `.npy` files of a replay folder in name order, looped: frame n is file n mod the number of
+  files, so a frame skipped skips its file, as a camera's would.
 - A sink (actuator or store) records every message it receives, one row per message with its
   header and arrival time (and the whole payload up to 64 KiB), in an SQLite database in WAL mode (the standard library's sqlite3),
   so what arrived can be counted against what was sent.
@@ -31,24 +32,33 @@ from edgeflow.runtime.worker import tensor_type
 from edgeflow.unit_config import CONFIG_ENV, DriverConfig
 
 
-def frames(config: DriverConfig) -> Any:
-    """The frames a sensor sends, forever."""
+def replayed(config: DriverConfig) -> list[np.ndarray[Any, Any]] | None:
+    """The frames of a sensor's replay folder, in name order (None: no replay)."""
     assert config.emits is not None
     dtype, shape = tensor_type(config.emits)
-    if config.replay is not None:
-        files = sorted(Path(config.replay).glob("*.npy"))
-        if not files:
-            raise StartError(f"no .npy files in {config.replay}")
-        loaded = []
-        for f in files:
-            try:
-                array = np.load(f, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise StartError(f"cannot read {f}: {e}") from None
-            if array.size != int(np.prod(shape)):
-                raise StartError(f"{f} holds {array.dtype.name}{list(array.shape)}; sensor "
-                                 f"`{config.name}` emits {config.emits}")
-            loaded.append(np.ascontiguousarray(array.reshape(shape), dtype=dtype))
+    if config.replay is None:
+        return None
+    files = sorted(Path(config.replay).glob("*.npy"))
+    if not files:
+        raise StartError(f"no .npy files in {config.replay}")
+    loaded = []
+    for f in files:
+        try:
+            array = np.load(f, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise StartError(f"cannot read {f}: {e}") from None
+        if array.size != int(np.prod(shape)):
+            raise StartError(f"{f} holds {array.dtype.name}{list(array.shape)}; sensor "
+                             f"`{config.name}` emits {config.emits}")
+        loaded.append(np.ascontiguousarray(array.reshape(shape), dtype=dtype))
+    return loaded
+
+
+def frames(config: DriverConfig) -> Any:
+    """The frames a sensor sends, forever: its replay folder's looped, or synthetic ones."""
+    assert config.emits is not None
+    dtype, shape = tensor_type(config.emits)
+    if (loaded := replayed(config)) is not None:
         while True:
             yield from loaded
     rng = np.random.default_rng([config.seed, config.replica or 0])
@@ -66,7 +76,7 @@ def frames(config: DriverConfig) -> Any:
 def run_sensor(config: DriverConfig, metrics: Metrics, stop: threading.Event) -> int:
     """Send frames until `stop`; the number sent."""
     assert config.rate_hz is not None
-    source = frames(config)
+    source, replay = frames(config), replayed(config)
     conn = Connection(config.broker, [], metrics, lambda *_: None)
     conn.start()
     while not conn.ready.wait(0.1):
@@ -88,7 +98,8 @@ def run_sensor(config: DriverConfig, metrics: Metrics, stop: threading.Event) ->
             continue
         now = time.time()
         message = wire.Message(config.app, config.name, config.replica or 0, n, now, n,
-                               {config.name: next(source)},
+                               {config.name: replay[n % len(replay)] if replay
+                                else next(source)},
                                ((config.name, now, now, now),))
         pending = [conn.publish(t, wire.encode(message)) for t in config.topics]
         metrics.frames_out.inc()
@@ -122,7 +133,8 @@ def run_sink(config: DriverConfig, metrics: Metrics, stop: threading.Event) -> N
             metrics.drop("bad_payload")
             return
         header = {"tensors": {n: [a.dtype.name, list(a.shape)] for n, a in m.tensors.items()},
-                  "trace": [list(h) for h in m.trace], "seq": m.seq}
+                  "trace": [list(h) for h in m.trace], "seq": m.seq,
+                  **({"cut": m.cut} if m.cut is not None else {})}
         # a fingerprint of the content, so tests see that frames differ without storing them
         checksum = float(sum(float(np.sum(a, dtype=np.float64)) for a in m.tensors.values()))
         with lock:

@@ -4,8 +4,9 @@ A payload is PREFIX (magic `EFLW`, format version, header length: `<4sBI`, 9 byt
 header, UTF-8 JSON, then the tensors' bytes back to back. The header holds the app, the unit that
 sent the message and its replica, the frame id (the sensor's sequence number, which joins key
 on), the capture time (seconds since the epoch, at the sensor), the sender's own sequence number,
-each tensor's name, dtype, shape, offset and length in the data section, and the trace: one entry
-per hop `[unit, received, started, published]` (seconds since the epoch).
+each tensor's name, dtype, shape, offset and length in the data section, the trace: one entry
+per hop `[unit, received, started, published]` (seconds since the epoch), and for an adapting
+split model's messages `cut`, the id of the cut the head made it with.
 
 Tensors are raw little-endian C-order bytes, never pickle: decoding never runs code. `decode`
 checks everything (magic, version, lengths, JSON, dtypes, shapes against lengths) and raises
@@ -54,6 +55,7 @@ class Message:
     seq: int
     tensors: Mapping[str, np.ndarray[Any, Any]]
     trace: tuple[Hop, ...] = field(default=())
+    cut: str | None = None  # an adapting split model's: the id of the cut it was made with
 
 
 _NAME_OF = {d: name for name, dtype in DTYPES.items()
@@ -81,11 +83,14 @@ def encode(message: Message) -> bytes:
                         "offset": offset, "length": data.nbytes})
         chunks.append(data)
         offset += data.nbytes
-    header = json.dumps({
+    fields: dict[str, Any] = {
         "app": message.app, "unit": message.unit, "replica": message.replica,
         "frame": message.frame, "captured": message.captured, "seq": message.seq,
         "tensors": entries, "trace": [list(h) for h in message.trace],
-    }, separators=(",", ":")).encode()
+    }
+    if message.cut is not None:
+        fields["cut"] = message.cut
+    header = json.dumps(fields, separators=(",", ":")).encode()
     return b"".join([PREFIX.pack(MAGIC, VERSION, len(header)), header, *chunks])
 
 
@@ -155,4 +160,5 @@ def decode(payload: bytes) -> Message:
         app=_field(header, "app", str), unit=_field(header, "unit", str),
         replica=_field(header, "replica", int), frame=_field(header, "frame", int),
         captured=_number(header.get("captured"), "`captured`"), seq=_field(header, "seq", int),
-        tensors=tensors, trace=_trace(header.get("trace")))
+        tensors=tensors, trace=_trace(header.get("trace")),
+        cut=None if header.get("cut") is None else _field(header, "cut", str))

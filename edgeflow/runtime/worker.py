@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import json
+import math
 import os
 import re
 import sys
@@ -29,8 +31,9 @@ import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
 from edgeflow.runtime import wire
+from edgeflow.runtime.adaptive import BandwidthEstimator, Choice, ComputeTimes, Controller
 from edgeflow.runtime.client import Connection, Metrics, StartError, on_stop
-from edgeflow.unit_config import CONFIG_ENV, ModelSpec, OperatorSpec, UnitConfig
+from edgeflow.unit_config import CONFIG_ENV, AdaptCutSpec, ModelSpec, OperatorSpec, UnitConfig
 
 Tensors = dict[str, np.ndarray[Any, Any]]
 Inputs = list[tuple[str, np.ndarray[Any, Any]]]
@@ -73,7 +76,7 @@ class OnnxPart:
     """A whole model or a split half on onnxruntime. Inputs are matched by name, then in order;
     every output of the file is sent."""
 
-    def __init__(self, spec: ModelSpec, threads: int) -> None:
+    def __init__(self, spec: ModelSpec | AdaptCutSpec, threads: int) -> None:
         try:
             with open(spec.file, "rb") as f:
                 data = f.read()
@@ -187,7 +190,11 @@ class Job:
 class Worker:
     def __init__(self, config: UnitConfig, metrics_host: str = "0.0.0.0") -> None:
         self.config = config
-        self.run = runner(config)
+        self.adapt = config.adapt
+        # an adapting head or tail holds a session for every cut it may run
+        self.parts = {c.id: OnnxPart(c, config.threads) for c in self.adapt.cuts} \
+            if self.adapt is not None else {}
+        self.run = self.parts[self.adapt.start] if self.adapt is not None else runner(config)
         self.metrics = Metrics.create(config.app, config.unit, config.replica, config.device)
         self.metrics.serve(config.metrics_port, metrics_host)
         self.topics = list(config.subscribe)
@@ -198,16 +205,35 @@ class Worker:
         self.stop = threading.Event()
         self.seq = 0
         self.errors_seen: set[str] = set()
-        self.conn = Connection(config.broker, self.topics, self.metrics, self.on_message)
+        self.controller: Controller | None = None
+        self.estimator: BandwidthEstimator | None = None
+        self.held: deque[tuple[list[str], bytes]] = deque()  # `buffer`: messages an outage holds
+        control: tuple[str, ...] = ()
+        if self.adapt is not None and config.kind == "head":
+            self.controller = Controller(self.adapt, time.time())
+            self.metrics.link_up.set(1)
+            control = (self.adapt.feedback,)
+        elif self.adapt is not None:
+            self.estimator = BandwidthEstimator(self.adapt.latency_s)
+        self.times = ComputeTimes()  # an adapting tail's, by cut (reported to its head)
+        self.conn = Connection(config.broker, self.topics, self.metrics, self.on_message,
+                               control)
 
     # -- input side (paho's network thread) ---------------------------------------------------
     def on_message(self, topic: str, payload: bytes, received: float) -> None:
+        if self.controller is not None and self.adapt is not None and \
+                topic == self.adapt.feedback:
+            self._feedback(payload, received)
+            return
         try:
             message = wire.decode(payload)
         except wire.WireError as e:
             self.metrics.drop("bad_payload")
             self.log(f"dropped a message on {topic} that is not an edgeflow message: {e}")
             return
+        if self.estimator is not None and message.trace:
+            with self.lock:
+                self.estimator.sample(len(payload), received - message.trace[-1][3], received)
         with self.lock:
             if self.stop.is_set():
                 self.metrics.drop("shutdown")
@@ -241,16 +267,72 @@ class Worker:
             self.metrics.drop("join_expired")
 
     # -- processing (the main thread) -----------------------------------------------------------
+    def _feedback(self, payload: bytes, received: float) -> None:
+        """The tail's feedback: its estimate, and by arriving, that the link is up."""
+        assert self.controller is not None
+        try:
+            data = json.loads(payload)
+            estimate = data["bandwidth_bps"]
+            samples = data["samples"]
+            tail_s = data.get("tail_s", {})
+            if not (estimate is None or isinstance(estimate, int | float) and estimate > 0
+                    and math.isfinite(estimate)) or not isinstance(samples, int) or \
+                    not isinstance(tail_s, dict) or not all(
+                        isinstance(v, int | float) and math.isfinite(v) and v >= 0
+                        for v in tail_s.values()):
+                raise ValueError("bandwidth_bps, samples or tail_s")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
+            self.metrics.drop("bad_payload")
+            self.log("feedback: a message on the feedback topic is not feedback")
+            return
+        with self.lock:
+            was_down = self.controller.in_outage
+            self.controller.feedback(received, estimate, samples,
+                                     {str(k): float(v) for k, v in tail_s.items()})
+            begun = self.controller.outages[-1][0] if was_down else received
+        if estimate is not None:
+            self.metrics.bandwidth.set(estimate)
+        if was_down:
+            self._say(f"link to the tail back after {received - begun:.1f} s")
+            self.metrics.link_up.set(1)
+
+    def _send_feedback(self) -> None:
+        assert self.estimator is not None and self.adapt is not None
+        with self.lock:
+            estimate, samples = self.estimator.bps, self.estimator.samples
+            tail_s = dict(self.times.seconds)
+        if estimate is not None:
+            self.metrics.bandwidth.set(estimate)
+        body = json.dumps({"bandwidth_bps": estimate, "samples": samples,
+                           "tail_s": tail_s}, sort_keys=True).encode()
+        self.conn.client.publish(self.adapt.feedback, body, qos=0)
+
+    def _say(self, line: str) -> None:
+        """A line for every event of adaptation (switches, outages): each is logged."""
+        print(f"{self.config.unit} r{self.config.replica}: {line}", file=sys.stderr, flush=True)
+
     def serve(self) -> int:
         on_stop(self.stop)  # the loop below waits at most 50 ms before it looks again
         self.conn.start()
         pending: deque[mqtt.MQTTMessageInfo] = deque(maxlen=64)
+        next_feedback = 0.0
         while True:
+            now = time.time()
+            if self.estimator is not None and self.adapt is not None and now >= next_feedback \
+                    and self.conn.ready.is_set():
+                self._send_feedback()
+                next_feedback = now + self.adapt.feedback_interval_s
+            if self.held and self.controller is not None:
+                with self.lock:
+                    up = self.controller.link_up(now)
+                if up:
+                    pending.extend(self._flush())
             with self.lock:
                 self._expire(time.time())
                 if self.stop.is_set():
-                    self.metrics.drop("shutdown", len(self.queue))
+                    self.metrics.drop("shutdown", len(self.queue) + len(self.held))
                     self.queue.clear()
+                    self.held.clear()
                     break
                 if not self.queue:
                     self.lock.wait(0.05)
@@ -260,37 +342,110 @@ class Worker:
         self.conn.close(list(pending))
         return 0
 
+    def _choose(self, job: Job, now: float) -> tuple[Callable[[Inputs], Tensors] | None,
+                                                     Choice | None, float | None]:
+        """What runs this frame: the part, the head's choice or the tail's cut (None for a
+        unit that does not adapt), and the emulated compute time. A None part: drop."""
+        emulate = self.config.emulate_compute_s
+        if self.adapt is None:
+            return self.run, None, emulate
+        if self.controller is not None:
+            with self.lock:  # paho's thread changes the controller on feedback
+                before, outages = len(self.controller.switches), len(self.controller.outages)
+                choice = self.controller.choose(now)
+                switched = self.controller.switches[before:]
+                began = len(self.controller.outages) > outages
+            for sw in switched:
+                self.metrics.switches.inc()
+                self._say(f"switched cut {sw.before} -> {sw.after} (estimate "
+                          f"{sw.estimate_bps / 1e6:.1f} Mbps: predicted "
+                          f"{1e3 * self.controller.predicted_s(sw.before, sw.estimate_bps):.2f}"
+                          f" ms -> "
+                          f"{1e3 * self.controller.predicted_s(sw.after, sw.estimate_bps):.2f}"
+                          " ms)")
+            if began:
+                self.metrics.outages.inc()
+                self.metrics.link_up.set(0)
+                self._say(f"no feedback from the tail for {self.adapt.outage_after_s:g} s: "
+                          f"link down, on_disconnect = {self.adapt.on_disconnect or 'none'}")
+            if choice.action == "drop":
+                self.metrics.drop("outage")
+                return None, choice, None
+            cut = self.controller.cuts[choice.cut]
+            return self.parts[choice.cut], choice, None if emulate is None else cut.head_s
+        cut_id = job.messages[0].cut or self.adapt.start
+        part = self.parts.get(cut_id)
+        if part is None:
+            self.metrics.drop("unknown_cut")
+            self.log(f"unknown_cut: a message made with cut {cut_id}, which is not in the "
+                     "decision table")
+            return None, None, None
+        tail_s = next(c.tail_s for c in self.adapt.cuts if c.id == cut_id)
+        return part, Choice(cut_id), None if emulate is None else tail_s
+
+    def _flush(self) -> list[mqtt.MQTTMessageInfo]:
+        """The messages an outage held, in order, now that the link is back."""
+        infos = []
+        while self.held:
+            topics, payload = self.held.popleft()
+            infos += [self.conn.publish(t, payload) for t in topics]
+            self.metrics.frames_out.inc()
+        return infos
+
     def process(self, job: Job) -> list[mqtt.MQTTMessageInfo]:
         started = time.time()
         self.metrics.queue_wait.observe(max(0.0, started - job.received))
         inputs: Inputs = [(n, a) for m in job.messages for n, a in m.tensors.items()]
+        run, choice, emulate = self._choose(job, started)
+        if run is None:
+            return []
         try:
-            outputs = self.run(inputs)
+            outputs = run(inputs)
         except RunError as e:
             self.metrics.drop("error")
             self.log(str(e))
             return []
         ran = time.time() - started
         self.metrics.inference.observe(ran)
-        if (emulate := self.config.emulate_compute_s) is not None:
+        if emulate is not None:
             if ran > emulate + OVERRUN_TOLERANCE_S:
                 self.metrics.overruns.inc()
             if ran < emulate:
                 time.sleep(emulate - ran)
+        if choice is not None:  # the half's time as it runs here, padding included
+            took = time.time() - started
+            with self.lock:
+                if self.controller is not None:
+                    self.controller.ran(choice.cut, took)
+                else:
+                    self.times.ran(choice.cut, took)
         captured = min(m.captured for m in job.messages)
         trace = tuple(dict.fromkeys(h for m in job.messages for h in m.trace))
         published = time.time()
         self.seq += 1
         message = wire.Message(self.config.app, self.config.unit, self.config.replica, job.frame,
                                captured, self.seq, outputs,
-                               (*trace, (self.config.unit, job.received, started, published)))
+                               (*trace, (self.config.unit, job.received, started, published)),
+                               cut=choice.cut if choice is not None else None)
         try:
             payload = wire.encode(message)
         except wire.WireError as e:
             self.metrics.drop("error")
             self.log(f"cannot send the output of `{self.config.unit}`: {e}")
             return []
-        infos = [self.conn.publish(t, payload) for t in self.config.publish]
+        topics = self.config.publish
+        if choice is not None:
+            self.metrics.ran_cut(choice.cut)
+            if choice.local and self.adapt is not None:
+                topics = self.adapt.bypass  # the whole model ran here: its consumers' topic
+            if choice.action == "buffer":
+                self.held.append((topics, payload))
+                if len(self.held) > (self.adapt.buffer_frames if self.adapt else 0):
+                    self.held.popleft()
+                    self.metrics.drop("outage_overflow")
+                return []
+        infos = self._flush() if self.held else []
+        infos += [self.conn.publish(t, payload) for t in topics]
         self.metrics.frames_out.inc()
         self.metrics.end_to_end.observe(max(0.0, published - captured))
         return infos

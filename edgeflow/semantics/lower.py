@@ -109,6 +109,8 @@ def _schemas(r: Reader) -> dict[str, dict[str, Key]]:
                             'variants = { int8 = quantize(calibration = "data/calib") }'),
             "min_fidelity": Key(_fraction(r), False, "min_fidelity = 0.98"),
             "validation": Key(r.string, False, 'validation = "data/val"'),
+            "adapt": Key(_adapt(r), False, "adapt = { bandwidth = [20 Mbps, 1 Gbps] }"),
+            "on_disconnect": Key(_on_disconnect(r), False, "on_disconnect = local"),
         },
         "operator": {
             "work": Key(r.quantity(WORK, positive=False), True, "work = 0.1 GFLOP"),
@@ -208,6 +210,98 @@ def _fraction(r: Reader) -> Callable[[str, ast.Value], Any]:
                          "not a fraction", help=f"e.g. `{key} = 0.98` keeps 98 % fidelity")
             return BAD
         return float(value.number)
+    return read
+
+
+ADAPT_KEYS = {"bandwidth": "bandwidth = [20 Mbps, 1 Gbps]", "margin": "margin = 0.1",
+              "hold": "hold = 1 s"}
+
+
+def _adapt(r: Reader) -> Callable[[str, ast.Value], Any]:
+    """`{ bandwidth = [LOW, HIGH], margin = FRACTION, hold = TIME }` (bandwidth required)."""
+    example = "adapt = { bandwidth = [20 Mbps, 1 Gbps], margin = 0.1, hold = 1 s }"
+
+    def read(key: str, value: ast.Value) -> Any:
+        if not isinstance(value, ast.MapValue):
+            return r.shape_error(value, "a map with `bandwidth = [LOW, HIGH]`", example)
+        got: dict[str, Any] = {}
+        for entry in r.unique_entries(value.entries):
+            name = entry.key.value
+            if name not in ADAPT_KEYS:
+                r.sink.error("E0201", f"`adapt` has no key `{name}`", entry.key.span,
+                             "unknown key", help=did_you_mean(name, list(ADAPT_KEYS))
+                             or "its keys are " + ", ".join(f"`{k}`" for k in ADAPT_KEYS))
+                return BAD
+            if name == "bandwidth":
+                got[name] = _bandwidth_range(r, entry.value)
+            elif name == "margin":
+                got[name] = _margin(r, entry.value)
+            else:
+                got[name] = r.quantity(TIME, positive=False)(name, entry.value)
+        if BAD in got.values() or len(got) != len(value.entries):
+            return BAD
+        if "bandwidth" not in got:
+            r.sink.error("E0202", "`adapt` lacks required key `bandwidth`", value.span,
+                         "no bandwidth range", help=f"e.g. `{example}`")
+            return BAD
+        low, high = got["bandwidth"]
+        return ir.Adapt(low_bps=low, high_bps=high, margin=got.get("margin", 0.1),
+                        hold_s=got.get("hold", 1.0), span=value.span)
+    return read
+
+
+def _bandwidth_range(r: Reader, value: ast.Value) -> Any:
+    if not isinstance(value, ast.ListValue) or len(value.items) != 2:
+        return r.shape_error(value, "a range `[LOW, HIGH]` of two bandwidths",
+                             "bandwidth = [20 Mbps, 1 Gbps]")
+    low, high = (r.quantity(BANDWIDTH, positive=True)("bandwidth", v) for v in value.items)
+    if BAD in (low, high):
+        return BAD
+    if low >= high:
+        r.sink.error("E0614", "the bandwidth range of `adapt` is empty", value.span,
+                     "the low end is not below the high end",
+                     help="write the lowest bandwidth first, e.g. `[20 Mbps, 1 Gbps]`")
+        return BAD
+    return low, high
+
+
+def _margin(r: Reader, value: ast.Value) -> Any:
+    if not isinstance(value, ast.Quantity) or value.unit is not None:
+        return r.shape_error(value, "a plain number from 0 to below 1", "margin = 0.1")
+    if not 0 <= value.number < 1:
+        r.sink.error("E0303", "`margin` must be at least 0 and below 1", value.span,
+                     "not a fraction", help="e.g. `margin = 0.1`: switch only for a predicted "
+                                            "gain of more than 10 %")
+        return BAD
+    return float(value.number)
+
+
+ON_DISCONNECT = ("local", "buffer", "drop")
+
+
+def _on_disconnect(r: Reader) -> Callable[[str, ast.Value], Any]:
+    """`local`, `drop`, `buffer` or `buffer(frames = N)`."""
+    def read(key: str, value: ast.Value) -> Any:
+        if isinstance(value, ast.Word):
+            action = r._choice_word(key, value, ON_DISCONNECT)
+            return BAD if action is BAD else ir.OnDisconnect(action=action, span=value.span)
+        if not isinstance(value, ast.Call) or value.func.value != "buffer":
+            return r.shape_error(value, "`local`, `drop`, `buffer` or `buffer(frames = N)`",
+                                 "on_disconnect = local")
+        frames = 64
+        args = [a for a in value.args if isinstance(a, ast.Entry)]
+        if len(r.unique_entries(tuple(args))) < len(args):  # E0203 for the repeated one
+            return BAD
+        for arg in value.args:
+            if not isinstance(arg, ast.Entry) or arg.key.value != "frames":
+                where = arg.key.span if isinstance(arg, ast.Entry) else arg.span
+                r.sink.error("E0305", "`buffer` takes `frames = N`", where, "not `frames`",
+                             help="e.g. `on_disconnect = buffer(frames = 64)`")
+                return BAD
+            frames = r.count("frames", arg.value)
+            if frames is BAD:
+                return BAD
+        return ir.OnDisconnect(action="buffer", buffer_frames=frames, span=value.span)
     return read
 
 
@@ -474,6 +568,15 @@ def lower(module: ast.Module) -> tuple[ir.Program | None, Lowered, list[Diagnost
             fields["outputs"] = outputs if outputs is not None else BAD
             if outputs is not None:
                 _resolve_variants(decl, fields, base_dir, sink)
+            if fields.get("split") == "none":
+                for key in ("adapt", "on_disconnect"):
+                    if fields.get(key) not in (None, BAD):
+                        sink.error("E0615", f"model `{decl.name.value}` is never split: "
+                                   f"`{key}` has nothing to act on",
+                                   entry_span(decl, key) or decl.name.span, f"`{key}` here",
+                                   help="remove `split = none` to let placement split it, or "
+                                        f"remove `{key}`")
+                        fields[key] = BAD
         clean = len(sink.items) == errors_before and BAD not in fields.values()
         if decl.kind == "operator" and fields.get("impl", BAD) is not BAD:
             impl_module = fields["impl"].partition(":")[0]
@@ -539,7 +642,8 @@ def _add_entity(out: Lowered, decl: ast.Decl, f: dict[str, Any]) -> None:
                                     split=f.get("split", "auto"),
                                     variants=f.get("variants", ()),
                                     min_fidelity=f.get("min_fidelity"),
-                                    validation=f.get("validation"))
+                                    validation=f.get("validation"), adapt=f.get("adapt"),
+                                    on_disconnect=f.get("on_disconnect"))
     elif decl.kind == "operator":
         out.operators[name] = ir.Operator(
             name=name, span=span, work_flop=f["work"], emits=f["emits"],

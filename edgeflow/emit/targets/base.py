@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from edgeflow.emit.artefacts import Artefact
+from edgeflow.emit.artefacts import AdaptFiles, Artefact
 from edgeflow.emit.bundle import Bundle, Client
 from edgeflow.plan import Part
 from edgeflow.registry import Registry
@@ -22,6 +22,7 @@ class Rendering:
     bundle: Bundle
     artefacts: dict[tuple[str, Part, int], Artefact]
     options: Mapping[str, str] = field(default_factory=dict)
+    adapt: AdaptFiles = field(default_factory=dict)  # the decision tables' halves
 
     def option(self, target: Target, key: str) -> str:
         """The value of option `key` of `target`: as given, else its default for this app."""

@@ -39,6 +39,7 @@ from edgeflow.emit.targets.base import Rendering, Target, TargetError
 from edgeflow.emit.targets.k8s import cloud_part
 from edgeflow.emit.templating import render
 from edgeflow.emit.units import driver_spec, unit_spec
+from edgeflow.plan import Part
 from edgeflow.unit_config import CONFIG_ENV, TlsSpec
 
 HOST_ROOT = "/var/lib/edgeflow"
@@ -133,7 +134,7 @@ class Greengrass(Target):
         for b in bundle.brokers.values():
             if b.device in cloud:
                 continue
-            components, users = self._device(r, b, prefix, runtime, recipes)
+            components, users = self._device(r, b, prefix, runtime, recipes, files)
             files[f"greengrass/setup/{device_label(b.device)}.sh"] = render(
                 "greengrass/setup.sh.j2", app=app, device=b.device, root=f"{HOST_ROOT}/"
                 f"{k8s_name(app)}", runtime_user=RUNTIME_USER.split(":")[0],
@@ -155,11 +156,13 @@ class Greengrass(Target):
         return files
 
     def _device(self, r: Rendering, b: Broker, prefix: str, runtime: dict[str, Any],
-                recipes: dict[str, dict[str, Any]],
+                recipes: dict[str, dict[str, Any]], files: dict[str, bytes],
                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The recipes of device instance `b.device` (added to `recipes`), its deployment's
         component list, and the users its setup script makes: one per component, owning
-        exactly that component's certificates (so no component can read another's key)."""
+        exactly that component's certificates (so no component can read another's key). The
+        halves of a decision table are artifacts of their own names, `greengrass/artifacts/`
+        (added to `files`): an artifact is stored by the last part of its URI."""
         bundle = r.bundle
         app = bundle.app
         secrets = f"{HOST_ROOT}/{k8s_name(app)}/secrets"
@@ -211,6 +214,19 @@ class Greengrass(Target):
                     artifacts.append(self._artifact(prefix, art.path, art.data))
                     spec = spec.model_copy(update={"model": spec.model.model_copy(update={
                         "file": "{artifacts:path}/" + art.path.rsplit("/", 1)[1]})})
+                if spec.adapt is not None:  # every half of the decision table, each its name
+                    cuts = []
+                    for cut in spec.adapt.cuts:
+                        half = r.adapt[(unit.step, unit.replica)][cut.id][
+                            0 if unit.part is Part.HEAD else 1]
+                        flat = f"{unit.step}{'-' + half.variant if half.variant else ''}-cut-" \
+                               f"{cut.id}-{unit.part.value}.onnx"
+                        files[f"greengrass/artifacts/{flat}"] = half.data
+                        artifacts.append(self._artifact(prefix, f"greengrass/artifacts/{flat}",
+                                                        half.data))
+                        cuts.append(cut.model_copy(update={"file": "{artifacts:path}/" + flat}))
+                    spec = spec.model_copy(update={"adapt": spec.adapt.model_copy(
+                        update={"cuts": cuts})})
                 memory = 2 * unit_memory_bytes(unit.memory_bytes, device)
                 module = "edgeflow.runtime"
                 what = f"unit {c.step} (replica {unit.replica}) of app {app} on {b.device}"

@@ -79,8 +79,10 @@ def models_image(r: Rendering) -> str | None:
     """The per-bundle model image: its tag is the digest of the model files it holds."""
     if not r.artefacts:
         return None
+    files = [*r.artefacts.values(),
+             *(a for cuts in r.adapt.values() for pair in cuts.values() for a in pair)]
     digest = hashlib.sha256("\n".join(sorted(f"{a.path} {a.sha256}" for a in
-                                             r.artefacts.values())).encode()).hexdigest()
+                                             files)).encode()).hexdigest()
     return f"edgeflow-models-{k8s_name(r.bundle.app) or 'app'}:{digest[:12]}"
 
 
@@ -258,7 +260,9 @@ def cloud_part(r: Rendering) -> tuple[set[str], dict[str, bytes]]:
         return cloud, {}
     used = {(u.step, u.part, u.replica) for c in bundle.units() if c.device in cloud
             for u in [bundle.placed(c)]}
-    part = Rendering(bundle, {k: a for k, a in r.artefacts.items() if k in used}, r.options)
+    part = Rendering(bundle, {k: a for k, a in r.artefacts.items() if k in used}, r.options,
+                     {k: cuts for k, cuts in r.adapt.items()
+                      if any((k[0], p, k[1]) in used for p in (Part.HEAD, Part.TAIL))})
     return cloud, {path: data for path, data in
                    Kubernetes().render_devices(part, cloud).items()
                    if not path.startswith("k8s/cert-manager/")}
