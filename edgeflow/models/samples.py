@@ -96,19 +96,28 @@ def detector() -> onnx.ModelProto:
     b = Builder(seed=1)
     x = b.conv("images", 3, 16, 3, stride=2)          # /2
     x = b.conv(x, 16, 32, 3, stride=2)                # /4
-    x = b.conv(x, 32, 48, 3, stride=2)                # /8
-    skip = x
-    y = b.conv(x, 48, 48, 3)
-    y = b.conv(y, 48, 48, 3, act=False)
-    x = b.node("Relu", [b.node("Add", [skip, y], "add")], "relu")
+    x = _residual(b, b.conv(x, 32, 48, 3, stride=2), 48)  # /8
     x = b.conv(x, 48, 64, 3, stride=2)                # /16
     x = b.conv(x, 64, 96, 3, stride=2)                # /32
     head = b.conv(x, 96, 21, 1, bn=False, act=False)  # 3 anchors x (4 + 1 + 2)
+    return _detection_model(b, head, "detector", "single-shot CNN detector, stride 32")
+
+
+def _residual(b: Builder, x: str, channels: int) -> str:
+    """Two 3x3 convolutions and the skip around them."""
+    y = b.conv(x, channels, channels, 3)
+    y = b.conv(y, channels, channels, 3, act=False)
+    return b.node("Relu", [b.node("Add", [x, y], "add")], "relu")
+
+
+def _detection_model(b: Builder, head: str, name: str, doc: str) -> onnx.ModelProto:
+    """The model of a detector whose last node writes `head`: input `images`
+    float32[batch, 3, height, width], output `detections`."""
     rename_output(b, head, "detections")
     images = helper.make_tensor_value_info("images", TensorProto.FLOAT,
                                            ["batch", 3, "height", "width"])
     out = helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["batch", 21, None, None])
-    return b.model("detector", [images], [out], "single-shot CNN detector, stride 32")
+    return b.model(name, [images], [out], doc)
 
 
 def bottleneck_detector() -> onnx.ModelProto:
@@ -117,21 +126,13 @@ def bottleneck_detector() -> onnx.ModelProto:
     x = b.conv(x, 12, 24, 3, stride=2)                # /4
     x = b.conv(x, 24, 4, 1, act=False)                # the bottleneck: 4 channels at /4
     x = b.conv(x, 4, 48, 3)                           # the decoder: run where compute is
-    x = b.conv(x, 48, 64, 3, stride=2)                # /8
-    skip = x
-    y = b.conv(x, 64, 64, 3)
-    y = b.conv(y, 64, 64, 3, act=False)
-    x = b.node("Relu", [b.node("Add", [skip, y], "add")], "relu")
+    x = _residual(b, b.conv(x, 48, 64, 3, stride=2), 64)  # /8
     x = b.conv(x, 64, 128, 3, stride=2)               # /16
     x = b.conv(x, 128, 128, 3)
     x = b.conv(x, 128, 192, 3, stride=2)              # /32
     head = b.conv(x, 192, 21, 1, bn=False, act=False)  # 3 anchors x (4 + 1 + 2)
-    rename_output(b, head, "detections")
-    images = helper.make_tensor_value_info("images", TensorProto.FLOAT,
-                                           ["batch", 3, "height", "width"])
-    out = helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["batch", 21, None, None])
-    return b.model("bottleneck_detector", [images], [out],
-                   "CNN detector with a bottleneck for split computing, stride 32")
+    return _detection_model(b, head, "bottleneck_detector",
+                            "CNN detector with a bottleneck for split computing, stride 32")
 
 
 def vitals() -> onnx.ModelProto:
