@@ -196,18 +196,23 @@ def _objective(r: Reader) -> Callable[[str, ast.Value], Any]:
     return read
 
 
-def _fraction(r: Reader) -> Callable[[str, ast.Value], Any]:
-    """A plain number above 0 and at most 1 (a fidelity)."""
+def _fraction(r: Reader, *, share: bool = False) -> Callable[[str, ast.Value], Any]:
+    """A plain number: above 0 and at most 1 (a fidelity), or with `share` at least 0 and below
+    1 (a margin)."""
+    example, bound = ("0.1", "at least 0 and below 1") if share else \
+        ("0.98", "above 0 and at most 1")
+    meaning = "switches only for a gain above 10 %" if share else "keeps 98 % fidelity"
+
     def read(key: str, value: ast.Value) -> Any:
         if not isinstance(value, ast.Quantity):
-            return r.shape_error(value, "a number between 0 and 1", f"{key} = 0.98")
+            return r.shape_error(value, f"a number {bound}", f"{key} = {example}")
         if value.unit is not None:
             r.sink.error("E0302", f"`{key}` is a plain number, found a unit", value.span,
-                         "a number with a unit", help=f"write a fraction, e.g. `{key} = 0.98`")
+                         "a number with a unit", help=f"write a fraction, e.g. `{key} = {example}`")
             return BAD
-        if not 0 < value.number <= 1:
-            r.sink.error("E0303", f"`{key}` must be above 0 and at most 1", value.span,
-                         "not a fraction", help=f"e.g. `{key} = 0.98` keeps 98 % fidelity")
+        if not (0 <= value.number < 1 if share else 0 < value.number <= 1):
+            r.sink.error("E0303", f"`{key}` must be {bound}", value.span,
+                         "not a fraction", help=f"e.g. `{key} = {example}` {meaning}")
             return BAD
         return float(value.number)
     return read
@@ -235,7 +240,7 @@ def _adapt(r: Reader) -> Callable[[str, ast.Value], Any]:
             if name == "bandwidth":
                 got[name] = _bandwidth_range(r, entry.value)
             elif name == "margin":
-                got[name] = _margin(r, entry.value)
+                got[name] = _fraction(r, share=True)(name, entry.value)
             else:
                 got[name] = r.quantity(TIME, positive=False)(name, entry.value)
         if BAD in got.values() or len(got) != len(value.entries):
@@ -263,17 +268,6 @@ def _bandwidth_range(r: Reader, value: ast.Value) -> Any:
                      help="write the lowest bandwidth first, e.g. `[20 Mbps, 1 Gbps]`")
         return BAD
     return low, high
-
-
-def _margin(r: Reader, value: ast.Value) -> Any:
-    if not isinstance(value, ast.Quantity) or value.unit is not None:
-        return r.shape_error(value, "a plain number from 0 to below 1", "margin = 0.1")
-    if not 0 <= value.number < 1:
-        r.sink.error("E0303", "`margin` must be at least 0 and below 1", value.span,
-                     "not a fraction", help="e.g. `margin = 0.1`: switch only for a predicted "
-                                            "gain of more than 10 %")
-        return BAD
-    return float(value.number)
 
 
 ON_DISCONNECT = ("local", "buffer", "drop")
