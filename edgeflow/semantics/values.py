@@ -152,9 +152,10 @@ class Reader:
             self.sink.error("E0303", f"`{key}` must be a whole number of at least 1", value.span,
                             "not a whole number >= 1")
             return BAD
-        if value.number > MAX_COUNT:
+        if value.number > MAX_COUNT:  # (a device's `count`: the help says what to do)
             self.sink.error("E0303", f"`{key}` is at most {MAX_COUNT}", value.span, "too many",
-                            help="describe larger fleets as several devices, one per site group")
+                            help="describe larger fleets as several devices, one per site group"
+                            if key == "count" else None)
             return BAD
         return int(value.number)
 
