@@ -34,15 +34,6 @@ def _span_of(model: ir.Model) -> Span:
     return model.span
 
 
-def _model_of(program: ir.Program, name: str, variant: str | None) -> tuple[ir.Model, bool]:
-    """The model a split runs (the variant's file in its place) and whether it is int8."""
-    model = program.models[name]
-    if variant is None:
-        return model, False
-    chosen = next(v for v in model.variants if v.name == variant)
-    return model.model_copy(update={"source": chosen.source}), chosen.int8
-
-
 def _cost(timing: Timing, cut: Cut) -> CutCost:
     head = sum((timing.edge[v] for v in cut.head), Fraction(0))
     tail = sum((timing.cloud[v] for v in timing.problem.nodes if v not in cut.head), Fraction(0))
@@ -98,7 +89,7 @@ def adaptations(execution: ExecutionGraph, plan: Plan) -> tuple[tuple[Adaptation
                     help="the decision table covers the one link between the halves"))
             continue
         link: ir.Link = edge["link"]
-        source_model, int8 = _model_of(program, s.model, s.variant)
+        source_model, int8 = program.models[s.model].as_variant(s.variant)
         head_dev, tail_dev = execution.device(head.device), execution.device(tail.device)
         key = (s.model, s.variant, head_dev.name, tail_dev.name, link.bandwidth_bps,
                link.latency_s)

@@ -188,6 +188,14 @@ class Model(Declared):
     adapt: Adapt | None = None      # run-time choice of the cut by measured bandwidth
     on_disconnect: OnDisconnect | None = None  # what the head does while its tail is unreachable
 
+    def as_variant(self, variant: str | None) -> tuple[Model, bool]:
+        """The model a unit running `variant` runs (the variant's file in the model's place;
+        the model itself for None), and whether its work runs at the int8 rate."""
+        if variant is None:
+            return self, False
+        chosen = next(v for v in self.variants if v.name == variant)
+        return self.model_copy(update={"source": chosen.source}), chosen.int8
+
 
 class Operator(Declared):
     work_flop: float = Field(ge=0)

@@ -215,16 +215,13 @@ def emulated_seconds(program: ir.Program, plan: Plan, c: Client) -> float:
     if unit.part is Part.OPERATOR:
         work = program.operators[unit.step].work_flop
     elif unit.part is Part.WHOLE:
-        model = program.models[unit.step]
-        if unit.variant is not None:  # the variant the plan chose (made: its file exists)
-            chosen = next(v for v in model.variants if v.name == unit.variant)
-            model, int8 = model.model_copy(update={"source": chosen.source}), chosen.int8
+        # the variant the plan chose (made: its file exists)
+        model, int8 = program.models[unit.step].as_variant(unit.variant)
         work = model_cost(model).work
     else:
         split = next(s for s in plan.splits if s.model == unit.step and s.replica == unit.replica)
         work = split.head_work_flop if unit.part is Part.HEAD else split.tail_work_flop
-        int8 = unit.variant is not None and next(
-            v for v in program.models[unit.step].variants if v.name == unit.variant).int8
+        int8 = program.models[unit.step].as_variant(unit.variant)[1]
     return compute_s(work, device, int8)
 
 

@@ -53,11 +53,7 @@ def read_models(program: ir.Program, plan: Plan) -> dict[Variant, ModelSource]:
     used = {(u.step, u.variant) for u in plan.units if u.part is not Part.OPERATOR}
     out = {}
     for name, variant in sorted(used, key=lambda k: (k[0], k[1] or "")):
-        model = program.models[name]
-        if variant is not None:
-            chosen = next(v for v in model.variants if v.name == variant)
-            model = model.model_copy(update={"source": chosen.source})
-        out[(name, variant)] = read_model(model)
+        out[(name, variant)] = read_model(program.models[name].as_variant(variant)[0])
     return out
 
 
