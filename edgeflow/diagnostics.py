@@ -262,11 +262,12 @@ could otherwise ship any file the user can read. Keep models in the app's folder
 
     model detector { source = "../../shared/detector.onnx", ... }   # error
 """),
-    "W0608": _w("operator implementation not found", """
-An operator's `impl = "package.module:function"` names a module that is neither beside the `.ef`
-file nor on this Python's path. `check` only looks for the module's file, it never imports it (an
-app opened in an editor may be hostile); `edgeflow run` refuses to start without it, and a deployed
-worker needs it installed in its image (docs/runtime.md).
+    "W0608": _w("module of an operator or training not found", """
+An operator's `impl = "package.module:function"`, or a training's `samples` or `trainer`, names a
+module that is neither beside the `.ef` file nor on this Python's path. `check` only looks for the
+module's file, it never imports it (an app opened in an editor may be hostile); `edgeflow run` and
+`edgeflow train` refuse to start without it, and a deployed worker or client needs it installed in
+its image (docs/runtime.md, docs/training.md).
 """),
     "W0609": _w("operator work without a formula", """
 A model uses an operator whose work (FLOP) the cost model has no formula for: one outside the
@@ -406,6 +407,54 @@ deployment runs at most 50 modules. AWS IoT Greengrass (`--target greengrass`): 
 name, `edgeflow.APP.UNIT-rR`, has at most 128 characters. The message names the device instance
 or unit and the figure. Compile for another target, place fewer units on that device, or use
 shorter names (docs/targets.md).
+"""),
+    # ---------------------------------------------------------------- training
+    "E1301": _e("training data not on the clients", """
+A `training` block's `data` names a sensor or store on another device than its `clients`. Clients
+train on the data they hold, so that raw data never moves for training: only model updates leave a
+client. Name a sensor or store on the clients, or make its device the clients.
+"""),
+    "E1302": _e("not a trainable weight", """
+A name in a training's `trainable` is not a float initializer of the model's ONNX file: a typo, an
+activation, or an integer tensor (a shape, an index) that has no gradient. The help lists the
+model's float initializers. Without `trainable` every float initializer is trained.
+"""),
+    "E1303": _e("model updates would leave the tiers a privacy rule allows", """
+Model updates trained on data carrying a privacy label are derived from that data. Where they may
+go is the rule's `updates = { allow = [TIERS] }`, and without it the rule's `allow`: an
+aggregator on another tier would receive them. Aggregate on an allowed tier (a site's server
+before the cloud), or declare where updates may go, with what they need there:
+`updates = { allow = [edge, fog, cloud], require = dp }`. The connections to the aggregators are
+TLS end to end, so devices routing them on the way see no update.
+"""),
+    "E1304": _e("model updates need differential privacy", """
+A privacy rule of the training's data says `updates = { ..., require = dp }`, but the training
+declares no `privacy = dp(clip = C, noise = Z)`. With it every client's update is clipped and the
+first aggregation adds Gaussian noise before anything leaves the site; `edgeflow train` reports
+the privacy budget spent (docs/training.md).
+"""),
+    "E1305": _e("a round of updates does not fit the links", """
+In one round every client receives the model and sends its update (the `trainable` weights, each
+way), and with two aggregation tiers every site does the same with the top. A link carries the
+bytes of every client routed over it at its bandwidth; with the training time, the slowest client
+needs longer than `round_time`. The message names that client and the busiest link with its bytes
+per round. Train fewer weights, widen the link, aggregate nearer the clients, or give the round
+more time.
+"""),
+    "E1306": _e("the clients cannot train", """
+A client trains on `examples` examples for `epochs` epochs per round at about three times the
+model's forward work per example, on its device's `compute`; and it holds the model's weights,
+three copies of the trainable ones (gradients, optimizer moments), the activations of a `batch`
+and a Flower SuperNode (265 MB). The message says which does not fit, with the figures: the
+training is longer than `round_time`, or it needs more memory than the device has.
+"""),
+    "E1307": _e("the aggregators do not form a hierarchy", """
+`aggregate` lists one or two devices other than the clients, nearest first: every client instance
+sends its update to a first-tier instance (all to one, instance i to instance i for equal counts,
+or consecutive blocks when the first tier's count divides the clients'), and with two tiers every
+site to the one top aggregator (count 1). The message says what is wrong: too many tiers, counts
+that do not divide, a top tier of several instances, `min_clients` above the clients of a site,
+or no route from a client to its aggregator.
 """),
     # ---------------------------------------------------------------- edgeflow certs
     "E1201": _e("not a bundle, or a CA that cannot sign", """

@@ -177,6 +177,27 @@ class OnDisconnect(_Node):
     span: Span | None = Field(default=None, exclude=True, repr=False)
 
 
+class Health(_Node):
+    """One health rule of a rollout wave: `latency_p95 < 50 ms` (seconds), `drops <= 0.01`
+    (a fraction of frames)."""
+
+    metric: Literal["latency_p50", "latency_p95", "latency_p99", "drops"]
+    op: Literal["<", "<=", ">", ">="]
+    bound: float
+
+
+class Rollout(_Node):
+    """`rollout = { waves = [0.1, 0.5, 1], health = [latency_p95 < 50 ms], hold = 5 s }` of a
+    model: a new version reaches the share `waves[i]` of the model's replicas in turn; each wave
+    runs `hold_s` and must keep every health rule, else every replica goes back to the running
+    version (docs/training.md, "Rollout")."""
+
+    waves: tuple[float, ...]
+    health: tuple[Health, ...] = ()
+    hold_s: float = Field(gt=0, default=5.0)
+    span: Span | None = Field(default=None, exclude=True, repr=False)
+
+
 class Model(Declared):
     source: str  # absolute path of the ONNX file
     inputs: dict[str, TensorType]
@@ -187,6 +208,7 @@ class Model(Declared):
     validation: str | None = None   # frames (absolute folder) its variants' fidelity is measured on
     adapt: Adapt | None = None      # run-time choice of the cut by measured bandwidth
     on_disconnect: OnDisconnect | None = None  # what the head does while its tail is unreachable
+    rollout: Rollout | None = None  # how a new version reaches running replicas
 
     def as_variant(self, variant: str | None) -> tuple[Model, bool]:
         """The model a unit running `variant` runs (the variant's file in the model's place;
@@ -217,8 +239,65 @@ class Pipeline(Declared):
     slo_spans: dict[str, Span] = Field(default={}, exclude=True, repr=False)  # by subject
 
 
+class UpdateRule(_Node):
+    """`updates = { allow = [TIERS], require = dp }` of a privacy rule: where model updates
+    trained on data carrying the label may go (the aggregators' tiers), and what they need to go
+    there (`dp`: the training adds differential privacy before its first aggregation)."""
+
+    allow: tuple[Tier, ...]
+    require: Literal["dp"] | None = None
+    span: Span | None = Field(default=None, exclude=True, repr=False)
+
+
 class PrivacyRule(Declared):
     allow: tuple[Tier, ...]
+    updates: UpdateRule | None = None  # None: updates may go where the data may, unconditionally
+
+    def update_tiers(self) -> tuple[Tier, ...]:
+        return self.updates.allow if self.updates is not None else self.allow
+
+
+class DifferentialPrivacy(_Node):
+    """`privacy = dp(clip = C, noise = Z, delta = D)` of a training: every client's update is
+    clipped to L2 norm `clip` and the first aggregation adds Gaussian noise of standard deviation
+    `noise` x `clip` / (clients aggregated) to their mean (central DP, fixed clipping); the
+    privacy budget spent is reported at `delta`."""
+
+    clip: float = Field(gt=0)
+    noise: float = Field(ge=0)
+    delta: float = Field(gt=0, lt=1)
+
+
+class Strategy(_Node):
+    """How an aggregator combines updates: `fedavg`, `fedprox(mu = 0.01)`, `fedmedian`,
+    `trimmed_mean(beta = 0.2)`, `krum(byzantine = 1)`."""
+
+    name: Literal["fedavg", "fedprox", "fedmedian", "trimmed_mean", "krum"]
+    params: dict[str, float] = {}
+
+
+class Training(Declared):
+    """A federated training of a model (docs/training.md): `clients` (every instance one
+    client) train on `data` with the user's `trainer`; the devices of `aggregate` combine the
+    updates, nearest tier first (two devices: per site, then on top)."""
+
+    model: str
+    trainable: tuple[str, ...]      # initializer names trained and exchanged
+    clients: str                    # a device: one client per instance
+    data: str                       # the sensor or store the clients train on (its labels)
+    samples: str                    # `module:function` giving a client's labelled records
+    trainer: str                    # `module:function`: one client's local training
+    config: dict[str, float | int | str] = {}  # passed to the trainer
+    aggregate: tuple[str, ...]      # devices, nearest tier first (1 or 2)
+    rounds: int = Field(ge=1, default=3)
+    min_clients: int | None = Field(ge=1, default=None)  # per site; None: all of them
+    epochs: int = Field(ge=1, default=1)
+    examples: int = Field(ge=1)     # training examples per client per round
+    batch: int = Field(ge=1, default=32)
+    strategy: Strategy = Strategy(name="fedavg")
+    dp: DifferentialPrivacy | None = None
+    round_time_s: float = Field(gt=0)
+    every_s: float | None = Field(gt=0, default=None)  # the federation's schedule; None: on demand
 
 
 class Program(_Node):
@@ -234,6 +313,7 @@ class Program(_Node):
     operators: dict[str, Operator]
     pipelines: dict[str, Pipeline]
     privacy: dict[str, PrivacyRule]
+    trainings: dict[str, Training] = {}
 
     def output_bytes(self, name: str) -> int:
         """Bytes of one message a sensor, operator or model sends downstream (a model sends all
@@ -250,7 +330,7 @@ class Program(_Node):
         for kind, table in (("device", self.devices), ("sensor", self.sensors),
                             ("sink", self.sinks), ("model", self.models),
                             ("operator", self.operators), ("pipeline", self.pipelines),
-                            ("privacy", self.privacy)):
+                            ("privacy", self.privacy), ("training", self.trainings)):
             if name in table:
                 return kind
         return None

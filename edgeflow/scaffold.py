@@ -94,4 +94,15 @@ def app_files(folder: Path, example: str | None = None) -> dict[Path, bytes]:
     return {folder / "app.ef": text.encode(),
             **{folder / "models" / f"{m}.onnx": model_bytes(m) for m in models},
             **frames,  # the frames its quantized variants are made and measured on
+            **_code_files(folder, text),
             folder / "README.md": readme.encode()}
+
+
+def _code_files(folder: Path, text: str) -> dict[Path, bytes]:
+    """The example's own Python modules its operators and trainings name (`impl`, `samples`,
+    `trainer`), copied beside the new app as they sit beside the example."""
+    module, _ = parse(text, "app.ef")
+    names = {e.value.value.partition(":")[0] for d in module.decls for e in d.entries
+             if e.key.value in ("impl", "samples", "trainer") and isinstance(e.value, ast.String)}
+    return {folder / f"{name}.py": (examples_dir() / f"{name}.py").read_bytes()
+            for name in sorted(names) if (examples_dir() / f"{name}.py").is_file()}

@@ -39,6 +39,7 @@ from edgeflow.diagnostics import Diagnostic, Severity
 from edgeflow.lsp import navigation as nav
 from edgeflow.objectives import TERMS
 from edgeflow.semantics.lower import block_keys
+from edgeflow.semantics.training import STRATEGIES
 from edgeflow.semantics.values import TIERS
 from edgeflow.span import Span
 from edgeflow.syntax import ast
@@ -62,13 +63,17 @@ _KIND_SYMBOL = {
     "sensor": lsp.SymbolKind.Event, "actuator": lsp.SymbolKind.Method,
     "store": lsp.SymbolKind.Struct, "model": lsp.SymbolKind.Object,
     "operator": lsp.SymbolKind.Function, "pipeline": lsp.SymbolKind.Namespace,
-    "privacy": lsp.SymbolKind.Key,
+    "privacy": lsp.SymbolKind.Key, "training": lsp.SymbolKind.Event,
 }
 _REFERENCE_KINDS = {
     "on": ("device",), "flow": ("sensor", "operator", "model", "actuator", "store"),
     "privacy": ("privacy",), "removes": ("privacy",),
+    # a training's
+    "model": ("model",), "clients": ("device",), "data": ("sensor", "store"),
+    "aggregate": ("device",),
 }
-_CHOICES = {"tier": TIERS, "split": ("auto", "none"), "allow": TIERS}
+_CHOICES = {"tier": TIERS, "split": ("auto", "none"), "allow": TIERS,
+            "strategy": tuple(STRATEGIES)}
 
 
 def _choices(key: str) -> tuple[str, ...]:
@@ -476,7 +481,7 @@ async def hover(ls: LanguageServer, params: lsp.HoverParams) -> lsp.Hover | None
 
 _KEYS = block_keys()
 _KIND_LINE = re.compile(r"^\s*(app|device|link|sensor|actuator|store|model|operator|pipeline|"
-                        r"privacy)\b[^{]*\{", re.MULTILINE)
+                        r"privacy|training)\b[^{]*\{", re.MULTILINE)
 
 
 def _block_kind(decl: ast.Decl | None, text: str, offset: int) -> str | None:
@@ -517,7 +522,7 @@ async def completion(ls: LanguageServer, params: lsp.CompletionParams) -> lsp.Co
         items = [lsp.CompletionItem(label=u, kind=lsp.CompletionItemKind.Unit) for u in pool]
     elif value is not None or (kind == "pipeline" and "->" in line):
         key = value.group(1) if value is not None else "flow"
-        if key in _REFERENCE_KINDS:
+        if key in _REFERENCE_KINDS and not (kind == "training" and key == "privacy"):
             items = [lsp.CompletionItem(label=n, kind=lsp.CompletionItemKind.Reference)
                      for n in _names_of(result, _REFERENCE_KINDS[key])]
         elif _choices(key):

@@ -17,6 +17,7 @@ from edgeflow import ir
 from edgeflow.diagnostics import Diagnostic, DiagnosticSink, Label, has_errors
 from edgeflow.objectives import TERMS
 from edgeflow.semantics import flows
+from edgeflow.semantics import training as learn
 from edgeflow.semantics.impl import REFERENCE, module_file, search_path
 from edgeflow.semantics.lowered import Lowered
 from edgeflow.semantics.model_files import check_model, check_variant, locate
@@ -111,17 +112,16 @@ def _schemas(r: Reader) -> dict[str, dict[str, Key]]:
             "validation": Key(r.string, False, 'validation = "data/val"'),
             "adapt": Key(_adapt(r), False, "adapt = { bandwidth = [20 Mbps, 1 Gbps] }"),
             "on_disconnect": Key(_on_disconnect(r), False, "on_disconnect = local"),
+            "rollout": Key(learn.rollout(r), False,
+                           "rollout = { waves = [0.1, 0.5, 1], health = [latency_p95 < 50 ms] }"),
         },
         "operator": {
             "work": Key(r.quantity(WORK, positive=False), True, "work = 0.1 GFLOP"),
             "emits": Key(r.tensor, True, "emits = float32[1, 3, 224, 224]"),
             "memory": Key(r.quantity(SIZE, positive=False), False, "memory = 100 MiB"),
             "removes": Key(labels, False, "removes = [pii]"),
-            "impl": Key(_matching(r, REFERENCE, "a Python callable as `module:function`",
-                                  "not `module:function`",
-                                  'e.g. `impl = "my_ops:resize"` for `def resize(...)` in '
-                                  "my_ops.py beside the .ef file"),
-                        False, 'impl = "my_ops:resize"'),
+            "impl": Key(_callable(r, "impl", "my_ops", "resize"), False,
+                        'impl = "my_ops:resize"'),
         },
         "pipeline": {
             "flow": Key(_flow(r), True, "flow = sensor -> step -> sink"),
@@ -129,8 +129,42 @@ def _schemas(r: Reader) -> dict[str, dict[str, Key]]:
         },
         "privacy": {
             "allow": Key(r.tiers, True, "allow = [edge, fog]"),
+            "updates": Key(learn.updates(r), False,
+                           "updates = { allow = [edge, fog, cloud], require = dp }"),
+        },
+        "training": {
+            "model": Key(r.reference(("model",), "model"), True, "model = classifier"),
+            "clients": Key(device, True, "clients = gateway"),
+            "data": Key(r.reference(("sensor", "store"), "sensor or store"), True,
+                        "data = camera"),
+            "samples": Key(_callable(r, "samples", "my_data", "samples"), True,
+                           'samples = "my_data:samples"'),
+            "trainer": Key(_callable(r, "trainer", "my_training", "train"), True,
+                           'trainer = "my_training:train"'),
+            "aggregate": Key(r.reference_list(("device",), "device"), True,
+                             "aggregate = [server]"),
+            "examples": Key(r.count, True, "examples = 512"),
+            "round_time": Key(r.quantity(TIME, positive=True), True, "round_time = 60 s"),
+            "trainable": Key(learn.trainable(r), False, "trainable = [fc_w, fc_b]"),
+            "config": Key(learn.config(r), False, "config = { lr = 0.05 }"),
+            "rounds": Key(r.count, False, "rounds = 3"),
+            "min_clients": Key(r.count, False, "min_clients = 2"),
+            "epochs": Key(r.count, False, "epochs = 1"),
+            "batch": Key(r.count, False, "batch = 32"),
+            "strategy": Key(learn.strategy(r), False, "strategy = fedavg"),
+            "privacy": Key(learn.dp(r), False, "privacy = dp(clip = 1.0, noise = 0.8)"),
+            "every": Key(r.quantity(TIME, positive=True), False, "every = 24 h"),
         },
     }
+
+
+def _callable(r: Reader, key: str, module: str, function: str,
+              ) -> Callable[[str, ast.Value], Any]:
+    """A string naming a Python callable, `module:function` (never imported by `check`)."""
+    return _matching(r, REFERENCE, "a Python callable as `module:function`",
+                     "not `module:function`",
+                     f'e.g. `{key} = "{module}:{function}"` for `def {function}(...)` in '
+                     f"{module}.py beside the .ef file")
 
 
 _LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
@@ -572,15 +606,18 @@ def lower(module: ast.Module) -> tuple[ir.Program | None, Lowered, list[Diagnost
                                         f"remove `{key}`")
                         fields[key] = BAD
         clean = len(sink.items) == errors_before and BAD not in fields.values()
-        if decl.kind == "operator" and fields.get("impl", BAD) is not BAD:
-            impl_module = fields["impl"].partition(":")[0]
+        for key in ("impl", "samples", "trainer"):
+            if decl.kind not in ("operator", "training") or fields.get(key, BAD) is BAD:
+                continue
+            impl_module = fields[key].partition(":")[0]
             if module_file(impl_module, search_path(base_dir)) is None:
-                sink.warn("W0608", f"module `{impl_module}` of operator `{decl.name.value}` not "
-                             "found", entry_span(decl, "impl") or decl.name.span,
+                sink.warn("W0608", f"module `{impl_module}` of {decl.kind} `{decl.name.value}` "
+                             "not found", entry_span(decl, key) or decl.name.span,
                              "no such module here",
-                             help="`edgeflow run` looks beside the .ef file, then on this "
-                                  "Python's path; a deployed worker needs it installed in its "
-                                  "image")
+                             help=f"`edgeflow {'run' if key == 'impl' else 'train'}` looks "
+                                  "beside the .ef file, then on this Python's path; a deployed "
+                                  f"{'worker' if key == 'impl' else 'client'} needs it installed "
+                                  "in its image")
         # a broken device or link still takes part in routes, as declared
         if not clean and joins is not None:
             network.links.append((*joins, decl.span))
@@ -593,13 +630,14 @@ def lower(module: ast.Module) -> tuple[ir.Program | None, Lowered, list[Diagnost
         if clean:
             _add_entity(out, decl, fields)
     flows.check(out, sink, network)
+    learn.check(out, sink)
     diagnostics = sorted(sink.items, key=Diagnostic.sort_key)
     if has_errors(diagnostics) or out.app is None:
         return None, out, diagnostics
     program = ir.Program(
         file=module.file, app=out.app, devices=out.devices, links=tuple(out.links),
         sensors=out.sensors, sinks=out.sinks, models=out.models, operators=out.operators,
-        pipelines=out.pipelines, privacy=out.privacy)
+        pipelines=out.pipelines, privacy=out.privacy, trainings=out.trainings)
     return program, out, diagnostics
 
 
@@ -637,7 +675,8 @@ def _add_entity(out: Lowered, decl: ast.Decl, f: dict[str, Any]) -> None:
                                     variants=f.get("variants", ()),
                                     min_fidelity=f.get("min_fidelity"),
                                     validation=f.get("validation"), adapt=f.get("adapt"),
-                                    on_disconnect=f.get("on_disconnect"))
+                                    on_disconnect=f.get("on_disconnect"),
+                                    rollout=f.get("rollout"))
     elif decl.kind == "operator":
         out.operators[name] = ir.Operator(
             name=name, span=span, work_flop=f["work"], emits=f["emits"],
@@ -650,7 +689,17 @@ def _add_entity(out: Lowered, decl: ast.Decl, f: dict[str, Any]) -> None:
             step_spans=tuple(s.span for s in f["flow"]),
             slo_spans={k: c.span for k, c in constraints.items()})
     elif decl.kind == "privacy":
-        out.privacy[name] = ir.PrivacyRule(name=name, span=span, allow=f["allow"])
+        out.privacy[name] = ir.PrivacyRule(name=name, span=span, allow=f["allow"],
+                                           updates=f.get("updates"))
+    elif decl.kind == "training":
+        out.trainings[name] = ir.Training(
+            name=name, span=span, model=f["model"], trainable=f.get("trainable", ()),
+            clients=f["clients"], data=f["data"], samples=f["samples"], trainer=f["trainer"],
+            config=f.get("config", {}), aggregate=f["aggregate"], rounds=f.get("rounds", 3),
+            min_clients=f.get("min_clients"), epochs=f.get("epochs", 1),
+            examples=f["examples"], batch=f.get("batch", 32),
+            strategy=f.get("strategy", ir.Strategy(name="fedavg")), dp=f.get("privacy"),
+            round_time_s=f["round_time"], every_s=f.get("every"))
 
 
 def _frames_folder(text: str, base_dir: Path, span: Span, sink: DiagnosticSink,

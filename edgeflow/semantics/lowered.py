@@ -24,4 +24,5 @@ class Lowered:
     operators: dict[str, ir.Operator] = field(default_factory=dict)
     pipelines: dict[str, ir.Pipeline] = field(default_factory=dict)
     privacy: dict[str, ir.PrivacyRule] = field(default_factory=dict)
+    trainings: dict[str, ir.Training] = field(default_factory=dict)
     broken: set[str] = field(default_factory=set)  # declared, but with errors inside

@@ -51,7 +51,7 @@ TIERS = tuple(t.value for t in Tier)
 DECL_KIND_TEXT = {
     "app": "the app", "device": "a device", "sensor": "a sensor", "actuator": "an actuator",
     "store": "a store", "model": "a model", "operator": "an operator", "pipeline": "a pipeline",
-    "privacy": "a privacy label",
+    "privacy": "a privacy label", "training": "a training",
 }
 
 

@@ -25,7 +25,7 @@ from edgeflow.span import Span
 from edgeflow.syntax import ast
 
 DECL_KEYWORDS = ("app", "device", "link", "sensor", "actuator", "store", "model", "operator",
-                 "pipeline", "privacy")
+                 "pipeline", "privacy", "training")
 _DECL_START = re.compile(rf"^[ \t]*(?:{'|'.join(DECL_KEYWORDS)})[ \t]+[A-Za-z_]", re.MULTILINE)
 _QUANTITY = re.compile(r"(-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)([ \t]*)(.*)", re.DOTALL)
 
