@@ -461,6 +461,68 @@ def run_cmd(
     raise typer.Exit(EXIT_OK)  # a measurement: a missed SLO is reported, not a failed run
 
 
+@app.command("train")
+def train_cmd(
+    file: Annotated[Path, typer.Argument(help="The .ef file.")],
+    rounds: Annotated[int | None, typer.Option(min=1, help="Rounds to run (default: the "
+                                               "training's `rounds`).")] = None,
+    training: Annotated[str | None, typer.Option(help="The training to run, when the app "
+                                                 "declares several.")] = None,
+    fresh: Annotated[bool, typer.Option(help="Start from the declared model, not the newest "
+                                        "version in the output folder.")] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output folder "
+                                                "(default train/APP).")] = None,
+    out_format: FormatOption = OutputFormat.text,
+    json_out: JsonOption = False,
+) -> None:
+    """Run the app's federated training on this machine with real Flower processes (a
+    SuperLink per aggregator, a SuperNode per client, TLS and authenticated nodes); prints
+    each round's loss, held-out accuracy, bytes per link and privacy budget, and writes each
+    new model version (docs/training.md)."""
+    from edgeflow import train
+
+    as_json = _as_json(out_format, json_out)
+    checked = _checked(file, as_json, "train")
+    assert checked.program is not None
+    out = output or Path("train") / checked.program.app.name
+    from rich.console import Console
+
+    console = Console(stderr=True)
+
+    def failed(message: str, help: str | None) -> typer.Exit:
+        diagnostic = [Diagnostic("E1401", message, file_span(str(out)), help=help)]
+        if as_json:
+            sys.stdout.write(envelope("train", None, diagnostic))
+        else:
+            _report_more(checked, diagnostic)
+        return typer.Exit(EXIT_ERRORS)
+
+    def on_round(row: dict[str, Any]) -> None:
+        if not as_json:
+            eps = "" if row["epsilon"] is None else f", epsilon {row['epsilon']:.3g}"
+            console.print(f"round {row['round']}: accuracy {row['test_accuracy']:.3f}, "
+                          f"loss {row['test_loss']:.4f}, {row['seconds']:.1f} s{eps}",
+                          highlight=False)
+
+    try:
+        chosen = train.pick(checked.program, training)
+        options = train.Options(out=out, rounds=rounds, fresh=fresh)
+        with console.status("starting", spinner="dots") as shown:
+            report = train.execute(checked.program, chosen, file, options,
+                                   lambda text: shown.update(text), on_round)
+    except train.TrainError as e:
+        raise failed(str(e), e.help) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: every process the training started was stopped", err=True)
+        raise typer.Exit(130) from None
+    if as_json:
+        sys.stdout.write(envelope("train", report, checked.diagnostics))
+    else:
+        sys.stdout.write(train.render(report))
+        typer.echo(f"wrote {out / 'train.json'}", err=True)
+    raise typer.Exit(EXIT_OK)
+
+
 def _unified_diff(path: Path, before: str, after: str) -> str:
     """What formatting changes in `path`, as `diff -u` (git's `a/`, `b/` names) prints it."""
     lines = difflib.unified_diff(before.splitlines(keepends=True),

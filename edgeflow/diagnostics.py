@@ -456,6 +456,15 @@ site to the one top aggregator (count 1). The message says what is wrong: too ma
 that do not divide, a top tier of several instances, `min_clients` above the clients of a site,
 or no route from a client to its aggregator.
 """),
+    # ---------------------------------------------------------------- edgeflow train
+    "E1401": _e("the training could not run", """
+`edgeflow train` stopped without a new model version: the app has no training (or several, and
+`--training` names none of them), the output folder holds files it did not write, Flower is not
+installed (`pip install 'edgeflow[train]'`), the `samples` or `trainer` module is missing, a
+client's `samples` or `trainer` raised or returned arrays of the wrong names, shapes or types, or
+a Flower process could not start (the message quotes the end of its log under
+`federation/logs/` in the output folder). Every process the training had started is stopped.
+"""),
     # ---------------------------------------------------------------- edgeflow certs
     "E1201": _e("not a bundle, or a CA that cannot sign", """
 `edgeflow certs` reads the `secrets.json` of a folder `edgeflow compile` wrote; the folder named has
