@@ -393,6 +393,9 @@ def run_cmd(
         help="A<->B=bandwidth:200Mbps@0s,20Mbps@5s,down@10s[;latency:5ms@5s] or A<->B=@TRACE: "
              "change an emulated link during the run (times from the sensors' start). "
              "Repeatable.")] = None,
+    rollout: Annotated[list[str] | None, typer.Option(
+        help="MODEL=FILE.onnx[@T]: hand the running app a new version of MODEL T after the "
+             "sensors start (default 2s), in the model's `rollout` waves. Repeatable.")] = None,
     out_format: FormatOption = OutputFormat.text,
     json_out: JsonOption = False,
 ) -> None:
@@ -417,6 +420,13 @@ def run_cmd(
         schedules = tuple(parse(spec) for spec in link or [])
     except ScheduleError as e:
         raise _usage(f"--link: {e}") from None
+    from edgeflow.rollout import RolloutSpecError
+    from edgeflow.rollout import parse as parse_rollout
+
+    try:
+        rollouts = tuple(parse_rollout(spec) for spec in rollout or [])
+    except RolloutSpecError as e:
+        raise _usage(f"--rollout: {e}") from None
     checked = _checked(file, as_json, "run")
     assert checked.program is not None
     if unknown := sorted(set(replays) - set(checked.program.sensors)):
@@ -435,7 +445,7 @@ def run_cmd(
             typer.echo("error: no placement meets the constraints; nothing was run", err=True)
         raise typer.Exit(EXIT_ERRORS)
     out = output or Path("run") / checked.program.app.name
-    options = local_run.Options(seconds, broker, replays, out, schedules)
+    options = local_run.Options(seconds, broker, replays, out, schedules, rollouts=rollouts)
     from rich.console import Console
 
     console = Console(stderr=True)

@@ -6,11 +6,24 @@ The output folder holds everything the run made and nothing else is touched: `mo
 bundle's model files), `tls/` (a throw-away CA and every identity's certificate, keys 0600),
 `brokers/`, `config/` (unit.json and driver configs), `sinks/` (one SQLite database per sink),
 `logs/` (each process's output) and `run.json`.
+
+`--rollout MODEL=FILE.onnx[@T]` (`Options.rollouts`) hands a whole model's running workers a new
+version wave by wave (edgeflow/rollout.py has the rules, docs/training.md "Rollout"). The version
+is checked before anything starts (`check_rollouts`) and copied to `models/versions/`. Each
+worker of the model is started with `--control config/NAME.control.json`: the run asks it for a
+version by replacing that file (JSON `request`, `version`, `file`, `sha256`; written whole and
+renamed into place), the worker loads the version beside the running one, swaps it in between two
+frames and answers in `config/NAME.control.status.json` (`version`, `swapped_at`, `request`,
+`error`), which the run reads. A file and a rename need no broker, no ACL and no signal (a signal
+sent to a worker restarting before its handler is set would kill it); the file also outlives a
+restart: a restarted worker loads the version it was last asked for. The worker looks at the file
+every 0.1 s, which is well inside a wave's hold.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import pwd
@@ -21,6 +34,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -32,9 +46,10 @@ import numpy as np
 import psutil
 
 from edgeflow import ir, pki
+from edgeflow import rollout as ro
 from edgeflow.cost import compute_s, model_cost
 from edgeflow.emit.artefacts import adapt_artefacts, build_artefacts, read_models
-from edgeflow.emit.bundle import TIER_ORDER, Broker, Bundle, Client, build_bundle
+from edgeflow.emit.bundle import TIER_ORDER, Broker, Bundle, Client, build_bundle, client_name
 from edgeflow.emit.identities import (
     bridge_secret,
     broker_secret,
@@ -463,6 +478,328 @@ class Deployment:
                 "relays": relays}
 
 
+# ---- rollouts ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RolloutTarget:
+    """A `--rollout` checked against the app and its plan, before anything starts."""
+
+    spec: ro.RolloutSpec
+    model: ir.Model
+    data: bytes                   # the new version's file
+    sha256: str
+    replicas: tuple[int, ...]     # the model's replicas, in order
+    pipelines: tuple[str, ...]    # the pipelines its health is measured on
+
+    @property
+    def version(self) -> str:
+        return self.sha256[:ro.VERSION_CHARS]
+
+
+def _onnx_dtype(elem_type: int) -> str:
+    import onnx
+
+    try:
+        return str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name)
+    except (KeyError, TypeError, ValueError):
+        return f"element type {elem_type}"
+
+
+def check_version(model: ir.Model, data: bytes, file: Path) -> None:
+    """RunError unless `data` is an ONNX model that can stand in for `model`: onnxruntime loads
+    it, it takes the model's inputs (the same names and element types, fixed dimensions equal
+    to the bound `inputs`) and, run once on zeros of them, gives the model's outputs (the same
+    names, element types and shapes)."""
+    import onnx
+    import onnxruntime as ort
+
+    where = f"--rollout {model.name}={file}"
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as e:  # noqa: BLE001 - protobuf and onnx raise several types
+        raise RunError(f"{where}: not an ONNX model ({type(e).__name__}: {e})") from None
+    if not proto.graph.node and not proto.graph.output:
+        raise RunError(f"{where}: not an ONNX model (no graph)")
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = {i.name: i for i in proto.graph.input if i.name not in initializers}
+    if set(inputs) != set(model.inputs):
+        raise RunError(f"{where}: its inputs are {', '.join(sorted(inputs)) or 'none'}; the "
+                       f"model's are {', '.join(sorted(model.inputs))}",
+                       help="a new version takes the model's inputs and gives its outputs")
+    for name, declared in model.inputs.items():
+        tensor = inputs[name].type.tensor_type
+        dtype = _onnx_dtype(tensor.elem_type)
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        if dtype != declared.dtype or len(dims) != len(declared.shape) or any(
+                d is not None and d != want for d, want in zip(dims, declared.shape,
+                                                               strict=True)):
+            shown = ", ".join("?" if d is None else str(d) for d in dims)
+            raise RunError(f"{where}: input `{name}` is {dtype}[{shown}], the model's is "
+                           f"{declared}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        results = session.run(names, {n: np.zeros(t.shape, np.dtype(t.dtype))
+                                      for n, t in model.inputs.items()})
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types
+        raise RunError(f"{where}: onnxruntime cannot run it: {e}") from None
+    got = {n: f"{np.asarray(a).dtype.name}[{', '.join(map(str, np.shape(a)))}]"
+           for n, a in zip(names, results, strict=True)}
+    want = {n: str(t) for n, t in model.outputs.items()}
+    if got != want:
+        show = "; ".join(f"{n}: {t}" for n, t in sorted(got.items()))
+        raise RunError(f"{where}: its outputs are {show}; the model's are "
+                       + "; ".join(f"{n}: {t}" for n, t in sorted(want.items())),
+                       help="a new version takes the model's inputs and gives its outputs")
+
+
+def measured_pipelines(program: ir.Program, model: str) -> tuple[str, ...]:
+    """The pipelines through `model` with no other model after it: the version their sink rows
+    carry is this model's (edgeflow/rollout.py)."""
+    out = []
+    for p in program.pipelines.values():
+        if model in p.flow:
+            after = p.flow[p.flow.index(model) + 1:]
+            if not any(step in program.models for step in after):
+                out.append(p.name)
+    return tuple(out)
+
+
+def check_rollouts(program: ir.Program, plan: Plan, specs: tuple[ro.RolloutSpec, ...],
+                   duration_s: float) -> list[RolloutTarget]:
+    """Each `--rollout` checked before anything starts: a model of the app, once, run whole on
+    every replica as the model itself (not a split, not a variant), starting within the run, a
+    file that can stand in for the model (`check_version`), and a pipeline to measure its
+    health on when it has health rules."""
+    targets: list[RolloutTarget] = []
+    for spec in specs:
+        where = f"--rollout {spec.model}={spec.file}"
+        model = program.models.get(spec.model)
+        if model is None:
+            raise RunError(f"{where}: the app has no model `{spec.model}`",
+                           help="its models: " + (", ".join(sorted(program.models)) or "none"))
+        if any(t.spec.model == spec.model for t in targets):
+            raise RunError(f"{where}: a second --rollout of `{spec.model}`; give one per model")
+        if spec.start_s >= duration_s:
+            raise RunError(f"{where}: it would start {spec.start_s:g} s after the sensors, but "
+                           f"the run lasts {duration_s:g} s",
+                           help="a longer --duration, or an earlier @TIME")
+        units = sorted((u for u in plan.units if u.step == spec.model), key=lambda u: u.replica)
+        if split := next((u for u in units if u.part is not Part.WHOLE), None):
+            raise RunError(f"{where}: the plan splits `{spec.model}` (replica {split.replica} "
+                           f"runs its {split.part.value} on {split.device}); a rollout switches "
+                           "the version of a model run whole",
+                           help="`split = none` on the model runs it whole")
+        if variant := next((u for u in units if u.variant is not None), None):
+            raise RunError(f"{where}: replica {variant.replica} runs the variant "
+                           f"`{variant.variant}` the plan chose; a rollout replaces the model "
+                           "itself, on replicas that run it",
+                           help="a variant is another version already: roll the new version out "
+                                "on a plan that runs the model (e.g. without the variant)")
+        if not spec.file.is_file():
+            raise RunError(f"{where}: no such file")
+        try:
+            data = spec.file.read_bytes()
+        except OSError as e:
+            raise RunError(f"{where}: cannot read it: {e.strerror or e}") from None
+        check_version(model, data, spec.file)
+        pipelines = measured_pipelines(program, spec.model)
+        if model.rollout is not None and model.rollout.health and not pipelines:
+            raise RunError(f"{where}: every pipeline through `{spec.model}` runs another model "
+                           "after it, so no sink sees this model's version and its health "
+                           "rules cannot be measured")
+        targets.append(RolloutTarget(spec, model, data, hashlib.sha256(data).hexdigest(),
+                                     tuple(u.replica for u in units), pipelines))
+    return targets
+
+
+class RolloutRun:
+    """One rollout under way: its `ro.Controller`, the workers' control and status files, and
+    the sinks its health is measured from."""
+
+    def __init__(self, target: RolloutTarget, dep: Deployment,
+                 unit_files: dict[str, Path]) -> None:
+        self.target = target
+        self.out = dep.out
+        self.clients = {r: client_name(target.spec.model, r) for r in target.replicas}
+        self.control = {r: dep.out / "config" / f"{c}.control.json"
+                        for r, c in self.clients.items()}
+        self.originals: dict[int, tuple[str, str]] = {}  # replica -> (file, sha256)
+        for r, c in self.clients.items():
+            spec = json.loads(unit_files[c].read_text())["model"]
+            self.originals[r] = (spec["file"], spec["sha256"])
+        olds = {sha for _, sha in self.originals.values()}
+        where = f"--rollout {target.spec.model}={target.spec.file}"
+        if len(olds) != 1:
+            raise RunError(f"{where}: the replicas of `{target.spec.model}` run different files")
+        self.old_sha = olds.pop()
+        if self.old_sha == target.sha256:
+            raise RunError(f"{where}: this is the version the app already runs "
+                           f"({target.version})")
+        folder = dep.out / "models" / "versions"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.file = folder / f"{target.spec.model}-{target.version}.onnx"
+        self.file.write_bytes(target.data)
+        self.pipelines = {p: dep.program.sensors[dep.program.pipelines[p].flow[0]].rate_hz
+                          for p in target.pipelines}
+        self.flows = {p: dep.program.pipelines[p].flow for p in target.pipelines}
+        latency = max((x.latency_s for x in dep.plan.pipelines if x.name in self.pipelines),
+                      default=0.0)
+        self.grace_s = min(5.0, 0.5 + 2 * latency)
+        self.sink_of = {c.name: c.step for c in dep.bundle.clients if not c.is_unit}
+        self.controller: ro.Controller | None = None
+        self.t0 = 0.0
+
+    @property
+    def old(self) -> str:
+        return self.old_sha[:ro.VERSION_CHARS]
+
+    def begin(self, t0: float) -> None:
+        """The sensors started at `t0`: the rollout is due `start_s` after."""
+        model = self.target.model
+        self.t0 = t0
+        self.controller = ro.Controller(
+            model.name, self.old, self.target.version,
+            ro.plan_waves(model.rollout, self.target.replicas),
+            model.rollout.health if model.rollout else (),
+            model.rollout.hold_s if model.rollout else 0.0,
+            t0 + self.target.spec.start_s, self.grace_s, gate=model.rollout is not None)
+
+    def statuses(self) -> dict[int, ro.Status]:
+        out = {}
+        for r, path in self.control.items():
+            try:
+                data = json.loads(path.with_suffix(".status.json").read_text())
+                out[r] = ro.Status(str(data["version"]), data.get("request"),
+                                   data.get("swapped_at"), data.get("error"))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not written yet, or a worker restarting
+        return out
+
+    def ask(self, replica: int) -> None:
+        """Tell the replica's worker the version it should run: replace its control file."""
+        assert self.controller is not None
+        version, request = self.controller.desired[replica]
+        file, sha = (str(self.file), self.target.sha256) if version == self.target.version \
+            else self.originals[replica]
+        path = self.control[replica]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"request": request, "version": version, "file": file,
+                                   "sha256": sha}, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+
+    def measure(self, wave: ro.Wave, start: float, end: float) -> ro.Figures:
+        arrivals = _arrivals(self.out, self.sink_of, self.flows, start - 2.0)
+        return ro.measure(arrivals, self.pipelines, wave.replicas, self.target.version, start,
+                          end, self.t0)
+
+    def tick(self, now: float, ending: bool = False) -> str:
+        """Advance the rollout (once the sensors stopped, `ending`, only a rollback in hand);
+        a few words for the progress line."""
+        ctl = self.controller
+        assert ctl is not None
+        if ctl.phase != "done" and (not ending or ctl.phase == "rolling_back"):
+            needs = ctl.phase in ("switching", "rolling_back")
+            for replica in ctl.step(now, self.statuses() if needs else {}, self.measure):
+                self.ask(replica)
+        if ctl.phase == "waiting":
+            return ""
+        if ctl.phase == "done":
+            return f"{ctl.model} {(ctl.outcome or '').replace('_', ' ')}"
+        if ctl.phase == "rolling_back":
+            return f"{ctl.model} rolling back"
+        return f"{ctl.model} wave {len(ctl.records)}/{len(ctl.waves)}"
+
+    def report(self) -> dict[str, Any]:
+        assert self.controller is not None
+        return {**self.controller.report(self.t0), "source": str(self.target.spec.file),
+                "file": str(self.file.relative_to(self.out)),
+                "measured_on": list(self.target.pipelines)}
+
+
+class RolloutDriver:
+    """Advances every rollout every `TICK_S` on a thread of its own, so that scraping many
+    workers on a busy machine never delays a wave's switch, judgement or rollback."""
+
+    TICK_S = 0.1
+
+    def __init__(self, rollouts: list[RolloutRun]) -> None:
+        self.rollouts = rollouts
+        self.note = ""
+        self.error: BaseException | None = None
+        self.ending = threading.Event()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
+
+    def start(self) -> None:
+        if self.rollouts:
+            self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.stopped.is_set():
+                ending = self.ending.is_set()
+                self.note = ", ".join(filter(None, (r.tick(time.time(), ending)
+                                                    for r in self.rollouts)))
+                self.stopped.wait(self.TICK_S)
+        except Exception as e:  # noqa: BLE001 - reported by `stop`, in the caller's thread
+            self.error = e
+
+    def end(self) -> None:
+        """The sensors stop: a rollout under way stays where it is, a rollback goes on."""
+        self.ending.set()
+
+    def stop(self) -> None:
+        """Stop ticking; what is not done is unfinished. Raises what a tick raised."""
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        for r in self.rollouts:
+            if r.controller is not None:
+                r.controller.finish()
+        if self.error is not None:
+            raise self.error
+
+    def stop_quietly(self) -> None:
+        """On the way out of a failed run: stop ticking, nothing more."""
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+def _arrivals(out: Path, sink_of: dict[str, str], flows: dict[str, tuple[str, ...]],
+              since: float) -> list[ro.Arrival]:
+    """The frames captured since `since` at the sinks of the pipelines `flows`, read while the
+    sinks write (SQLite in WAL mode: a reader never blocks them)."""
+    out_rows: list[ro.Arrival] = []
+    for db_path in sorted((out / "sinks").glob("*.sqlite")):
+        mine = [(p, flow) for p, flow in flows.items()
+                if sink_of.get(db_path.stem) == flow[-1]]
+        if not mine:
+            continue
+        try:
+            db = sqlite3.connect(db_path, timeout=1.0)
+            try:
+                rows = db.execute("SELECT unit, replica, frame, captured, received, header "
+                                  "FROM messages WHERE captured >= ?", (since,)).fetchall()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            continue
+        for unit, replica, frame, captured, received, header in rows:
+            for p, flow in mine:
+                if unit.split(".")[0] == flow[-2]:
+                    try:
+                        version = json.loads(header).get("version")
+                    except ValueError:
+                        version = None
+                    out_rows.append(ro.Arrival(p, replica, frame, captured, received, version))
+    return out_rows
+
+
 # ---- measuring ---------------------------------------------------------------------------------
 
 
@@ -477,7 +814,7 @@ def scrape(port: int) -> dict[str, float]:
         for s in family.samples:
             if s.name.endswith("_bucket") or s.name.endswith("_created"):
                 continue
-            label = s.labels.get("reason") or s.labels.get("cut")
+            label = s.labels.get("reason") or s.labels.get("cut") or s.labels.get("version")
             key = s.name + (f"{{{label}}}" if label else "")
             out[key] = s.value
     return out
@@ -505,7 +842,7 @@ def sink_rows(out: Path) -> list[dict[str, Any]]:
                              "replica": replica, "frame": frame, "captured": captured,
                              "received": received, "bytes": nbytes,
                              "trace": fields["trace"], "cut": fields.get("cut"),
-                             "checksum": checksum})
+                             "version": fields.get("version"), "checksum": checksum})
         finally:
             db.close()
     return rows
@@ -555,8 +892,13 @@ def pipeline_report(program: ir.Program, plan: Plan, rows: list[dict[str, Any]],
             slo["throughput_hz"] = {"limit": p.slo.throughput_hz,
                                     "measured": round(throughput, 3),
                                     "held": throughput >= 0.97 * p.slo.throughput_hz}
+        by_version: dict[str, int] = {}
+        for r in mine:
+            if r["version"] is not None:
+                by_version[r["version"]] = by_version.get(r["version"], 0) + 1
         out.append({
             "name": p.name, "flow": list(p.flow), "frames": len(mine), "sent_frames": sent_frames,
+            "frames_by_version": dict(sorted(by_version.items())),
             "lost_frames": max(0, sent_frames - len(mine)),
             "throughput_hz_per_replica": round(throughput, 3), **stats,
             "predicted_ms": round(max(predicted.values()) * 1000, 3) if predicted else None,
@@ -600,6 +942,15 @@ def unit_report(p: Proc) -> dict[str, Any]:
                               if k.startswith("edgeflow_frames_by_cut_total{")},
             "bandwidth_estimate_bps": p.last.get("edgeflow_bandwidth_estimate_bps")}}
            if any(k.startswith("edgeflow_frames_by_cut_total{") for k in c) else {}),
+        **({"versions": {
+            "frames_by_version": {k.split("{")[1].rstrip("}"): int(v)
+                                  for k, v in sorted(c.items())
+                                  if k.startswith("edgeflow_frames_by_version_total{")},
+            "running": next((k.split("{")[1].rstrip("}") for k, v in p.last.items()
+                             if k.startswith("edgeflow_model_version{") and v == 1), None),
+            "switches": int(c.get("edgeflow_version_switches_total", 0)),
+            "load_failures": int(c.get("edgeflow_version_load_failures_total", 0))}}
+           if any(k.startswith("edgeflow_model_version{") for k in c) else {}),
     }
 
 
@@ -613,6 +964,7 @@ class Options:
     replay: dict[str, Path] = field(default_factory=dict)
     out: Path = Path("run")
     links: tuple[LinkSchedule, ...] = ()   # `--link`: how links change during the run
+    rollouts: tuple[ro.RolloutSpec, ...] = ()  # `--rollout`: new model versions handed over
 
 
 def _alive(p: Proc) -> bool:
@@ -636,6 +988,7 @@ def execute(execution: ExecutionGraph, plan: Plan, app_file: Path, options: Opti
     if options.engine == "mosquitto" and shutil.which("mosquitto") is None:
         raise RunError("--broker mosquitto needs the mosquitto command (Debian: "
                        "`apt-get install mosquitto`); the default embedded broker needs nothing")
+    targets = check_rollouts(execution.program, plan, options.rollouts, options.duration_s)
     out = options.out.resolve()
     prepare_output(out)
     dep = Deployment(execution, plan, out, options.engine, options.replay,
@@ -644,9 +997,13 @@ def execute(execution: ExecutionGraph, plan: Plan, app_file: Path, options: Opti
     dep.write_pki()
     unit_files = dep.unit_configs(dep.write_models())
     driver_files = dep.driver_configs()
+    rollouts = [RolloutRun(t, dep, unit_files) for t in targets]
+    control = {name: str(path) for r in rollouts for name, path in
+               ((r.clients[i], r.control[i]) for i in r.clients)}
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
         [str(dep.app_dir), *filter(None, [os.environ.get("PYTHONPATH")])]))
     procs = Processes(env)
+    driver = RolloutDriver(rollouts)
     logs = out / "logs"
     python = sys.executable
     clients = {c.name: c for c in dep.bundle.clients}
@@ -693,8 +1050,9 @@ def execute(execution: ExecutionGraph, plan: Plan, app_file: Path, options: Opti
         for name, path in unit_files.items():
             started.append(procs.start(Proc(
                 name, [python, "-m", "edgeflow.runtime", "--config", str(path),
-                       "--metrics-host", "127.0.0.1"], logs / f"{name}.log", "unit",
-                _port(path))))
+                       "--metrics-host", "127.0.0.1",
+                       *(["--control", control[name]] if name in control else [])],
+                logs / f"{name}.log", "unit", _port(path))))
         for p in started:
             procs.wait_ready(p, lambda p=p: _scrape_into(p) and  # type: ignore[misc]
                              p.last.get("edgeflow_connected", 0) == 1, timeout_s=60)
@@ -708,8 +1066,13 @@ def execute(execution: ExecutionGraph, plan: Plan, app_file: Path, options: Opti
         for p in infrastructure:  # the links' schedules count from now
             if p.role == "links" and p.popen is not None and options.links:
                 p.popen.send_signal(signal.SIGUSR1)
-        cpu = _supervise(procs, started + infrastructure, t0, options, status)
+        for r in rollouts:
+            r.begin(t0)
+        driver.start()
+        cpu = _supervise(procs, started + infrastructure, t0, options, status,
+                         (lambda: driver.note) if rollouts else None)
         t1 = time.time()
+        driver.end()
         for p in started:
             if p.role == "sensor":
                 _scrape_into(p)
@@ -717,9 +1080,11 @@ def execute(execution: ExecutionGraph, plan: Plan, app_file: Path, options: Opti
         drain = min(5.0, 0.5 + 2 * max((x.latency_s for x in plan.pipelines), default=0.0))
         status(f"letting the last frames arrive ({drain:.1f} s)")
         time.sleep(drain)
+        driver.stop()
         for p in started:
             _scrape_into(p)
     finally:
+        driver.stop_quietly()
         procs.stop_all()
     sent: dict[str, float] = {}
     for p in started:
@@ -753,6 +1118,8 @@ def execute(execution: ExecutionGraph, plan: Plan, app_file: Path, options: Opti
                     "cpu_percent_mean": round(float(np.mean(cpu)), 1) if cpu else None,
                     "cpu_percent_max": round(max(cpu), 1) if cpu else None},
     }
+    if rollouts:
+        report["rollouts"] = [r.report() for r in rollouts]
     if options.links:
         report["link_schedules"] = [
             {"link": link["id"], "schedule": link["schedule"],
@@ -774,9 +1141,11 @@ def _port(config: Path) -> int:
 
 
 def _supervise(procs: Processes, watched: list[Proc], t0: float, options: Options,
-               status: Callable[[str], None]) -> list[float]:
+               status: Callable[[str], None],
+               note: Callable[[], str] | None = None) -> list[float]:
     """Until the duration is over: restart what dies (and record the gap), scrape metrics,
-    show progress. Returns this machine's CPU use (percent of all cores) once a second."""
+    show progress (with the rollouts' `note`). Returns this machine's CPU use (percent of all
+    cores) once a second."""
     down: dict[str, float] = {}
     next_scrape = 0.0
     cpu: list[float] = []
@@ -788,8 +1157,8 @@ def _supervise(procs: Processes, watched: list[Proc], t0: float, options: Option
             if code is not None:
                 if now - p.started < 2.0 and code == 2:
                     raise RunError(f"{p.name} cannot start: {last_line(p.log)}")
-                for k, v in p.last.items():  # counters of the life that ended
-                    if k.endswith(("_total", "_sum", "_count")):
+                for k, v in p.last.items():  # counters of the life that ended (labelled too)
+                    if k.split("{")[0].endswith(("_total", "_sum", "_count")):
                         p.carried[k] = p.carried.get(k, 0.0) + v
                 p.last = {}
                 p.restarts.append({"at_s": round(now - t0, 3), "exit_status": code})
@@ -810,7 +1179,8 @@ def _supervise(procs: Processes, watched: list[Proc], t0: float, options: Option
                 cpu.append(psutil.cpu_percent(None))
             status(f"running {now - t0:4.1f}/{options.duration_s:g} s · {delivered} messages at "
                    f"sinks · {drops} dropped · {restarts} restarts · CPU "
-                   f"{cpu[-1] if cpu else 0:.0f} %")
+                   f"{cpu[-1] if cpu else 0:.0f} %"
+                   + (f" · rollout {text}" if note is not None and (text := note()) else ""))
             next_scrape = now + 1.0
         time.sleep(0.1)
     return cpu
@@ -846,6 +1216,7 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  {name}: {a['cut_switches']} cut switch(es), {a['outages']} "
                          "outage(s), frames by cut: " + ", ".join(
                              f"{k} {v}" for k, v in a["frames_by_cut"].items()))
+    lines += render_rollouts(report)
     for sched in report.get("link_schedules", []):
         lines.append(f"  link {sched['link']}: {sched['changes']} change(s) applied, down "
                      f"{sched['down_s']:g} s")
@@ -858,3 +1229,46 @@ def render(report: dict[str, Any]) -> str:
         lines.append("  this machine is slower than the declared device for: "
                      + ", ".join(slower) + " (their measured latency is not the device's)")
     return "\n".join(lines) + "\n"
+
+
+def render_rollouts(report: dict[str, Any]) -> list[str]:
+    """The summary's lines on each rollout: its outcome, each wave, frames per version."""
+    lines = []
+    for r in report.get("rollouts", []):
+        head = f"  rollout {r['model']} {r['old_version']} -> {r['new_version']}: "
+        waves = r["waves"]
+        if r["outcome"] == "completed":
+            took = r["completed_s"] - r["start_s"]
+            lines.append(head + f"completed {took:.1f} s after it began ({len(waves)} wave"
+                         f"{'s' if len(waves) != 1 else ''}"
+                         + ("" if r["gated"] else ", no health gate: every replica at once")
+                         + ")")
+        elif r["outcome"] == "rolled_back":
+            failed = next((w for w in waves if w["passed"] is False), None)
+            why = "" if failed is None else failed["failure"] or ", ".join(
+                f"{x['rule']} measured {'-' if x['measured'] is None else x['measured']}"
+                + ("" if x["rule"].startswith("drops") or x["measured"] is None else " ms")
+                for x in failed["rules"] if not x["held"])
+            back = f"every replica back on {r['old_version']} at {r['rolled_back_s']:g} s" \
+                if r["rolled_back_s"] is not None else "the rollback was not confirmed " \
+                "before the run ended"
+            lines.append(head + f"rolled back in wave {failed['wave'] if failed else '?'} "
+                         f"({why}); {back}")
+        else:
+            where = f"in wave {len(waves)} of {r['wave_count']}" if waves else \
+                "before it began"
+            lines.append(head + f"unfinished: the run ended {where} (a longer --duration "
+                         "lets it finish)")
+        for w in waves:
+            def ms(x: float | None) -> str:
+                return "-" if x is None else f"{x:.1f} ms"
+            verdict = {True: "passed", False: "FAILED", None: "not judged"}[w["passed"]]
+            lines.append(f"    wave {w['wave']} ({w['share']:.0%}, replicas "
+                         f"{','.join(map(str, w['replicas']))}): {w['new_version_frames'] or 0} "
+                         f"frames, p95 {ms(w['latency_p95_ms'])}, drops "
+                         f"{'-' if w['drops'] is None else format(w['drops'], '.3f')}: {verdict}")
+        for p in report["pipelines"]:
+            if p["name"] in r["measured_on"]:
+                lines.append(f"    {p['name']} frames by version: " + ", ".join(
+                    f"{v} {n}" for v, n in p["frames_by_version"].items()))
+    return lines

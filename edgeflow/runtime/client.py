@@ -54,6 +54,10 @@ class Metrics:
     link_up: Gauge
     outages: Counter
     by_cut: Counter
+    version: Gauge
+    by_version: Counter
+    version_switches: Counter
+    version_failures: Counter
 
     @classmethod
     def create(cls, app: str, unit: str, replica: int | None, device: str) -> Metrics:
@@ -62,7 +66,9 @@ class Metrics:
                   "device": device}
 
         def make(kind: Any, name: str, doc: str, **kw: Any) -> Any:
-            extra = {"edgeflow_drops": ("reason",), "edgeflow_frames_by_cut": ("cut",)}
+            extra = {"edgeflow_drops": ("reason",), "edgeflow_frames_by_cut": ("cut",),
+                     "edgeflow_model_version": ("version",),
+                     "edgeflow_frames_by_version": ("version",)}
             metric = kind(name, doc, (*LABELS, *extra.get(name, ())), registry=reg, **kw)
             return metric if name in extra else metric.labels(**values)
 
@@ -93,6 +99,14 @@ class Metrics:
                  "An adapting head: 1 while its tail's feedback arrives, 0 during an outage"),
             make(Counter, "edgeflow_outages", "Outages an adapting head saw begin"),
             make(Counter, "edgeflow_frames_by_cut", "Frames an adapting head or tail ran, by cut"),
+            make(Gauge, "edgeflow_model_version",
+                 "A whole model's unit: 1 for the version it runs, 0 for those it ran before"),
+            make(Counter, "edgeflow_frames_by_version",
+                 "Frames a whole model's unit ran, by version"),
+            make(Counter, "edgeflow_version_switches",
+                 "Times a whole model's unit switched to another version"),
+            make(Counter, "edgeflow_version_load_failures",
+                 "Versions a whole model's unit was asked to run and could not load"),
         )
         m._values = values  # type: ignore[attr-defined]
         return m
@@ -102,6 +116,16 @@ class Metrics:
 
     def ran_cut(self, cut: str) -> None:
         self.by_cut.labels(**self._values, cut=cut).inc()  # type: ignore[attr-defined]
+
+    def ran_version(self, version: str) -> None:
+        self.by_version.labels(**self._values, version=version).inc()  # type: ignore[attr-defined]
+
+    def running_version(self, version: str, before: str | None = None) -> None:
+        """`edgeflow_model_version`: 1 for `version`, 0 for `before`."""
+        values = self._values  # type: ignore[attr-defined]
+        if before is not None and before != version:
+            self.version.labels(**values, version=before).set(0)
+        self.version.labels(**values, version=version).set(1)
 
     def serve(self, port: int, host: str) -> None:
         try:

@@ -134,7 +134,8 @@ def run_sink(config: DriverConfig, metrics: Metrics, stop: threading.Event) -> N
             return
         header = {"tensors": {n: [a.dtype.name, list(a.shape)] for n, a in m.tensors.items()},
                   "trace": [list(h) for h in m.trace], "seq": m.seq,
-                  **({"cut": m.cut} if m.cut is not None else {})}
+                  **({"cut": m.cut} if m.cut is not None else {}),
+                  **({"version": m.version} if m.version is not None else {})}
         # a fingerprint of the content, so tests see that frames differ without storing them
         checksum = float(sum(float(np.sum(a, dtype=np.float64)) for a in m.tensors.values()))
         with lock:

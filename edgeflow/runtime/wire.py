@@ -5,8 +5,10 @@ header, UTF-8 JSON, then the tensors' bytes back to back. The header holds the a
 sent the message and its replica, the frame id (the sensor's sequence number, which joins key
 on), the capture time (seconds since the epoch, at the sensor), the sender's own sequence number,
 each tensor's name, dtype, shape, offset and length in the data section, the trace: one entry
-per hop `[unit, received, started, published]` (seconds since the epoch), and for an adapting
-split model's messages `cut`, the id of the cut the head made it with.
+per hop `[unit, received, started, published]` (seconds since the epoch), for an adapting
+split model's messages `cut`, the id of the cut the head made it with, and `version`, the version
+of the last whole model on the frame's path (the first 12 hex digits of its ONNX file's sha256:
+a model's worker sets it, later units pass it on).
 
 Tensors are raw little-endian C-order bytes, never pickle: decoding never runs code. `decode`
 checks everything (magic, version, lengths, JSON, dtypes, shapes against lengths) and raises
@@ -56,6 +58,7 @@ class Message:
     tensors: Mapping[str, np.ndarray[Any, Any]]
     trace: tuple[Hop, ...] = field(default=())
     cut: str | None = None  # an adapting split model's: the id of the cut it was made with
+    version: str | None = None  # the last whole model's version on the path (sha256, 12 hex)
 
 
 _NAME_OF = {d: name for name, dtype in DTYPES.items()
@@ -90,6 +93,8 @@ def encode(message: Message) -> bytes:
     }
     if message.cut is not None:
         fields["cut"] = message.cut
+    if message.version is not None:
+        fields["version"] = message.version
     header = json.dumps(fields, separators=(",", ":")).encode()
     return b"".join([PREFIX.pack(MAGIC, VERSION, len(header)), header, *chunks])
 
@@ -161,4 +166,5 @@ def decode(payload: bytes) -> Message:
         replica=_field(header, "replica", int), frame=_field(header, "frame", int),
         captured=_number(header.get("captured"), "`captured`"), seq=_field(header, "seq", int),
         tensors=tensors, trace=_trace(header.get("trace")),
-        cut=None if header.get("cut") is None else _field(header, "cut", str))
+        cut=None if header.get("cut") is None else _field(header, "cut", str),
+        version=None if header.get("version") is None else _field(header, "version", str))

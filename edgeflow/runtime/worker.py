@@ -7,6 +7,24 @@ Startup failures (invalid unit.json, a model whose sha256 differs, a callable th
 imported, a metrics port in use) print one line and exit with status 2; a message that cannot be
 decoded, a run that raises or returns the wrong type are counted drops (reasons: `bad_payload`,
 `error`, `overload`, `join_expired`, `join_overflow`, `shutdown`), logged once per kind of error.
+
+**Versions** (`edgeflow run --rollout`, docs/training.md "Rollout"). A whole model's unit runs one
+version of its model at a time, the first 12 hex digits of its file's sha256, and stamps it on
+every message it sends (`version`); other units pass on the version of their first input that
+carries one. With `--control FILE` the worker reads FILE (JSON: `request`, an increasing id,
+`version`, `file`, `sha256`) whenever it changes (it looks every `CONTROL_POLL_S`; the writer
+replaces the file whole, by rename) and, on a thread beside the one that runs frames, loads that
+version: the file must have that sha256, onnxruntime must load it, its inputs and outputs must be
+the running version's (names, element types, shapes) and one run on zeros must work. The frame
+thread swaps it in between two frames, so no frame is lost or made by half of each. The version
+the unit started with and the one it runs stay loaded: switching back is immediate and cannot
+fail. A version that cannot be loaded changes nothing: the unit keeps running what it runs, logs
+why and counts it (`edgeflow_version_load_failures_total`). At start and after every request the
+worker replaces its status file (FILE with `.status` before its extension: `version` it runs,
+`swapped_at` since when, `request` the id it answered, `error` when it could not) so whoever
+asked knows when it took effect. A worker that starts while FILE exists loads what FILE asks before it connects (a restart
+mid-rollout comes back on the version it was told; if that version no longer loads, on the one it
+was started with).
 """
 
 from __future__ import annotations
@@ -34,6 +52,9 @@ from edgeflow.runtime import wire
 from edgeflow.runtime.adaptive import BandwidthEstimator, Choice, ComputeTimes, Controller
 from edgeflow.runtime.client import Connection, Metrics, StartError, on_stop
 from edgeflow.unit_config import CONFIG_ENV, AdaptCutSpec, ModelSpec, OperatorSpec, UnitConfig
+
+VERSION_CHARS = 12  # a version: the first hex digits of its file's sha256 (edgeflow.rollout)
+CONTROL_POLL_S = 0.1  # how often a worker with `--control` looks at its control file
 
 Tensors = dict[str, np.ndarray[Any, Any]]
 Inputs = list[tuple[str, np.ndarray[Any, Any]]]
@@ -123,6 +144,66 @@ class OnnxPart:
         return dict(zip(self.outputs, results, strict=True))
 
 
+class LoadError(Exception):
+    """A version of the model that cannot replace the running one (the worker keeps running)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of the control file: run `version`, the model in `file` (sha256 `sha256`)."""
+
+    id: int
+    version: str
+    file: str
+    sha256: str
+
+    @classmethod
+    def parse(cls, text: bytes) -> Request:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")  # noqa: TRY004 - read as bad text, as JSON's
+        req, version, file, sha = (data.get(k) for k in ("request", "version", "file", "sha256"))
+        if not isinstance(req, int) or isinstance(req, bool) or not isinstance(file, str) or \
+                not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha) or \
+                version != sha[:VERSION_CHARS]:
+            raise ValueError("needs request (an integer), file, sha256 (64 lowercase hex) and "
+                             "version (its first 12 digits)")
+        return cls(req, version, file, sha)
+
+
+def load_version(request: Request, running: OnnxPart, threads: int) -> OnnxPart:
+    """The version `request` names, loaded and checked against the running one: the file has
+    the sha256 asked for, onnxruntime loads it, its inputs and outputs are the running ones'
+    (names, element types, shapes) and it runs once on zeros. LoadError says what is wrong."""
+    spec = ModelSpec(file=request.file, sha256=request.sha256, part="whole", cut=[])
+    try:
+        part = OnnxPart(spec, threads)
+    except StartError as e:
+        raise LoadError(str(e)) from None
+    if part.inputs != running.inputs:
+        raise LoadError(f"its inputs {_signature(part.inputs)} are not the running version's "
+                        f"{_signature(running.inputs)}")
+    mine, theirs = _outputs(part), _outputs(running)
+    if mine != theirs:
+        raise LoadError(f"its outputs {mine} are not the running version's {theirs}")
+    zeros = [(name, np.zeros(tuple(1 if d < 0 else d for d in shape), dtype))
+             for name, dtype, shape in part.inputs]
+    try:
+        part(zeros)
+    except RunError as e:
+        raise LoadError(f"it does not run: {e}") from None
+    return part
+
+
+def _signature(inputs: list[tuple[str, np.dtype[Any], tuple[int, ...]]]) -> str:
+    return ", ".join(f"{n}: {d.name}{list(s)}" for n, d, s in inputs)
+
+
+def _outputs(part: OnnxPart) -> list[tuple[str, str, list[int | str | None]]]:
+    return [(o.name, o.type, [d if isinstance(d, int) else "?" for d in o.shape])
+            for o in part.session.get_outputs()]
+
+
 class PythonOperator:
     """An operator's Python callable: arrays in (in subscription order), one array out, which
     must be of the declared type."""
@@ -188,7 +269,8 @@ class Job:
 
 
 class Worker:
-    def __init__(self, config: UnitConfig, metrics_host: str = "0.0.0.0") -> None:
+    def __init__(self, config: UnitConfig, metrics_host: str = "0.0.0.0",
+                 control: str | None = None) -> None:
         self.config = config
         self.adapt = config.adapt
         # an adapting head or tail holds a session for every cut it may run
@@ -208,16 +290,37 @@ class Worker:
         self.controller: Controller | None = None
         self.estimator: BandwidthEstimator | None = None
         self.held: deque[tuple[list[str], bytes]] = deque()  # `buffer`: messages an outage holds
-        control: tuple[str, ...] = ()
+        control_topics: tuple[str, ...] = ()
         if self.adapt is not None and config.kind == "head":
             self.controller = Controller(self.adapt, time.time())
             self.metrics.link_up.set(1)
-            control = (self.adapt.feedback,)
+            control_topics = (self.adapt.feedback,)
         elif self.adapt is not None:
             self.estimator = BandwidthEstimator(self.adapt.latency_s)
         self.times = ComputeTimes()  # an adapting tail's, by cut (reported to its head)
+        # a whole model: the version it runs, and the versions it keeps loaded (the one it
+        # started with, the one it runs)
+        self.version: str | None = None
+        self.original: str | None = None
+        self.sessions: dict[str, OnnxPart] = {}
+        if config.model is not None and config.model.part == "whole" and self.adapt is None:
+            assert isinstance(self.run, OnnxPart)
+            self.version = self.original = config.model.sha256[:VERSION_CHARS]
+            self.sessions[self.version] = self.run
+            self.metrics.running_version(self.version)
+        if control is not None and self.version is None:
+            raise StartError("--control: only a whole model's unit switches versions "
+                             f"(`{config.unit}` is a {config.kind})")
+        self.control = control
+        self.swapped_at = time.time()
+        self.control_seen: tuple[int, int, int] | None = None
+        self.wanted: Request | None = None       # the newest request read
+        self.loaded: int | None = None           # the id of the last request the loader handled
+        self.answered: int | None = None         # the id of the last request answered
+        self.loader: threading.Thread | None = None
+        self.pending: tuple[Request, OnnxPart | None, str | None] | None = None
         self.conn = Connection(config.broker, self.topics, self.metrics, self.on_message,
-                               control)
+                               control_topics)
 
     # -- input side (paho's network thread) ---------------------------------------------------
     def on_message(self, topic: str, payload: bytes, received: float) -> None:
@@ -311,13 +414,119 @@ class Worker:
         """A line for every event of adaptation (switches, outages): each is logged."""
         print(f"{self.config.unit} r{self.config.replica}: {line}", file=sys.stderr, flush=True)
 
+    # -- versions: the control file (read by the frame thread), loading (its own thread) ------
+    def _status_path(self) -> str:
+        assert self.control is not None
+        base, ext = os.path.splitext(self.control)
+        return f"{base}.status{ext or '.json'}"
+
+    def _write_status(self, error: str | None = None) -> None:
+        """Replace the status file (by rename: a reader never sees half of it)."""
+        if self.control is None:
+            return
+        path = self._status_path()
+        body = json.dumps({"version": self.version, "swapped_at": self.swapped_at,
+                           "request": self.answered, "error": error}, sort_keys=True)
+        try:
+            with open(path + ".tmp", "w") as f:
+                f.write(body + "\n")
+            os.replace(path + ".tmp", path)
+        except OSError as e:
+            self.log(f"status: cannot write {path}: {e.strerror or e}")
+
+    def _poll_control(self) -> None:
+        """A changed control file: its request goes to the loader (one thread at a time)."""
+        assert self.control is not None
+        try:
+            st = os.stat(self.control)
+        except OSError:
+            return
+        seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if seen == self.control_seen:
+            return
+        self.control_seen = seen
+        try:
+            with open(self.control, "rb") as f:
+                request = Request.parse(f.read())
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
+            self.log(f"control: {self.control} is not a version request: {e}")
+            return
+        with self.lock:
+            if self.wanted is not None and request.id <= self.wanted.id:
+                return
+            self.wanted = request
+            if self.loader is None:
+                self.loader = threading.Thread(target=self._load_loop, name="version loader",
+                                               daemon=True)
+                self.loader.start()
+
+    def _load_loop(self) -> None:
+        """Load the newest request's version until none is left; the frame thread swaps."""
+        while True:
+            with self.lock:
+                request = self.wanted
+                if request is None or request.id == self.loaded:
+                    self.loader = None
+                    return
+                part = self.sessions.get(request.version)
+                running = self.sessions[self.original] if self.original else None
+            error = None
+            if part is None:
+                assert running is not None
+                try:
+                    part = load_version(request, running, self.config.threads)
+                except LoadError as e:
+                    error = str(e)
+            with self.lock:
+                self.loaded = request.id
+                if self.wanted is request:  # else a newer request came: that one counts
+                    self.pending = (request, part if error is None else None, error)
+
+    def _apply(self) -> None:
+        """Between two frames: run the version the loader made ready (or say why not)."""
+        with self.lock:
+            pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        request, part, error = pending
+        self.answered = request.id
+        if part is None:
+            self.metrics.version_failures.inc()
+            self._say(f"cannot run version {request.version} ({request.file}): {error}; "
+                      f"keeps running {self.version}")
+            self._write_status(error)
+            return
+        if request.version != self.version:
+            before = self.version
+            with self.lock:
+                self.run, self.version = part, request.version
+                self.sessions = {v: s for v, s in self.sessions.items()
+                                 if v in (self.original, request.version)}
+                self.sessions[request.version] = part
+            self.swapped_at = time.time()
+            self.metrics.version_switches.inc()
+            self.metrics.running_version(request.version, before)
+            self._say(f"switched version {before} -> {request.version}")
+        self._write_status()
+
     def serve(self) -> int:
         on_stop(self.stop)  # the loop below waits at most 50 ms before it looks again
-        self.conn.start()
         pending: deque[mqtt.MQTTMessageInfo] = deque(maxlen=64)
-        next_feedback = 0.0
+        next_feedback = next_control = 0.0
+        if self.control is not None:  # a restart: back on the version it was last asked for
+            self._poll_control()
+            if (loader := self.loader) is not None:
+                loader.join()
+            self._apply()
+            self._write_status()
+        self.conn.start()
         while True:
             now = time.time()
+            if self.control is not None and now >= next_control:
+                self._poll_control()
+                next_control = now + CONTROL_POLL_S
+            if self.pending is not None:
+                self._apply()
             if self.estimator is not None and self.adapt is not None and now >= next_feedback \
                     and self.conn.ready.is_set():
                 self._send_feedback()
@@ -396,6 +605,10 @@ class Worker:
         started = time.time()
         self.metrics.queue_wait.observe(max(0.0, started - job.received))
         inputs: Inputs = [(n, a) for m in job.messages for n, a in m.tensors.items()]
+        # a whole model's own version (it changes only between frames, on this thread), else
+        # the one its input carries
+        version = self.version if self.version is not None else \
+            next((m.version for m in job.messages if m.version is not None), None)
         run, choice, emulate = self._choose(job, started)
         if run is None:
             return []
@@ -426,7 +639,8 @@ class Worker:
         message = wire.Message(self.config.app, self.config.unit, self.config.replica, job.frame,
                                captured, self.seq, outputs,
                                (*trace, (self.config.unit, job.received, started, published)),
-                               cut=choice.cut if choice is not None else None)
+                               cut=choice.cut if choice is not None else None,
+                               version=version)
         try:
             payload = wire.encode(message)
         except wire.WireError as e:
@@ -434,6 +648,8 @@ class Worker:
             self.log(f"cannot send the output of `{self.config.unit}`: {e}")
             return []
         topics = self.config.publish
+        if self.version is not None:
+            self.metrics.ran_version(self.version)
         if choice is not None:
             self.metrics.ran_cut(choice.cut)
             if choice.local and self.adapt is not None:
@@ -505,11 +721,14 @@ def main(argv: list[str] | None = None) -> int:
                              f"{CONFIG_ENV}; Greengrass components: docs/targets.md)")
     parser.add_argument("--metrics-host", default="0.0.0.0",
                         help="address the metrics endpoint listens on (default 0.0.0.0)")
+    parser.add_argument("--control", metavar="FILE",
+                        help="a whole model's unit: run the version FILE asks for, switching "
+                             "between frames; its status goes to FILE.status.json beside it")
     args = parser.parse_args(argv)
     try:
         config = load_twin() if args.config_from_twin else \
             load_env(args.config_from_env) if args.config_from_env else load(args.config)
-        worker = Worker(config, args.metrics_host)
+        worker = Worker(config, args.metrics_host, args.control)
     except StartError as e:
         print(f"edgeflow worker: {e}", file=sys.stderr, flush=True)
         return 2
