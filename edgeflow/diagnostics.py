@@ -445,7 +445,7 @@ more time.
 A client trains on `examples` examples for `epochs` epochs per round at about three times the
 model's forward work per example, on its device's `compute`; and it holds the model's weights,
 three copies of the trainable ones (gradients, optimizer moments), the activations of a `batch`
-and a Flower SuperNode (265 MB). The message says which does not fit, with the figures: the
+and a Flower SuperNode at its peak (505 MiB). The message says which does not fit, with the figures: the
 training is longer than `round_time`, or it needs more memory than the device has.
 """),
     "E1307": _e("the aggregators do not form a hierarchy", """

@@ -114,7 +114,8 @@ def federation_spec(program: ir.Program, t: ir.Training, app_file: Path, options
         min_clients=t.min_clients or len(found[0].clients),
         strategy=t.strategy.name, strategy_params=dict(t.strategy.params),
         dp=None if t.dp is None else DPSpec(t.dp.clip, t.dp.noise, t.dp.delta),
-        output_is_probabilities=graph_outputs, work_dir=options.out.resolve())
+        output_is_probabilities=graph_outputs, work_dir=options.out.resolve(),
+        model_name=t.model)
 
 
 def _ends_in_softmax(path: Path) -> bool:
@@ -127,9 +128,14 @@ def _ends_in_softmax(path: Path) -> bool:
 
 
 def round_row(r: RoundResult) -> dict[str, Any]:
+    """A round as train.json holds it (an epsilon the accountant could not compute is null)."""
+    import math
+
+    epsilon = r.epsilon if r.epsilon is None or math.isfinite(r.epsilon) else None
     return {"round": r.round, "seconds": round(r.seconds, 3),
             "train_loss": r.train_loss, "test_loss": r.test_loss,
-            "test_accuracy": r.test_accuracy, "epsilon": r.epsilon,
+            "test_accuracy": r.test_accuracy, "epsilon": epsilon,
+            "epsilon_computed": r.epsilon is None or math.isfinite(r.epsilon),
             "version": r.version, "model_file": str(r.model_file),
             "link_bytes": dict(sorted(r.link_bytes.items()))}
 

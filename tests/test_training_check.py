@@ -91,7 +91,7 @@ def test_without_trainable_every_float_initializer_is_trained(tmp_path: Path) ->
 
 @pytest.mark.parametrize("strategy, params", [
     ("fedavg", {}), ("fedmedian", {}), ("fedprox", {"mu": 0.01}), ("fedprox(mu = 0.5)", {"mu": 0.5}),
-    ("trimmed_mean(beta = 0.1)", {"beta": 0.1}), ("krum(byzantine = 2)", {"byzantine": 2.0}),
+    ("trimmed_mean(beta = 0.1)", {"beta": 0.1}), ("krum(byzantine = 0)", {"byzantine": 0.0}),
 ])
 def test_strategies(tmp_path: Path, strategy: str, params: dict[str, float]) -> None:
     text = _app(tmp_path).replace("round_time = 60 s", f"round_time = 60 s\n  strategy = {strategy}")
@@ -227,3 +227,16 @@ def test_memory_counts_flower_and_the_batch(tmp_path: Path) -> None:
     big_batch = _app(tmp_path, memory=f"{just} B").replace(
         "round_time = 60 s", "round_time = 60 s\n  batch = 10000")
     assert _check(tmp_path, big_batch)[1] == ["E1306"]
+
+
+def test_dp_needs_a_mean_and_krum_enough_clients(tmp_path: Path) -> None:
+    dp = "round_time = 60 s\n  privacy = dp(clip = 1, noise = 1)\n  strategy = "
+    for strategy, code in (("fedmedian", "E0305"), ("krum(byzantine = 0)", "E0305"),
+                           ("fedprox(mu = 0.1)", None)):
+        codes = _check(tmp_path, _app(tmp_path).replace("round_time = 60 s", dp + strategy))[1]
+        assert codes == ([code] if code else [])
+    # krum with f byzantine clients needs 2f + 3 per round: 4 hubs allow f = 0, not f = 1
+    krum = "round_time = 60 s\n  strategy = krum(byzantine = {})"
+    assert _check(tmp_path, _app(tmp_path).replace("round_time = 60 s", krum.format(0)))[1] == []
+    assert _check(tmp_path, _app(tmp_path).replace("round_time = 60 s",
+                                                   krum.format(1)))[1] == ["E0303"]

@@ -31,9 +31,10 @@ from edgeflow.span import Span
 from edgeflow.syntax import ast
 from edgeflow.syntax.units import BANDWIDTH, TIME, express
 
-FLOWER_NODE_MEMORY_BYTES = 265 * 10**6
-"""What one Flower SuperNode with its ClientApp process holds besides the model's training state
-(measured with flwr 1.42 on a 2-core machine): counted against a client's memory."""
+FLOWER_NODE_MEMORY_BYTES = 505 * 2**20
+"""What one Flower SuperNode with its ClientApp processes holds at its peak, besides the model's
+training state: 420-505 MiB resident measured with flwr 1.42 on a 2-core machine (265 MB when
+idle). Counted against a client's memory."""
 
 TRAIN_WORK_FACTOR = 3.0
 """A training step's work per example, in forward passes: the forward pass and a backward pass
@@ -414,6 +415,22 @@ def _check_one(t: ir.Training, out: Lowered, sink: DiagnosticSink) -> None:
                    help=f"at most {per_site}")
         return
     if not _check_trainable(t, model, out, sink):
+        return
+    if t.dp is not None and t.strategy.name not in ("fedavg", "fedprox"):
+        sink.error("E0305", f"differential privacy needs a mean of the updates, not "
+                   f"`{t.strategy.name}`", _entry(out, t.name, "strategy"),
+                   "not a mean", labels=(Label(_entry(out, t.name, "privacy"), "noise "
+                                               "calibrated for a mean"),),
+                   help="use `strategy = fedavg` or `fedprox(...)` with `privacy = dp(...)`")
+        return
+    sampled = t.min_clients or per_site
+    if t.strategy.name == "krum" and sampled < 2 * t.strategy.params["byzantine"] + 3:
+        f = int(t.strategy.params["byzantine"])
+        sink.error("E0303", f"`krum(byzantine = {f})` needs at least {2 * f + 3} clients per "
+                   f"round; a site trains {sampled}", _entry(out, t.name, "strategy"),
+                   "too few clients for krum",
+                   help=f"lower `byzantine` to at most {max((sampled - 3) // 2, 0)}, or train "
+                        "more clients per site")
         return
     _check_updates(t, out, sink, tiers)
     if out.symbols.decls.keys() - out.broken != out.symbols.decls.keys():
