@@ -9,6 +9,7 @@ import hashlib
 import json
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -64,11 +65,11 @@ MODULE = textwrap.dedent('''
         return {"W": w.astype(np.float32), "b": b.astype(np.float32)}, loss
 
 
-    def train_raises(weights, x, y, config):
-        raise ValueError("the ward's data store is offline")
-
-
-    def train_wrong_shape(weights, x, y, config):
+    def train_faulty(weights, x, y, config):
+        """The client whose records are mostly class 0 (instance 0) raises, the others return
+        a W of the wrong shape."""
+        if np.bincount(y, minlength=CLASSES).argmax() == 0:
+            raise ValueError("the ward's data store is offline")
         trained, loss = train(weights, x, y, config)
         return {"W": trained["W"][:, :2].copy(), "b": trained["b"]}, loss
 ''')
@@ -111,9 +112,16 @@ def _spec(tmp: Path, *, sites: list[list[int]], top: str | None = None, rounds: 
 
 
 def _ours(spec: FederationSpec) -> list[psutil.Process]:
-    """Live processes of this federation: started with an FLWR_HOME in its folder (every
-    Flower process and what it starts inherits it) or naming the folder."""
+    """Live processes of this federation: this test's descendants, and any process started
+    with an FLWR_HOME in its folder (every Flower process and what it starts inherits it, even
+    those in sessions of their own) or naming the folder."""
     left = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                left.append(child)
+        except psutil.Error:
+            continue
     for p in psutil.process_iter(["cmdline"]):
         try:
             if p.status() == psutil.STATUS_ZOMBIE:
@@ -160,6 +168,8 @@ def test_a_flat_federation_trains_measures_its_links_and_versions_its_model(
     pki = spec.work_dir / "federation" / "pki"
     assert (pki / "ca.crt").is_file() and len(list((pki / "supernodes").glob("*.pub"))) == 3
     assert any("TLS" in e for e in events)
+    nodes = json.loads((spec.work_dir / "federation" / "spec.json").read_text())["nodes"]
+    assert sorted(nodes["ward_server"].values()) == [f"bedside_hub[{i}]" for i in range(3)]
     assert not _ours(spec)
 
 
@@ -198,23 +208,58 @@ def test_the_privacy_budget_is_the_prv_accountants_and_grows(tmp_path: Path) -> 
     assert [e["epsilon"] for e in manifest] == got
 
 
-def test_a_trainer_that_raises_stops_every_process(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, sites=[[0, 1]], trainer="train_raises")
+def test_a_trainer_that_raises_or_returns_a_wrong_shape_is_named_and_all_stops(
+        tmp_path: Path) -> None:
+    spec = _spec(tmp_path, sites=[[0, 1]], trainer="train_faulty")
     with pytest.raises(FederationError) as info:
         run_federation(spec)
-    message = str(info.value)
-    assert "the trainer `tiny_fl:train_raises` raised ValueError" in message
-    assert "the ward's data store is offline" in message
-    assert "bedside_hub[" in message
+    first = str(info.value).splitlines()[0]
+    assert first.startswith("training round 1: ")
+    assert ("bedside_hub[0]: the trainer `tiny_fl:train_faulty` raised ValueError: the ward's "
+            "data store is offline") in first
+    assert ("bedside_hub[1]: the trainer `tiny_fl:train_faulty` returned `W` of shape [8, 2], "
+            "the model's is [8, 3]") in first
     assert not _ours(spec)
+    assert not (spec.work_dir / "versions" / "manifest.json").exists()
 
 
-def test_a_trainer_returning_a_wrong_shape_is_named(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, sites=[[0, 1]], trainer="train_wrong_shape")
-    with pytest.raises(FederationError) as info:
-        run_federation(spec)
-    assert "returned `W` of shape [8, 2], the model's is [8, 3]" in str(info.value)
-    assert not _ours(spec)
+def test_the_clients_sampled_do_not_depend_on_the_ids_the_superlink_drew() -> None:
+    import random
+
+    from edgeflow.federation.app import ordered, sampling_seed
+
+    class Grid:
+        def __init__(self, ids: list[int]) -> None:
+            self.ids = ids
+
+        def get_node_ids(self) -> list[int]:
+            return list(self.ids)
+
+    def sampled(ids: dict[int, int], dp: DPSpec | None) -> list[int]:
+        """The instances sampled, 2 of 5, in rounds 1 to 4 (`ids`: node id -> instance)."""
+        spec = _fake_spec(dp)
+        grid = ordered(Grid(sorted(ids)), ids)  # type: ignore[arg-type]
+        out = []
+        for rnd in range(1, 5):
+            sampling_seed(spec, "ward_server", rnd)
+            out += [ids[n] for n in random.sample(list(grid.get_node_ids()), 2)]
+        return out
+
+    first = {9000 + 7 * i: i for i in range(5)}
+    second = {10**18 - 13 * i: i for i in range(5)}  # other ids, in the opposite order
+    assert sampled(first, None) == sampled(second, None) == sampled(first, None)
+    assert len(set(sampled(first, None))) > 2  # not the same two clients every round
+    dp = DPSpec(clip=1.0, noise=1.0, delta=1e-5)
+    draws = {tuple(sampled(first, dp)) for _ in range(5)}
+    assert len(draws) > 1  # with differential privacy nobody can predict the draw
+
+
+def _fake_spec(dp: DPSpec | None) -> FederationSpec:
+    return FederationSpec(
+        model=Path("m.onnx"), trainable=("W",), samples="m:s", trainer="m:t",
+        code_root=Path("."), config={}, sites=(SiteSpec("ward_server", ()),), top=None,
+        rounds=1, min_clients=2, strategy="fedavg", strategy_params={}, dp=dp,
+        output_is_probabilities=True, work_dir=Path("out"))
 
 
 def test_an_accountant_that_fails_or_dawdles_reports_infinity_and_never_hangs() -> None:
@@ -237,3 +282,22 @@ def test_an_accountant_that_fails_or_dawdles_reports_infinity_and_never_hangs() 
     slow.close()
     assert not [p for p in pids if psutil.pid_exists(p)
                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_supernode_whose_key_is_not_registered_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeflow.federation import control
+
+    register = control.register_node
+
+    def only_the_first(c: Any, public_key: Path, name: str) -> int:
+        return 1 if name == "bedside_hub[1]" else register(c, public_key, name)
+
+    monkeypatch.setattr(control, "register_node", only_the_first)
+    spec = _spec(tmp_path, sites=[[0, 1]])
+    with pytest.raises(FederationError) as info:
+        run_federation(spec)
+    message = str(info.value)
+    assert message.startswith("the SuperNode of bedside_hub[1] (instance=1) exited")
+    assert "Failed to activate SuperNode" in message
+    assert not _ours(spec)

@@ -26,7 +26,8 @@ after each round in `work_dir/versions/` with `manifest.json`, and progress as J
 `work_dir/federation/progress.jsonl`. Run with `site=k`, it is one round of site k for its
 aggregator's ClientApp. The strategy runs at the sites with central differential privacy
 (`DifferentialPrivacyServerSideFixedClipping`, uniform weights); the top tier averages the
-sites' aggregates by their examples.
+sites' aggregates by their examples. The clients a round samples are the same from run to run
+(`sampling_seed`, nodes ordered by the spec file's `nodes`), except with differential privacy.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import sys
 import time
@@ -45,7 +47,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping
 from logging import INFO
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -217,11 +219,45 @@ def _metric(reply: Message, key: str) -> float:
     return float(value)
 
 
+class _OrderedGrid:
+    """A Grid whose `get_node_ids` lists the nodes in a fixed order (by `order`, then by id),
+    so the strategy's sampling (`random.sample` of that list) picks the same clients for the
+    same seed whatever ids the SuperLink drew."""
+
+    def __init__(self, grid: Grid, order: Mapping[int, int]) -> None:
+        self._grid = grid
+        self._order = dict(order)
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self._grid.get_node_ids(),
+                      key=lambda n: (0, self._order[n], n) if n in self._order else (1, 0, n))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def ordered(grid: Grid, order: Mapping[int, int]) -> Grid:
+    """`grid` with its node ids listed in `order` (node id -> position)."""
+    return grid if not order else cast(Grid, _OrderedGrid(grid, order))
+
+
+def sampling_seed(spec: FederationSpec, aggregator: str, rnd: int) -> None:
+    """Seed the clients' sampling of a round (`random`, which Flower's strategies draw from):
+    deterministic per aggregator and round, except with differential privacy, whose
+    subsampling amplification (q = sampled / clients in the accounting) assumes a draw
+    nobody can predict, so it stays seeded by the OS."""
+    if spec.dp is None:
+        random.seed(f"edgeflow sampling {aggregator} round {rnd}")
+    else:
+        random.seed()
+
+
 def train_round(grid: Grid, strategy: Strategy, spec: FederationSpec,
-                arrays: dict[str, np.ndarray], rnd: int,
-                timeout: float) -> tuple[dict[str, np.ndarray], float, int]:
-    """One round of training: the new trainable arrays, the mean training loss (by examples)
-    and the examples trained on."""
+                arrays: dict[str, np.ndarray], rnd: int, timeout: float,
+                aggregator: str) -> tuple[dict[str, np.ndarray], float, int]:
+    """One round of training by `aggregator`'s nodes: the new trainable arrays, the mean
+    training loss (by examples) and the examples trained on."""
+    sampling_seed(spec, aggregator, rnd)
     messages = list(strategy.configure_train(rnd, _record(arrays, spec.trainable),
                                              ConfigRecord(), grid))
     replies = _exchange(grid, messages, timeout, f"training round {rnd}", _names(spec))
@@ -312,6 +348,8 @@ def run_federation(grid: Grid, sf: specfile.SpecFile) -> None:
         base, inits = _model(spec.model)
         mdl.check_trainable(base, spec.trainable)
         arrays = {name: np.array(inits[name]) for name in spec.trainable}
+        aggregator = spec.top or spec.sites[0].aggregator
+        grid = ordered(grid, sf.order(aggregator))
         if spec.top is None:
             site = spec.sites[0]
             nodes, strategy, timeout = len(site.clients), site_strategy(spec, len(site.clients)), \
@@ -334,7 +372,8 @@ def run_federation(grid: Grid, sf: specfile.SpecFile) -> None:
         stem, noted = spec.name(), False
         for rnd in range(1, spec.rounds + 1):
             start = time.time()
-            arrays, train_loss, _ = train_round(grid, strategy, spec, arrays, rnd, timeout)
+            arrays, train_loss, _ = train_round(grid, strategy, spec, arrays, rnd, timeout,
+                                                aggregator)
             loss, accuracy = _per_round(evaluate_round(grid, strategy, spec, arrays, rnd,
                                                        timeout))
             end = time.time()
@@ -378,9 +417,11 @@ def run_site_round(grid: Grid, sf: specfile.SpecFile, k: int, task: str, rnd: in
             if array.shape != like[name].shape or array.dtype != like[name].dtype:
                 raise RuntimeError(f"the weights for site {site.aggregator} do not fit `{name}`")
         strategy = site_strategy(spec, len(site.clients))
+        grid = ordered(grid, sf.order(site.aggregator))
         _wait_for_nodes(grid, len(site.clients), f"{site.aggregator}'s federation")
         if task == "train":
-            new, loss, count = train_round(grid, strategy, spec, arrays, rnd, CLIENT_TIMEOUT_S)
+            new, loss, count = train_round(grid, strategy, spec, arrays, rnd, CLIENT_TIMEOUT_S,
+                                           site.aggregator)
             out = result.with_suffix(".npz")
             tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.npz")
             _savez(tmp, new)

@@ -218,7 +218,9 @@ class _Run:
         path = self.dir / "spec.json"
         links = {name: specfile.SuperLinkAddress(f"127.0.0.1:{s.port}", self.ca_cert)
                  for name, s in self.superlinks.items()}
-        specfile.write(path, self.spec, links)
+        nodes = {name: {n.node_id: n.name for n in s.nodes}
+                 for name, s in self.superlinks.items()}
+        specfile.write(path, self.spec, links, nodes)
         app = self.dir / "app"
         app.mkdir(parents=True, exist_ok=True)
         (app / "pyproject.toml").write_text(control.pyproject())
@@ -455,8 +457,8 @@ def run(spec: FederationSpec, on_event: Callable[[str], None],
     session = _Run(spec, on_event)
     try:
         session.plan()
-        spec_file = session.write_spec()
         session.start_superlinks()
+        spec_file = session.write_spec()  # with the SuperNode ids the SuperLinks registered
         session.start_supernodes()
         result = session.federate(spec_file, on_round)
         on_event(f"federation finished in {time.monotonic() - started:.0f} s")

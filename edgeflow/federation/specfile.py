@@ -12,11 +12,15 @@ the run config's `spec`), so a deployment provides the same file.
      "output_is_probabilities": true, "work_dir": "/var/lib/edgeflow/train",
      "model_name": "risk_classifier",
      "superlinks": {"ward_server": {"address": "10.0.0.5:9092",
-                                    "root_certificates": "pki/ca.crt"}}}
+                                    "root_certificates": "pki/ca.crt"}},
+     "nodes": {"ward_server": {"7310520498721734912": "bedside_hub[0]", ...}}}
 
 Relative paths are relative to the spec file. `superlinks` (the Control API of each site's
 SuperLink and the CA certificate its TLS certificate chains to) is needed with a `top` only: a
-site aggregator's ClientApp starts its site's rounds there.
+site aggregator's ClientApp starts its site's rounds there. `nodes` (optional) names the
+SuperNode ids each SuperLink registered: a ServerApp orders its nodes by them (clients by
+instance, sites in order), so the clients sampled for a round do not depend on the ids the
+SuperLink happened to draw.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +54,22 @@ class SpecFile:
     spec: FederationSpec
     superlinks: Mapping[str, SuperLinkAddress]
     path: Path
+    # per aggregator, its SuperNodes' ids and who they are (a client, or a site's aggregator)
+    nodes: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
+
+    def order(self, aggregator: str) -> dict[int, int]:
+        """The position of each of `aggregator`'s SuperNode ids: its clients by instance (or
+        the sites in order, for the top aggregator)."""
+        spec = self.spec
+        rank = {s.aggregator: k for k, s in enumerate(spec.sites)} \
+            if spec.top is not None and aggregator == spec.top else \
+            {c.name: c.instance for c in spec.clients()}
+        known = self.nodes.get(aggregator, {})
+        return {node: rank[name] for node, name in known.items() if name in rank}
 
 
-def to_json(spec: FederationSpec, superlinks: Mapping[str, SuperLinkAddress]) -> dict[str, Any]:
+def to_json(spec: FederationSpec, superlinks: Mapping[str, SuperLinkAddress],
+            nodes: Mapping[str, Mapping[int, str]] | None = None) -> dict[str, Any]:
     return {
         "format": FORMAT, "model": str(spec.model), "trainable": list(spec.trainable),
         "samples": spec.samples, "trainer": spec.trainer, "code_root": str(spec.code_root),
@@ -69,15 +86,17 @@ def to_json(spec: FederationSpec, superlinks: Mapping[str, SuperLinkAddress]) ->
         "superlinks": {name: {"address": s.address,
                               "root_certificates": str(s.root_certificates)}
                        for name, s in superlinks.items()},
+        "nodes": {agg: {str(node): name for node, name in sorted(known.items())}
+                  for agg, known in (nodes or {}).items()},
     }
 
 
-def write(path: Path, spec: FederationSpec,
-          superlinks: Mapping[str, SuperLinkAddress]) -> None:
+def write(path: Path, spec: FederationSpec, superlinks: Mapping[str, SuperLinkAddress],
+          nodes: Mapping[str, Mapping[int, str]] | None = None) -> None:
     """The spec file at `path`, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_json(spec, superlinks), indent=2) + "\n")
+    tmp.write_text(json.dumps(to_json(spec, superlinks, nodes), indent=2) + "\n")
     os.replace(tmp, path)
 
 
@@ -87,9 +106,10 @@ def _path(base: Path, value: Any, key: str) -> Path:
     return (base / value).resolve()
 
 
-def from_json(data: Any, base: Path) -> tuple[FederationSpec, dict[str, SuperLinkAddress]]:
-    """The spec and the SuperLinks in `data`, paths resolved against `base`; ValueError says
-    what is wrong."""
+def from_json(data: Any, base: Path) -> tuple[FederationSpec, dict[str, SuperLinkAddress],
+                                             dict[str, dict[int, str]]]:
+    """The spec, the SuperLinks and the SuperNode ids in `data`, paths resolved against
+    `base`; ValueError says what is wrong."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"not an edgeflow federation spec (format {FORMAT})")
     try:
@@ -116,9 +136,11 @@ def from_json(data: Any, base: Path) -> tuple[FederationSpec, dict[str, SuperLin
         superlinks = {str(name): SuperLinkAddress(
             str(s["address"]), _path(base, s["root_certificates"], "root_certificates"))
             for name, s in data.get("superlinks", {}).items()}
-    except (KeyError, TypeError, AttributeError) as e:
+        nodes = {str(agg): {int(node): str(name) for node, name in known.items()}
+                 for agg, known in data.get("nodes", {}).items()}
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise ValueError(f"the spec lacks or mistypes {e}") from None
-    return spec, superlinks
+    return spec, superlinks, nodes
 
 
 def read(path: Path) -> SpecFile:
@@ -127,5 +149,5 @@ def read(path: Path) -> SpecFile:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read the federation spec {path}: {e}") from None
-    spec, superlinks = from_json(data, path.parent)
-    return SpecFile(spec, superlinks, path)
+    spec, superlinks, nodes = from_json(data, path.parent)
+    return SpecFile(spec, superlinks, path, nodes)
