@@ -240,3 +240,10 @@ def test_dp_needs_a_mean_and_krum_enough_clients(tmp_path: Path) -> None:
     assert _check(tmp_path, _app(tmp_path).replace("round_time = 60 s", krum.format(0)))[1] == []
     assert _check(tmp_path, _app(tmp_path).replace("round_time = 60 s",
                                                    krum.format(1)))[1] == ["E0303"]
+
+
+@pytest.mark.parametrize("aggregate", ["[]", "[hub]",
+                                       "[server, cloud, hub]"])
+def test_a_malformed_hierarchy_is_reported_not_a_crash(tmp_path: Path, aggregate: str) -> None:
+    text = _app(tmp_path).replace("aggregate  = [server]", f"aggregate  = {aggregate}")
+    assert "E1307" in _check(tmp_path, text)[1]

@@ -390,7 +390,8 @@ def _check_one(t: ir.Training, out: Lowered, sink: DiagnosticSink) -> None:
                         f"`{clients.name}`, or make `{data_device}` the clients")
         return
     tiers = [a for a in aggs if a is not None]
-    if len(tiers) > 2 or clients.name in t.aggregate or len(set(t.aggregate)) < len(tiers):
+    if not 1 <= len(tiers) <= 2 or clients.name in t.aggregate or \
+            len(set(t.aggregate)) < len(tiers):
         sink.error("E1307", "`aggregate` names one or two devices besides the clients, nearest "
                    "first", _entry(out, t.name, "aggregate"), "not an aggregation hierarchy",
                    help="e.g. `aggregate = [ward_server]`, or `[site_server, cloud]` for sites "
