@@ -320,32 +320,37 @@ class Weights:
     activation_bytes: int
 
 
-def weights(t: ir.Training, model: ir.Model) -> Weights:
+Initializers = tuple[onnx.TensorProto, ...]
+
+
+def initializers(model: ir.Model) -> Initializers:
+    """The model file's initializers (their data not loaded): read once per training."""
+    return tuple(onnx.load(model.source, load_external_data=False).graph.initializer)
+
+
+def weights(t: ir.Training, model: ir.Model, inits: Initializers) -> Weights:
     from edgeflow.cost import analysed
 
     analysis, problem = analysed(model)
-    graph = onnx.load(model.source, load_external_data=False).graph
     sizes = {i.name: ir.DTYPE_BYTES.get(_DTYPE.get(i.data_type, ""), 4) * math.prod(i.dims)
-             for i in graph.initializer}
-    inits = set(sizes)
+             for i in inits}
     activations = sum(tensor.nbytes for name, tensor in analysis.tensors.items()
-                      if name not in inits)
+                      if name not in sizes)
     return Weights(sum(sizes[n] for n in t.trainable), sum(sizes.values()),
                    float(problem.total_work), activations)
 
 
-_DTYPE = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+_DTYPE: dict[int, str] = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
           onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
           onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64",
           onnx.TensorProto.BOOL: "bool"}
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
 
-def _check_trainable(t: ir.Training, model: ir.Model, out: Lowered,
+def _check_trainable(t: ir.Training, model: ir.Model, inits: Initializers, out: Lowered,
                      sink: DiagnosticSink) -> bool:
-    graph = onnx.load(model.source, load_external_data=False).graph
-    floats = {i.name for i in graph.initializer if i.data_type in _FLOATS}
-    others = {i.name for i in graph.initializer} - floats
+    floats = {i.name for i in inits if i.data_type in _FLOATS}
+    others = {i.name for i in inits} - floats
     for name in t.trainable:
         if name in floats:
             continue
@@ -359,22 +364,19 @@ def _check_trainable(t: ir.Training, model: ir.Model, out: Lowered,
     return True
 
 
-def _link_key(u: str, v: str) -> tuple[str, str]:
-    return (u, v) if u <= v else (v, u)
-
-
 def check(out: Lowered, sink: DiagnosticSink) -> None:
     """Every training's checks; a training without `trainable` trains every float weight."""
     for name, t in list(out.trainings.items()):
         model = out.models.get(t.model)
-        if not t.trainable and model is not None:
-            graph = onnx.load(model.source, load_external_data=False).graph
+        inits = () if model is None else initializers(model)
+        if not t.trainable:
             t = out.trainings[name] = t.model_copy(update={"trainable": tuple(
-                i.name for i in graph.initializer if i.data_type in _FLOATS)})
-        _check_one(t, out, sink)
+                i.name for i in inits if i.data_type in _FLOATS)})
+        _check_one(t, out, sink, inits)
 
 
-def _check_one(t: ir.Training, out: Lowered, sink: DiagnosticSink) -> None:
+def _check_one(t: ir.Training, out: Lowered, sink: DiagnosticSink,
+               inits: Initializers) -> None:
     clients, model = out.devices.get(t.clients), out.models.get(t.model)
     aggs = [out.devices.get(a) for a in t.aggregate]
     data_device = (out.sensors[t.data].device if t.data in out.sensors
@@ -415,7 +417,7 @@ def _check_one(t: ir.Training, out: Lowered, sink: DiagnosticSink) -> None:
                    "clients", _entry(out, t.name, "min_clients"), "more than a site has",
                    help=f"at most {per_site}")
         return
-    if not _check_trainable(t, model, out, sink):
+    if not _check_trainable(t, model, inits, out, sink):
         return
     if t.dp is not None and t.strategy.name not in ("fedavg", "fedprox"):
         sink.error("E0305", f"differential privacy needs a mean of the updates, not "
@@ -436,7 +438,7 @@ def _check_one(t: ir.Training, out: Lowered, sink: DiagnosticSink) -> None:
     _check_updates(t, out, sink, tiers)
     if out.symbols.decls.keys() - out.broken != out.symbols.decls.keys():
         return  # a broken device or link: the figures below would be wrong
-    _check_round(t, out, sink, clients, tiers, site_list, weights(t, model))
+    _check_round(t, out, sink, clients, tiers, site_list, weights(t, model, inits))
 
 
 def _check_updates(t: ir.Training, out: Lowered, sink: DiagnosticSink,
@@ -555,9 +557,3 @@ def _size(nbytes: float) -> str:
         if nbytes >= factor:
             return f"{nbytes / factor:.3g} {unit}"
     return f"{nbytes:.0f} B"
-
-
-def update_bytes(model: ir.Model, t: ir.Training) -> int:
-    """Bytes of one update (or of the model sent down): its trainable weights."""
-    return weights(t, model).trainable_bytes
-
