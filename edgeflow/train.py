@@ -88,34 +88,40 @@ def newest_version(out: Path, model: str) -> Path | None:
     mine = [e for e in entries if isinstance(e, dict) and e.get("model") == model]
     if not mine:
         return None
-    path = manifest.parent / str(mine[-1].get("file", ""))
+    file = str(mine[-1].get("file", ""))
+    if not file or Path(file).name != file:  # a name in the folder, never a path out of it
+        return None
+    path = manifest.parent / file
     return path if path.is_file() else None
 
 
-def federation_spec(program: ir.Program, t: ir.Training, app_file: Path, options: Options,
-                    start: Path) -> FederationSpec:
+def federation_spec(program: ir.Program, t: ir.Training, *, model: Path, code_root: Path,
+                    work_dir: Path, rounds: int | None = None,
+                    resume: bool = False) -> FederationSpec:
+    """The federation of training `t`, starting from the model file `model`, the user's code
+    under `code_root`, writing under `work_dir`: for `edgeflow train`, or (with the paths
+    inside the containers) for a deployment (edgeflow.emit.training)."""
     from edgeflow.federation import ClientSpec, DPSpec, FederationSpec, SiteSpec
 
-    model = program.models[t.model]
     clients = program.devices[t.clients]
     first = program.devices[t.aggregate[0]]
     found = sites(clients, first)
     assert found is not None  # E1307 otherwise
     index = {name: i for i, name in enumerate(clients.instances())}
-    graph_outputs = _ends_in_softmax(Path(model.source))
+    graph_outputs = _ends_in_softmax(Path(program.models[t.model].source))
     return FederationSpec(
-        model=start, trainable=t.trainable, samples=t.samples, trainer=t.trainer,
-        code_root=app_file.resolve().parent,
+        model=model, trainable=t.trainable, samples=t.samples, trainer=t.trainer,
+        code_root=code_root,
         config={**t.config, "epochs": t.epochs, "batch": t.batch},
         sites=tuple(SiteSpec(s.aggregator, tuple(ClientSpec(c, index[c]) for c in s.clients))
                     for s in found),
         top=t.aggregate[1] if len(t.aggregate) == 2 else None,
-        rounds=options.rounds or t.rounds,
+        rounds=rounds or t.rounds,
         min_clients=t.min_clients or len(found[0].clients),
         strategy=t.strategy.name, strategy_params=dict(t.strategy.params),
         dp=None if t.dp is None else DPSpec(t.dp.clip, t.dp.noise, t.dp.delta),
-        output_is_probabilities=graph_outputs, work_dir=options.out.resolve(),
-        model_name=t.model)
+        output_is_probabilities=graph_outputs, work_dir=work_dir,
+        model_name=t.model, resume=resume)
 
 
 def _ends_in_softmax(path: Path) -> bool:
@@ -153,14 +159,18 @@ def execute(program: ir.Program, t: ir.Training, app_file: Path, options: Option
                              f"{app_file} or on this Python's path")
     prepare_output(options.out)
     try:
-        from edgeflow.federation import FederationError, run_federation
+        from edgeflow.federation import FederationError, require, run_federation
+
+        require()
     except ImportError as e:
         raise TrainError(f"Flower is not installed ({e.name})",
                          help="install edgeflow with its training extra: "
                               "pip install 'edgeflow[train]'") from None
     model = program.models[t.model]
     start = None if options.fresh else newest_version(options.out, t.model)
-    spec = federation_spec(program, t, app_file, options, start or Path(model.source))
+    spec = federation_spec(program, t, model=start or Path(model.source),
+                           code_root=app_file.resolve().parent, work_dir=options.out.resolve(),
+                           rounds=options.rounds)
     try:
         result = run_federation(spec, on_event=on_event,
                                 on_round=lambda r: on_round(round_row(r)))

@@ -10,8 +10,8 @@ loss and accuracy, the bytes each link carried and the privacy budget spent, and
 round's model in `work_dir/versions/` with `manifest.json`. Every process it started is stopped
 when it returns or raises.
 
-Importing this package needs Flower and prv-accountant installed (ImportError otherwise, naming
-the missing one), without loading them.
+The spec types here and `specfile` need neither Flower nor prv-accountant (`edgeflow compile`
+writes a deployment's spec file with them); `require()` says whether the engine can run.
 """
 
 from __future__ import annotations
@@ -21,9 +21,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-for _needed in ("flwr", "prv_accountant"):
-    if importlib.util.find_spec(_needed) is None:
-        raise ImportError(f"No module named '{_needed}'", name=_needed)
+
+def require() -> None:
+    """ImportError naming the first of Flower and prv-accountant that is not installed, without
+    loading them."""
+    for needed in ("flwr", "prv_accountant"):
+        if importlib.util.find_spec(needed) is None:
+            raise ImportError(f"No module named '{needed}'", name=needed)
+
 
 STRATEGIES = ("fedavg", "fedprox", "fedmedian", "trimmed_mean", "krum")
 MEAN_STRATEGIES = ("fedavg", "fedprox")  # the ones differential privacy's noise is calibrated for
@@ -73,6 +78,9 @@ class FederationSpec:
     # the model's name in versions/ (NAME-VERSION.onnx, the manifest's "model"); None: the
     # model file's stem, without a version suffix
     model_name: str | None = None
+    # start from the newest version of the model in work_dir/versions/, if there is one (a
+    # deployment's runs continue one another; `edgeflow train` picks its start itself)
+    resume: bool = False
 
     def name(self) -> str:
         """The model's name in versions/ and the manifest."""
@@ -118,6 +126,7 @@ def run_federation(spec: FederationSpec, on_event: Callable[[str], None] = _igno
                    on_round: Callable[[RoundResult], None] = _ignore) -> FederationResult:
     """Run the federation `spec` describes; `on_event` gets one-line progress notes,
     `on_round` every round's result as soon as it is known. Raises FederationError."""
+    require()
     from edgeflow.federation.runner import run
 
     return run(spec, on_event, on_round)

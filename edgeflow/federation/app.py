@@ -67,6 +67,7 @@ from flwr.supercore import log
 from edgeflow.federation import MEAN_STRATEGIES, ClientSpec, FederationSpec, specfile
 from edgeflow.federation import model as mdl
 from edgeflow.federation.privacy import Accountant
+from edgeflow.train import newest_version
 
 CLIENT_TIMEOUT_S = 900.0   # a client's training or evaluation
 SITE_TIMEOUT_S = 1800.0    # a site's round, for the top tier
@@ -333,6 +334,16 @@ def _logged(path: Path) -> Iterator[None]:
         handler.close()
 
 
+def _arrays_of(inits: Mapping[str, np.ndarray], trainable: tuple[str, ...],
+               where: Path) -> dict[str, np.ndarray]:
+    """The trainable weights of a model version, which must hold every one of them."""
+    missing = [name for name in trainable if name not in inits]
+    if missing:
+        raise RuntimeError(f"{where} has no initializer `{missing[0]}`: it is not a version of "
+                           "this model")
+    return {name: np.array(inits[name]) for name in trainable}
+
+
 def _per_round(ev: mdl.Evaluation) -> tuple[float, float]:
     if ev.count == 0:
         raise RuntimeError("no held-out examples on any client")
@@ -348,6 +359,10 @@ def run_federation(grid: Grid, sf: specfile.SpecFile) -> None:
         base, inits = _model(spec.model)
         mdl.check_trainable(base, spec.trainable)
         arrays = {name: np.array(inits[name]) for name in spec.trainable}
+        if spec.resume and (newest := newest_version(spec.work_dir, spec.name())) is not None:
+            _, resumed = _model(newest)
+            arrays = _arrays_of(resumed, spec.trainable, newest)
+            progress.write("note", text=f"continuing from {newest.name}")
         aggregator = spec.top or spec.sites[0].aggregator
         grid = ordered(grid, sf.order(aggregator))
         if spec.top is None:

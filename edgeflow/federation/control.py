@@ -88,13 +88,14 @@ def register_node(c: ControlHttpClient, public_key_file: Path, name: str) -> int
     key = serialization.load_ssh_public_key(public_key_file.read_bytes())
     assert isinstance(key, ec.EllipticCurvePublicKey)
     res = c.RegisterNode(RegisterNodeRequest(public_key=public_key_to_bytes(key),
-                                             name=_node_name(name)))
+                                             name=node_name(name)))
     if not res.node_id:
         raise RuntimeError(f"the SuperLink did not register {name}'s key")
     return int(res.node_id)
 
 
-def _node_name(name: str) -> str:
+def node_name(name: str) -> str:
+    """A SuperNode's name as the SuperLink stores it: `bedside_hub[3]` -> `bedside_hub-3`."""
     return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name).strip("-")[:60]
 
 

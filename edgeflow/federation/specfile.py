@@ -10,7 +10,7 @@ the run config's `spec`), so a deployment provides the same file.
      "top": null, "strategy": "fedavg", "strategy_params": {},
      "dp": {"clip": 10.0, "noise": 0.1, "delta": 1e-05},
      "output_is_probabilities": true, "work_dir": "/var/lib/edgeflow/train",
-     "model_name": "risk_classifier",
+     "model_name": "risk_classifier", "resume": false,
      "superlinks": {"ward_server": {"address": "10.0.0.5:9092",
                                     "root_certificates": "pki/ca.crt"}},
      "nodes": {"ward_server": {"7310520498721734912": "bedside_hub[0]", ...}}}
@@ -82,7 +82,7 @@ def to_json(spec: FederationSpec, superlinks: Mapping[str, SuperLinkAddress],
         "dp": None if spec.dp is None else {"clip": spec.dp.clip, "noise": spec.dp.noise,
                                             "delta": spec.dp.delta},
         "output_is_probabilities": spec.output_is_probabilities,
-        "work_dir": str(spec.work_dir), "model_name": spec.model_name,
+        "work_dir": str(spec.work_dir), "model_name": spec.model_name, "resume": spec.resume,
         "superlinks": {name: {"address": s.address,
                               "root_certificates": str(s.root_certificates)}
                        for name, s in superlinks.items()},
@@ -132,7 +132,8 @@ def from_json(data: Any, base: Path) -> tuple[FederationSpec, dict[str, SuperLin
                                               float(dp["delta"])),
             output_is_probabilities=bool(data["output_is_probabilities"]),
             work_dir=_path(base, data["work_dir"], "work_dir"),
-            model_name=None if data.get("model_name") is None else str(data["model_name"]))
+            model_name=None if data.get("model_name") is None else str(data["model_name"]),
+            resume=bool(data.get("resume", False)))
         superlinks = {str(name): SuperLinkAddress(
             str(s["address"]), _path(base, s["root_certificates"], "root_certificates"))
             for name, s in data.get("superlinks", {}).items()}
