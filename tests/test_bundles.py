@@ -83,7 +83,8 @@ def test_kustomization_lists_every_manifest(bundles) -> None:  # type: ignore[no
         assert len(resources) == len(set(resources)), "a manifest is listed twice"
         listed = {f"k8s/{r}" for r in resources}
         top = {p for p in files if p.startswith("k8s/") and p.endswith(".yaml")
-               and p.count("/") == 1 and p != "k8s/kustomization.yaml"}
+               and (p.count("/") == 1 or p.startswith("k8s/training/"))
+               and p != "k8s/kustomization.yaml"}
         instances = {p.rsplit("/", 1)[0] for p in files
                      if p.startswith("k8s/instances/") and p.endswith("/kustomization.yaml")}
         assert listed == top | instances
@@ -119,7 +120,8 @@ def test_conventions_and_security(bundles) -> None:  # type: ignore[no-untyped-d
             if obj["kind"] != "Deployment":
                 continue
             spec = obj["spec"]["template"]["spec"]
-            device_label = obj["metadata"]["labels"]["edgeflow.io/device"]
+            labels = obj["metadata"]["labels"]  # a device's pod, or a training's on a device
+            device_label = labels.get("edgeflow.io/device") or labels["edgeflow.io/runs-on"]
             tier = next(t for d, t in tiers.items()
                         if d.replace("_", "-").replace("[", "-").replace("]", "") == device_label)
             assert spec["securityContext"]["runAsNonRoot"] is True
@@ -581,7 +583,8 @@ def test_every_driver_config_in_a_bundle_is_one_the_driver_reads(bundles) -> Non
         if target != "k8s":
             continue
         for obj in _objects(files):
-            if obj["kind"] != "ConfigMap":
+            if obj["kind"] != "ConfigMap" or obj["metadata"]["labels"].get("edgeflow.io/role") \
+                    != "device":  # a training's holds its spec files (test_training_bundle)
                 continue
             for key, text in obj["data"].items():
                 if key.endswith(".json") and json.loads(text)["kind"] in ("sensor", "actuator",
@@ -613,7 +616,7 @@ def assert_requests_are_the_plan(program: Any, plan: Any, files: dict[str, bytes
     1m); what it requests fits the device; and pods run exactly where the plan uses a device."""
     use = {device_label(d.device): d for d in plan.used_devices()}
     pods = {o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in _objects(files)
-            if o["kind"] == "Deployment"}
+            if o["kind"] == "Deployment" and o["metadata"]["labels"]["edgeflow.io/role"] == "device"}
     assert set(pods) == set(use)
     devices = {device_label(i): d for d in program.devices.values() for i in d.instances()}
     for name, spec in pods.items():

@@ -3,8 +3,9 @@ bundle model, then written atomically: into a temporary sibling folder renamed o
 folder, so an error leaves nothing behind and a reader never sees half a bundle.
 
 Layout (see docs/bundles.md): plan.json, report.md, report.html, models/ (+ manifest.json), mqtt/<broker>/,
-and k8s/ (kustomization) or compose/<device>/compose.yaml, plus `.edgeflow-bundle`, the marker
-that says which files edgeflow generated there.
+and k8s/ (kustomization) or compose/<device>/compose.yaml, training/<name>/ for a target that
+deploys trainings, plus `.edgeflow-bundle`, the marker that says which files edgeflow generated
+there.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from edgeflow.emit.artefacts import (
     manifest,
     read_models,
 )
-from edgeflow.emit.bundle import build_bundle
+from edgeflow.emit.bundle import build_bundle, bundle_names
 from edgeflow.emit.identities import secrets_json
 from edgeflow.emit.mqtt import render_acl, render_conf
 from edgeflow.emit.report import render_report
 from edgeflow.emit.report_html import render_html_report
 from edgeflow.emit.targets import TARGETS, Rendering
+from edgeflow.emit.training import check_federation_names, federations
 from edgeflow.execution import ExecutionGraph
 from edgeflow.files import reason, write_all
 from edgeflow.plan import Plan
@@ -77,12 +79,17 @@ def bundle_files(execution: ExecutionGraph, plan: Plan, target: str,
     files.update(external_files(plan, sources))
     if artefacts:
         files["models/manifest.json"] = manifest(sources, artefacts, adapt)
-    files["secrets.json"] = secrets_json(bundle)
+    feds = federations(program) if TARGETS[target].deploys_training else ()
+    if feds:
+        check_federation_names(program, feds, bundle_names(bundle))
+    for fed in feds:
+        files.update(fed.files())
+    files["secrets.json"] = secrets_json(bundle, feds)
     for b in bundle.brokers.values():
         files[f"mqtt/{b.name}/mosquitto.conf"] = render_conf(bundle, b).encode()
         files[f"mqtt/{b.name}/edgeflow.acl"] = render_acl(b).encode()
     files.update(TARGETS[target].render(Rendering(bundle, artefacts, dict(options or {}),
-                                                  adapt)))
+                                                  adapt, feds)))
     files[MARKER] = (json.dumps({"generator": f"edgeflow {__version__}", "app": bundle.app,
                                  "target": target, "files": sorted(files)}, indent=2)
                      + "\n").encode()

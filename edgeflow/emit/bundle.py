@@ -125,6 +125,15 @@ def _label(key: Key, readable: str, hash_key: Key, stem: str, suffix: str = "") 
     return _hashed(hash_key, stem, suffix)
 
 
+def generated_label(readable: str, key: Key, stem: str, suffix: str = "") -> str:
+    """A name of something that has no `read_label` reading (a training's objects):
+    `readable` when it is a DNS label of at most 63 characters, else `stem`-`suffix` with the
+    digest of `key`. `check_names` refuses the rare bundle in which two coincide."""
+    if len(readable) <= LABEL_MAX and DNS_LABEL.fullmatch(readable):
+        return readable
+    return _hashed(key, stem, suffix)
+
+
 def _split_instance(instance: str) -> tuple[str, str]:
     """`NAME[i]` -> (NAME, i), `NAME` -> (NAME, "")."""
     m = re.fullmatch(r"(.*)\[([0-9]+)\]", instance)
@@ -486,6 +495,20 @@ def span_of(program: ir.Program, name: str) -> Span | None:
 def _declared_at(program: ir.Program, name: str) -> str:
     span = span_of(program, name)
     return f"`{name}`" if span is None else f"`{name}` ({span.file}:{span.line}:{span.col})"
+
+
+def bundle_names(bundle: Bundle) -> dict[str, str]:
+    """The DNS names a bundle's inference objects take (clients, brokers, device pods and their
+    ConfigMaps), each with what it names: what other objects of the bundle must not take."""
+    out: dict[str, str] = {}
+    for c in bundle.clients:
+        out.setdefault(c.name, f"the client `{c.step}`")
+    for b in bundle.brokers.values():
+        out.setdefault(b.name, f"the broker on `{b.device}`")
+        for name in (b.label, f"{b.label}-config", device_label(b.device.split("[")[0]),
+                     f"{device_label(b.device.split('[')[0])}-config"):
+            out.setdefault(name, f"the pod of device `{b.device}`")
+    return out
 
 
 def check_names(bundle: Bundle) -> None:

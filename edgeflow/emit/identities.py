@@ -9,14 +9,22 @@ secrets and of cert-manager), named `CLIENT-tls`, `broker-DEVICE-tls` and
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from edgeflow import pki
 from edgeflow.emit.bundle import Bundle
 
 TLS_DIR = "/etc/edgeflow/tls"
 BRIDGE_TLS_DIR = "/etc/edgeflow/bridge-tls"
+
+
+class Federated(Protocol):
+    """A deployed training (edgeflow.emit.training.Federation), as far as certificates go."""
+
+    def identities(self) -> list[Identity]: ...
 
 
 @dataclass(frozen=True)
@@ -41,21 +49,25 @@ def bridge_secret(broker_name: str) -> str:
     return f"{broker_name}-bridge-tls"
 
 
-def identities(bundle: Bundle) -> list[Identity]:
-    """Every certificate of `bundle`, in bundle order."""
+def identities(bundle: Bundle, federations: Sequence[Federated] = ()) -> list[Identity]:
+    """Every certificate of `bundle`, in bundle order, then those of the `federations` it
+    deploys (docs/training.md: each SuperLink's server certificate, and each SuperNode's, whose
+    key authenticates it)."""
     out = [Identity(client_secret(c.name), c.identity) for c in bundle.clients]
     for b in bundle.brokers.values():
         out.append(Identity(broker_secret(b.name), b.name, dns=(b.name, "localhost"),
                             ips=("127.0.0.1",), server=True, client=False))
         if b.bridges:
             out.append(Identity(bridge_secret(b.name), b.bridges[0].identity))
+    for f in federations:
+        out += f.identities()
     return out
 
 
-def secrets_json(bundle: Bundle) -> bytes:
+def secrets_json(bundle: Bundle, federations: Sequence[Federated] = ()) -> bytes:
     """`secrets.json`: the bundle's certificates, for `edgeflow certs` (docs/bundles.md)."""
     rows = [{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(i).items()}
-            for i in identities(bundle)]
+            for i in identities(bundle, federations)]
     return (json.dumps({"app": bundle.app, "secrets": rows}, indent=2) + "\n").encode()
 
 

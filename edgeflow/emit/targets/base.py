@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from edgeflow.emit.artefacts import AdaptFiles, Artefact
 from edgeflow.emit.bundle import Bundle, Client
+from edgeflow.emit.training import Federation
 from edgeflow.plan import Part
 from edgeflow.registry import Registry
 
@@ -23,6 +24,7 @@ class Rendering:
     artefacts: dict[tuple[str, Part, int], Artefact]
     options: Mapping[str, str] = field(default_factory=dict)
     adapt: AdaptFiles = field(default_factory=dict)  # the decision tables' halves
+    federations: tuple[Federation, ...] = ()  # the trainings it deploys (`deploys_training`)
 
     def option(self, target: Target, key: str) -> str:
         """The value of option `key` of `target`: as given, else its default for this app."""
@@ -45,6 +47,9 @@ class Target(ABC):
     # what `--target-option KEY=VALUE` may set: key -> (default, with `{app}` for the app's
     # name; its help)
     options: ClassVar[Mapping[str, tuple[str, str]]] = {}
+    # whether its bundles deploy the program's trainings (their Flower processes,
+    # docs/training.md); a target that does not leaves them to `edgeflow train`
+    deploys_training: ClassVar[bool] = False
 
     def warnings(self, options: Mapping[str, str]) -> list[str]:
         """What `compile` should warn about a bundle rendered with `options`."""

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from edgeflow.cost import millicores, unit_cpu, unit_memory_bytes
+from edgeflow.emit.artefacts import MODELS_MOUNT
 from edgeflow.emit.bundle import (
     DNS_LABEL,
     LABEL_MAX,
@@ -27,8 +28,24 @@ from edgeflow.emit.bundle import (
 )
 from edgeflow.emit.identities import bridge_secret, broker_secret, client_secret, identities
 from edgeflow.emit.mqtt import render_acl, render_conf
-from edgeflow.emit.targets.base import Rendering, Target
+from edgeflow.emit.targets.base import Rendering, Target, TargetError
 from edgeflow.emit.templating import render
+from edgeflow.emit.training import (
+    CODE_DIR,
+    COORDINATOR_CERTS,
+    ENVIRONMENT,
+    SPEC_DIR,
+    SUPERLINK_MEMORY_BYTES,
+    SUPERLINK_TLS,
+    SUPERNODE_MEMORY_BYTES,
+    SUPERNODE_TLS,
+    TMP_BYTES,
+    TRAIN_IMAGE,
+    WORK_DIR,
+    WORK_VOLUME_BYTES,
+    Federation,
+    cron_schedule,
+)
 from edgeflow.emit.units import (
     BROKER_IMAGE,
     WORKER_IMAGE,
@@ -77,11 +94,13 @@ def _labels(bundle: Bundle, name: str, device: str) -> dict[str, str]:
 
 def models_image(r: Rendering) -> str | None:
     """The per-bundle model image: its tag is the digest of the model files it holds."""
-    if not r.artefacts:
+    if not r.artefacts and not r.federations:
         return None
-    files = [*r.artefacts.values(),
-             *(a for cuts in r.adapt.values() for pair in cuts.values() for a in pair)]
-    digest = hashlib.sha256("\n".join(sorted(f"{a.path} {a.sha256}" for a in
+    files = [(a.path, a.sha256) for a in
+             [*r.artefacts.values(),
+              *(a for cuts in r.adapt.values() for pair in cuts.values() for a in pair)]]
+    files += [(f.model_path, hashlib.sha256(f.model_data).hexdigest()) for f in r.federations]
+    digest = hashlib.sha256("\n".join(sorted(f"{path} {sha}" for path, sha in
                                              files)).encode()).hexdigest()
     return f"edgeflow-models-{k8s_name(r.bundle.app) or 'app'}:{digest[:12]}"
 
@@ -93,10 +112,13 @@ class Kubernetes(Target):
     def broker_host(self, bundle: Bundle, client: Client) -> str:
         return "127.0.0.1"  # every client runs in its device's pod, beside the broker
 
-    def render(self, r: Rendering) -> dict[str, bytes]:
-        return self.render_devices(r, set(r.bundle.brokers))
+    deploys_training = True
 
-    def render_devices(self, r: Rendering, devices: set[str]) -> dict[str, bytes]:
+    def render(self, r: Rendering) -> dict[str, bytes]:
+        return self.render_devices(r, set(r.bundle.brokers), trainings=True)
+
+    def render_devices(self, r: Rendering, devices: set[str], trainings: bool = False,
+                       ) -> dict[str, bytes]:
         """The manifests of the device instances in `devices` (all of a k8s bundle; the cloud
         part of a bundle whose other devices another target deploys). A bridge to or from a
         device outside the cluster is admitted on the broker's port from anywhere — mutual TLS
@@ -169,6 +191,11 @@ class Kubernetes(Target):
         for text, folder in bases.items():  # each shared definition names who shares it
             files[f"k8s/{folder}/device.yaml"] = text.replace(
                 "@SHARED_BY@", _instances_text(users[folder]), 1).encode()
+        if trainings:
+            for fed in r.federations:
+                path = f"training/{fed.label}.yaml"
+                files[f"k8s/{path}"] = render_training(r, fed, namespace, image).encode()
+                resources.append(path)
         if image is not None:
             files["k8s/models.Dockerfile"] = render(
                 "k8s/models.Dockerfile.j2", image=image, base=MODELS_BASE_IMAGE,
@@ -179,7 +206,8 @@ class Kubernetes(Target):
         files["k8s/cert-manager/ca.yaml"] = render(
             "k8s/ca.yaml.j2", app=bundle.app, namespace=namespace).encode()
         files["k8s/cert-manager/identities/certificates.yaml"] = render(
-            "k8s/certificates.yaml.j2", app=bundle.app, identities=identities(bundle)).encode()
+            "k8s/certificates.yaml.j2", app=bundle.app,
+            identities=identities(bundle, r.federations if trainings else ())).encode()
         files["k8s/cert-manager/identities/kustomization.yaml"] = render(
             "k8s/identities.kustomization.yaml.j2").encode()
         files["k8s/cert-manager/kustomization.yaml"] = render(
@@ -389,3 +417,81 @@ def _instances_text(instances: list[str]) -> str:
     if indices == list(range(indices[0], indices[0] + len(indices))) and len(indices) > 2:
         return f"{name}[{indices[0]}]..{name}[{indices[-1]}]"
     return ", ".join(instances)
+
+
+TRAINING_CPU = "100m"
+COORDINATOR_MEMORY_BYTES = 256 * 2**20
+
+
+def render_training(r: Rendering, f: Federation, namespace: str, models: str | None) -> str:
+    """k8s/training/NAME.yaml: the objects of one training (templates/k8s/training.yaml.j2)."""
+    bundle = r.bundle
+    t = f.training
+    schedule = None
+    if f.schedule_s is not None:
+        schedule = cron_schedule(f.schedule_s)
+        if schedule is None:
+            raise TargetError(f"training `{t.name}`: `every` = {f.schedule_s:g} s is no cron "
+                              "schedule", t.name,
+                              "give minutes that divide an hour, hours that divide a day, "
+                              "1 d or 7 d")
+
+    def labels(name: str, role: str, device: str | None = None) -> dict[str, str]:
+        """Its labels; never `edgeflow.io/device`, which the device pods' NetworkPolicies select
+        on: `edgeflow.io/runs-on` names the device instance instead."""
+        return {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": k8s_name(bundle.app),
+                "app.kubernetes.io/managed-by": "edgeflow", "edgeflow.io/role": role,
+                "edgeflow.io/training": f.label,
+                **({"edgeflow.io/runs-on": device_label(device)} if device else {})}
+
+    links = []
+    for link in f.superlinks:
+        node = f.site_node(link)
+        links.append({
+            "name": link.name, "aggregator": link.aggregator, "port": link.port,
+            "secret": link.secret, "command": f.superlink_argv(link),
+            "placement": _placement(bundle, link.tier, link.aggregator),
+            "labels": labels(link.name, "superlink", link.aggregator),
+            "pod_labels": {**labels(link.name, "superlink", link.aggregator),
+                           **({"edgeflow.io/dials": node.superlink.name} if node else {})},
+            "node": None if node is None else {
+                "command": node.argv(), "secret": node.secret,
+                "superlink_name": node.superlink.name, "port": node.superlink.port,
+                "superlink_aggregator": node.superlink.aggregator}})
+    nodes = [{"name": n.name, "who": n.who, "secret": n.secret, "command": n.argv(),
+              "superlink_name": n.superlink.name, "port": n.superlink.port,
+              "placement": _placement(bundle, n.tier, n.device),
+              "labels": labels(n.name, "supernode", n.device),
+              "pod_labels": {**labels(n.name, "supernode", n.device),
+                             "edgeflow.io/dials": n.superlink.name}}
+             for n in f.client_nodes()]
+    coordinator_labels = {**labels(f.coordinator, "coordinator", f.home.aggregator),
+                          "edgeflow.io/coordinates": f.label}
+    view = {
+        "name": t.name, "label": f.label, "config": f.config, "coordinator": f.coordinator,
+        "labels": labels(f.config, "training"), "spec_json": f.spec_json,
+        "coordinator_json": f.coordinator_json, "superlinks": links, "nodes": nodes,
+        "samples": t.samples, "trainer": t.trainer, "schedule": schedule,
+        "every": f"every {f.schedule_s:g} s" if f.schedule_s else "",
+        "coordinator_labels": coordinator_labels, "port": f.home.port,
+        "coordinator_placement": _placement(bundle, f.home.tier, f.home.aggregator),
+        "coordinator_command": f.coordinator_argv(), "home_secret": f.home.secret,
+        "all_nodes": [{"name": n.name, "secret": n.secret} for n in f.nodes]}
+    args: dict[str, Any] = {
+        "app": bundle.app, "namespace": namespace, "image": TRAIN_IMAGE, "models_image": models,
+        "env": [{"name": k, "value": v} for k, v in ENVIRONMENT.items()],
+        "security": _security(UIDS["worker"]), "cpu": TRAINING_CPU,
+        "superlink_memory": quantity(SUPERLINK_MEMORY_BYTES),
+        "superlink_limit": quantity(2 * SUPERLINK_MEMORY_BYTES),
+        "node_memory": quantity(SUPERNODE_MEMORY_BYTES),
+        "node_limit": quantity(2 * SUPERNODE_MEMORY_BYTES),
+        "coordinator_memory": quantity(COORDINATOR_MEMORY_BYTES),
+        "coordinator_limit": quantity(2 * COORDINATOR_MEMORY_BYTES),
+        "volume": quantity(WORK_VOLUME_BYTES), "spec_dir": SPEC_DIR, "work_dir": WORK_DIR,
+        "models_dir": MODELS_MOUNT, "tmp_size": quantity(TMP_BYTES),
+        "superlink_tls": SUPERLINK_TLS, "supernode_tls": SUPERNODE_TLS,
+        "certs_dir": COORDINATOR_CERTS, "code_dir": CODE_DIR}
+    view_nodes = {**view, "nodes": nodes}
+    pod = render("k8s/training_coordinator.yaml.j2", f={**view_nodes, "nodes": view["all_nodes"]},
+                 **args).rstrip("\n")
+    return render("k8s/training.yaml.j2", f=view_nodes, coordinator_pod=pod, **args)
