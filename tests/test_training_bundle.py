@@ -331,7 +331,8 @@ def _free_port() -> int:
 class Rehearsal:
     """The compose bundle's training services as processes: each volume's container path maps
     to the host folder it names (relative to its compose file; `${EDGEFLOW_SECRETS}` is the
-    folder `edgeflow certs` wrote; the named volume `data` is one folder), the user's code is
+    folder `edgeflow certs` wrote; the named volume `data` is one folder for all aggregators, as
+    `edgeflow train` shares one, each SuperLink's database in it named apart), the user's code is
     where a derived image would put it, the SuperLinks' host names resolve to 127.0.0.1 and
     every port is a free one, since all run on one machine."""
 
@@ -380,9 +381,14 @@ class Rehearsal:
 
     def prepare(self, training: str) -> None:
         folder = self.bundle / "training" / training
-        spec = json.loads((folder / "spec.json").read_text())
-        (self.root / "spec" / "spec.json").write_text(json.dumps(self._rewrite(spec,
-                                                                               self.shared)))
+        spec = self._rewrite(json.loads((folder / "spec.json").read_text()), self.shared)
+        # a site's node reaches the SuperLink in its own pod at 127.0.0.1:PORT: here, the port
+        # that SuperLink was given
+        links = json.loads((folder / "coordinator.json").read_text())["superlinks"]
+        for aggregator, local in spec["superlinks"].items():
+            name = links[aggregator]["address"].split(":")[0]
+            local["address"] = f"127.0.0.1:{self.ports.setdefault(name, _free_port())}"
+        (self.root / "spec" / "spec.json").write_text(json.dumps(spec))
 
     def service(self, compose: Path, name: str) -> tuple[list[str], dict[str, str]]:
         svc = yaml.safe_load(compose.read_text())["services"][name]
@@ -397,6 +403,11 @@ class Rehearsal:
                 self._rewrite(co, mounts)))
         argv = [self._rewrite(arg, mounts) for arg in argv]
         if argv[0] == "flower-superlink":  # its port: the one its address was given
+            # each aggregator's volume is its own; here the work folder is one (as in
+            # `edgeflow train`), so each SuperLink's database is kept apart
+            database = Path(argv[argv.index("--database") + 1])
+            argv[argv.index("--database") + 1] = str(database.with_name(
+                f"{compose.parent.name}-{database.name}"))
             port = argv.index("--port") + 1
             link = re.sub(r"-tls$", "", Path(self._host_path(
                 "/etc/edgeflow/superlink-tls", mounts)).name)
@@ -468,3 +479,35 @@ def test_the_compose_bundle_trains_as_generated(tmp_path: Path) -> None:
     # the second run starts from the first's version: its initial accuracy is that version's
     assert np.isclose(initial[-1]["test_accuracy"], versions[0]["test_accuracy"])
     assert versions[1]["test_accuracy"] >= versions[0]["test_accuracy"] - 0.05
+
+
+def test_the_hierarchical_compose_bundle_trains_as_generated(tmp_path: Path) -> None:
+    """Two sites of two hubs under the cloud: each site's node, beside its site's SuperLink,
+    runs its site's round for the cloud's federation."""
+    path = _app(tmp_path, hubs=4, servers=2, top=True)
+    bundle = tmp_path / "bundle"
+    _compile(path, "compose", bundle)
+    assert not certs.make(bundle, tmp_path / "secrets").diagnostics
+    play = Rehearsal(bundle, tmp_path / "secrets", tmp_path, tmp_path / "rehearsal")
+    play.prepare("learn")
+    compose = bundle / "compose"
+    for k in (0, 1):
+        site = yaml.safe_load((compose / f"server-{k}" / "training-learn.yaml").read_text())
+        assert sorted(site["services"]) == ["site-node", "superlink"]
+        assert "data:/var/lib/edgeflow/train" in site["services"]["site-node"]["volumes"]
+    try:
+        play.start(compose / "cloud" / "training-learn.yaml", "superlink")
+        for k in (0, 1):
+            play.start(compose / f"server-{k}" / "training-learn.yaml", "superlink")
+            play.start(compose / f"server-{k}" / "training-learn.yaml", "site-node")
+        for i in range(4):
+            play.start(compose / f"hub-{i}" / "training-learn.yaml", "node")
+        code, out = play.run(compose / "cloud" / "training-learn.yaml", "coordinator",
+                             timeout=400)
+        assert code == 0, out
+        assert out.count("registered") == 6 and "completed" in out  # 4 hubs, 2 sites
+    finally:
+        play.processes.stop_all()
+    versions = json.loads((tmp_path / "rehearsal" / "data" / "versions" /
+                           "manifest.json").read_text())
+    assert len(versions) == 1 and versions[0]["round"] == 1
