@@ -297,12 +297,19 @@ def _rule_admits(rule: dict[str, Any], peer_key: str, peer: dict[str, str], port
     return peer_ok and port_ok
 
 
+def pod_template(obj: dict[str, Any]) -> dict[str, Any]:
+    """The pod template of a Deployment, Job or CronJob."""
+    spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    return dict(spec["template"])
+
+
 def admitted(objects: list[dict[str, Any]], port: int = 8883) -> set[tuple[str, str]]:
-    """Which pod may open a TCP connection to which on `port`, by the bundle's NetworkPolicies:
+    """Which workload's pods may open a TCP connection to which on `port` (Deployments, Jobs,
+    CronJobs), by the bundle's NetworkPolicies:
     the source's egress and the destination's ingress must both allow it (a pod no policy of a
     direction selects is open in that direction; the bundle's default-deny selects all)."""
-    pods = {o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"]
-            for o in objects if o["kind"] == "Deployment"}
+    pods = {o["metadata"]["name"]: pod_template(o)["metadata"]["labels"]
+            for o in objects if o["kind"] in ("Deployment", "Job", "CronJob")}
     policies = [o["spec"] for o in objects if o["kind"] == "NetworkPolicy"]
 
     def allows(direction: str, own: dict[str, str], peer: dict[str, str]) -> bool:

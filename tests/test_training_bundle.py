@@ -30,7 +30,7 @@ from edgeflow.emit.training import TRAIN_IMAGE, cron_schedule
 from edgeflow.federation import specfile
 from edgeflow.federation.processes import Processes
 from tests import kustomize, pss
-from tests.test_bundles import K8S_VERSIONS, _rule_admits, _selects
+from tests.test_bundles import K8S_VERSIONS, admitted, pod_template
 from tests.test_dockerfile import Dockerfile, provided_by_image
 from tests.test_federation import MODULE, _model
 
@@ -92,33 +92,9 @@ def _training(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [o for o in objects if "edgeflow.io/training" in o["metadata"].get("labels", {})]
 
 
-def _pod(obj: dict[str, Any]) -> dict[str, Any]:
-    spec = obj["spec"]
-    if obj["kind"] == "CronJob":
-        spec = spec["jobTemplate"]["spec"]
-    return dict(spec["template"])
-
-
 def _pods(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {o["metadata"]["name"]: _pod(o) for o in objects
+    return {o["metadata"]["name"]: pod_template(o) for o in objects
             if o["kind"] in ("Deployment", "Job", "CronJob")}
-
-
-def admitted(objects: list[dict[str, Any]], port: int) -> set[tuple[str, str]]:
-    """Which workload's pods may open a TCP connection to which on `port` (NetworkPolicy
-    semantics, as tests/test_bundles.py evaluates them, over Jobs and CronJobs too)."""
-    pods = {name: pod["metadata"]["labels"] for name, pod in _pods(objects).items()}
-    policies = [o["spec"] for o in objects if o["kind"] == "NetworkPolicy"]
-
-    def allows(direction: str, own: dict[str, str], peer: dict[str, str]) -> bool:
-        mine = [p for p in policies if _selects(p["podSelector"], own)
-                and direction in p.get("policyTypes", [])]
-        key = "to" if direction == "Egress" else "from"
-        return not mine or any(_rule_admits(rule, key, peer, port)
-                               for p in mine for rule in p.get(direction.lower(), []))
-
-    return {(a, b) for a, la in pods.items() for b, lb in pods.items()
-            if a != b and allows("Egress", la, lb) and allows("Ingress", lb, la)}
 
 
 # ---------------------------------------------------------------- k8s

@@ -641,15 +641,8 @@ def _site_relay(msg: Message, context: Context, spec_path: str, task: str) -> Me
         run_id = control.start_run(c, {"spec": str(sf.path), "site": k, "task": task,
                                        "round": rnd, "weights": str(weights),
                                        "result": str(result)})
-        deadline = time.monotonic() + SITE_TIMEOUT_S
-        status = ("", "", "")
-        while time.monotonic() < deadline:
-            status = control.run_status(c, run_id)
-            if status[0] == "finished":
-                break
-            time.sleep(0.3)
-        else:
-            control.stop_run(c, run_id)
+        status = control.wait_for_run(c, run_id, SITE_TIMEOUT_S, 0.3)
+        if status is None:
             raise RuntimeError(f"{site.aggregator}: its round {rnd} ({task}) took over "
                                f"{SITE_TIMEOUT_S:.0f} s")
     finally:

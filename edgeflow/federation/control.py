@@ -138,3 +138,19 @@ def stop_run(c: ControlHttpClient, run_id: int) -> None:
     from flwr.proto.control_pb2 import StopRunRequest
 
     c.StopRun(StopRunRequest(run_id=run_id))
+
+
+def wait_for_run(c: ControlHttpClient, run_id: int, timeout_s: float,
+                 interval_s: float) -> tuple[str, str, str] | None:
+    """Poll until run `run_id` has finished: its (status, sub-status, details). After
+    `timeout_s` it is stopped and None returned."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = run_status(c, run_id)
+        if status[0] == "finished":
+            return status
+        time.sleep(interval_s)
+    stop_run(c, run_id)
+    return None

@@ -254,15 +254,8 @@ def coordinate(co: Coordination) -> int:
     try:
         run_id = control.start_run(c, {"spec": str(co.spec)})
         _log(f"run {run_id} started on the SuperLink of {co.home}")
-        deadline = time.monotonic() + co.run_s
-        status = ("", "", "")
-        while time.monotonic() < deadline:
-            status = control.run_status(c, run_id)
-            if status[0] == "finished":
-                break
-            time.sleep(2.0)
-        else:
-            control.stop_run(c, run_id)
+        status = control.wait_for_run(c, run_id, co.run_s, 2.0)
+        if status is None:
             raise DeployError(f"run {run_id} did not finish within {co.run_s:.0f} s: stopped")
     finally:
         c.close()
