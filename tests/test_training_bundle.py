@@ -21,12 +21,13 @@ from typing import Any
 
 import kubernetes_validate
 import numpy as np
+import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
 from edgeflow import api, certs
-from edgeflow.emit.training import TRAIN_IMAGE, cron_schedule
+from edgeflow.emit.training import CODE_DIR, TRAIN_IMAGE, cron_schedule
 from edgeflow.federation import specfile
 from edgeflow.federation.processes import Processes
 from tests import kustomize, pss
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _app(tmp: Path, *, hubs: int = 3, servers: int = 1, top: bool = False, every: str = "",
-         rounds: int = 1, extra: str = "") -> Path:
+         rounds: int = 1, extra: str = "", dp: str = "") -> Path:
     """A ward of `hubs` hubs training the tiny softmax model of tests/test_federation.py; with
     `top`, `servers` site servers under a cloud aggregator (its data then carries no label)."""
     (tmp / "tiny_fl.py").write_text(MODULE)  # beside the file, as `edgeflow train` finds it
@@ -70,6 +71,7 @@ def _app(tmp: Path, *, hubs: int = 3, servers: int = 1, top: bool = False, every
           rounds     = {rounds}
           round_time = 60 s
           {every}
+          {dp}
         }}
         """)
     path = tmp / "app.ef"
@@ -304,6 +306,39 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _target(volume: str) -> str:
+    return re.sub(r"\$\{[^}]*\}", "/from-environment", volume).split(":")[1]
+
+
+def needed_paths(role: str, command: list[str], folder: Path) -> set[str]:
+    """Every container path a training container uses: its command's, and what it reads of
+    the spec files: every Flower process the spec, the model and the code; an aggregator its
+    work folder; a site's node the CA of the SuperLink beside it; the coordinator its
+    certificates (the spec it only names to the ServerApp)."""
+    paths = {a for a in command if a.startswith("/")}
+    if role == "coordinator":
+        co = json.loads((folder / "coordinator.json").read_text())
+        return paths | {p for link in co["superlinks"].values()
+                        for p in [link["root_certificates"], *link["nodes"].values()]}
+    spec = json.loads((folder / "spec.json").read_text())
+    paths |= {spec["model"], spec["code_root"], "/etc/edgeflow/train/spec.json"}
+    if role in ("superlink", "site-node"):
+        paths.add(spec["work_dir"])
+    if role == "site-node":
+        paths |= {s["root_certificates"] for s in spec["superlinks"].values()}
+    return paths
+
+
+def assert_paths_provided(role: str, command: list[str], targets: list[str],
+                          folder: Path) -> None:
+    """Each path is under a mount of the container, or is what the image provides: /tmp and
+    the folder a derived image puts the user's code in."""
+    provided = [*targets, "/tmp", CODE_DIR]
+    for path in needed_paths(role, command, folder):
+        assert any(path == t or path.startswith(t.rstrip("/") + "/") for t in provided), \
+            (role, path, targets)
+
+
 class Rehearsal:
     """The compose bundle's training services as processes: each volume's container path maps
     to the host folder it names (relative to its compose file; `${EDGEFLOW_SECRETS}` is the
@@ -368,6 +403,8 @@ class Rehearsal:
 
     def service(self, compose: Path, name: str) -> tuple[list[str], dict[str, str]]:
         svc = yaml.safe_load(compose.read_text())["services"][name]
+        assert_paths_provided(name, svc["command"], [_target(v) for v in svc["volumes"]],
+                              self.bundle / "training" / "learn")
         mounts = self._mounts(compose, svc["volumes"])
         tmp = self.root / "tmp" / f"{compose.parent.name}-{name}"
         tmp.mkdir(parents=True, exist_ok=True)
@@ -421,7 +458,7 @@ class Rehearsal:
 
 
 def test_the_compose_bundle_trains_as_generated(tmp_path: Path) -> None:
-    path = _app(tmp_path)
+    path = _app(tmp_path, dp="privacy = dp(clip = 10, noise = 1)")
     bundle = tmp_path / "bundle"
     _compile(path, "compose", bundle)
     made = certs.make(bundle, tmp_path / "secrets")
@@ -451,6 +488,10 @@ def test_the_compose_bundle_trains_as_generated(tmp_path: Path) -> None:
                                               "progress.jsonl").read_text().splitlines()]
     notes = [e["text"] for e in progress if e["event"] == "note"]
     assert f"continuing from {versions[0]['file']}" in notes
+    # the budget composes over both runs' rounds: the second version's is that of 2 rounds
+    assert "the privacy budget counts the 1 earlier round(s) that made the starting version" \
+        in notes
+    assert versions[1]["epsilon"] > versions[0]["epsilon"] > 0
     initial = [e for e in progress if e["event"] == "initial"]
     # the second run starts from the first's version: its initial accuracy is that version's
     assert np.isclose(initial[-1]["test_accuracy"], versions[0]["test_accuracy"])
@@ -487,3 +528,110 @@ def test_the_hierarchical_compose_bundle_trains_as_generated(tmp_path: Path) -> 
     versions = json.loads((tmp_path / "rehearsal" / "data" / "versions" /
                            "manifest.json").read_text())
     assert len(versions) == 1 and versions[0]["round"] == 1
+
+
+def test_every_path_a_container_uses_is_mounted(tmp_path: Path) -> None:
+    """In the k8s bundle (both tiers): every path a training container's command and spec
+    files name is one of its mounts, or the image's."""
+    files = _compile(_app(tmp_path, hubs=4, servers=2, top=True), "k8s", tmp_path / "b").files
+    folder = tmp_path / "b" / "training" / "learn"
+    seen = set()
+    for pod in _pods(_training(_objects(files))).values():
+        for c in pod["spec"]["containers"]:
+            role = "coordinator" if "coordinate" in c["command"] else \
+                "superlink" if c["name"] == "superlink" else \
+                "site-node" if "site=" in " ".join(c["command"]) else "node"
+            assert_paths_provided(role, c["command"],
+                                  [m["mountPath"] for m in c["volumeMounts"]], folder)
+            seen.add(role)
+    assert seen == {"coordinator", "superlink", "site-node", "node"}
+
+
+def test_a_pem_key_becomes_the_openssh_key_flower_reads() -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from edgeflow import pki
+    from edgeflow.federation.deploy import DeployError, openssh_key
+
+    issued = pki.issue(pki.new_ca("test", days=1), "node", days=1)
+    key = serialization.load_ssh_private_key(openssh_key(issued.key_pem), None)
+    public = x509.load_pem_x509_certificate(issued.cert_pem).public_key()
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    assert key.public_key().public_numbers() == public.public_numbers()
+    with pytest.raises(DeployError):
+        openssh_key(b"not a key")
+
+
+# a stand-in for flower-supernode: it records the key it was given, then fails at once (not
+# admitted) until the file LOG.admit exists, and then runs until stopped
+STAND_IN = """
+import hashlib, pathlib, sys, time
+log = pathlib.Path(sys.argv[1])
+key = pathlib.Path(sys.argv[sys.argv.index("--auth-supernode-private-key") + 1])
+with log.open("a") as f:
+    f.write(hashlib.sha256(key.read_bytes()).hexdigest() + "\\n")
+if pathlib.Path(str(log) + ".admit").exists():
+    time.sleep(120)
+sys.exit(1)
+"""
+
+WRAPPER = """
+import sys
+from edgeflow.federation import deploy
+log, key, keys, stand_in = sys.argv[1:5]
+deploy.RETRY_S, deploy.KEY_CHECK_S = 0.2, 0.2
+deploy.supernode_argv = lambda converted, args: [
+    sys.executable, "-c", stand_in, log, "--auth-supernode-private-key", str(converted)]
+sys.exit(deploy.main(["supernode", "--key", key, "--key-dir", keys, "--"]))
+"""
+
+
+def test_a_supernode_waits_for_admission_and_follows_its_key(tmp_path: Path) -> None:
+    """Not admitted: started again, in the same process (no container restart); admitted: it
+    runs; its key renewed: started again with the new key; SIGTERM: exit 0, its child gone."""
+    import signal
+    import subprocess
+
+    import psutil
+
+    from edgeflow import pki
+
+    ca = pki.new_ca("test", days=1)
+    key = tmp_path / "tls.key"
+    key.write_bytes(pki.issue(ca, "node", days=1).key_pem)
+    log = tmp_path / "starts.log"
+
+    def starts() -> list[str]:
+        return log.read_text().splitlines() if log.exists() else []
+
+    def wait_for(condition: Any) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+
+    proc = subprocess.Popen([sys.executable, "-c", WRAPPER, str(log), str(key),
+                             str(tmp_path / "keys"), STAND_IN], cwd=ROOT)
+    try:
+        wait_for(lambda: len(starts()) >= 3)  # refused three times, started again each time
+        Path(f"{log}.admit").touch()
+        wait_for(lambda: psutil.Process(proc.pid).children())
+        time.sleep(1.0)
+        admitted = len(starts())
+        time.sleep(1.0)
+        assert len(starts()) == admitted  # admitted: it keeps running
+        key.write_bytes(pki.issue(ca, "node", days=1).key_pem)  # cert-manager renewed it
+        wait_for(lambda: len(starts()) > admitted)
+        assert starts()[-1] != starts()[admitted - 1]  # with the new key
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        _, alive = psutil.wait_procs(children, timeout=5)
+        assert not alive
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (tmp_path / "keys" / "supernode.key").stat().st_mode & 0o777 == 0o600

@@ -29,7 +29,13 @@ from edgeflow.emit.bundle import NameClash, device_label, generated_label, span_
 from edgeflow.emit.identities import Identity
 from edgeflow.federation import specfile
 from edgeflow.federation.deploy import FORMAT as COORDINATOR_FORMAT
-from edgeflow.semantics.training import FLOWER_NODE_MEMORY_BYTES, sites
+from edgeflow.semantics.training import (
+    FLOWER_NODE_MEMORY_BYTES,
+    client_memory_bytes,
+    initializers,
+    sites,
+    weights,
+)
 from edgeflow.train import federation_spec
 
 TRAIN_IMAGE = f"edgeflow-train:{__version__}"  # docker/train.Dockerfile
@@ -48,9 +54,9 @@ CLIENTAPPIO_PORT = 9094    # + 10 per training (+ 1 for a site's node): its Clie
 ENVIRONMENT = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                "FLWR_HOME": FLWR_HOME, "HOME": "/tmp", "PYTHONUNBUFFERED": "1"}
 # a SuperLink container's request: measured peak 526 MiB for the SuperLink, its SuperExec, the
-# ServerApp and the privacy accountant's process (3 clients, DP); a SuperNode's, as check counts it
+# ServerApp and the privacy accountant's process (3 clients, DP); a SuperNode's is its
+# `memory_bytes`
 SUPERLINK_MEMORY_BYTES = 560 * 2**20
-SUPERNODE_MEMORY_BYTES = FLOWER_NODE_MEMORY_BYTES
 WORK_VOLUME_BYTES = 2**30  # the PersistentVolumeClaim of an aggregator's versions
 
 
@@ -80,6 +86,7 @@ class SuperNode:
     superlink: SuperLink
     name: str            # its Deployment (a client's) and certificate's CN
     clientappio_port: int
+    memory_bytes: int    # its container's request: what check counts a client needs (E1306)
 
     @property
     def secret(self) -> str:
@@ -172,8 +179,8 @@ def _tier(program: ir.Program, instance: str) -> str:
 def _federation(program: ir.Program, t: ir.Training, k: int) -> Federation:
     label = generated_label(t.name.replace("_", "-"), ("training", t.name), t.name)
     found = sites(program.devices[t.clients], program.devices[t.aggregate[0]])
-    assert found is not None  # E1307 otherwise
     top = t.aggregate[1] if len(t.aggregate) == 2 else None
+    assert found is not None and (top is not None or len(found) == 1)  # E1307 otherwise
     port = SUPERLINK_PORT + 10 * k
     links = [SuperLink(s.aggregator, _tier(program, s.aggregator),
                        _name(label, "superlink", s.aggregator), port,
@@ -183,14 +190,16 @@ def _federation(program: ir.Program, t: ir.Training, k: int) -> Federation:
                                port, None))
     by_aggregator = {link.aggregator: link for link in links}
     index = {name: i for i, name in enumerate(program.devices[t.clients].instances())}
+    model = program.models[t.model]
+    train_bytes = client_memory_bytes(t, weights(t, model, initializers(model)))
     nodes = [SuperNode(c, c, _tier(program, c), f"instance={index[c]}",
                        by_aggregator[s.aggregator], _name(label, "node", c),
-                       CLIENTAPPIO_PORT + 10 * k)
+                       CLIENTAPPIO_PORT + 10 * k, train_bytes)
              for s in found for c in s.clients]
-    if top is not None:
+    if top is not None:  # a site's node trains nothing itself: it relays its site's round
         nodes += [SuperNode(s.aggregator, s.aggregator, _tier(program, s.aggregator),
                             f"site={i}", by_aggregator[top], _name(label, "node", s.aggregator),
-                            CLIENTAPPIO_PORT + 10 * k + 1)
+                            CLIENTAPPIO_PORT + 10 * k + 1, FLOWER_NODE_MEMORY_BYTES)
                   for i, s in enumerate(found)]
     home = by_aggregator[top or found[0].aggregator]
     source = Path(program.models[t.model].source)

@@ -359,10 +359,15 @@ def run_federation(grid: Grid, sf: specfile.SpecFile) -> None:
         base, inits = _model(spec.model)
         mdl.check_trainable(base, spec.trainable)
         arrays = {name: np.array(inits[name]) for name in spec.trainable}
+        start_file = spec.model
         if spec.resume and (newest := newest_version(spec.work_dir, spec.name())) is not None:
             _, resumed = _model(newest)
             arrays = _arrays_of(resumed, spec.trainable, newest)
             progress.write("note", text=f"continuing from {newest.name}")
+            start_file = newest
+        # the rounds that made the starting version trained on the same clients' data: the
+        # privacy budget composes over them and this run's
+        before = mdl.rounds_before(spec.work_dir / "versions", spec.name(), start_file)
         aggregator = spec.top or spec.sites[0].aggregator
         grid = ordered(grid, sf.order(aggregator))
         if spec.top is None:
@@ -377,7 +382,10 @@ def run_federation(grid: Grid, sf: specfile.SpecFile) -> None:
         if spec.dp is not None:
             accountant = Accountant(
                 [(spec.dp.noise, min(spec.min_clients, len(s.clients)) / len(s.clients))
-                 for s in spec.sites], spec.rounds, spec.dp.delta)
+                 for s in spec.sites], before + spec.rounds, spec.dp.delta)
+            if before:
+                progress.write("note", text=f"the privacy budget counts the {before} earlier "
+                                            "round(s) that made the starting version")
         _wait_for_nodes(grid, nodes, what)
         progress.write("note", text=f"{what}: {nodes} nodes connected")
         start = time.time()
@@ -394,7 +402,7 @@ def run_federation(grid: Grid, sf: specfile.SpecFile) -> None:
             end = time.time()
             epsilon = None
             if accountant is not None:
-                epsilon = accountant.epsilon(rnd, ACCOUNTING_WAIT_S)
+                epsilon = accountant.epsilon(before + rnd, ACCOUNTING_WAIT_S)
                 if accountant.note and not noted:
                     noted = True
                     progress.write("note", text=accountant.note)

@@ -140,15 +140,28 @@ def stop_run(c: ControlHttpClient, run_id: int) -> None:
     c.StopRun(StopRunRequest(run_id=run_id))
 
 
+def unfinished_runs(c: ControlHttpClient) -> list[int]:
+    """`flwr ls`: the ids of the runs not finished yet, oldest first."""
+    from flwr.proto.control_pb2 import ListRunsRequest
+
+    res = c.ListRuns(ListRunsRequest())
+    return sorted(run_id for run_id, run in res.run_dict.items()
+                  if run.status.status != "finished")
+
+
 def wait_for_run(c: ControlHttpClient, run_id: int, timeout_s: float,
                  interval_s: float) -> tuple[str, str, str] | None:
-    """Poll until run `run_id` has finished: its (status, sub-status, details). After
-    `timeout_s` it is stopped and None returned."""
+    """Poll until run `run_id` has finished: its (status, sub-status, details). A status
+    request that fails (the SuperLink restarting, a network blip) is asked again; after
+    `timeout_s` the run is stopped and None returned."""
     import time
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        status = run_status(c, run_id)
+        try:
+            status = run_status(c, run_id)
+        except Exception:  # noqa: BLE001  (transport and server errors alike: ask again)
+            status = ("", "", "")
         if status[0] == "finished":
             return status
         time.sleep(interval_s)

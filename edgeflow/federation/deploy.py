@@ -44,6 +44,7 @@ from typing import Any
 FORMAT = 1
 CONVERTED_KEY = "supernode.key"
 RETRY_S = 5.0  # before starting a SuperNode again that its SuperLink did not admit
+KEY_CHECK_S = 10.0  # how often a running SuperNode's key file is compared with the one it uses
 
 
 class DeployError(Exception):
@@ -86,15 +87,33 @@ def supernode_argv(key_file: Path, args: list[str]) -> list[str]:
     return [found, *args, "--auth-supernode-private-key", str(key_file)]
 
 
-def _supernode(key: Path, key_dir: Path, args: list[str]) -> int:
-    """Run flower-supernode until it stops on a signal. It exits when its SuperLink is not up
-    or does not know its key yet (the coordinator registers it): it is started again after
-    RETRY_S, so a SuperNode deployed before its registration joins once registered, without
-    its container restarting (and backing off)."""
+def _read_key(key: Path) -> bytes:
     try:
-        pem = key.read_bytes()
+        return key.read_bytes()
     except OSError as e:
         raise DeployError(f"cannot read the SuperNode key {key}: {e.strerror}") from None
+
+
+def _reap() -> None:
+    """Collect every exited child: as a container's first process this one inherits what
+    flower-supernode leaves behind (its SuperExec), which nothing else would reap."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _supernode(key: Path, key_dir: Path, args: list[str]) -> int:
+    """Run flower-supernode until a signal stops it. It exits when its SuperLink is not up or
+    does not know its key yet (the coordinator registers it), and is started again after
+    RETRY_S, so a SuperNode deployed before its registration joins once registered, without
+    its container restarting (and backing off). When the key file changes (cert-manager renews
+    the key with the certificate) it is started again with the new key, which the next
+    coordinator run registers."""
+    pem = _read_key(key)
     converted = key_dir / CONVERTED_KEY
     _write_private(converted, openssh_key(pem))
     argv = supernode_argv(converted, args)
@@ -108,15 +127,35 @@ def _supernode(key: Path, key_dir: Path, args: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    while True:
+    while not stopping.is_set():
         child = subprocess.Popen(argv)
-        code = child.wait()
-        if stopping.is_set() or code == 0:
-            return 0
-        print(f"edgeflow: flower-supernode exited ({code}): its SuperLink is not reachable or "
-              f"has not registered its key yet; starting it again in {RETRY_S:g} s", flush=True)
-        if stopping.wait(RETRY_S):
-            return 0
+        if stopping.is_set():  # a signal between the check and the start
+            child.terminate()
+        code: int | None = None
+        renewed = False
+        while code is None:
+            try:
+                code = child.wait(timeout=KEY_CHECK_S)
+            except subprocess.TimeoutExpired:
+                _reap()
+                if stopping.is_set() or renewed:
+                    continue
+                if (now := _read_key(key)) != pem:
+                    pem, renewed = now, True
+                    _write_private(converted, openssh_key(pem))
+                    print("edgeflow: the SuperNode's key changed; starting it again with the "
+                          "new key", flush=True)
+                    child.terminate()
+        _reap()
+        if stopping.is_set():
+            break
+        if not renewed:
+            print(f"edgeflow: flower-supernode exited ({code}): its SuperLink is not "
+                  f"reachable or has not registered its key yet; starting it again in "
+                  f"{RETRY_S:g} s", flush=True)
+            if stopping.wait(RETRY_S):
+                break
+    return 0
 
 
 # ---------------------------------------------------------------- coordinate
@@ -211,8 +250,12 @@ def register(link_name: str, link: Link) -> dict[str, int]:
             if key in known:
                 ids[who] = known[key]
                 continue
-            res = c.RegisterNode(RegisterNodeRequest(public_key=key,
-                                                     name=control.node_name(who)))
+            try:
+                res = c.RegisterNode(RegisterNodeRequest(public_key=key,
+                                                         name=control.node_name(who)))
+            except Exception as e:  # noqa: BLE001  (Flower's errors: the key refused, in use)
+                raise DeployError(f"the SuperLink of {link_name} refused {who}'s key ({cert}): "
+                                  f"{e}") from None
             if not res.node_id:
                 raise DeployError(f"the SuperLink of {link_name} did not register {who}")
             ids[who] = int(res.node_id)
@@ -252,8 +295,15 @@ def coordinate(co: Coordination) -> int:
     home = co.superlinks[co.home]
     c = control.client(home.address, home.root_certificates)
     try:
-        run_id = control.start_run(c, {"spec": str(co.spec)})
-        _log(f"run {run_id} started on the SuperLink of {co.home}")
+        # a coordinator started again (a Job's retry) follows the run already going, never
+        # starting a second one beside it
+        if running := control.unfinished_runs(c):
+            run_id = running[-1]
+            _log(f"run {run_id} is already under way on the SuperLink of {co.home}: "
+                 "following it")
+        else:
+            run_id = control.start_run(c, {"spec": str(co.spec)})
+            _log(f"run {run_id} started on the SuperLink of {co.home}")
         status = control.wait_for_run(c, run_id, co.run_s, 2.0)
         if status is None:
             raise DeployError(f"run {run_id} did not finish within {co.run_s:.0f} s: stopped")
@@ -293,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         return coordinate(coordination)
     except DeployError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001  (a SuperLink's error: one line, not a traceback)
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
 
 

@@ -176,3 +176,18 @@ def write_version(versions: Path, stem: str, model: onnx.ModelProto,
     entries.append(entry)
     _atomic_write(manifest, (json.dumps(entries, indent=2) + "\n").encode())
     return Version(sha[:12], sha, path)
+
+
+def rounds_before(versions: Path, stem: str, start: Path) -> int:
+    """How many rounds made `start`: its position among `stem`'s entries in `versions`'s
+    manifest (the rounds of every run that led to it), 0 for a file that is no version there."""
+    try:
+        if start.resolve().parent != versions.resolve():
+            return 0
+        entries = json.loads((versions / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    mine = [e for e in entries if isinstance(e, dict) and e.get("model") == stem] \
+        if isinstance(entries, list) else []
+    found = [k for k, e in enumerate(mine) if e.get("file") == start.name]
+    return found[-1] + 1 if found else 0

@@ -340,6 +340,13 @@ def weights(t: ir.Training, model: ir.Model, inits: Initializers) -> Weights:
                    float(problem.total_work), activations)
 
 
+def client_memory_bytes(t: ir.Training, w: Weights) -> int:
+    """What a client needs to train (E1306; a deployed SuperNode's memory request): the
+    weights, the optimizer's copies of the trainable ones, a batch's activations, Flower."""
+    return (w.all_bytes + OPTIMIZER_COPIES * w.trainable_bytes + t.batch * w.activation_bytes
+            + FLOWER_NODE_MEMORY_BYTES)
+
+
 _DTYPE: dict[int, str] = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
           onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
           onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64",
@@ -406,10 +413,13 @@ def _check_one(t: ir.Training, out: Lowered, sink: DiagnosticSink,
                    f"count {tiers[0].count}",
                    help=f"give `{tiers[0].name}` a count that divides {clients.count}, or 1")
         return
-    if len(tiers) == 2 and tiers[1].count != 1:
-        sink.error("E1307", f"the top aggregator `{tiers[1].name}` has count {tiers[1].count}",
+    if tiers[-1].count != 1:
+        sink.error("E1307", f"the top aggregator `{tiers[-1].name}` has count {tiers[-1].count}",
                    _entry(out, t.name, "aggregate"), "more than one top aggregator",
-                   help="the last tier combines every site's update on one device: count 1")
+                   help="the last tier combines every site's update on one device: count 1"
+                        + ("" if len(tiers) == 2 else f"; or aggregate the `{tiers[0].name}` "
+                           "sites on a device of count 1: `aggregate = "
+                           f"[{tiers[0].name}, TOP]`"))
         return
     per_site = len(site_list[0].clients)
     if t.min_clients is not None and t.min_clients > per_site:
@@ -472,8 +482,7 @@ def _check_round(t: ir.Training, out: Lowered, sink: DiagnosticSink, clients: ir
     the update up; each link direction carries the bytes of every client routed over it
     (and of every site, to the top), at its bandwidth."""
     train_s = TRAIN_WORK_FACTOR * w.forward_flop * t.examples * t.epochs / clients.compute_flops
-    need = (w.all_bytes + OPTIMIZER_COPIES * w.trainable_bytes + t.batch * w.activation_bytes
-            + FLOWER_NODE_MEMORY_BYTES)
+    need = client_memory_bytes(t, w)
     where = out.symbols.decls[t.name].name.span
     if need > clients.memory_bytes:
         sink.error("E1306", f"a client needs {_size(need)} to train `{t.model}`, but "

@@ -78,7 +78,7 @@ def _training(r: Rendering, f: Federation) -> dict[str, bytes]:
         volumes = [spec, models, f"{SECRETS}/{node.secret}:{SUPERNODE_TLS}:ro"]
         if node.is_site:  # beside its site's SuperLink: its CA, and the files they share
             site = next(x for x in f.superlinks if x.aggregator == node.device)
-            volumes += [f"{SECRETS}/{site.secret}:{SUPERLINK_TLS}:ro", data]
+            volumes += [f"{SECRETS}/{site.secret}/ca.crt:{SUPERLINK_TLS}/ca.crt:ro", data]
         services.setdefault(node.device, []).append({
             "name": "site-node" if node.is_site else "node", "command": node.argv(),
             "volumes": volumes})
