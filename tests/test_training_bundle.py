@@ -635,3 +635,18 @@ def test_a_supernode_waits_for_admission_and_follows_its_key(tmp_path: Path) -> 
         if proc.poll() is None:
             proc.kill()
     assert (tmp_path / "keys" / "supernode.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_model_with_external_data_is_shipped_whole(tmp_path: Path) -> None:
+    """The starting model's external data travels beside it, so it loads in the containers."""
+    import onnx
+
+    path = _app(tmp_path)
+    model = onnx.load(str(tmp_path / "tiny.onnx"))
+    onnx.save_model(model, str(tmp_path / "tiny.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="tiny.weights", size_threshold=0)
+    files = _compile(path, "compose", tmp_path / "b").files
+    assert "models/training/learn/tiny.weights" in files
+    loaded = onnx.load(str(tmp_path / "b" / "models" / "training" / "learn" / "clf.onnx"))
+    assert {i.name for i in loaded.graph.initializer} == {"W", "b"}
+    assert all(i.raw_data or i.float_data for i in loaded.graph.initializer)

@@ -19,11 +19,13 @@ hashed otherwise; `check_names` refuses a bundle where two coincide."""
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeflow import __version__, ir
+from edgeflow.cost import read_model
 from edgeflow.emit.artefacts import MODELS_MOUNT
 from edgeflow.emit.bundle import NameClash, device_label, generated_label, span_of
 from edgeflow.emit.identities import Identity
@@ -117,6 +119,7 @@ class Federation:
     config: str                     # the ConfigMap of spec.json and coordinator.json
     model_path: str                 # the starting model in the bundle
     model_data: bytes
+    model_external: dict[str, bytes]  # its external data files, by location beside it
     spec_json: str
     coordinator_json: str
     schedule_s: float | None        # `every`
@@ -156,7 +159,10 @@ class Federation:
 
     def files(self) -> dict[str, bytes]:
         """The files every target that deploys it shares."""
+        folder = self.model_path.rsplit("/", 1)[0]
         return {self.model_path: self.model_data,
+                **{posixpath.normpath(f"{folder}/{location}"): data
+                   for location, data in self.model_external.items()},
                 f"{self.folder}/spec.json": self.spec_json.encode(),
                 f"{self.folder}/coordinator.json": self.coordinator_json.encode()}
 
@@ -202,7 +208,7 @@ def _federation(program: ir.Program, t: ir.Training, k: int) -> Federation:
                             CLIENTAPPIO_PORT + 10 * k + 1, FLOWER_NODE_MEMORY_BYTES)
                   for i, s in enumerate(found)]
     home = by_aggregator[top or found[0].aggregator]
-    source = Path(program.models[t.model].source)
+    source = read_model(program.models[t.model])
     model_path = f"models/training/{t.name}/{t.model}.onnx"
     spec = federation_spec(program, t, model=Path(f"{MODELS_MOUNT}/training/{t.name}/"
                                                    f"{t.model}.onnx"),
@@ -222,7 +228,8 @@ def _federation(program: ir.Program, t: ir.Training, k: int) -> Federation:
     return Federation(
         training=t, label=label, superlinks=tuple(links), nodes=tuple(nodes), home=home,
         coordinator=_name(label, "coordinator", ""), config=_name(label, "config", ""),
-        model_path=model_path, model_data=source.read_bytes(), spec_json=spec_json,
+        model_path=model_path, model_data=source.data, model_external=source.external,
+        spec_json=spec_json,
         coordinator_json=json.dumps(coordinator, indent=2, sort_keys=True) + "\n",
         schedule_s=t.every_s)
 

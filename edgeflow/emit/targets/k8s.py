@@ -98,7 +98,8 @@ def models_image(r: Rendering) -> str | None:
     files = [(a.path, a.sha256) for a in
              [*r.artefacts.values(),
               *(a for cuts in r.adapt.values() for pair in cuts.values() for a in pair)]]
-    files += [(f.model_path, hashlib.sha256(f.model_data).hexdigest()) for f in r.federations]
+    files += [(path, hashlib.sha256(data).hexdigest()) for f in r.federations
+              for path, data in f.files().items() if path.startswith("models/")]
     digest = hashlib.sha256("\n".join(sorted(f"{path} {sha}" for path, sha in
                                              files)).encode()).hexdigest()
     return f"edgeflow-models-{k8s_name(r.bundle.app) or 'app'}:{digest[:12]}"
