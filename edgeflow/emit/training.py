@@ -197,7 +197,8 @@ def _federation(program: ir.Program, t: ir.Training, k: int) -> Federation:
     by_aggregator = {link.aggregator: link for link in links}
     index = {name: i for i, name in enumerate(program.devices[t.clients].instances())}
     model = program.models[t.model]
-    train_bytes = client_memory_bytes(t, weights(t, model, initializers(model)))
+    need = client_memory_bytes(t, weights(t, model, initializers(model)))
+    train_bytes = -(-need // 2**20) * 2**20  # in whole MiB, rounded up
     nodes = [SuperNode(c, c, _tier(program, c), f"instance={index[c]}",
                        by_aggregator[s.aggregator], _name(label, "node", c),
                        CLIENTAPPIO_PORT + 10 * k, train_bytes)
