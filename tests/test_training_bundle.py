@@ -650,3 +650,20 @@ def test_a_model_with_external_data_is_shipped_whole(tmp_path: Path) -> None:
     loaded = onnx.load(str(tmp_path / "b" / "models" / "training" / "learn" / "clf.onnx"))
     assert {i.name for i in loaded.graph.initializer} == {"W", "b"}
     assert all(i.raw_data or i.float_data for i in loaded.graph.initializer)
+
+
+def test_long_names_fit_what_kubernetes_takes(tmp_path: Path) -> None:
+    """A training name of 104 characters: every object name and label value a DNS label of
+    at most 63 characters, a CronJob's at most 52 (Kubernetes adds 11 for its Jobs)."""
+    path = _app(tmp_path, every="every = 86400 s")
+    path.write_text(path.read_text().replace("training learn", "training "
+                                             + "a_very_long_training_name_" * 4))
+    files = _compile(path, "k8s", tmp_path / "b").files
+    mine = _training(_objects(files))
+    for obj in mine:
+        name = obj["metadata"]["name"]
+        limit = {"CronJob": 52, "PersistentVolumeClaim": 253}.get(obj["kind"], 63)
+        assert len(name) <= limit and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), name
+        for value in obj["metadata"]["labels"].values():
+            assert len(value) <= 63, value
+    assert {o["kind"] for o in mine} >= {"CronJob", "Service", "Deployment"}

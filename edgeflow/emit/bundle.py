@@ -109,11 +109,11 @@ def _shorten(text: str, room: int, strip: str) -> str:
     return f"{text[:room - tail - 1].rstrip(strip)}-{text[-tail:].lstrip(strip)}"
 
 
-def _hashed(key: Key, stem: str, suffix: str = "") -> str:
-    """`stem`-`suffix` made DNS-safe, the stem cut in the middle to fit, `--` and the digest of
-    `key` (what the name names)."""
+def _hashed(key: Key, stem: str, suffix: str = "", limit: int = LABEL_MAX) -> str:
+    """`stem`-`suffix` made DNS-safe, the stem cut in the middle to fit in `limit` characters,
+    `--` and the digest of `key` (what the name names)."""
     stem, suffix = (re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-") for s in (stem, suffix))
-    stem = _shorten(stem, LABEL_MAX - len(suffix) - HASH_HEX - 3, "-").strip("-")
+    stem = _shorten(stem, limit - len(suffix) - HASH_HEX - 3, "-").strip("-")
     return f"{stem or 'x'}{'-' + suffix if suffix else ''}--{_digest(key)}"
 
 
@@ -125,13 +125,14 @@ def _label(key: Key, readable: str, hash_key: Key, stem: str, suffix: str = "") 
     return _hashed(hash_key, stem, suffix)
 
 
-def generated_label(readable: str, key: Key, stem: str, suffix: str = "") -> str:
+def generated_label(readable: str, key: Key, stem: str, suffix: str = "",
+                    limit: int = LABEL_MAX) -> str:
     """A name of something that has no `read_label` reading (a training's objects):
-    `readable` when it is a DNS label of at most 63 characters, else `stem`-`suffix` with the
-    digest of `key`. `check_names` refuses the rare bundle in which two coincide."""
-    if len(readable) <= LABEL_MAX and DNS_LABEL.fullmatch(readable):
+    `readable` when it is a DNS label of at most `limit` characters, else `stem`-`suffix` with
+    the digest of `key`. `check_names` refuses the rare bundle in which two coincide."""
+    if len(readable) <= limit and DNS_LABEL.fullmatch(readable):
         return readable
-    return _hashed(key, stem, suffix)
+    return _hashed(key, stem, suffix, limit)
 
 
 def _split_instance(instance: str) -> tuple[str, str]:

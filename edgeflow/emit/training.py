@@ -27,7 +27,13 @@ from pathlib import Path
 from edgeflow import __version__, ir
 from edgeflow.cost import read_model
 from edgeflow.emit.artefacts import MODELS_MOUNT
-from edgeflow.emit.bundle import NameClash, device_label, generated_label, span_of
+from edgeflow.emit.bundle import (
+    LABEL_MAX,
+    NameClash,
+    device_label,
+    generated_label,
+    span_of,
+)
 from edgeflow.emit.identities import Identity
 from edgeflow.federation import specfile
 from edgeflow.federation.deploy import FORMAT as COORDINATOR_FORMAT
@@ -172,10 +178,13 @@ def federations(program: ir.Program) -> tuple[Federation, ...]:
     return tuple(_federation(program, t, k) for k, t in enumerate(program.trainings.values()))
 
 
-def _name(label: str, role: str, what: str) -> str:
+CRONJOB_NAME_MAX = 52  # Kubernetes appends 11 characters to a CronJob's name for its Jobs
+
+
+def _name(label: str, role: str, what: str, limit: int = LABEL_MAX) -> str:
     readable = f"{label}-{role}" + (f"-{device_label(what)}" if what else "")
     return generated_label(readable, ("training", label, role, what), f"{label}-{role}",
-                           device_label(what) if what else "")
+                           device_label(what) if what else "", limit)
 
 
 def _tier(program: ir.Program, instance: str) -> str:
@@ -228,7 +237,7 @@ def _federation(program: ir.Program, t: ir.Training, k: int) -> Federation:
         "ready_s": 900, "run_s": 86400}
     return Federation(
         training=t, label=label, superlinks=tuple(links), nodes=tuple(nodes), home=home,
-        coordinator=_name(label, "coordinator", ""), config=_name(label, "config", ""),
+        coordinator=_name(label, "coordinator", "", CRONJOB_NAME_MAX), config=_name(label, "config", ""),
         model_path=model_path, model_data=source.data, model_external=source.external,
         spec_json=spec_json,
         coordinator_json=json.dumps(coordinator, indent=2, sort_keys=True) + "\n",
