@@ -164,7 +164,7 @@ def test_updates_may_go_further_than_the_data_with_dp(tmp_path: Path) -> None:
 def test_one_tier_of_several_aggregators_is_refused(tmp_path: Path) -> None:
     """Two servers, nothing above them: two federations nobody combines (the runner and the
     bundles run one): E1307, pointing at a top tier."""
-    program, codes = _check(tmp_path, _app(tmp_path, servers=2))
+    _, codes = _check(tmp_path, _app(tmp_path, servers=2))
     assert codes == ["E1307"]
     text = _app(tmp_path, servers=2, data_labels="[]").replace(
         "aggregate  = [server]", "aggregate  = [server, cloud]")

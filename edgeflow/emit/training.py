@@ -141,9 +141,6 @@ class Federation:
         """The SuperNode that runs in `link`'s pod: a site aggregator's in the top federation."""
         return next((n for n in self.nodes if n.is_site and n.device == link.aggregator), None)
 
-    def nodes_of(self, link: SuperLink) -> list[SuperNode]:
-        return [n for n in self.nodes if n.superlink == link]
-
     def superlink_argv(self, link: SuperLink) -> list[str]:
         return ["flower-superlink", "--ssl-certfile", f"{SUPERLINK_TLS}/tls.crt",
                 "--ssl-keyfile", f"{SUPERLINK_TLS}/tls.key",

@@ -35,7 +35,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,19 +213,14 @@ def certificate_public_key(path: Path) -> Any:
     return key
 
 
-def _poll(what: str, check: Callable[[], bool], timeout: float, interval: float = 1.0) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while True:
-        try:
-            if check():
-                return
-        except Exception as e:  # noqa: BLE001  (not up yet: connection refused, TLS, ...)
-            last = e
-        if time.monotonic() > deadline:
-            raise DeployError(f"{what} within {timeout:.0f} s"
-                              + (f" (last error: {last})" if last else ""))
-        time.sleep(interval)
+def _poll(what: str, check: Callable[[], bool], timeout: float, interval: float) -> None:
+    from edgeflow.federation import FederationError
+    from edgeflow.federation.processes import wait_until
+
+    try:
+        wait_until(what, check, timeout, None, interval)
+    except FederationError as e:
+        raise DeployError(str(e)) from None
 
 
 def _log(text: str) -> None:

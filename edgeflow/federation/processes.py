@@ -138,15 +138,21 @@ def _alive(p: psutil.Process) -> bool:
 
 
 def wait_until(condition: str, check: Callable[[], bool], timeout: float,
-               processes: Processes, interval: float = 0.2) -> None:
+               processes: Processes | None, interval: float = 0.2) -> None:
     """Poll `check()` until true (an exception counts as not yet); FederationError saying
-    `condition` did not happen after `timeout` seconds, or when a process exits."""
+    `condition` did not happen after `timeout` seconds (with the last exception `check`
+    raised), or when one of `processes` exits."""
     deadline = time.monotonic() + timeout
+    last: Exception | None = None
     while True:
-        processes.check()
-        with contextlib.suppress(Exception):
+        if processes is not None:
+            processes.check()
+        try:
             if bool(check()):
                 return
+        except Exception as e:  # noqa: BLE001  (not up yet: connection refused, TLS, ...)
+            last = e
         if time.monotonic() > deadline:
-            raise FederationError(f"{condition} within {timeout:.0f} s")
+            raise FederationError(f"{condition} within {timeout:.0f} s"
+                                  + (f" (last error: {last})" if last else ""))
         time.sleep(interval)

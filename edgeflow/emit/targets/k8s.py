@@ -492,7 +492,5 @@ def render_training(r: Rendering, f: Federation, namespace: str, models: str | N
         "models_dir": MODELS_MOUNT, "tmp_size": quantity(TMP_BYTES),
         "superlink_tls": SUPERLINK_TLS, "supernode_tls": SUPERNODE_TLS,
         "certs_dir": COORDINATOR_CERTS, "code_dir": CODE_DIR}
-    view_nodes = {**view, "nodes": nodes}
-    pod = render("k8s/training_coordinator.yaml.j2", f={**view_nodes, "nodes": view["all_nodes"]},
-                 **args).rstrip("\n")
-    return render("k8s/training.yaml.j2", f=view_nodes, coordinator_pod=pod, **args)
+    pod = render("k8s/training_coordinator.yaml.j2", f=view, **args).rstrip("\n")
+    return render("k8s/training.yaml.j2", f=view, coordinator_pod=pod, **args)
